@@ -1,0 +1,41 @@
+"""aml_magics: debug code that runs somewhere else, from one notebook cell.
+
+``%load_ext aml_magics`` registers the magics. Importing this package is cheap: the
+targets' heavy libraries (docker, azureml) and ipywidgets load only when used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .run import DebugRun
+
+
+def submit(script: str | None = None, *, code: str | None = None, **options: Any) -> "DebugRun":
+    """Start a debug run from Python; same options as the magic (``port=0``, ``timeout=30``, …)."""
+    from .api import submit as _submit
+
+    return _submit(script, code=code, **options)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from .magics import AmlDebugMagics
+
+    ipython.register_magics(AmlDebugMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Cancel what is still running, and say which runs those were."""
+    from .engine import REGISTRY
+
+    canceled = REGISTRY.cancel_all()
+    if canceled:
+        print("aml_magics: canceled running run(s): " + ", ".join(f"{r.id} ({r.target})" for r in canceled))
+    magics = ipython.magics_manager.registry.pop("AmlDebugMagics", None)
+    if magics is not None:
+        for kind, names in magics.magics.items():
+            for name in names:
+                ipython.magics_manager.magics[kind].pop(name, None)

@@ -1,0 +1,58 @@
+"""Debug port choice: a busy port is named with its holder, or skipped on request."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+class PortBusy(Exception):
+    pass
+
+
+def is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # debugpy binds without SO_REUSEADDR; mirror it so "free" means "debugpy can bind".
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def holder(port: int) -> str | None:
+    """Who listens on ``port`` on this machine, when the OS lets us know."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if conn.pid is None:
+                    return "another process"
+                try:
+                    proc = psutil.Process(conn.pid)
+                    return f"pid {conn.pid} ({' '.join(proc.cmdline()[:3]) or proc.name()})"
+                except psutil.Error:
+                    return f"pid {conn.pid}"
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
+def choose_port(host: str, port: int, auto: bool) -> int:
+    """The port to use: 0 stays 0 (debugpy picks), a busy one raises or is skipped."""
+    if port == 0 or is_free(host, port):
+        return port
+    if auto:
+        for candidate in range(port + 1, min(port + 200, 65536)):
+            if is_free(host, candidate):
+                return candidate
+        raise PortBusy(f"no free port in {port}..{port + 199} on {host}")
+    who = holder(port)
+    held = f" (held by {who})" if who else ""
+    raise PortBusy(f"port {port} on {host} is already in use{held}; pick another with --port N, or --port auto / --port 0")

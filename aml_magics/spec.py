@@ -1,0 +1,69 @@
+"""What to run, in what environment, with which debugger options.
+
+Plain data built by the magic, the Python API and the CLI alike. Nothing in here is
+specific to one target: targets read what they understand and reject what they can't do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 5678
+DEFAULT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class DebugOptions:
+    enabled: bool = True
+    port: int = DEFAULT_PORT  # 0: any free port
+    port_auto: bool = False  # take the next free port at or above `port`
+    bind: str | None = None  # None: the target's safe default (loopback locally)
+    timeout: float = DEFAULT_TIMEOUT  # seconds to wait for a client; 0: don't wait
+    stop_on_entry: bool = False
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    pip: tuple[str, ...] = ()
+    requirements: str = ""  # the text of a requirements file (hashable, shippable)
+    requirements_path: str | None = None  # where that text came from, for messages
+    conda: str = ""  # the text of a conda environment file
+    base_image: str | None = None
+    env_vars: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def has_dependencies(self) -> bool:
+        return bool(self.pip or self.requirements.strip() or self.conda.strip())
+
+    def fingerprint(self, *extra: str) -> str:
+        """A short stable hash of everything that goes into an environment."""
+        payload = json.dumps([self.pip, self.requirements, self.conda, self.base_image, extra])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    source_dir: Path  # local directory the run sees as its working directory
+    script: str  # path of the entry script, relative to source_dir
+    args: tuple[str, ...] = ()
+    environment: EnvironmentSpec = field(default_factory=EnvironmentSpec)
+    debug: DebugOptions = field(default_factory=DebugOptions)
+    local_root: Path | None = None  # what launch.json maps to the run's cwd (default: source_dir)
+
+    @property
+    def script_path(self) -> Path:
+        return self.source_dir / self.script
+
+    @property
+    def mapped_local_root(self) -> Path:
+        return self.local_root or self.source_dir
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["source_dir"] = str(self.source_dir)
+        data["local_root"] = str(self.local_root) if self.local_root else None
+        return data

@@ -1,0 +1,51 @@
+"""Views of a DebugRun: an ipywidgets panel where a widget front end exists, text elsewhere.
+
+Views only read a DebugRun and call its public methods; they know nothing of targets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .text import render_text
+
+if TYPE_CHECKING:
+    from ..run import DebugRun
+
+
+def widget_frontend() -> bool:
+    """True inside a Jupyter kernel with ipywidgets installed (and not switched off)."""
+    choice = os.environ.get("AML_MAGICS_VIEW", "").lower()
+    if choice in ("text", "widget"):
+        return choice == "widget"
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mimebundle(run: "DebugRun") -> dict:
+    text = render_text(run)
+    if not widget_frontend():
+        return {"text/plain": text}
+    from .widget import widget_for
+
+    bundle = dict(widget_for(run)._repr_mimebundle_() or {})
+    bundle["text/plain"] = text
+    return bundle
+
+
+__all__ = ["mimebundle", "render_text", "widget_frontend"]

@@ -1,0 +1,132 @@
+"""The ipywidgets panel of a DebugRun, updated live from a background thread.
+
+Updates only set widget traits (ipywidgets syncs them from any thread); no
+``with output:`` from threads. A single refresher thread per panel coalesces
+bursts of log lines and ticks the attach countdown.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+
+from .text import state_label
+
+if TYPE_CHECKING:
+    from ..run import DebugRun
+
+DEFAULT_LAUNCH_JSON = Path(".vscode") / "launch.json"
+LOG_TAIL = 12
+_panels: "weakref.WeakValueDictionary[str, DebugRunPanel]" = weakref.WeakValueDictionary()
+
+_COPY_BUTTON = """<button class="aml-copy jupyter-button" title="Copy the launch.json fragment"
+onclick="(function(b){{var t=document.getElementById('{area}');var s=t?t.value:'';
+var done=function(){{b.textContent='Copied';setTimeout(function(){{b.textContent='Copy launch.json'}},1500)}};
+if(navigator.clipboard&&window.isSecureContext){{navigator.clipboard.writeText(s).then(done,function(){{t.select();document.execCommand('copy');done()}})}}
+else{{t.select();document.execCommand('copy');done()}}}})(this)">Copy launch.json</button>"""
+
+
+def widget_for(run: "DebugRun") -> "DebugRunPanel":
+    panel = _panels.get(run.id)
+    if panel is None:
+        panel = DebugRunPanel(run)
+        _panels[run.id] = panel
+    return panel
+
+
+class DebugRunPanel(widgets.VBox):
+    def __init__(self, run: "DebugRun", launch_json_path: Path = DEFAULT_LAUNCH_JSON) -> None:
+        self.run = run
+        self.launch_json_path = launch_json_path
+        self.area_id = f"aml-launch-{run.id}"
+        self.header = widgets.HTML()
+        self.endpoints = widgets.HTML()
+        self.launch_text = widgets.HTML()
+        self.copy = widgets.HTML(_COPY_BUTTON.format(area=self.area_id))
+        self.write = widgets.Button(description=f"Write to {launch_json_path}", icon="save",
+                                    layout=widgets.Layout(width="auto"))
+        self.cancel = widgets.Button(description="Cancel run", icon="stop", button_style="danger")
+        self.message = widgets.HTML()
+        self.log = widgets.HTML()
+        self.write.on_click(self._on_write)
+        self.cancel.on_click(self._on_cancel)
+        buttons = widgets.HBox([self.copy, self.write, self.cancel])
+        super().__init__([self.header, self.endpoints, self.launch_text, buttons, self.message, self.log])
+        self.add_class("aml-debug-run")
+        self._dirty = threading.Event()
+        self.refresh()
+        run.subscribe(self._on_run_event)
+        self._thread = threading.Thread(target=self._refresher, daemon=True, name=f"aml-widget-{run.id}")
+        self._thread.start()
+
+    # -- rendering ---------------------------------------------------------------
+    def refresh(self) -> None:
+        run = self.run
+        self.header.value = (
+            f"<b>{html.escape(run.name)}</b> <span class='aml-run-id'>({html.escape(run.id)})</span> "
+            f"on <b>{html.escape(run.target)}</b> — state: "
+            f"<span class='aml-state' data-state='{run.state}'>{html.escape(state_label(run))}</span>"
+            + (f"<br><i>{html.escape(run.description)}</i>" if run.description else "")
+        )
+        self.endpoints.value = self._endpoints_html()
+        has_endpoint = bool(run.endpoints)
+        self.launch_text.value = self._launch_html() if has_endpoint else ""
+        self.copy.layout.display = None if has_endpoint else "none"
+        self.write.disabled = not has_endpoint
+        self.cancel.disabled = run.done
+        tail = "\n".join(run.log_tail(LOG_TAIL))
+        self.log.value = f"<pre class='aml-log' style='max-height:14em;overflow:auto;margin:0'>{html.escape(tail)}</pre>"
+
+    def _endpoints_html(self) -> str:
+        endpoints = self.run.endpoints
+        if not endpoints:
+            return "<span class='aml-endpoint'>debug endpoint: not known yet</span>" if self.run.spec.debug.enabled \
+                else "<span>debugger off (--no-debug)</span>"
+        rows = "".join(
+            f"<tr><td>{e.rank}</td><td class='aml-endpoint'><code>{html.escape(e.address)}</code></td></tr>"
+            for e in endpoints
+        )
+        return f"<table class='aml-endpoints'><tr><th>rank</th><th>debugpy listening at</th></tr>{rows}</table>"
+
+    def _launch_html(self) -> str:
+        text = json.dumps(self.run.launch_json(), indent=4)
+        rows = min(24, text.count("\n") + 1)
+        return (f"<textarea id='{self.area_id}' class='aml-launch-json' readonly rows='{rows}' "
+                f"style='width:100%;font-family:monospace'>{html.escape(text)}</textarea>")
+
+    # -- events ------------------------------------------------------------------
+    def _on_run_event(self, run: "DebugRun", what: str) -> None:
+        self._dirty.set()
+
+    def _refresher(self) -> None:
+        while True:
+            # Wake on changes, and every second for the countdown.
+            self._dirty.wait(1.0)
+            self._dirty.clear()
+            try:
+                self.refresh()
+            except Exception:
+                pass
+            if self.run.done:
+                self.run.unsubscribe(self._on_run_event)
+                return
+
+    def _on_write(self, _button: widgets.Button) -> None:
+        try:
+            result = self.run.write_launch_json(self.launch_json_path)
+        except Exception as exc:
+            self.message.value = f"<span class='aml-message' style='color:#b00'>{html.escape(str(exc))}</span>"
+            return
+        names = ", ".join(result.added + result.replaced)
+        self.message.value = (f"<span class='aml-message'>wrote {html.escape(names)} to "
+                              f"{html.escape(str(result.path))}</span>")
+
+    def _on_cancel(self, _button: widgets.Button) -> None:
+        self.cancel.disabled = True
+        threading.Thread(target=self.run.cancel, daemon=True).start()

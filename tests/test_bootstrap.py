@@ -1,0 +1,105 @@
+"""The bootstrap alone, as every target runs it: real debugpy, real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from aml_magics import bootstrap
+from aml_magics.markers import parse_marker
+
+BOOTSTRAP = Path(bootstrap.__file__)
+
+
+def run_bootstrap(tmp_path: Path, body: str, *options: str, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    script = tmp_path / "user_script.py"
+    script.write_text(body)
+    return subprocess.run(
+        [sys.executable, str(BOOTSTRAP), *options, "--", str(script), *args],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+
+
+def markers(output: str) -> dict[str, dict]:
+    found = {}
+    for line in output.splitlines():
+        marker = parse_marker(line)
+        if marker:
+            found[marker.kind] = marker.data
+    return found
+
+
+PROBE = """
+import json, socket, sys, threading
+port = int(sys.argv[1])
+probe = socket.socket()
+try:
+    probe.bind(("127.0.0.1", port))   # binding (not connecting) proves the listener is gone
+    closed = True
+except OSError:
+    closed = False
+finally:
+    probe.close()
+print("PROBE " + json.dumps({"trace": sys.gettrace() is not None, "closed": closed,
+                              "argv": sys.argv, "name": __name__, "file": __file__}))
+"""
+
+
+def test_no_client_means_timeout_then_debugger_fully_off(tmp_path):
+    port = _free_port()
+    result = run_bootstrap(tmp_path, PROBE, "--port", str(port), "--timeout", "1", args=(str(port), "x y"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Timeout for debug connection: 1" in out
+    assert "ip_address: 127.0.0.1" in out
+    assert "Debugger attached = False" in out
+    found = markers(out)
+    assert found["ENDPOINT"]["host"] == "127.0.0.1" and found["ENDPOINT"]["port"] == port
+    assert found["ENDPOINT"]["cwd"] == str(tmp_path)
+    assert found["ATTACHED"]["attached"] is False
+    probe = json.loads(out.split("PROBE ", 1)[1].splitlines()[0])
+    assert probe["trace"] is False, "tracing must be off when nobody attached"
+    assert probe["closed"] is True, "the debug port must be closed after the attach timeout"
+    assert probe["argv"] == [str(tmp_path / "user_script.py"), str(port), "x y"]
+    assert probe["name"] == "__main__"
+    assert found["EXIT"]["code"] == 0
+
+
+def test_port_zero_reports_the_real_port(tmp_path):
+    result = run_bootstrap(tmp_path, "print('hi')", "--port", "0", "--timeout", "0.5")
+    found = markers(result.stdout)
+    assert 0 < found["ENDPOINT"]["port"] < 65536
+
+
+def test_exit_codes_propagate(tmp_path):
+    assert run_bootstrap(tmp_path, "import sys; sys.exit(3)", "--no-debug").returncode == 3
+    failed = run_bootstrap(tmp_path, "raise ValueError('boom')", "--no-debug")
+    assert failed.returncode == 1 and "ValueError: boom" in failed.stderr
+    assert markers(failed.stdout)["EXIT"]["code"] == 1
+
+
+def test_no_debug_starts_no_debugger(tmp_path):
+    result = run_bootstrap(tmp_path, "import sys; print('mods', 'debugpy' in sys.modules)", "--no-debug")
+    assert "mods False" in result.stdout
+    assert "ENDPOINT" not in markers(result.stdout)
+
+
+def test_script_dir_first_on_path(tmp_path):
+    (tmp_path / "helper_mod.py").write_text("VALUE = 42\n")
+    result = run_bootstrap(tmp_path, "import helper_mod; print('v', helper_mod.VALUE)", "--no-debug")
+    assert "v 42" in result.stdout
+
+
+def test_bind_node_uses_a_non_loopback_interface_address():
+    address = bootstrap.node_address()
+    assert address and not address.startswith("127.") or not bootstrap._interface_addresses()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
