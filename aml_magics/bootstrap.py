@@ -164,9 +164,13 @@ class Debugger:
         waiter.do_kill_pydev_thread()
 
     def stop_on_entry(self) -> None:
+        """Pause at the user script's first line, not in this file."""
+        import pydevd
         from _pydevd_bundle.pydevd_api import PyDevdAPI
 
-        PyDevdAPI().stop_on_entry()
+        api = PyDevdAPI()
+        api.set_dont_trace_start_end_patterns(pydevd.get_global_debugger(), (), (os.path.abspath(__file__),))
+        api.stop_on_entry()
 
 
 def start_debugger(options: argparse.Namespace, script_path: str) -> None:

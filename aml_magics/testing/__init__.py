@@ -1,0 +1,1 @@
+"""Test helpers shipped with aml_magics (a DAP client that plays VS Code)."""
