@@ -45,19 +45,19 @@ class DebugRunPanel(widgets.VBox):
         self.run = run
         self.launch_json_path = launch_json_path
         self.area_id = f"aml-launch-{run.id}"
-        self.header = widgets.HTML()
-        self.endpoints = widgets.HTML()
-        self.launch_text = widgets.HTML()
-        self.copy = widgets.HTML(_COPY_BUTTON.format(area=self.area_id))
-        self.write = widgets.Button(description=f"Write to {launch_json_path}", icon="save",
+        self.header_html = widgets.HTML()
+        self.endpoints_html = widgets.HTML()
+        self.launch_html = widgets.HTML()
+        self.copy_button = widgets.HTML(_COPY_BUTTON.format(area=self.area_id))
+        self.write_button = widgets.Button(description=f"Write to {launch_json_path}", icon="save",
                                     layout=widgets.Layout(width="auto"))
-        self.cancel = widgets.Button(description="Cancel run", icon="stop", button_style="danger")
-        self.message = widgets.HTML()
-        self.log = widgets.HTML()
-        self.write.on_click(self._on_write)
-        self.cancel.on_click(self._on_cancel)
-        buttons = widgets.HBox([self.copy, self.write, self.cancel])
-        super().__init__([self.header, self.endpoints, self.launch_text, buttons, self.message, self.log])
+        self.cancel_button = widgets.Button(description="Cancel run", icon="stop", button_style="danger")
+        self.message_html = widgets.HTML()
+        self.log_html = widgets.HTML()
+        self.write_button.on_click(self._on_write)
+        self.cancel_button.on_click(self._on_cancel)
+        buttons = widgets.HBox([self.copy_button, self.write_button, self.cancel_button])
+        super().__init__([self.header_html, self.endpoints_html, self.launch_html, buttons, self.message_html, self.log_html])
         self.add_class("aml-debug-run")
         self._dirty = threading.Event()
         self.refresh()
@@ -68,20 +68,20 @@ class DebugRunPanel(widgets.VBox):
     # -- rendering ---------------------------------------------------------------
     def refresh(self) -> None:
         run = self.run
-        self.header.value = (
+        self.header_html.value = (
             f"<b>{html.escape(run.name)}</b> <span class='aml-run-id'>({html.escape(run.id)})</span> "
             f"on <b>{html.escape(run.target)}</b> — state: "
             f"<span class='aml-state' data-state='{run.state}'>{html.escape(state_label(run))}</span>"
             + (f"<br><i>{html.escape(run.description)}</i>" if run.description else "")
         )
-        self.endpoints.value = self._endpoints_html()
+        self.endpoints_html.value = self._endpoints_html()
         has_endpoint = bool(run.endpoints)
-        self.launch_text.value = self._launch_html() if has_endpoint else ""
-        self.copy.layout.display = None if has_endpoint else "none"
-        self.write.disabled = not has_endpoint
-        self.cancel.disabled = run.done
+        self.launch_html.value = self._launch_json_html() if has_endpoint else ""
+        self.copy_button.layout.display = None if has_endpoint else "none"
+        self.write_button.disabled = not has_endpoint
+        self.cancel_button.disabled = run.done
         tail = "\n".join(run.log_tail(LOG_TAIL))
-        self.log.value = f"<pre class='aml-log' style='max-height:14em;overflow:auto;margin:0'>{html.escape(tail)}</pre>"
+        self.log_html.value = f"<pre class='aml-log' style='max-height:14em;overflow:auto;margin:0'>{html.escape(tail)}</pre>"
 
     def _endpoints_html(self) -> str:
         endpoints = self.run.endpoints
@@ -94,7 +94,7 @@ class DebugRunPanel(widgets.VBox):
         )
         return f"<table class='aml-endpoints'><tr><th>rank</th><th>debugpy listening at</th></tr>{rows}</table>"
 
-    def _launch_html(self) -> str:
+    def _launch_json_html(self) -> str:
         text = json.dumps(self.run.launch_json(), indent=4)
         rows = min(24, text.count("\n") + 1)
         return (f"<textarea id='{self.area_id}' class='aml-launch-json' readonly rows='{rows}' "
@@ -121,12 +121,12 @@ class DebugRunPanel(widgets.VBox):
         try:
             result = self.run.write_launch_json(self.launch_json_path)
         except Exception as exc:
-            self.message.value = f"<span class='aml-message' style='color:#b00'>{html.escape(str(exc))}</span>"
+            self.message_html.value = f"<span class='aml-message' style='color:#b00'>{html.escape(str(exc))}</span>"
             return
         names = ", ".join(result.added + result.replaced)
-        self.message.value = (f"<span class='aml-message'>wrote {html.escape(names)} to "
+        self.message_html.value = (f"<span class='aml-message'>wrote {html.escape(names)} to "
                               f"{html.escape(str(result.path))}</span>")
 
     def _on_cancel(self, _button: widgets.Button) -> None:
-        self.cancel.disabled = True
+        self.cancel_button.disabled = True
         threading.Thread(target=self.run.cancel, daemon=True).start()
