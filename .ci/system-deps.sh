@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# System packages the test suite needs; idempotent, root on Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+bash .ci/docker-engine.sh
