@@ -155,7 +155,7 @@ class Debugger:
         """
         waiter = getattr(py_db, "_waiting_for_connection_thread", None)
         server = getattr(waiter, "_server_socket", None)
-        if server is None:
+        if waiter is None or server is None:
             return
         try:
             server.shutdown(socket.SHUT_RDWR)
@@ -197,10 +197,12 @@ def start_debugger(options: argparse.Namespace, script_path: str) -> None:
 
 def line_buffer_output() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.reconfigure(line_buffering=True)
-        except (AttributeError, ValueError):
-            pass
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(line_buffering=True)
+            except ValueError:
+                pass
 
 
 def run_user_script(script_path: str, script_args: list[str]) -> int:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import engine
-from .options import Defaults, OptionsError, build_request, make_parser, parse_cli
 from .follow import follow
+from .options import Defaults, OptionsError, build_request, make_parser, parse_cli
 from .run import DebugRun
 
 USAGE = "usage: aml-debug run SCRIPT [options] [-- script args]   (aml-debug run --help)"
@@ -51,7 +51,7 @@ def follow_run(run: DebugRun) -> int:
     print(f"aml-debug: run {run.id} {run.state}" + (f" ({run.detail})" if run.detail else ""), file=sys.stderr)
     if run.state == "completed":
         return 0
-    return run.exit_code if run.exit_code not in (None, 0) else 1
+    return run.exit_code if run.exit_code else 1
 
 
 def announce(run: DebugRun) -> None:

@@ -68,8 +68,10 @@ REGISTRY = RunRegistry()
 on_exit(REGISTRY.cancel_all)
 
 
-def start(request: RunRequest, registry: RunRegistry = REGISTRY) -> DebugRun:
-    """Check everything, write the cell, submit; returns at once with a live DebugRun."""
+def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run=DebugRun) -> DebugRun:
+    """Check everything, write the cell, submit; returns at once with a live DebugRun.
+
+    ``make_run(run_id, spec, target_name)`` builds the handle (a DebugRun subclass, e.g. a deployment)."""
     target = _make_target(request)
     if request.launch_json is not None:
         _check_launch_json(request.launch_json)
@@ -82,7 +84,7 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY) -> DebugRun:
         target.check(request.spec)
     except TargetError as exc:
         raise OptionsError(str(exc)) from None
-    run = DebugRun(registry.new_id(request.spec.name), request.spec, target.name)
+    run = make_run(registry.new_id(request.spec.name), request.spec, target.name)
     if request.launch_json is not None:
         run.subscribe(_launch_json_writer(request.launch_json))
     try:

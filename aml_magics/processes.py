@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 _live: set["ProcessGroup"] = set()
 _live_lock = threading.Lock()
@@ -78,10 +78,10 @@ class ProcessGroup:
             _live.discard(self)
 
 
-_exit_hooks: list[Callable[[], None]] = []
+_exit_hooks: list[Callable[[], object]] = []
 
 
-def on_exit(hook: Callable[[], None]) -> None:
+def on_exit(hook: Callable[[], object]) -> None:
     """Run ``hook`` when the interpreter exits (targets register container cleanup here)."""
     _exit_hooks.append(hook)
 
