@@ -1,0 +1,299 @@
+"""The docker target: the run in a container built from its environment.
+
+The image (base + dependencies + debugpy + bootstrap) is cached by a hash of all of
+that (see docker_images). The source dir is mounted read-write at ``/app``, the
+bootstrap is the entry point, debugpy binds 0.0.0.0 *inside* the container and its
+port is published on 127.0.0.1 only, on a free host port. The endpoint the user gets
+is that host side; the run's cwd stays ``/app`` so pathMappings map the local source
+dir to ``/app``. Every container carries the ``aml_magics`` label and is removed at
+the run's end, on cancel and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..markers import Endpoint, parse_marker
+from ..processes import on_exit
+from ..spec import DEFAULT_PORT, RunSpec
+from . import docker_images as images
+from .base import RunEvents, TargetError
+from .local import bootstrap_args
+
+APP_DIR = "/app"
+CONTAINER_PORT = 5678
+LOOPBACK = "127.0.0.1"
+LOG_TAIL = 15
+
+_live: dict[str, Any] = {}  # container id → container, for cleanup at exit
+_live_lock = threading.Lock()
+_hook_registered = False
+
+
+def _register(container: Any) -> None:
+    global _hook_registered
+    with _live_lock:
+        _live[container.id] = container
+        if not _hook_registered:
+            on_exit(remove_live_containers)
+            _hook_registered = True
+
+
+def _unregister(container: Any) -> None:
+    with _live_lock:
+        _live.pop(container.id, None)
+
+
+def remove_live_containers() -> None:
+    """Remove every container this process started and has not removed yet."""
+    with _live_lock:
+        containers = list(_live.values())
+        _live.clear()
+    for container in containers:
+        _remove(container)
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except Exception:
+        pass  # already gone (or the daemon is): nothing left to remove
+
+
+def gpu_requests(gpus: str | None) -> list[Any]:
+    """``--gpus`` as docker's DeviceRequests: all | N | device=0,1. Nothing unless asked."""
+    if not gpus:
+        return []
+    import docker
+
+    capabilities = [["gpu"]]
+    if gpus == "all":
+        return [docker.types.DeviceRequest(count=-1, capabilities=capabilities)]
+    if gpus.isdigit():
+        return [docker.types.DeviceRequest(count=int(gpus), capabilities=capabilities)]
+    if gpus.startswith("device="):
+        ids = [d for d in gpus[len("device="):].split(",") if d]
+        if ids:
+            return [docker.types.DeviceRequest(device_ids=ids, capabilities=capabilities)]
+    raise TargetError(f"--gpus {gpus!r}: use all, a number, or device=ID[,ID...]")
+
+
+class _LineSplitter:
+    """Whole lines from a stream that arrives in arbitrary chunks."""
+
+    def __init__(self) -> None:
+        self.pending = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        self.pending += data.decode("utf-8", "replace")
+        *lines, self.pending = self.pending.split("\n")
+        return [line.rstrip("\r") for line in lines]
+
+    def rest(self) -> list[str]:
+        rest, self.pending = self.pending, ""
+        return [rest.rstrip("\r")] if rest else []
+
+
+class DockerRun:
+    """A RunHandle for one container (and the image build before it)."""
+
+    def __init__(self, events: RunEvents, client_host: str) -> None:
+        self.events = events
+        self.client_host = client_host
+        self.container: Any = None
+        self.host_port: int | None = None
+        self.stream: Any = None  # the container's demultiplexed output
+        self.canceled = False
+        self.endpoint_seen = False
+        self.tail: list[str] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.canceled = True
+            container = self.container
+        if container is not None:
+            _remove(container)  # ends the log stream; the run thread reports "canceled"
+        self._done.wait(15)
+
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+    def map_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        if self.host_port is None:
+            return endpoint
+        return endpoint.moved_to(self.client_host, self.host_port)
+
+    def line(self, text: str) -> None:
+        self.tail = (self.tail + [text])[-LOG_TAIL:]
+        marker = parse_marker(text)
+        if marker is not None and marker.kind == "ENDPOINT":
+            self.endpoint_seen = True
+        self.events.line(text)
+
+
+class DockerTarget:
+    name = "docker"
+
+    def __init__(self, gpus: str | None = None, wheels: str | None = None, client: Any = None) -> None:
+        if wheels is not None and wheels not in images.WHEELS_CHOICES:
+            raise TargetError(f"--wheels {wheels!r}: use one of {', '.join(images.WHEELS_CHOICES)}")
+        gpu_requests(gpus)  # a bad value is a mistake found now, not after a build
+        self.gpus = gpus
+        self.wheels = wheels
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = images.connect()
+        return self._client
+
+    def check(self, spec: RunSpec) -> None:
+        if not spec.script_path.is_file():
+            raise TargetError(f"script not found: {spec.script_path}")
+        self.client  # noqa: B018 - the daemon must answer before anything starts
+
+    def submit(self, spec: RunSpec, events: RunEvents) -> DockerRun:
+        self.check(spec)
+        publish = spec.debug.bind or LOOPBACK
+        run = DockerRun(events, LOOPBACK if publish in ("0.0.0.0", "::", "") else publish)
+        thread = threading.Thread(target=self._run, args=(run, spec, publish), daemon=True,
+                                  name=f"aml-docker-{spec.name}")
+        thread.start()
+        return run
+
+    # -- the run thread ------------------------------------------------------------------
+    def _run(self, run: DockerRun, spec: RunSpec, publish: str) -> None:
+        outcome: tuple[str, int | None, str] = ("failed", None, "")
+        try:
+            outcome = self._run_to_end(run, spec, publish)
+        finally:
+            with run._lock:
+                container = run.container
+            if container is not None:  # removed before the run is reported ended
+                _remove(container)
+                _unregister(container)
+            if run.canceled:
+                outcome = ("canceled", outcome[1], "canceled by user")
+            run.events.finished(*outcome)
+            run._done.set()
+
+    def _run_to_end(self, run: DockerRun, spec: RunSpec, publish: str) -> tuple[str, int | None, str]:
+        """The run's final (state, exit code, detail); whatever happens, never raises."""
+        try:
+            tag = images.ensure_image(
+                self.client, spec.environment,
+                base=spec.environment.base_image or images.default_base_image(),
+                wheels=self.wheels, log=run.events.line,
+                on_build=lambda: run.events.state("building"),
+                cancel=lambda: run.canceled,
+            )
+            self._start(run, spec, tag, publish)
+            code = self._pump(run)
+        except images.Canceled:
+            return ("canceled", None, "canceled by user")
+        except images.ImageBuildError as exc:
+            if run.canceled:
+                return ("canceled", None, "canceled by user")
+            run.events.line(f"aml_magics: {exc}")
+            return ("failed", None, str(exc) + ("; last lines of the build log:\n" + "\n".join(exc.tail)
+                                                if exc.tail else ""))
+        except Exception as exc:  # surfaced as the run's failure, not a thread traceback
+            if run.canceled:
+                return ("canceled", None, "canceled by user")
+            message = str(exc) if isinstance(exc, TargetError) else images.short_reason(exc)
+            explanation = getattr(exc, "explanation", None)
+            if explanation and str(explanation) not in message:
+                message = str(explanation)
+            run.events.line(f"aml_magics: {message}")
+            return ("failed", None, self._tail_detail(run, message))
+        if run.canceled:
+            return ("canceled", code, "canceled by user")
+        if code == 0:
+            return ("completed", code, "")
+        if not run.endpoint_seen and spec.debug.enabled:
+            return ("failed", code, self._tail_detail(
+                run, f"container exited with code {code} before reporting a debug endpoint"))
+        return ("failed", code, self._tail_detail(run, f"exit code {code}"))
+
+    @staticmethod
+    def _tail_detail(run: DockerRun, message: str) -> str:
+        if not run.tail:
+            return message
+        return f"{message}; last lines of its log:\n" + "\n".join(run.tail)
+
+    def _start(self, run: DockerRun, spec: RunSpec, tag: str, publish: str) -> None:
+        debug = spec.debug
+        host_port = debug.port if debug.port not in (0, DEFAULT_PORT) and not debug.port_auto else None
+        script = str(PurePosixPath(APP_DIR) / Path(spec.script).as_posix())
+        command = [*bootstrap_args(spec, "0.0.0.0", CONTAINER_PORT), "--", script, *spec.args]
+        environment = dict(spec.environment.env_vars)
+        environment.update({"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid())}
+        with run._lock:
+            if run.canceled:
+                raise images.Canceled
+            container = self.client.containers.create(
+                tag,
+                command=command,
+                entrypoint=[images.VENV_PYTHON, "-X", "frozen_modules=off", images.BOOTSTRAP_IN_IMAGE],
+                name=f"aml-magics-{spec.name}-{secrets.token_hex(3)}",
+                labels=labels,
+                environment=environment,
+                working_dir=APP_DIR,
+                volumes={str(spec.source_dir.resolve()): {"bind": APP_DIR, "mode": "rw"}},
+                ports={f"{CONTAINER_PORT}/tcp": (publish, host_port)} if debug.enabled else {},
+                device_requests=gpu_requests(self.gpus) or None,
+                stdin_open=False,
+                tty=False,
+            )
+            run.container = container
+            _register(container)
+        # Attach before start so not one line is lost; demultiplexed so stdout and stderr
+        # never cut each other's lines.
+        run.stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        try:
+            container.start()
+        except Exception as exc:
+            text = str(getattr(exc, "explanation", None) or exc)
+            if host_port and ("already in use" in text or "already allocated" in text):
+                raise TargetError(f"port {host_port} on {publish} is already in use on this machine; "
+                                  "use --port 0 (any free port, the default for docker)") from None
+            raise
+        if debug.enabled:
+            container.reload()
+            bindings = (container.ports or {}).get(f"{CONTAINER_PORT}/tcp") or []
+            if bindings:
+                run.host_port = int(bindings[0]["HostPort"])
+        run.events.line(f"aml_magics: container {container.name} ({tag}) started"
+                        + (f"; debug port {CONTAINER_PORT} published on {publish}:{run.host_port}"
+                           if run.host_port else ""))
+        run.events.state("running")
+
+    def _pump(self, run: DockerRun) -> int | None:
+        out, err = _LineSplitter(), _LineSplitter()
+        try:
+            for stdout, stderr in run.stream:
+                for splitter, data in ((out, stdout), (err, stderr)):
+                    if data:
+                        for text in splitter.feed(data):
+                            run.line(text)
+        except Exception:
+            if not run.canceled:
+                raise
+        for text in out.rest() + err.rest():
+            run.line(text)
+        if run.canceled:
+            return None
+        try:
+            return int(run.container.wait(timeout=None).get("StatusCode"))
+        except Exception:
+            if run.canceled:
+                return None
+            raise
