@@ -1,0 +1,219 @@
+"""The azureml target end to end against the simulated Azure ML control plane.
+
+The simulator executes exactly what was submitted (snapshot, bootstrap entry script,
+arguments, environment variables) in a separate process; where this machine allows, that
+"node" runs in its own network namespace with its own 10.211.x.2 address, so the endpoint
+read back from the run's logs is not loopback and the DAP client attaches across the veth
+pair, through the emitted launch.json, as VS Code would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
+
+from azureml_support import (  # noqa: E402
+    BREAK_LINE,
+    SCRIPT,
+    namespace_or_loopback,
+    use_simulator,
+    wait_for,
+    write_project,
+    write_workspace_config,
+)
+from conftest import port_is_listening  # noqa: E402
+
+from aml_magics import cli  # noqa: E402
+from aml_magics.testing.azureml_simulator import get_simulator  # noqa: E402
+from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def node_namespace():
+    yield from namespace_or_loopback()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AML_MAGICS_CACHE_DIR", str(tmp_path / "cache"))
+    write_workspace_config(tmp_path)
+    write_project(tmp_path / "proj")
+    return tmp_path
+
+
+def _sim(monkeypatch, root: Path, namespace, layout: str) -> str:
+    use_simulator(monkeypatch, root / "sim", layout=layout, netns=namespace.name if namespace else "")
+    return namespace.node_address if namespace else "127.0.0.1"
+
+
+@pytest.mark.parametrize("layout", ["user_logs", "driver"])
+def test_breakpoint_through_launch_json_across_the_node_address(shell, project, monkeypatch, node_namespace, layout):
+    node = _sim(monkeypatch, project, node_namespace, layout)
+    run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --experiment e2e "
+                               "--port 0 --timeout 60 proj/train.py -- --lr 0.1")
+    assert run.target == "azureml" and "simulated Azure ML" in run.description
+    endpoint = run.wait_for_endpoint(60)
+    assert endpoint.host == node  # the node's own private address (10.211.x.2 in a namespace)
+    assert run.state == "waiting_for_debugger"
+    config = run.launch_config()
+    assert config["connect"] == {"host": node, "port": endpoint.port}
+    assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}/proj", "remoteRoot": endpoint.cwd}]
+    assert "/nodes/" in endpoint.cwd and Path(endpoint.cwd, "train.py").is_file()
+    sim_run = _only_run(layout)
+    expected_log = "user_logs/std_log.txt" if layout == "user_logs" else "azureml-logs/70_driver_log.txt"
+    assert expected_log in sim_run.get_details()["logFiles"]
+
+    local_script = project / "proj" / "train.py"
+    client = attach_with_launch_config(config, {str(local_script): [BREAK_LINE]}, workspace_folder=str(project))
+    try:
+        stop = client.wait_stopped(30)
+        assert stop.reason == "breakpoint"
+        assert Path(stop.path) == local_script and stop.line == BREAK_LINE  # mapped back to the local file
+        assert client.variables_of(stop.frame_id)["total"] == "10"
+        wait_for(lambda: run.state == "attached", 15, "attached state")
+        client.continue_(stop.thread_id)
+        assert run.wait(60) == "completed"
+    finally:
+        client.close()
+    assert run.exit_code == 0
+    assert "total=10 ['--lr', '0.1']" in run.logs and "Debugger attached = True" in run.logs
+    assert sim_run.history[:1] == ["NotStarted"] and sim_run.history[-1] == "Completed"
+    assert {"Preparing", "Queued", "Running"} <= set(sim_run.history)
+    if node_namespace is None:
+        assert not port_is_listening("127.0.0.1", endpoint.port)
+
+
+def _only_run(layout: str):
+    runs = [r for r in get_simulator().runs.values() if r.layout == layout]
+    return runs[-1]
+
+
+def test_endpoint_from_the_run_tag_before_the_logs(project, monkeypatch):
+    """When the bootstrap could tag the run (azureml-core in the image), the tag is read first."""
+    from aml_magics.azureml.monitor import RunMonitor
+
+    events = _Recorder()
+    data = {"host": "10.0.0.4", "port": 5678, "rank": 0, "cwd": "/mnt/azureml/cr/j/1/exe/wd", "timeout": 300}
+
+    class TaggedRun:
+        id = "run-1"
+
+        def __init__(self):
+            self.calls = 0
+
+        def get_details(self):
+            self.calls += 1
+            return {"status": "Running" if self.calls < 3 else "Completed", "logFiles": {}}
+
+        def get_tags(self):
+            return {"aml_magics.endpoint.0": json.dumps(data)}
+
+    backend = type("B", (), {"poll_seconds": 0.01, "read": lambda self, uri, offset: b""})()
+    monitor = RunMonitor(backend, TaggedRun(), events, poll=0.01).start()
+    wait_for(monitor.is_done, 10, "monitor end")
+    tag_lines = [line for line in events.lines if "endpoint from run tag" in line]
+    assert len(tag_lines) == 1 and "AML_MAGICS_ENDPOINT" in tag_lines[0] and "10.0.0.4" in tag_lines[0]
+    assert events.end == ("completed", 0)
+
+
+class _Recorder:
+    def __init__(self):
+        self.lines, self.states, self.end = [], [], None
+
+    def line(self, text):
+        self.lines.append(text)
+
+    def state(self, state, detail=""):
+        self.states.append(state)
+
+    def finished(self, state, exit_code=None, detail=""):
+        self.end = (state, exit_code)
+
+
+def test_cancel_while_waiting_for_the_debugger(shell, project, monkeypatch, node_namespace):
+    _sim(monkeypatch, project, node_namespace, "user_logs")
+    run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --port 0 --timeout 120 "
+                               "proj/train.py")
+    run.wait_for_endpoint(60)
+    sim_run = _only_run("user_logs")
+    shell.run_line_magic("aml_cancel", run.id)
+    assert run.wait(20) == "canceled"
+    assert run.detail == "canceled by user"
+    assert sim_run.get_status() == "Canceled" and "CancelRequested" in sim_run.history
+    assert all(p.poll() is not None for p in sim_run._processes)
+
+
+def test_failed_run_reports_the_service_error_and_exit_code(project, monkeypatch, node_namespace):
+    _sim(monkeypatch, project, node_namespace, "driver")
+    write_project(project / "proj", "import os, sys\nprint('run id', os.environ['AZUREML_RUN_ID'])\nsys.exit(3)\n",
+                  name="fail.py")
+    code = cli.main(["run", "proj/fail.py", "--target", "azureml", "--compute", "cpu-cluster", "--no-debug"])
+    assert code == 3
+    run = _only_run("driver")
+    log = (run.dir / "azureml-logs" / "70_driver_log.txt").read_text()
+    assert f"run id {run.id}" in log  # the variables Azure ML sets reach the process
+    assert run.get_status() == "Failed" and "exited with status code 3" in run.get_details()["error"]["error"]["message"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    ({"AML_MAGICS_SIM_AUTH": "fail"}, "Azure ML: authentication failed while trying to open workspace ws-debug"),
+    ({}, "compute 'no-such' not found in workspace ws-debug (computes: cpu-cluster, gpu-cluster)"),
+    ({"environment": "NoSuchEnv:2"}, "Azure ML: could not get environment NoSuchEnv:2: Environment NoSuchEnv:2 was not"),
+])
+def test_service_errors_are_one_line_and_nothing_is_submitted(project, monkeypatch, capsys, setup, message):
+    use_simulator(monkeypatch, project / "sim")
+    argv = ["run", "proj/train.py", "--target", "azureml", "--compute", "cpu-cluster"]
+    for key, value in setup.items():
+        if key.startswith("AML_"):
+            monkeypatch.setenv(key, value)
+        else:
+            argv += [f"--{key}", value]
+    if not setup:
+        argv[-1] = "no-such"
+    before = len(get_simulator().runs)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert len(get_simulator().runs) == before
+
+
+def test_registered_environment_gets_debugpy(project, monkeypatch):
+    use_simulator(monkeypatch, project / "sim")
+    code = cli.main(["run", "proj/train.py", "--target", "azureml", "--compute", "cpu-cluster", "--environment",
+                     "AzureML-sklearn-1.5:1", "--port", "0", "--timeout", "0"])
+    assert code == 0
+    run = list(get_simulator().runs.values())[-1]
+    assert run.submitted.pip_packages[-1] == "debugpy>=1.8.1" and "scikit-learn==1.5.1" in run.submitted.pip_packages
+
+
+def test_text_view_says_simulated(project, monkeypatch):
+    from aml_magics.views import render_text
+
+    use_simulator(monkeypatch, project / "sim")
+    import aml_magics
+
+    run = aml_magics.submit("proj/train.py", target="azureml", compute="cpu-cluster", no_debug=True, wait=True)
+    assert run.state == "completed"
+    assert "simulated Azure ML" in render_text(run)
+    assert SCRIPT  # the script ran as written
+
+
+def test_distributed_run_reports_an_endpoint_per_rank(project, monkeypatch):
+    use_simulator(monkeypatch, project / "sim")
+    import aml_magics
+
+    run = aml_magics.submit("proj/train.py", target="azureml", compute="cpu-cluster", procs_per_node=2, port=0,
+                            timeout=1, wait=True)
+    assert run.state == "completed"
+    assert sorted(e.rank for e in run.endpoints) == [0, 1]
+    sim_run = list(get_simulator().runs.values())[-1]
+    assert sorted(sim_run.get_details()["logFiles"])[-2:] == ["user_logs/std_log_process_0.txt",
+                                                              "user_logs/std_log_process_1.txt"]
+    assert "[rank 1] " in run.logs
