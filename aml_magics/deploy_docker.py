@@ -1,0 +1,141 @@
+"""Deployments in a container, as in Microsoft's guide (``docker run -p 8000:5001 -p 5678:5678
+-v <score.py>:/var/azureml-app/score.py ...``), made one option: ``--target docker``.
+
+It reuses the docker target (targets/docker.py): the same cached environment image (built from
+the deployment's dependencies plus ``azureml-inference-server-http``), the same container life
+cycle, cleanup and log streaming. What differs is only the container: the scoring script's
+folder is mounted at ``/var/azureml-app`` (the guide's app root; edits on the host are live),
+the in-process server script at ``/aml_magics/deploy_server.py`` (read-only), ``--model-dir`` at
+``/var/azureml-app/azureml-models/<name>/1`` (read-only, as ``AZUREML_MODEL_DIR``), and both the
+debug port and the scoring port (5001 inside, as in the guide) are published on 127.0.0.1 only.
+launch.json maps the local folder to ``/var/azureml-app``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .spec import DEFAULT_PORT, RunSpec
+from .targets import TargetError, register_target
+from .targets import docker as docker_target
+from .targets import docker_images as images
+from .targets.base import RunEvents
+from .targets.local import bootstrap_args
+
+APP_ROOT = "/var/azureml-app"
+MODELS_ROOT = f"{APP_ROOT}/azureml-models"
+SERVER_IN_CONTAINER = f"{images.ROOT}/deploy_server.py"
+HTTP_PORT_IN_CONTAINER = 5001
+LOOPBACK = "127.0.0.1"
+TARGET_KEY = "docker-deploy"  # registry key; the target still calls itself "docker"
+
+
+def model_dir_in_container(model_dir: Path) -> str:
+    # The single-model layout of AKS/ACI: azureml-models/<name>/<version>.
+    return f"{MODELS_ROOT}/{model_dir.name or 'model'}/1"
+
+
+def container_args(score_relative: str, http_port: int = HTTP_PORT_IN_CONTAINER) -> tuple[str, ...]:
+    """The server script's arguments inside the container."""
+    return ("--entry-script", f"{APP_ROOT}/{Path(score_relative).as_posix()}", "--host", "0.0.0.0",
+            "--http-port", str(http_port), "--report-host", LOOPBACK)
+
+
+class DeployDockerRun(docker_target.DockerRun):
+    """A docker run handle that also knows where the scoring port is published."""
+
+    def __init__(self, events: RunEvents, client_host: str) -> None:
+        super().__init__(events, client_host)
+        self.http_host_port: int | None = None
+
+    def map_scoring_uri(self, uri: str) -> str:
+        if self.http_host_port is None:
+            return uri
+        return urlunsplit(urlsplit(uri)._replace(netloc=f"{LOOPBACK}:{self.http_host_port}"))
+
+
+class DockerDeployTarget(docker_target.DockerTarget):
+    name = "docker"
+
+    def __init__(self, model_dir: str | None = None, http_port: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.http_port = http_port or None
+
+    def submit(self, spec: RunSpec, events: RunEvents) -> DeployDockerRun:
+        self.check(spec)
+        publish = spec.debug.bind or LOOPBACK
+        run = DeployDockerRun(events, LOOPBACK if publish in ("0.0.0.0", "::", "") else publish)
+        thread = threading.Thread(target=self._run, args=(run, spec, publish), daemon=True,
+                                  name=f"aml-docker-deploy-{spec.name}")
+        thread.start()
+        return run
+
+    def _start(self, run: DeployDockerRun, spec: RunSpec, tag: str, publish: str) -> None:  # type: ignore[override]
+        debug = spec.debug
+        debug_host_port = debug.port if debug.port not in (0, DEFAULT_PORT) and not debug.port_auto else None
+        command = [*bootstrap_args(spec, "0.0.0.0", docker_target.CONTAINER_PORT), "--", SERVER_IN_CONTAINER,
+                   *spec.args]
+        environment = dict(spec.environment.env_vars)
+        environment.update({"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+        volumes = {
+            str(spec.source_dir.resolve()): {"bind": APP_ROOT, "mode": "rw"},
+            str(Path(spec.script_path).resolve()): {"bind": SERVER_IN_CONTAINER, "mode": "ro"},
+        }
+        if self.model_dir is not None:
+            volumes[str(self.model_dir.resolve())] = {"bind": model_dir_in_container(self.model_dir), "mode": "ro"}
+        ports: dict[str, Any] = {f"{HTTP_PORT_IN_CONTAINER}/tcp": (LOOPBACK, self.http_port)}
+        if debug.enabled:
+            ports[f"{docker_target.CONTAINER_PORT}/tcp"] = (publish, debug_host_port)
+        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid()),
+                  f"{images.LABEL}.deployment": "1"}
+        with run._lock:
+            if run.canceled:
+                raise images.Canceled
+            container = self.client.containers.create(
+                tag,
+                command=command,
+                entrypoint=[images.VENV_PYTHON, "-X", "frozen_modules=off", images.BOOTSTRAP_IN_IMAGE],
+                name=f"aml-magics-deploy-{spec.name}-{secrets.token_hex(3)}",
+                labels=labels,
+                environment=environment,
+                working_dir=APP_ROOT,
+                volumes=volumes,
+                ports=ports,
+                device_requests=docker_target.gpu_requests(self.gpus) or None,
+                stdin_open=False,
+                tty=False,
+            )
+            run.container = container
+            docker_target._register(container)
+        run.stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        container.start()
+        container.reload()
+        published = container.ports or {}
+        for key, attribute in ((f"{docker_target.CONTAINER_PORT}/tcp", "host_port"),
+                               (f"{HTTP_PORT_IN_CONTAINER}/tcp", "http_host_port")):
+            bindings = published.get(key) or []
+            if bindings:
+                setattr(run, attribute, int(bindings[0]["HostPort"]))
+        run.events.line(
+            f"aml_magics: container {container.name} ({tag}) started; {APP_ROOT} = {spec.source_dir}; "
+            f"scoring port {HTTP_PORT_IN_CONTAINER} published on {LOOPBACK}:{run.http_host_port}"
+            + (f"; debug port {docker_target.CONTAINER_PORT} published on {publish}:{run.host_port}"
+               if run.host_port else ""))
+        run.events.state("running")
+
+
+def _factory(**options: Any) -> DockerDeployTarget:
+    try:
+        import docker  # noqa: F401 - the SDK is an extra
+    except ImportError:
+        raise TargetError("deployments in docker need the docker SDK: pip install 'aml-magics[docker]'") from None
+    return DockerDeployTarget(**options)
+
+
+register_target(TARGET_KEY, _factory)
