@@ -54,7 +54,8 @@ start_engine() {
         log "starting dockerd (log: $DOCKERD_LOG)"
         # iptables stays on: with --iptables=false, published ports (-p 127.0.0.1:X:Y)
         # are served only by docker-proxy and bridge traffic is not NATed.
-        nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+        # Its own session: the engine outlives the shell (and process group) that started it.
+        setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
     fi
     local waited=0
     until engine_up; do
