@@ -1,0 +1,296 @@
+"""The widget as a user sees it: JupyterLab in headless Chromium, driven by Playwright.
+
+A real JupyterLab server (loopback, no token, a temporary root holding a copy of the quickstart
+notebook) and the distribution's Chromium (Playwright's own browser download is not possible
+here). The test runs the notebook's cells with the keyboard, then asserts in the page: the
+widget renders, the state reaches "waiting for debugger", the endpoint is shown, the copy button
+puts the launch.json on the clipboard, the Write button creates .vscode/launch.json, a real DAP
+client attached to the endpoint *the page shows* stops at a breakpoint in the cell, and on a
+second run the Cancel button ends the run and the page says "canceled".
+
+AML_MAGICS_UPDATE_SCREENSHOT=1 also saves the widget's screenshot to docs/widget.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[test]')")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+
+from conftest import free_port, port_is_listening  # noqa: E402
+
+from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
+
+expect = playwright_api.expect
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "01-quickstart-local.ipynb"
+SCREENSHOT = REPO / "docs" / "widget.png"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Long enough for a DAP client to attach at leisure; the runs end through the test anyway.
+ATTACH_TIMEOUT = "120"
+WAIT_MS = 60_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("AML_MAGICS_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass
+class Lab:
+    root: Path
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self, path: str, method: str = "GET"):
+        request = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """JupyterLab on 127.0.0.1, no token, rooted in a temporary folder with the quickstart notebook."""
+    # A short root path keeps the launch.json in the screenshot readable.
+    root = Path(tempfile.mkdtemp(prefix="aml-lab-"))
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    jupyter = tmp_path / "jupyter"
+    settings = jupyter / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    # No "get notified about Jupyter news?" toast over the notebook.
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    env = dict(os.environ)
+    env.update({
+        "AML_MAGICS_VIEW": "widget",  # the kernel must not inherit the test suite's text view
+        "AML_MAGICS_NOTEBOOK_TIMEOUT": ATTACH_TIMEOUT,
+        "AML_MAGICS_CACHE_DIR": str(tmp_path / "cache"),
+        "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
+        "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
+        "IPYTHONDIR": str(jupyter / "ipython"),
+    })
+    port = free_port()
+    log = tmp_path / "jupyterlab.log"
+    command = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
+        "--ServerApp.allow_root=True", f"--ServerApp.root_dir={root}",
+        f"--LabApp.workspaces_dir={jupyter / 'workspaces'}", f"--LabApp.user_settings_dir={jupyter / 'settings'}",
+        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Lab(root, port, process, log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {process.returncode}:\n{server.log_tail()}")
+            try:
+                server.api("/api/status")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not answer on {server.url} in 90s:\n{server.log_tail()}")
+                time.sleep(0.3)
+        yield server
+    finally:
+        _stop(server)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop(server: Lab) -> None:
+    """Shut the kernels down through the API, then the server; prove nothing it started survives."""
+    process = server.process
+    descendants = []
+    if process.poll() is None:
+        try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        try:
+            for kernel in server.api("/api/kernels") or []:
+                server.api(f"/api/kernels/{kernel['id']}", method="DELETE")
+        except OSError:
+            pass
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    _, alive = psutil.wait_procs(descendants, timeout=15)
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, f"left behind by the JupyterLab session: {[p.pid for p in alive]}"
+
+
+@pytest.fixture
+def page(lab: Lab, tmp_path: Path):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set AML_MAGICS_CHROMIUM)")
+    with playwright_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1100},
+        )
+        try:
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab.url)
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def _wait_for_idle_kernel(lab: Lab, timeout: float = 60) -> None:
+    """The notebook's kernel is started and idle (the page's indicator says idle before that, too)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sessions = [s for s in lab.api("/api/sessions") or [] if s.get("path", "").endswith(NOTEBOOK.name)]
+        if sessions and (sessions[0].get("kernel") or {}).get("execution_state") == "idle":
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no idle kernel for {NOTEBOOK.name} after {timeout}s:\n{lab.log_tail()}")
+
+
+def _notebook_cells() -> list[dict]:
+    return json.loads(NOTEBOOK.read_text())["cells"]
+
+
+def _debug_cell_index() -> int:
+    return next(i for i, c in enumerate(_notebook_cells()) if "".join(c["source"]).startswith("%%aml_debug_run"))
+
+
+def _breakpoint_line() -> int:
+    source = "".join(_notebook_cells()[_debug_cell_index()]["source"]).splitlines()[1:]  # the magic line is not in the file
+    return next(i for i, line in enumerate(source, start=1) if "set a breakpoint here" in line)
+
+
+def _panel(page, run_id: str):
+    return page.locator(".aml-debug-run").filter(has=page.locator(".aml-run-id", has_text=f"({run_id})"))
+
+
+def _shown_endpoint(panel) -> tuple[str, int]:
+    text = panel.locator(".aml-endpoint code").inner_text(timeout=WAIT_MS)
+    match = re.fullmatch(r"(127\.0\.0\.1):(\d+)", text.strip())
+    assert match, f"the page shows endpoint {text!r}"
+    return match.group(1), int(match.group(2))
+
+
+def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
+    cells = _notebook_cells()
+    debug_index = _debug_cell_index()
+    cell_file = lab.root / ".aml_magics" / "cells" / "quickstart.py"
+    launch_json = lab.root / ".vscode" / "launch.json"
+
+    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?reset")
+    notebook_cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+    expect(notebook_cells).to_have_count(len(cells), timeout=WAIT_MS)
+    _wait_for_idle_kernel(lab)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible(timeout=WAIT_MS)
+
+    # Run the notebook from the top down to (and including) the debug cell, as a user does: Shift+Enter.
+    notebook_cells.nth(0).click()
+    for _ in range(debug_index + 1):
+        page.keyboard.press("Shift+Enter")
+        time.sleep(0.2)
+
+    # 1. The widget renders, and the run reaches "waiting for debugger" with its endpoint shown.
+    panel = _panel(page, "quickstart-1")
+    expect(panel).to_be_visible(timeout=WAIT_MS)
+    state = panel.locator("span.aml-state")
+    expect(state).to_have_attribute("data-state", "waiting_for_debugger", timeout=WAIT_MS)
+    expect(state).to_contain_text("waiting for debugger")
+    expect(state).to_contain_text("s left to attach")
+    host, port = _shown_endpoint(panel)
+    assert port_is_listening(host, port), f"the page shows {host}:{port} but nothing listens there"
+    shown_json = json.loads(panel.locator("textarea.aml-launch-json").input_value())
+
+    # 2. The copy button puts the launch.json fragment on the clipboard.
+    copy = panel.locator("button.aml-copy")
+    copy.click()
+    expect(copy).to_have_text("Copied", timeout=10_000)
+    clipboard = json.loads(page.evaluate("() => navigator.clipboard.readText()"))
+    assert clipboard == shown_json
+    config = clipboard["configurations"][0]
+    assert config["name"] == "quickstart" and config["type"] == "debugpy" and config["request"] == "attach"
+    assert config["connect"] == {"host": host, "port": port}
+
+    # 3. The Write button merges it into .vscode/launch.json in the notebook's folder.
+    assert not launch_json.exists()
+    panel.get_by_role("button", name="Write to .vscode/launch.json").click()
+    expect(panel.locator(".aml-message")).to_contain_text("wrote quickstart", timeout=WAIT_MS)
+    written = json.loads(launch_json.read_text())
+    assert [c for c in written["configurations"] if c["name"] == "quickstart"] == [config]
+
+    expect(copy).to_have_text("Copy launch.json", timeout=10_000)  # the button's label comes back
+    panel.screenshot(path=str(tmp_path / "widget.png"))
+    if os.environ.get("AML_MAGICS_UPDATE_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "widget.png", SCREENSHOT)
+
+    # 4. The page tells the truth: a real DAP client, configured from the clipboard, stops in the cell.
+    line = _breakpoint_line()
+    client = attach_with_launch_config(config, {str(cell_file): [line]}, workspace_folder=str(lab.root))
+    try:
+        stop = client.wait_stopped(30)
+        assert stop.reason == "breakpoint"
+        assert Path(stop.path) == cell_file and stop.line == line
+        local_vars = client.variables_of(stop.frame_id)
+        assert local_vars["w"] == "0.0" and local_vars["epoch"] == "0"
+        expect(state).to_have_attribute("data-state", "attached", timeout=WAIT_MS)
+        expect(state).to_contain_text("debugger attached")
+        client.request("setBreakpoints", {"source": {"path": str(cell_file)}, "breakpoints": [], "lines": []})
+        client.continue_(stop.thread_id)
+        expect(state).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
+    finally:
+        client.close()
+    expect(panel.locator("pre.aml-log")).to_contain_text("done: w=3.00 b=1.00", timeout=WAIT_MS)
+    expect(panel.get_by_role("button", name="Cancel run")).to_be_disabled()
+
+    # 5. Run the cell again; the Cancel button ends that run and the page says so.
+    notebook_cells.nth(debug_index).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+    panel = _panel(page, "quickstart-2")
+    state = panel.locator("span.aml-state")
+    expect(state).to_have_attribute("data-state", "waiting_for_debugger", timeout=WAIT_MS)
+    host, port = _shown_endpoint(panel)
+    assert port_is_listening(host, port)
+    panel.get_by_role("button", name="Cancel run").click()
+    expect(state).to_have_attribute("data-state", "canceled", timeout=WAIT_MS)
+    expect(state).to_have_text("canceled")
+    deadline = time.monotonic() + 10
+    while port_is_listening(host, port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_is_listening(host, port), f"{host}:{port} still listening after cancel"
