@@ -3,13 +3,23 @@
 Standalone on purpose: stdlib + debugpy only, copied next to the user's script.
 
     python aml_magics_bootstrap.py [--port N] [--bind HOST] [--timeout S] [--no-debug]
-                                   [--stop-on-entry] -- SCRIPT [ARGS...]
+                                   [--stop-on-entry] [--post-mortem] [--post-mortem-timeout S]
+                                   [--wait-on-breakpoint] [--debug-ranks 0,3]
+                                   [--port-per-local-rank] -- SCRIPT [ARGS...]
 
 It starts debugpy, prints one machine-readable marker line per event
 (``AML_MAGICS_<KIND> {json}``) plus the lines Microsoft's guide prints
 (``Timeout for debug connection: N``, ``ip_address: X``), waits for a client for
 at most the timeout, switches the debugger off completely when nobody came, and
 runs the user's script as ``__main__`` with its own ``sys.argv``.
+
+Distributed runs: the rank comes from ``--rank`` or the launcher's environment
+(``RANK``, ``OMPI_COMM_WORLD_RANK``, ...); with ``--port-per-local-rank`` every process
+of a node listens on ``--port`` + its local rank; ``--debug-ranks`` leaves the other
+ranks without any debugger. ``--post-mortem``: an uncaught exception waits (at most
+``--post-mortem-timeout``) for a client, which stops at the frame that raised.
+``breakpoint()`` pauses when a client is attached, waits for one with
+``--wait-on-breakpoint``, and is otherwise a no-op (never pdb: nobody types into a run).
 """
 
 from __future__ import annotations
@@ -31,6 +41,10 @@ MARKER_PREFIX = "AML_MAGICS_"
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
 _SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+DEFAULT_POST_MORTEM_TIMEOUT = 600.0
+# Where launchers put a process's rank / local rank (torchrun, Open MPI, Intel MPI / MPICH).
+RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
 
 
 def emit(kind: str, **data: object) -> None:
@@ -88,6 +102,26 @@ def report_host(bound_host: str) -> str:
     return bound_host
 
 
+def env_int(names: tuple[str, ...], default: int = 0) -> int:
+    """The first of ``names`` set to an integer in the environment."""
+    for name in names:
+        try:
+            return int(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+    return default
+
+
+def rank_list(text: str) -> frozenset[int]:
+    try:
+        ranks = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--debug-ranks takes ranks like 0,3, not {text!r}") from None
+    if not ranks or min(ranks) < 0:
+        raise argparse.ArgumentTypeError(f"--debug-ranks takes ranks like 0,3, not {text!r}")
+    return ranks
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aml_magics_bootstrap", add_help=True)
     parser.add_argument("--port", type=int, default=5678)
@@ -97,15 +131,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stop-on-entry", action="store_true")
     parser.add_argument("--separate-adapter", action="store_true",
                         help="use debugpy's adapter process (needed to follow subprocesses)")
-    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", "0") or 0))
+    parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: from the launcher's env)")
+    parser.add_argument("--local-rank", type=int, default=None, help="rank on this node (default: from the env)")
+    parser.add_argument("--port-per-local-rank", action="store_true",
+                        help="listen on --port + local rank (one command line for every process of a node)")
+    parser.add_argument("--debug-ranks", type=rank_list, default=None,
+                        help="comma-separated ranks to debug; the others run with no debugger at all")
+    parser.add_argument("--post-mortem", action="store_true",
+                        help="on an uncaught exception, wait for a debugger and stop where it was raised")
+    parser.add_argument("--post-mortem-timeout", type=float, default=DEFAULT_POST_MORTEM_TIMEOUT,
+                        help="seconds to wait for a debugger after a crash or at breakpoint() (default 600)")
+    parser.add_argument("--wait-on-breakpoint", action="store_true",
+                        help="breakpoint() with no debugger attached reports itself and waits for one")
     parser.add_argument("script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER)
     if "--" in argv:
         split = argv.index("--")
         ns = parser.parse_args(argv[:split] + argv[split + 1:split + 2])
         ns.script_args = argv[split + 2:]
-        return ns
-    return parser.parse_args(argv)
+    else:
+        ns = parser.parse_args(argv)
+    return _resolve_ranks(ns)
+
+
+def _resolve_ranks(ns: argparse.Namespace) -> argparse.Namespace:
+    """Rank and local rank from the flags or the launcher's env; the port of this process."""
+    if ns.rank is None:
+        ns.rank = env_int(RANK_VARIABLES)
+    if ns.local_rank is None:
+        ns.local_rank = env_int(LOCAL_RANK_VARIABLES)
+    if ns.port_per_local_rank and ns.port:
+        ns.port += ns.local_rank
+    ns.debug_this_rank = not ns.no_debug and (ns.debug_ranks is None or ns.rank in ns.debug_ranks)
+    return ns
 
 
 class Debugger:
@@ -114,15 +172,47 @@ class Debugger:
     def __init__(self, debugpy_module, options: argparse.Namespace) -> None:
         self.debugpy = debugpy_module
         self.options = options
+        self.switched_off = False
+        self.port: int | None = None  # the port bound last; a new listen() reuses it
 
     def listen(self) -> tuple[str, int]:
         bind = resolve_bind(self.options.bind)
-        in_process = not self.options.separate_adapter
-        if in_process:
-            host, port = self.debugpy.listen((bind, self.options.port), in_process_debug_adapter=True)
+        if not self.switched_off:
+            host, port = self._listen(bind, self.options.port)
         else:
-            host, port = self.debugpy.listen((bind, self.options.port))
+            # Listening again after switch_off() (post-mortem, breakpoint()): same port, so a
+            # launch.json written for it stays right; any free one if that is gone. Always
+            # with the in-process adapter: debugpy cannot start a second adapter process.
+            self._allow_listen_again()
+            try:
+                host, port = self._listen(bind, self.port or self.options.port, in_process=True)
+            except Exception:
+                self._allow_listen_again()
+                host, port = self._listen(bind, 0, in_process=True)
+        self.switched_off = False
+        self.port = port
         return host, port
+
+    def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
+        if in_process or not self.options.separate_adapter:
+            return self.debugpy.listen((bind, port), in_process_debug_adapter=True)
+        return self.debugpy.listen((bind, port))
+
+    @staticmethod
+    def _allow_listen_again() -> None:
+        """debugpy refuses a second listen(); switch_off() disposed of the first session.
+
+        pydevd's stoptrace() unregisters the disposed debugger, so a new one can start;
+        what remains are debugpy's "called" flag and pydevd's remembered host/port.
+        """
+        import pydevd
+        from debugpy.server import api
+
+        api.listen.called = False
+        pydevd.SetupHolder.setup = None
+
+    def client_connected(self) -> bool:
+        return not self.switched_off and bool(self.debugpy.is_client_connected())
 
     def wait_for_client(self, timeout: float) -> bool:
         """debugpy.wait_for_client() has no timeout; cancel it from a timer thread."""
@@ -143,6 +233,7 @@ class Debugger:
 
             self._close_in_process_listener(pydevd.get_global_debugger())
             pydevd.stoptrace()
+            self.switched_off = True
         except Exception as exc:  # never let cleanup kill the user's run
             print(f"aml_magics: could not switch the debugger off: {exc}", file=sys.stderr, flush=True)
 
@@ -151,17 +242,21 @@ class Debugger:
         """The in-process adapter's listener survives stoptrace(); close it ourselves.
 
         shutdown() first: a bare close() does not wake the thread blocked in accept(),
-        and the port would stay open.
+        and the port would stay open. The kill flag before that: a thread woken with the
+        flag still unset loops back to listen() on the same socket.
         """
         waiter = getattr(py_db, "_waiting_for_connection_thread", None)
         server = getattr(waiter, "_server_socket", None)
         if waiter is None or server is None:
             return
+        waiter._kill_received = True
         try:
             server.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         waiter.do_kill_pydev_thread()
+        if isinstance(waiter, threading.Thread) and waiter is not threading.current_thread():
+            waiter.join(2.0)
 
     def stop_on_entry(self) -> None:
         """Pause at the user script's first line, not in this file."""
@@ -172,27 +267,237 @@ class Debugger:
         api.set_dont_trace_start_end_patterns(pydevd.get_global_debugger(), (), (os.path.abspath(__file__),))
         api.stop_on_entry()
 
+    @staticmethod
+    def pause_at(frame: object) -> None:
+        """Pause the current thread in ``frame`` (what breakpoint() does with a client attached)."""
+        import pydevd
 
-def start_debugger(options: argparse.Namespace, script_path: str) -> None:
-    import debugpy
+        pydevd.settrace(suspend=True, trace_only_current_thread=True, patch_multiprocessing=False,
+                        stop_at_frame=frame, notify_stdin=False)
 
-    debugger = Debugger(debugpy, options)
-    started = time.time()
-    bound_host, port = debugger.listen()
-    host = report_host(bound_host)
-    print(f"Timeout for debug connection: {options.timeout:g}", flush=True)
-    print(f"ip_address: {host}", flush=True)
-    emit("ENDPOINT", host=host, port=port, bind=bound_host, rank=options.rank, pid=os.getpid(),
-         cwd=os.getcwd(), script=script_path, timeout=options.timeout,
-         deadline=started + options.timeout if options.timeout > 0 else None,
-         version=BOOTSTRAP_VERSION)
-    attached = debugger.wait_for_client(options.timeout)
-    print(f"Debugger attached = {attached}", flush=True)
-    emit("ATTACHED", attached=attached, rank=options.rank, pid=os.getpid())
-    if not attached:
-        debugger.switch_off()
-    elif options.stop_on_entry:
-        debugger.stop_on_entry()
+    @staticmethod
+    def stop_at_exception(exc_info: tuple) -> None:
+        """Post-mortem: show the attached client the frame that raised, with its locals.
+
+        The traceback is already unwound (as with pdb.post_mortem); the client sees an
+        unhandled-exception stop in the innermost frame that is not the debugger's own.
+        """
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        if py_db is None:
+            return
+        trigger = getattr(py_db, "trigger_exception_handler", None)
+        if trigger is not None:  # debugpy >= 1.8.20 does exactly this
+            trigger(exc_info, as_uncaught=False)
+            return
+        frames, user_frame, tb = [], None, exc_info[2]
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            if py_db.get_file_type(tb.tb_frame) != py_db.PYDEV_FILE:
+                user_frame = tb.tb_frame
+            tb = tb.tb_next
+        if user_frame is None:
+            return
+        thread = threading.current_thread()
+        info = py_db.set_additional_thread_info(thread)
+        info.is_tracing += 1
+        try:
+            py_db.do_stop_on_unhandled_exception(thread, user_frame, {id(f): f for f in frames}, exc_info)
+        finally:
+            info.is_tracing -= 1
+
+
+def tag_azureml_run(endpoint: dict) -> None:
+    """On Azure ML, also put the endpoint in a run tag (cheaper to read than logs).
+
+    Optional and never fatal: only inside a submitted run whose image has azureml-core,
+    in a background thread (importing azureml takes seconds); elsewhere it does nothing.
+    """
+    if not (os.environ.get("AZUREML_RUN_ID") and os.environ.get("AZUREML_SERVICE_ENDPOINT")):
+        return
+
+    def tag() -> None:
+        try:
+            from azureml.core import Run
+
+            run = Run.get_context(allow_offline=False)
+            run.tag(f"aml_magics.endpoint.{endpoint.get('rank', 0)}", json.dumps(endpoint, sort_keys=True))
+        except Exception:
+            pass  # azureml-core absent or no run context: the log line is enough
+
+    threading.Thread(target=tag, daemon=True, name="aml-magics-run-tag").start()
+
+
+class DebugSession:
+    """The debugger of this process: started when needed, listening only while waited for.
+
+    At start it listens for ``--timeout`` seconds (unless that is 0 and only a crash or a
+    breakpoint() should start it: then nothing runs until that moment). A post-mortem
+    or a breakpoint() with ``--wait-on-breakpoint`` listens again, reports the endpoint
+    and waits at most ``--post-mortem-timeout`` seconds; nobody came means off again.
+    """
+
+    def __init__(self, options: argparse.Namespace, script_path: str) -> None:
+        self.options = options
+        self.script_path = script_path
+        self.enabled = bool(getattr(options, "debug_this_rank", not options.no_debug))
+        self.debugger: Debugger | None = None
+        self.listening = False
+        self.host: str | None = None
+        self.port: int | None = None
+        self._lock = threading.RLock()
+        self._ignored: set[tuple[str, int]] = set()
+
+    # -- listening ---------------------------------------------------------------
+    def listen(self, timeout: float, reason: str) -> tuple[str, int]:
+        """Start (or restart) listening and report the endpoint; a no-op while listening."""
+        with self._lock:
+            if self.listening and self.host is not None and self.port is not None:
+                return self.host, self.port
+            if self.debugger is None:
+                import debugpy
+
+                self.debugger = Debugger(debugpy, self.options)
+            started = time.time()
+            bound_host, port = self.debugger.listen()
+            self.listening = True
+            install_breakpointhook(self)  # importing pydevd installed its own hook
+            host = report_host(bound_host)
+            self.host, self.port = host, port
+            print(f"Timeout for debug connection: {timeout:g}", flush=True)
+            print(f"ip_address: {host}", flush=True)
+            endpoint = dict(host=host, port=port, bind=bound_host, rank=self.options.rank, pid=os.getpid(),
+                            cwd=os.getcwd(), script=self.script_path, timeout=timeout,
+                            deadline=started + timeout if timeout > 0 else None, reason=reason,
+                            version=BOOTSTRAP_VERSION)
+            emit("ENDPOINT", **endpoint)
+            tag_azureml_run(endpoint)
+            return host, port
+
+    def wait(self, timeout: float, reason: str) -> bool:
+        """Wait at most ``timeout`` for a client; switch the debugger off if none came."""
+        with self._lock:
+            assert self.debugger is not None
+            attached = self.debugger.wait_for_client(timeout)
+            print(f"Debugger attached = {attached}", flush=True)
+            emit("ATTACHED", attached=attached, rank=self.options.rank, pid=os.getpid(), reason=reason)
+            if not attached:
+                self.debugger.switch_off()
+                self.listening = False
+            return attached
+
+    def client_connected(self) -> bool:
+        return self.listening and self.debugger is not None and self.debugger.client_connected()
+
+    @property
+    def lazy(self) -> bool:
+        """``--timeout 0`` with a crash or breakpoint() to wait for: start nothing up front."""
+        options = self.options
+        return options.timeout <= 0 and (options.post_mortem or options.wait_on_breakpoint)
+
+    def start(self) -> None:
+        if not self.enabled or self.lazy:
+            return
+        self.listen(self.options.timeout, "start")
+        if self.wait(self.options.timeout, "start") and self.options.stop_on_entry:
+            assert self.debugger is not None
+            self.debugger.stop_on_entry()
+
+    # -- post-mortem -------------------------------------------------------------
+    def post_mortem(self, exc_info: tuple) -> None:
+        """An uncaught exception: report it, wait for a client, stop where it was raised."""
+        if not self.enabled:
+            return
+        exc_type, exc, tb = exc_info
+        frame_file, frame_line = _innermost(tb)
+        timeout = self.options.post_mortem_timeout
+        details = dict(type=getattr(exc_type, "__qualname__", str(exc_type)),
+                       module=getattr(exc_type, "__module__", ""), message=_short(exc),
+                       file=frame_file, line=frame_line, rank=self.options.rank, pid=os.getpid())
+        with self._lock:
+            if self.client_connected():
+                emit("POST_MORTEM", host=self.host, port=self.port, attached=True, timeout=0, deadline=None,
+                     **details)
+                attached = True
+            else:
+                started = time.time()
+                host, port = self.listen(timeout, "post_mortem")
+                emit("POST_MORTEM", host=host, port=port, attached=False, timeout=timeout,
+                     deadline=started + timeout if timeout > 0 else None, **details)
+                print(f"aml_magics: rank {self.options.rank} crashed ({details['type']}: {details['message']}); "
+                      f"post-mortem: waiting up to {timeout:g}s for a debugger at {host}:{port}", flush=True)
+                attached = self.wait(timeout, "post_mortem")
+        if attached:
+            assert self.debugger is not None
+            self.debugger.stop_at_exception(exc_info)
+
+    # -- breakpoint() ------------------------------------------------------------
+    def on_breakpoint(self, frame) -> None:
+        """``breakpoint()`` in user code: pause, wait for a client, or do nothing."""
+        if os.environ.get("PYTHONBREAKPOINT") == "0":
+            return
+        if self.enabled and self.client_connected():
+            Debugger.pause_at(frame)
+            return
+        where = (frame.f_code.co_filename, frame.f_lineno)
+        if not (self.enabled and self.options.wait_on_breakpoint):
+            if where not in self._ignored:
+                self._ignored.add(where)
+                why = "--wait-on-breakpoint to wait for one" if self.enabled else "the debugger is off for this rank"
+                print(f"aml_magics: breakpoint() at {where[0]}:{where[1]} ignored: no debugger attached ({why})",
+                      file=sys.stderr, flush=True)
+            return
+        timeout = self.options.post_mortem_timeout
+        with self._lock:
+            if self.client_connected():  # another thread's breakpoint() got one meanwhile
+                attached = True
+            else:
+                started = time.time()
+                host, port = self.listen(timeout, "breakpoint")
+                emit("BREAKPOINT", host=host, port=port, file=where[0], line=where[1], function=frame.f_code.co_name,
+                     rank=self.options.rank, pid=os.getpid(), timeout=timeout,
+                     deadline=started + timeout if timeout > 0 else None)
+                print(f"aml_magics: breakpoint() at {where[0]}:{where[1]}: waiting up to {timeout:g}s "
+                      f"for a debugger at {host}:{port}", flush=True)
+                attached = self.wait(timeout, "breakpoint")
+        if attached:
+            Debugger.pause_at(frame)
+
+
+def install_breakpointhook(session: DebugSession) -> None:
+    """Make breakpoint() ours: debugpy's hook would pause only with a client attached, and
+    Python's default (pdb) would read a stdin nobody types into."""
+
+    def aml_magics_breakpointhook(*args: object, **kwargs: object) -> None:
+        session.on_breakpoint(sys._getframe(1))
+
+    sys.breakpointhook = aml_magics_breakpointhook
+
+
+def _innermost(tb) -> tuple[str | None, int | None]:
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return None, None
+    return last.tb_frame.f_code.co_filename, last.tb_lineno
+
+
+def _short(exc: object, limit: int = 500) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def start_debugger(options: argparse.Namespace, script_path: str) -> DebugSession:
+    """Listen, report, wait for a client at most ``--timeout``; the session, for later."""
+    session = DebugSession(options, script_path)
+    install_breakpointhook(session)
+    session.start()
+    return session
 
 
 def line_buffer_output() -> None:
@@ -205,8 +510,12 @@ def line_buffer_output() -> None:
                 pass
 
 
-def run_user_script(script_path: str, script_args: list[str]) -> int:
-    """Run the script as ``python SCRIPT ARGS`` would: its dir first on sys.path."""
+def run_user_script(script_path: str, script_args: list[str], on_crash=None) -> int:
+    """Run the script as ``python SCRIPT ARGS`` would: its dir first on sys.path.
+
+    ``on_crash(exc_info)`` runs after the traceback of an uncaught exception is printed
+    (post-mortem); the exit code stays 1.
+    """
     sys.argv = [script_path, *script_args]
     sys.path[0] = os.path.dirname(script_path)
     try:
@@ -223,6 +532,13 @@ def run_user_script(script_path: str, script_args: list[str]) -> int:
         return 1
     except BaseException:
         traceback.print_exc()
+        if on_crash is not None:
+            try:
+                on_crash(sys.exc_info())
+            except KeyboardInterrupt:  # canceled while waiting for a debugger
+                print("aml_magics: post-mortem wait interrupted", file=sys.stderr, flush=True)
+            except Exception as exc:  # the original failure is what the run reports
+                print(f"aml_magics: post-mortem failed: {exc!r}", file=sys.stderr, flush=True)
         return 1
     return 0
 
@@ -234,9 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(script_path):
         print(f"aml_magics: script not found: {script_path}", file=sys.stderr, flush=True)
         return 2
-    if not options.no_debug:
-        start_debugger(options, script_path)
-    code = run_user_script(script_path, options.script_args)
+    session = DebugSession(options, script_path)
+    install_breakpointhook(session)
+    if not session.enabled and not options.no_debug:
+        print(f"aml_magics: rank {options.rank} runs without a debugger (not in --debug-ranks)", flush=True)
+    session.start()
+    on_crash = session.post_mortem if session.enabled and options.post_mortem else None
+    code = run_user_script(script_path, options.script_args, on_crash)
     emit("EXIT", code=code, rank=options.rank, pid=os.getpid())
     return code
 

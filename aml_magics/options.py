@@ -11,11 +11,20 @@ import argparse
 import os
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .spec import DEFAULT_PORT, DEFAULT_TIMEOUT, DebugOptions, EnvironmentSpec, RunSpec
+from .spec import (
+    DEFAULT_PORT,
+    DEFAULT_POST_MORTEM_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DebugOptions,
+    DistributedSpec,
+    EnvironmentSpec,
+    RunSpec,
+)
 
 DEFAULT_CELL_DIR = ".aml_magics/cells"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -24,6 +33,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Options that configure a target rather than the run; each target's factory takes them
 # as keyword arguments (a target adds its names here and its flags in add_run_options).
 TARGET_OPTIONS: dict[str, tuple[str, ...]] = {"local": ()}
+TARGET_OPTIONS["docker"] = ("gpus", "wheels")
+TARGET_OPTIONS["azureml"] = ("compute", "experiment", "workspace_config", "environment", "sdk", "subscription",
+                            "resource_group", "workspace", "vscode_service", "distribution")
 
 
 class OptionsError(ValueError):
@@ -60,6 +72,36 @@ def timeout_value(text: str) -> float:
     return value
 
 
+def count_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value}")
+    return value
+
+
+def ranks_value(text: str) -> tuple[int, ...]:
+    """``0,3`` → (0, 3); repeatable (the Python API passes a list as repeated flags)."""
+    try:
+        ranks = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--debug-ranks takes ranks like 0,3, not {text!r}") from None
+    if not ranks or min(ranks) < 0:
+        raise argparse.ArgumentTypeError(f"--debug-ranks takes ranks like 0,3, not {text!r}")
+    return ranks
+
+
+# The most processes one run may start on a single machine (local target).
+MAX_LOCAL_PROCESSES = 64
+# Targets that place every process on one machine: --nodes above 1 makes no sense there.
+SINGLE_NODE_TARGETS = frozenset({"docker"})
+# Targets that start one process only (a target that starts --procs-per-node processes
+# removes itself from here).
+SINGLE_PROCESS_TARGETS = {"docker"}
+
+
 def env_var_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
@@ -79,12 +121,47 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=timeout_value, default=None, help="seconds to wait for a debugger (0: don't)")
     parser.add_argument("--no-debug", action="store_true", help="run without the debugger")
     parser.add_argument("--stop-on-entry", action="store_true", help="pause at the script's first line once attached")
+    parser.add_argument("--nodes", type=count_value, default=None, help="distributed: number of nodes (default 1)")
+    parser.add_argument("--procs-per-node", type=count_value, default=None,
+                        help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default 1)")
+    parser.add_argument("--debug-ranks", type=ranks_value, action="append", default=None,
+                        help="debug only these ranks (0,3); the others run with no debugger")
+    parser.add_argument("--post-mortem", action="store_true",
+                        help="an uncaught exception waits for a debugger, which stops where it was raised")
+    parser.add_argument("--post-mortem-timeout", type=timeout_value, default=None,
+                        help="seconds a crash (or --wait-on-breakpoint) waits for a debugger (default 600)")
+    parser.add_argument("--wait-on-breakpoint", action="store_true",
+                        help="breakpoint() with no debugger attached waits for one (else it is a no-op)")
     parser.add_argument("--wait", action="store_true", default=None, help="block until the run ends")
     parser.add_argument("--launch-json", default=None, help="merge the attach configuration into this launch.json")
     parser.add_argument("--local-root", default=None, help="local folder mapped to the run's working directory")
     parser.add_argument("--pip", action="append", default=[], help="pip requirement (repeatable)")
     parser.add_argument("--requirements", default=None, help="requirements file for the run's environment")
     parser.add_argument("--env-var", action="append", type=env_var_value, default=[], help="KEY=VALUE (repeatable)")
+    parser.add_argument("--base-image", default=None, help="docker: image to build on (default python:<kernel's X.Y>-slim)")
+    parser.add_argument("--conda", default=None, help="conda environment file (docker: created in the image)")
+    parser.add_argument("--gpus", default=None, help="docker: GPUs for the container (all, N, device=0,1); none unless asked")
+    parser.add_argument("--wheels", choices=("host", "index"), default=None,
+                        help="docker: resolve wheels on the host (default; build needs no network) or in the build")
+    parser.add_argument("--compute", default=None, help="azureml: compute target name (default: %%config, or this compute instance)")
+    parser.add_argument("--experiment", default=None, help="azureml: experiment name (default: the notebook's name)")
+    parser.add_argument("--workspace-config", default=None,
+                        help="azureml: workspace config.json, or a folder to search (default: Workspace.from_config() lookup)")
+    parser.add_argument("--environment", default=None, metavar="NAME[:VERSION]",
+                        help="azureml: an existing/curated Azure ML environment to use, with debugpy added")
+    parser.add_argument("--sdk", choices=("v1", "v2"), default=None,
+                        help="azureml: submit with azureml-core (v1) or azure-ai-ml (v2); default: %%config "
+                             "AmlDebugMagics.azureml_sdk, else the one installed (v1 when both are)")
+    parser.add_argument("--subscription", default=None, help="azureml: subscription id (with --resource-group, --workspace)")
+    parser.add_argument("--resource-group", default=None, help="azureml: resource group of the workspace")
+    parser.add_argument("--workspace", default=None, help="azureml: workspace name (instead of a config.json)")
+    parser.add_argument("--vscode-service", action="store_true", default=None,
+                        help="azureml v2: add a VS Code job service (reach the node from outside its network)")
+    parser.add_argument("--distribution", choices=("pytorch", "mpi"), default=None,
+                        help="azureml v2: launcher of a distributed job (--nodes/--procs-per-node; default pytorch)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build what would be submitted and show it; contact no service, start nothing")
+    parser.add_argument("--output", choices=("text", "json"), default=None, help="CLI: --dry-run output format")
 
 
 def make_parser(prog: str) -> _Parser:
@@ -138,6 +215,7 @@ class RunRequest:
     cell_file: Path | None = None  # the file the cell must be written to, if any
     cell: str | None = None
     cell_dir_is_ours: bool = False  # the default cell dir: rewriting its files is expected
+    dry_run: bool = False  # build and show the submission only (aml_magics.dryrun)
 
 
 def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, cwd: Path | None = None) -> RunRequest:
@@ -156,7 +234,10 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         bind=ns.bind if ns.bind is not None else defaults.bind,
         timeout=ns.timeout if ns.timeout is not None else defaults.timeout,
         stop_on_entry=ns.stop_on_entry,
+        **_debug_extras(ns),
     )
+    target = ns.target or defaults.target
+    distributed = _distributed(ns, target, debug)
     spec = RunSpec(
         name=name,
         source_dir=source_dir,
@@ -164,10 +245,10 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         args=tuple(args),
         environment=_environment(ns, cwd),
         debug=debug,
+        distributed=distributed,
         local_root=_resolve(ns.local_root, cwd) if ns.local_root else None,
     )
     launch_json = ns.launch_json if ns.launch_json is not None else defaults.launch_json
-    target = ns.target or defaults.target
     return RunRequest(
         spec=spec,
         target=target,
@@ -177,7 +258,48 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         cell_file=cell_file,
         cell=cell,
         cell_dir_is_ours=cell is not None and not ns.source_dir,
+        dry_run=bool(getattr(ns, "dry_run", False)),
     )
+
+
+def _debug_extras(ns: argparse.Namespace) -> dict[str, Any]:
+    """Post-mortem, breakpoint() and rank options (absent from a namespace built elsewhere)."""
+    ranks = getattr(ns, "debug_ranks", None)
+    timeout = getattr(ns, "post_mortem_timeout", None)
+    if getattr(ns, "no_debug", False):
+        wanted = [flag for flag, on in (("--post-mortem", getattr(ns, "post_mortem", False)),
+                                        ("--wait-on-breakpoint", getattr(ns, "wait_on_breakpoint", False)),
+                                        ("--debug-ranks", bool(ranks))) if on]
+        if wanted:
+            verb = "needs" if len(wanted) == 1 else "need"
+            raise OptionsError(f"{' and '.join(wanted)} {verb} the debugger: drop --no-debug")
+    return {
+        "post_mortem": bool(getattr(ns, "post_mortem", False)),
+        "post_mortem_timeout": DEFAULT_POST_MORTEM_TIMEOUT if timeout is None else timeout,
+        "wait_on_breakpoint": bool(getattr(ns, "wait_on_breakpoint", False)),
+        "debug_ranks": tuple(sorted({r for group in ranks for r in group})) if ranks else None,
+    }
+
+
+def _distributed(ns: argparse.Namespace, target: str, debug: DebugOptions) -> DistributedSpec:
+    nodes = getattr(ns, "nodes", None) or 1
+    procs = getattr(ns, "procs_per_node", None) or 1
+    if nodes > 1 and target in SINGLE_NODE_TARGETS:
+        raise OptionsError(f"--nodes {nodes}: target '{target}' runs one container on one machine; "
+                           f"use --procs-per-node for several processes, or --target azureml for several nodes")
+    if procs > 1 and target in SINGLE_PROCESS_TARGETS:
+        raise OptionsError(f"--procs-per-node {procs}: target '{target}' does not start several processes yet; "
+                           "use --target local")
+    world = nodes * procs
+    if target == "local" and world > MAX_LOCAL_PROCESSES:
+        raise OptionsError(f"--nodes {nodes} --procs-per-node {procs}: {world} processes; "
+                           f"the local target starts at most {MAX_LOCAL_PROCESSES}")
+    if debug.debug_ranks is not None:
+        outside = [r for r in debug.debug_ranks if r >= world]
+        if outside:
+            raise OptionsError(f"--debug-ranks {','.join(map(str, outside))}: the run has {world} rank(s) "
+                               f"(0-{world - 1})")
+    return DistributedSpec(nodes=nodes, procs_per_node=procs)
 
 
 def _target_options(ns: argparse.Namespace, target: str) -> dict[str, Any]:

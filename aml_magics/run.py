@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 from . import launch
 from .markers import Endpoint, endpoint_from, parse_marker
@@ -19,11 +20,31 @@ QUEUED = "queued"
 RUNNING = "running"
 WAITING = "waiting_for_debugger"
 ATTACHED = "attached"
+CRASHED = "crashed_waiting_for_debugger"  # post-mortem: an uncaught exception waits for a client
 COMPLETED = "completed"
 FAILED = "failed"
 CANCELED = "canceled"
-STATES = (PREPARING, BUILDING, QUEUED, RUNNING, WAITING, ATTACHED, COMPLETED, FAILED, CANCELED)
+STATES = (PREPARING, BUILDING, QUEUED, RUNNING, WAITING, ATTACHED, CRASHED, COMPLETED, FAILED, CANCELED)
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
+# States the debug markers move a run between (its ranks' states, summed up).
+_DEBUG_STATES = frozenset({RUNNING, WAITING, ATTACHED, CRASHED})
+_RANK_MARKERS = frozenset({"ENDPOINT", "ATTACHED", "POST_MORTEM", "BREAKPOINT", "EXIT"})
+
+
+class _RankTuple(NamedTuple):
+    rank: int
+    endpoint: Endpoint | None
+    state: str
+
+
+class RankStatus(_RankTuple):
+    """One rank of a run: (rank, endpoint or None, state); ``detail`` says more.
+
+    The endpoint is None for a rank without a debugger (outside --debug-ranks) or one
+    that has not reported yet; ``detail`` holds e.g. the exception a crashed rank waits with.
+    """
+
+    detail: str = ""
 
 MAX_LOG_LINES = 20_000
 Listener = Callable[["DebugRun", str], None]
@@ -52,6 +73,8 @@ class DebugRun:
         self.attach_deadline: float | None = None
         self._state = PREPARING
         self._endpoints: list[Endpoint] = []
+        self._rank_states: dict[int, str] = {}  # from each rank's markers
+        self._rank_details: dict[int, str] = {}
         self._lines: deque[str] = deque(maxlen=MAX_LOG_LINES)
         self._line_count = 0  # lines ever received (the deque forgets the oldest)
         self._handle: RunHandle | None = None
@@ -91,8 +114,30 @@ class DebugRun:
             fresh = min(self._line_count - seen, len(self._lines))
             return (list(self._lines)[-fresh:] if fresh > 0 else []), self._line_count
 
+    @property
+    def world_size(self) -> int:
+        distributed = getattr(self.spec, "distributed", None)
+        return distributed.world_size if distributed is not None else 1
+
+    @property
+    def ranks(self) -> list[RankStatus]:
+        """Every rank: its endpoint (None without a debugger) and its own state."""
+        with self._cond:
+            by_rank = {e.rank: e for e in self._endpoints}
+            numbers = set(range(self.world_size)) | set(self._rank_states) | set(by_rank)
+            statuses = []
+            for rank in sorted(numbers):
+                state = self._rank_states.get(rank) or (
+                    self._state if self._state in (PREPARING, BUILDING, QUEUED) else RUNNING)
+                if self.done and state not in TERMINAL:
+                    state = self._state  # the run ended (canceled, ...) with this rank still live
+                status = RankStatus(rank, by_rank.get(rank), state)
+                status.detail = self._rank_details.get(rank, "")
+                statuses.append(status)
+            return statuses
+
     def seconds_left_to_attach(self) -> float | None:
-        if self._state != WAITING or self.attach_deadline is None:
+        if self._state not in (WAITING, CRASHED) or self.attach_deadline is None:
             return None
         return max(0.0, self.attach_deadline - time.time())
 
@@ -128,7 +173,7 @@ class DebugRun:
     # -- launch.json -----------------------------------------------------------
     def config_name(self, endpoint: Endpoint) -> str:
         ranks = {e.rank for e in self._endpoints}
-        suffix = f" rank {endpoint.rank}" if len(ranks) > 1 or endpoint.rank else ""
+        suffix = f" rank {endpoint.rank}" if len(ranks) > 1 or endpoint.rank or self.world_size > 1 else ""
         return f"{self.name}{suffix}"
 
     def launch_config(self, rank: int | None = None, workspace_folder: str | Path | None = None) -> dict:
@@ -233,10 +278,51 @@ class DebugRun:
             self._on_endpoint(data)
         elif kind == "ATTACHED":
             self.attached = bool(data.get("attached"))
-            if self._state in (WAITING, ATTACHED, RUNNING):
-                self.set_state(ATTACHED if self.attached else RUNNING)
+            self._on_rank_marker(data, ATTACHED if self.attached else RUNNING)
+        elif kind == "POST_MORTEM":
+            what = f"{data.get('type', 'exception')}: {data.get('message', '')}".rstrip(": ")
+            self._on_rank_marker(data, ATTACHED if data.get("attached") else CRASHED, what, run_detail=True)
+        elif kind == "BREAKPOINT":
+            where = f"breakpoint() at {data.get('file')}:{data.get('line')}"
+            self._on_rank_marker(data, ATTACHED if data.get("attached") else WAITING, where)
+        elif kind == "EXIT":
+            code = data.get("code")
+            if code == 0:
+                self._on_rank_marker(data, COMPLETED)
+            elif code == 130:  # KeyboardInterrupt: what a cancel (SIGINT) does to a rank
+                self._on_rank_marker(data, CANCELED, "interrupted")
+            else:
+                self._on_rank_marker(data, FAILED, f"exit code {code}")
         elif kind == "ERROR":
             self.detail = str(data.get("message", ""))
+
+    def _on_rank_marker(self, data: dict[str, Any], state: str, detail: str = "", run_detail: bool = False) -> None:
+        """A rank moved to ``state``; the run's state follows its ranks (while it runs)."""
+        rank = _rank_of(data)
+        with self._cond:
+            self._rank_states[rank] = state
+            if detail or state in (RUNNING, ATTACHED):
+                self._rank_details[rank] = detail
+            deadline = data.get("deadline")
+            if state in (WAITING, CRASHED) and deadline:
+                self.attach_deadline = float(deadline)
+            if self.done or (state in TERMINAL and self.world_size == 1):
+                return  # a one-process run ends through its target, not through its EXIT line
+            summed = self._summed_state()
+            changed = summed != self._state and (self._state in _DEBUG_STATES or summed != RUNNING)
+            if changed:
+                self._state = summed
+            if run_detail and detail:
+                self.detail = f"rank {rank}: {detail}" if self.world_size > 1 else detail
+                changed = True
+            self._cond.notify_all()
+        if changed:
+            self._notify("state")
+
+    def _summed_state(self) -> str:
+        """A crashed rank first, then one waiting for a debugger, then one attached."""
+        live = {state for state in self._rank_states.values() if state not in TERMINAL}
+        return next((state for state in (CRASHED, WAITING, ATTACHED) if state in live), RUNNING)
 
     def _on_endpoint(self, data: dict[str, Any]) -> None:
         parsed = endpoint_from(data)
@@ -248,9 +334,12 @@ class DebugRun:
             self._endpoints.sort(key=lambda e: e.rank)
             deadline = data.get("deadline")
             self.attach_deadline = float(deadline) if deadline else None
+            self._rank_states[endpoint.rank] = WAITING if data.get("timeout") else RUNNING
             # State and endpoint change together: a waiter woken by one sees both.
             if data.get("timeout") and not self.done:
                 self._state = WAITING
+            elif not self.done and self._state in _DEBUG_STATES:
+                self._state = self._summed_state()
             self._cond.notify_all()
         self._notify("endpoint")
         self._notify("state")
@@ -274,6 +363,13 @@ class DebugRun:
 
 
 
+def _rank_of(data: dict[str, Any]) -> int:
+    try:
+        return int(data.get("rank") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 class _Events:
     """The RunEvents face of a DebugRun (its `state` name is taken by the property)."""
 
@@ -288,3 +384,8 @@ class _Events:
 
     def finished(self, state: str, exit_code: int | None = None, detail: str = "") -> None:
         self._run.finished(state, exit_code, detail)
+
+    def describe(self, text: str) -> None:
+        """A new description (e.g. a service URL the target learned while the run goes on)."""
+        self._run.description = text
+        self._run._notify("state")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 DEFAULT_PORT = 5678
 DEFAULT_TIMEOUT = 300.0
+DEFAULT_POST_MORTEM_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,29 @@ class DebugOptions:
     bind: str | None = None  # None: the target's safe default (loopback locally)
     timeout: float = DEFAULT_TIMEOUT  # seconds to wait for a client; 0: don't wait
     stop_on_entry: bool = False
+    post_mortem: bool = False  # an uncaught exception waits for a client at the frame that raised
+    post_mortem_timeout: float = DEFAULT_POST_MORTEM_TIMEOUT  # that wait, and --wait-on-breakpoint's
+    wait_on_breakpoint: bool = False  # breakpoint() with no client attached waits for one
+    debug_ranks: tuple[int, ...] | None = None  # None: every rank; else only these get a debugger
+
+    def debugs_rank(self, rank: int) -> bool:
+        return self.enabled and (self.debug_ranks is None or rank in self.debug_ranks)
+
+
+@dataclass(frozen=True)
+class DistributedSpec:
+    """How many processes, as a distributed launcher (torchrun, mpirun) would start them."""
+
+    nodes: int = 1
+    procs_per_node: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    def placement(self, rank: int) -> tuple[int, int]:
+        """(node rank, local rank) of a global rank."""
+        return divmod(rank, self.procs_per_node)
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,7 @@ class RunSpec:
     args: tuple[str, ...] = ()
     environment: EnvironmentSpec = field(default_factory=EnvironmentSpec)
     debug: DebugOptions = field(default_factory=DebugOptions)
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)
     local_root: Path | None = None  # what launch.json maps to the run's cwd (default: source_dir)
 
     @property

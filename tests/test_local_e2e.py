@@ -10,10 +10,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import port_is_listening
 
 from aml_magics import launch
 from aml_magics.testing.dap import attach_with_launch_config
-from conftest import free_port, port_is_listening
 
 CELL = """\
 import sys

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .text import state_label
+from .text import rank_address, rank_state_label, state_label
 
 if TYPE_CHECKING:
     from ..run import DebugRun
@@ -38,6 +38,18 @@ def widget_for(run: "DebugRun") -> "DebugRunPanel":
         panel = DebugRunPanel(run)
         _panels[run.id] = panel
     return panel
+
+
+def _deployment_html(run: "DebugRun") -> str:
+    """A deployment's scoring URL, and the server's traceback when it failed to start."""
+    parts = []
+    scoring_uri = getattr(run, "scoring_uri", None)
+    if scoring_uri:
+        parts.append(f"<br>scoring URL: POST <code class='aml-scoring-uri'>{html.escape(scoring_uri)}</code>")
+    server_traceback = getattr(run, "traceback", None)
+    if server_traceback and run.state == "failed":
+        parts.append(f"<pre class='aml-traceback' style='margin:0'>{html.escape(server_traceback)}</pre>")
+    return "".join(parts)
 
 
 class DebugRunPanel(widgets.VBox):
@@ -73,6 +85,7 @@ class DebugRunPanel(widgets.VBox):
             f"on <b>{html.escape(run.target)}</b> — state: "
             f"<span class='aml-state' data-state='{run.state}'>{html.escape(state_label(run))}</span>"
             + (f"<br><i>{html.escape(run.description)}</i>" if run.description else "")
+            + _deployment_html(run)
         )
         self.endpoints_html.value = self._endpoints_html()
         has_endpoint = bool(run.endpoints)
@@ -85,14 +98,19 @@ class DebugRunPanel(widgets.VBox):
 
     def _endpoints_html(self) -> str:
         endpoints = self.run.endpoints
-        if not endpoints:
+        ranks = getattr(self.run, "ranks", [])
+        if not endpoints and len(ranks) <= 1:
             return "<span class='aml-endpoint'>debug endpoint: not known yet</span>" if self.run.spec.debug.enabled \
                 else "<span>debugger off (--no-debug)</span>"
         rows = "".join(
-            f"<tr><td>{e.rank}</td><td class='aml-endpoint'><code>{html.escape(e.address)}</code></td></tr>"
-            for e in endpoints
+            f"<tr class='aml-rank' data-rank='{s.rank}'><td>{s.rank}</td>"
+            + (f"<td class='aml-endpoint'><code>{html.escape(s.endpoint.address)}</code></td>" if s.endpoint
+               else f"<td class='aml-no-endpoint'>{html.escape(rank_address(self.run, s))}</td>")
+            + f"<td class='aml-rank-state' data-state='{s.state}'>{html.escape(rank_state_label(s))}</td></tr>"
+            for s in ranks
         )
-        return f"<table class='aml-endpoints'><tr><th>rank</th><th>debugpy listening at</th></tr>{rows}</table>"
+        return ("<table class='aml-endpoints'><tr><th>rank</th><th>debugpy listening at</th><th>state</th></tr>"
+                f"{rows}</table>")
 
     def _launch_json_html(self) -> str:
         text = json.dumps(self.run.launch_json(), indent=4)
