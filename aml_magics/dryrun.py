@@ -58,4 +58,7 @@ def format_text(data: dict) -> str:
         lines.append(f"distributed:  {json.dumps(data['distributed'])}")
     for note in data.get("notes") or []:
         lines.append(f"note: {note}")
+    if data.get("job_yaml"):  # SDK v2: the command() job as azure-ai-ml serializes it
+        lines.append("job (YAML, as azure-ai-ml would submit it):")
+        lines.extend("  " + line for line in data["job_yaml"].rstrip().splitlines())
     return "\n".join(lines)

@@ -203,7 +203,7 @@ def test_missing_extra_is_one_clear_line(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "azureml", None)
     with pytest.raises(TargetError, match=r"^target 'azureml' needs azureml-core: install aml-magics\[azureml\]"):
-        make_target("azureml", compute="c")
+        make_target("azureml", compute="c", sdk="v1")  # without --sdk, an installed azure-ai-ml would be used
     from aml_magics.azureml.pipeline import debug_pipeline
 
     with pytest.raises(TargetError, match=r"install aml-magics\[azureml\]"):

@@ -1,6 +1,7 @@
-"""Azure ML (azureml-core, SDK v1) support: the ``azureml`` target's submission, run
-following and pipeline-step debugging. Importing this package does not import azureml;
-the SDK is loaded when a run or pipeline is built.
+"""Azure ML support: the ``azureml`` target's submission, run following and pipeline-step
+debugging with azureml-core (SDK v1), and its runs as azure-ai-ml ``command()`` jobs (SDK v2,
+:mod:`.v2`; :mod:`.sdk` picks one). Importing this package imports neither SDK; each is
+loaded when a run or pipeline is built.
 
     from aml_magics.azureml import debug_pipeline
     result = debug_pipeline([train_step, score_step], ["train"], timeout=600)

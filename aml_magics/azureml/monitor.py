@@ -32,7 +32,8 @@ STATUS_STATES: dict[str, str | None] = {
     "Finalizing": None,
     "CancelRequested": None,
 }
-TERMINAL = {"Completed": "completed", "Failed": "failed", "Canceled": "canceled", "NotResponding": "failed"}
+TERMINAL = {"Completed": "completed", "Failed": "failed", "Canceled": "canceled", "NotResponding": "failed",
+            "Paused": "canceled"}  # azure-ai-ml counts Paused (v2 jobs) as terminal: nothing runs any more
 
 _USER_LOG = re.compile(r"^user_logs/std_log(?:_process_(\d+))?\.txt$")
 _DRIVER_LOG = re.compile(r"^azureml-logs/70_driver_log(?:_(\d+))?\.txt$")
@@ -223,6 +224,8 @@ class RunMonitor:
         detail = ""
         if state == "failed":
             detail = _error_message(details) or f"Azure ML run {status}"
+        elif status == "Paused":
+            detail = "paused in Azure ML"
         elif state == "canceled":
             detail = "canceled by user" if self.cancel_requested else "canceled in Azure ML"
         self.events.line(f"aml_magics: Azure ML run {self.run.id} {status}")

@@ -108,10 +108,37 @@ def _search_up(start: Path) -> Path | None:
     return None
 
 
-def locate_workspace(workspace_config: str | os.PathLike | None, cwd: Path | None = None) -> WorkspaceRef:
-    """``--workspace-config PATH`` (a file or a folder to search from), else the config file
-    Workspace.from_config() would find from ``cwd``, else this compute instance's workspace."""
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def explicit_workspace(subscription: str | None, resource_group: str | None,
+                       workspace: str | None) -> WorkspaceRef | None:
+    """``--subscription/--resource-group/--workspace``: all three or none (None)."""
+    given = {"--subscription": subscription, "--resource-group": resource_group, "--workspace": workspace}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise TargetError(f"--subscription, --resource-group and --workspace go together (missing: {', '.join(missing)})")
+    assert subscription and resource_group and workspace
+    if not _GUID.match(subscription):
+        raise TargetError(f"--subscription {subscription!r} is not a subscription id (a GUID such as "
+                          "00000000-0000-0000-0000-000000000000)")
+    return WorkspaceRef(workspace, resource_group, subscription, None,
+                        "--subscription/--resource-group/--workspace")
+
+
+def locate_workspace(workspace_config: str | os.PathLike | None, cwd: Path | None = None,
+                     explicit: WorkspaceRef | None = None) -> WorkspaceRef:
+    """``--subscription/--resource-group/--workspace`` (``explicit``), else ``--workspace-config
+    PATH`` (a file or a folder to search from), else the config file Workspace.from_config()
+    (and MLClient.from_config(), the same search) would find from ``cwd``, else this compute
+    instance's workspace."""
     cwd = cwd or Path.cwd()
+    if explicit is not None:
+        if workspace_config:
+            raise TargetError("give either --workspace-config or --subscription/--resource-group/--workspace, not both")
+        return explicit
     if workspace_config:
         given = Path(workspace_config).expanduser()
         given = given if given.is_absolute() else cwd / given

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import RunEvents, RunHandle, Target, TargetError
 
@@ -13,6 +14,34 @@ def _local(**options: Any) -> Target:
     from .local import LocalTarget
 
     return LocalTarget(**options)
+
+
+def _docker(**options: Any) -> Target:
+    try:
+        import docker  # noqa: F401 - the SDK is an extra
+    except ImportError:
+        raise TargetError("target 'docker' needs the docker SDK: install aml-magics[docker] "
+                          "(pip install 'aml-magics[docker]')") from None
+    from .docker import DockerTarget
+
+    return DockerTarget(**options)
+
+
+def _azureml(**options: Any) -> Target:
+    """Lazy: the SDK (azureml-core v1 or azure-ai-ml v2, see azureml.sdk) is imported only when used."""
+    from ..azureml.sdk import choose_sdk, v1_options
+
+    if choose_sdk(options.pop("sdk", None)) == "v2":  # missing extras: one line naming them
+        from .azureml_v2 import AzureMLV2Target
+
+        return AzureMLV2Target(**options)
+    from ..azureml.backend import require_sdk
+
+    options = v1_options(options)
+    require_sdk()
+    from .azureml import AzureMLTarget
+
+    return AzureMLTarget(**options)
 
 
 def _not_yet(name: str, extra: str) -> Callable[..., Target]:
@@ -27,8 +56,8 @@ def _not_yet(name: str, extra: str) -> Callable[..., Target]:
 
 _FACTORIES: dict[str, Callable[..., Target]] = {
     "local": _local,
-    "docker": _not_yet("docker", "docker"),
-    "azureml": _not_yet("azureml", "azureml"),
+    "docker": _docker,
+    "azureml": _azureml,
 }
 
 

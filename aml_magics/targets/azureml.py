@@ -27,6 +27,7 @@ class AzureMLTarget:
 
     def __init__(self, compute: str | None = None, experiment: str | None = None,
                  workspace_config: str | None = None, environment: str | None = None,
+                 subscription: str | None = None, resource_group: str | None = None, workspace: str | None = None,
                  backend: Any = None, cwd: Path | None = None) -> None:
         require_sdk()
         self.backend = backend or get_backend()
@@ -34,6 +35,7 @@ class AzureMLTarget:
         self.experiment_option = experiment
         self.workspace_config_option = workspace_config
         self.environment_option = environment
+        self.explicit = (subscription, resource_group, workspace)
         self.cwd = cwd
         self.compute: str | None = None
         self.experiment: str | None = None
@@ -60,8 +62,10 @@ class AzureMLTarget:
         self.compute = settings.choose_compute(self.compute_option)
         self.experiment = settings.choose_experiment(self.experiment_option)
         self.environment_choice = settings.parse_environment(self.environment_option)
-        config = settings.choose_workspace_config(self.workspace_config_option)
-        self.workspace_ref = settings.locate_workspace(config, self.cwd)
+        explicit = settings.explicit_workspace(*self.explicit)  # Workspace.get(name, subscription, group)
+        config = self.workspace_config_option if explicit is not None \
+            else settings.choose_workspace_config(self.workspace_config_option)
+        self.workspace_ref = settings.locate_workspace(config, self.cwd, explicit=explicit)
 
     def plan(self, spec: RunSpec, cell: str | None = None) -> dict:
         """``--dry-run``: what would be submitted, built offline; nothing is contacted or written."""

@@ -1,0 +1,79 @@
+"""Which Azure ML SDK the ``azureml`` target submits with: v1 (azureml-core) or v2 (azure-ai-ml).
+
+Stdlib only: whether a library is installed is found without importing it, so loading
+the extension never imports either SDK.
+
+- ``--sdk v1|v2``, else ``%config AmlDebugMagics.azureml_sdk``, else ``AML_MAGICS_AZUREML_SDK``;
+- else the one SDK that is installed; with both, v1 (what the target did before v2 existed);
+- with none, one line naming both extras.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ..targets.base import TargetError
+from .backend import MISSING_EXTRA as MISSING_V1
+from .settings import magic_default
+
+SDK_ENV = "AML_MAGICS_AZUREML_SDK"
+SDKS = ("v1", "v2")
+V1_MODULES = ("azureml.core",)
+V2_MODULES = ("azure.ai.ml", "azure.identity")  # azure-ai-ml does not bring azure-identity itself
+
+MISSING_V2 = ("--sdk v2 needs azure-ai-ml and azure-identity: install aml-magics[azureml-v2] "
+              "(pip install 'aml-magics[azureml-v2]')")
+MISSING_BOTH = ("target 'azureml' needs an Azure ML SDK: install aml-magics[azureml-v2] (azure-ai-ml, SDK v2) "
+                "or aml-magics[azureml] (azureml-core, SDK v1)")
+
+# Options only SDK v2 can honour (given with v1 they are an error, never silently dropped).
+V2_ONLY = {"vscode_service": "--vscode-service", "distribution": "--distribution"}
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (its parents may be)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError, AttributeError):
+        return False
+
+
+def available() -> dict[str, bool]:
+    return {"v1": all(map(installed, V1_MODULES)), "v2": all(map(installed, V2_MODULES))}
+
+
+def choose_sdk(option: str | None = None) -> str:
+    """``v1`` or ``v2``, or TargetError with one line."""
+    value = option or magic_default("azureml_sdk") or os.environ.get(SDK_ENV, "").strip() or None
+    have = available()
+    if value:
+        sdk = str(value).strip().lower()
+        if sdk in ("1", "2"):
+            sdk = "v" + sdk
+        if sdk not in SDKS:
+            raise TargetError(f"--sdk {value!r}: expected v1 (azureml-core) or v2 (azure-ai-ml)")
+        if not have[sdk]:
+            raise TargetError(MISSING_V1 if sdk == "v1" else MISSING_V2)
+        return sdk
+    if have["v1"]:
+        return "v1"
+    if have["v2"]:
+        return "v2"
+    raise TargetError(MISSING_BOTH)
+
+
+def require_v2() -> None:
+    if not available()["v2"]:
+        raise TargetError(MISSING_V2)
+
+
+def v1_options(options: dict) -> dict:
+    """The options for the v1 target: v2-only ones refused with one line."""
+    options = dict(options)
+    distribution = options.pop("distribution", None)
+    if distribution not in (None, "pytorch"):
+        raise TargetError(f"--distribution {distribution} needs --sdk v2 (SDK v1 runs use PyTorchConfiguration)")
+    if options.pop("vscode_service", None):
+        raise TargetError("--vscode-service needs --sdk v2 (interactive job services are an azure-ai-ml feature)")
+    return options
