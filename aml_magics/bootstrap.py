@@ -166,6 +166,22 @@ def _resolve_ranks(ns: argparse.Namespace) -> argparse.Namespace:
     return ns
 
 
+class ListenError(RuntimeError):
+    """debugpy cannot listen where asked (port taken, address not on this machine)."""
+
+
+def ensure_bindable(host: str, port: int) -> None:
+    """Fail fast: the in-process adapter binds on a thread and, if that fails, listen()
+    waits forever for a socket that never comes. Mirrors pydevd's own bind (SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 
@@ -194,6 +210,8 @@ class Debugger:
         return host, port
 
     def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
+        if port:
+            ensure_bindable(bind, port)
         if in_process or not self.options.separate_adapter:
             return self.debugpy.listen((bind, port), in_process_debug_adapter=True)
         return self.debugpy.listen((bind, port))
@@ -554,7 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     install_breakpointhook(session)
     if not session.enabled and not options.no_debug:
         print(f"aml_magics: rank {options.rank} runs without a debugger (not in --debug-ranks)", flush=True)
-    session.start()
+    try:
+        session.start()
+    except ListenError as exc:
+        print(f"aml_magics: {exc}", file=sys.stderr, flush=True)
+        emit("ERROR", message=str(exc), rank=options.rank, pid=os.getpid())
+        emit("EXIT", code=2, rank=options.rank, pid=os.getpid())
+        return 2
     on_crash = session.post_mortem if session.enabled and options.post_mortem else None
     code = run_user_script(script_path, options.script_args, on_crash)
     emit("EXIT", code=code, rank=options.rank, pid=os.getpid())

@@ -1,6 +1,7 @@
 """``aml-debug``: the same runs from a terminal.
 
     aml-debug run SCRIPT [options] [-- script args]
+    aml-debug deploy SCORE_PY [options]      (a scoring script served with debugpy: see deploy.py)
 
 Streams the run's output, prints the endpoint and the launch.json fragment as soon
 as they are known, exits with the run's exit code, and cancels the run on Ctrl-C.
@@ -17,7 +18,8 @@ from .follow import follow
 from .options import Defaults, OptionsError, build_request, make_parser, parse_cli
 from .run import DebugRun
 
-USAGE = "usage: aml-debug run SCRIPT [options] [-- script args]   (aml-debug run --help)"
+USAGE = ("usage: aml-debug run SCRIPT [options] [-- script args]   (aml-debug run --help)\n"
+         "       aml-debug deploy SCORE_PY [options]              (aml-debug deploy --help)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "deploy":
+        from .deploy import cli_main
+
+        return cli_main(rest)
     if command != "run":
         print(f"aml-debug: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
@@ -33,12 +39,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(make_parser("aml-debug run").format_help())
         return 0
     try:
-        request = build_request(parse_cli(rest, "aml-debug run"), None, Defaults())
+        ns = parse_cli(rest, "aml-debug run")
+        request = build_request(ns, None, Defaults())
+        if request.dry_run:
+            return print_plan(request, getattr(ns, "output", None) or "text")
         run = engine.start(request)
     except OptionsError as exc:
         print(f"aml-debug: {exc}", file=sys.stderr)
         return 2
     return follow_run(run)
+
+
+def print_plan(request, output: str) -> int:
+    """``--dry-run``: what would be submitted (``--output json`` for machines); nothing starts."""
+    from .dryrun import format_text, plan
+
+    data = plan(request)
+    print(json.dumps(data, indent=2) if output == "json" else format_text(data), flush=True)
+    return 0
 
 
 def follow_run(run: DebugRun) -> int:

@@ -72,6 +72,8 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run=DebugR
     """Check everything, write the cell, submit; returns at once with a live DebugRun.
 
     ``make_run(run_id, spec, target_name)`` builds the handle (a DebugRun subclass, e.g. a deployment)."""
+    if getattr(request, "dry_run", False):  # never submit what was only to be shown
+        raise OptionsError("--dry-run starts nothing: show the plan with aml_magics.dryrun.plan(request)")
     target = _make_target(request)
     if request.launch_json is not None:
         _check_launch_json(request.launch_json)
@@ -85,6 +87,7 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run=DebugR
     except TargetError as exc:
         raise OptionsError(str(exc)) from None
     run = make_run(registry.new_id(request.spec.name), request.spec, target.name)
+    run.description = run.description or getattr(target, "description", "")  # e.g. "simulated Azure ML"
     if request.launch_json is not None:
         run.subscribe(_launch_json_writer(request.launch_json))
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .run import DebugRun
 
@@ -11,7 +11,8 @@ Print = Callable[[str], None]
 
 def follow(run: DebugRun, *, until_endpoint: bool = False, emit: Print = print,
            on_endpoint: Callable[[DebugRun], None] | None = None, poll: float = 0.2) -> None:
-    """Stream lines until the run ends (or, with ``until_endpoint``, can be attached to).
+    """Stream lines until the run ends (or, with ``until_endpoint``, can be attached to:
+    an endpoint is known, or the run is running with no debugger to wait for yet).
 
     KeyboardInterrupt propagates: the caller decides to cancel.
     """
@@ -26,6 +27,7 @@ def follow(run: DebugRun, *, until_endpoint: bool = False, emit: Print = print,
             announced = True
             if on_endpoint is not None:
                 on_endpoint(run)
-        if finished or (until_endpoint and (announced or not run.spec.debug.enabled)):
+        nothing_to_wait_for = not run.spec.debug.listens_at_start and run.state == "running"
+        if finished or (until_endpoint and (announced or nothing_to_wait_for)):
             return
         run.wait_for_change(poll)

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Float, Int, Unicode
 
 from . import engine
@@ -27,6 +27,10 @@ class AmlDebugMagics(Magics):
     wait = Bool(False, help="Block until the run ends by default").tag(config=True)
     launch_json = Unicode(None, allow_none=True, help="Default --launch-json path").tag(config=True)
     cell_dir = Unicode(".aml_magics/cells", help="Where cell scripts are written").tag(config=True)
+    compute = Unicode(None, allow_none=True, help="Default --compute (azureml)").tag(config=True)
+    experiment = Unicode(None, allow_none=True, help="Default --experiment (azureml)").tag(config=True)
+    workspace_config = Unicode(None, allow_none=True, help="Default --workspace-config (azureml)").tag(config=True)
+    azureml_sdk = Unicode(None, allow_none=True, help="Default --sdk (azureml): v1 or v2").tag(config=True)
 
     def __init__(self, shell=None, registry: engine.RunRegistry | None = None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -45,6 +49,10 @@ class AmlDebugMagics(Magics):
             return None
         try:
             request = build_request(parse_line(line), cell, self.defaults())
+            if request.dry_run:
+                from .dryrun import plan
+
+                return plan(request)  # type: ignore[return-value]
             run = engine.start(request, self.registry)
         except OptionsError as exc:
             raise UsageError(str(exc)) from None
@@ -73,7 +81,7 @@ class AmlDebugMagics(Magics):
         rows += [(r.id, r.target, r.state, ", ".join(e.address for e in r.endpoints) or "-") for r in runs]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
     @line_magic
     def aml_logs(self, line: str) -> None:
@@ -128,3 +136,95 @@ class AmlDebugMagics(Magics):
             return self.registry.find(key)
         except OptionsError as exc:
             raise UsageError(str(exc)) from None
+
+    @line_magic
+    def aml_images(self, line: str = "") -> None:
+        """This project's Docker images (label aml_magics): %aml_images [--remove-unused | --remove TAG]"""
+        from .targets import TargetError
+        from .targets.docker_images import images_command
+
+        try:
+            print(images_command(line))
+        except TargetError as exc:
+            raise UsageError(str(exc)) from None
+
+    @line_cell_magic
+    def aml_debug_deploy(self, line: str, cell: str | None = None):
+        """Serve a scoring script (init()/run()) with the Azure ML inference server and debugpy listening:
+        %%aml_debug_deploy [options] (the cell is score.py), or %aml_debug_deploy [options] SCORE_PY.
+        Returns a DebugDeployment (.scoring_uri, .score(payload)). Options: %aml_debug_deploy --help."""
+        from .deploy import SERVING, follow_deployment, make_deploy_parser, parse_deploy_args, start_deployment
+
+        if line.strip() in ("-h", "--help"):
+            print(make_deploy_parser("%aml_debug_deploy").format_help())
+            return None
+        try:
+            deployment = start_deployment(parse_deploy_args(_split(line)), cell, self.defaults(), self.registry)
+        except OptionsError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            if deployment.wait_requested:
+                follow_deployment(deployment, _say, until=lambda d: d.state == SERVING)
+            elif not widget_frontend():
+                follow_deployment(deployment, _say, until=lambda d: bool(d.endpoints) or not d.spec.debug.enabled)
+        except KeyboardInterrupt:
+            deployment.cancel()
+            print(f"aml_magics: deployment {deployment.id} stopped (interrupted)")
+        return deployment
+
+    @line_magic
+    @no_var_expand
+    def aml_score(self, line: str):
+        """Send a scoring request to a deployment, return the decoded response:
+        %aml_score RUN '{"data": [[1, 2]]}'   or   %aml_score RUN VARIABLE (a dict/list/str in your namespace)"""
+        import json
+
+        from .deploy import DebugDeployment, ScoringError
+
+        usage = "usage: %aml_score RUN '{\"data\": ...}'  (or a variable name instead of the JSON)"
+        key, _, text = line.strip().partition(" ")
+        text = text.strip()
+        if not key or not text:
+            raise UsageError(usage)
+        run = self._find(key)
+        if not isinstance(run, DebugDeployment):
+            raise UsageError(f"run {run.id} is not a deployment (start one with %aml_debug_deploy)")
+        payload: object = text
+        user_ns: dict = self.shell.user_ns if self.shell is not None else {}
+        if text.isidentifier() and text in user_ns:
+            payload = user_ns[text]
+        else:
+            candidates = [text] + ([text[1:-1]] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else [])
+            for candidate in candidates:
+                try:
+                    json.loads(candidate)
+                except ValueError:
+                    continue
+                payload = candidate
+                break
+            else:
+                raise UsageError(f"the payload is not JSON: {text[:80]}; {usage}")
+        try:
+            return run.score(payload)
+        except (ScoringError, RunFailed) as exc:
+            raise UsageError(str(exc)) from None
+
+    @line_magic
+    def aml_debug_pipeline(self, line: str = ""):
+        """Submit an Azure ML pipeline with debugging on for chosen PythonScriptSteps:
+        %aml_debug_pipeline STEPS [--steps a,b] [--experiment E] [--timeout S] [--port N] [--dry-run] [--wait]
+        (STEPS: the list of steps, as given to Pipeline). Also takes the guide's --remote_debug* flags."""
+        from .azureml.pipeline import pipeline_magic
+
+        return pipeline_magic(self, line)
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse options: {exc}") from None
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)

@@ -54,6 +54,11 @@ def parse_marker(line: str) -> Marker | None:
     return Marker(match.group(1), data)
 
 
+def is_marker(line: str) -> bool:
+    """A machine-readable line (views hide these; the facts are shown elsewhere)."""
+    return parse_marker(line) is not None
+
+
 def endpoint_from(data: dict[str, Any]) -> Endpoint | None:
     """The endpoint an ``AML_MAGICS_ENDPOINT`` marker's data describes, if valid."""
     try:

@@ -71,6 +71,7 @@ class DebugRun:
         self.detail = ""
         self.attached: bool | None = None
         self.attach_deadline: float | None = None
+        self._error = ""  # the last ERROR marker's message
         self._state = PREPARING
         self._endpoints: list[Endpoint] = []
         self._rank_states: dict[int, str] = {}  # from each rank's markers
@@ -269,7 +270,8 @@ class DebugRun:
             self.exit_code = exit_code
             self._state = state
             if detail:
-                self.detail = detail
+                # What the run itself said went wrong (an ERROR marker) comes first.
+                self.detail = f"{self._error}; {detail}" if self._error else detail
             self._cond.notify_all()
         self._notify("state")
 
@@ -294,7 +296,7 @@ class DebugRun:
             else:
                 self._on_rank_marker(data, FAILED, f"exit code {code}")
         elif kind == "ERROR":
-            self.detail = str(data.get("message", ""))
+            self._error = self.detail = str(data.get("message", ""))
 
     def _on_rank_marker(self, data: dict[str, Any], state: str, detail: str = "", run_detail: bool = False) -> None:
         """A rank moved to ``state``; the run's state follows its ranks (while it runs)."""

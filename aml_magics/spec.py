@@ -29,6 +29,11 @@ class DebugOptions:
     wait_on_breakpoint: bool = False  # breakpoint() with no client attached waits for one
     debug_ranks: tuple[int, ...] | None = None  # None: every rank; else only these get a debugger
 
+    @property
+    def listens_at_start(self) -> bool:
+        """False when the debugger only starts on a crash or a breakpoint() (zero overhead)."""
+        return self.enabled and not (self.timeout == 0 and (self.post_mortem or self.wait_on_breakpoint))
+
     def debugs_rank(self, rank: int) -> bool:
         return self.enabled and (self.debug_ranks is None or rank in self.debug_ranks)
 

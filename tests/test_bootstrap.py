@@ -103,3 +103,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_busy_port_fails_fast_with_one_line(tmp_path):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        result = run_bootstrap(tmp_path, "print('never')", "--port", str(port), "--timeout", "30")
+    finally:
+        holder.close()
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "never" not in result.stdout
+    assert markers(result.stdout)["ERROR"]["message"].startswith("cannot listen")

@@ -217,7 +217,7 @@ class DockerTarget:
             return ("canceled", code, "canceled by user")
         if code == 0:
             return ("completed", code, "")
-        if not run.endpoint_seen and spec.debug.enabled:
+        if not run.endpoint_seen and spec.debug.listens_at_start:
             return ("failed", code, self._tail_detail(
                 run, f"container exited with code {code} before reporting a debug endpoint"))
         return ("failed", code, self._tail_detail(run, f"exit code {code}"))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
+from ..markers import is_marker
 from .text import rank_address, rank_state_label, state_label
 
 if TYPE_CHECKING:
@@ -80,6 +81,17 @@ class DebugRunPanel(widgets.VBox):
     # -- rendering ---------------------------------------------------------------
     def refresh(self) -> None:
         run = self.run
+        # Buttons, endpoints and log first, the header (with the state) last: a reader that
+        # sees a new state in the header finds everything else already matching it.
+        has_endpoint = bool(run.endpoints)
+        self.cancel_button.disabled = run.done
+        self.write_button.disabled = not has_endpoint
+        self.copy_button.layout.display = None if has_endpoint else "none"
+        self.endpoints_html.value = self._endpoints_html()
+        self.launch_html.value = self._launch_json_html() if has_endpoint else ""
+        tail = "\n".join(line for line in run.log_tail(LOG_TAIL + 8) if not is_marker(line))
+        tail = "\n".join(tail.splitlines()[-LOG_TAIL:])
+        self.log_html.value = f"<pre class='aml-log' style='max-height:14em;overflow:auto;margin:0'>{html.escape(tail)}</pre>"
         self.header_html.value = (
             f"<b>{html.escape(run.name)}</b> <span class='aml-run-id'>({html.escape(run.id)})</span> "
             f"on <b>{html.escape(run.target)}</b> — state: "
@@ -87,14 +99,6 @@ class DebugRunPanel(widgets.VBox):
             + (f"<br><i>{html.escape(run.description)}</i>" if run.description else "")
             + _deployment_html(run)
         )
-        self.endpoints_html.value = self._endpoints_html()
-        has_endpoint = bool(run.endpoints)
-        self.launch_html.value = self._launch_json_html() if has_endpoint else ""
-        self.copy_button.layout.display = None if has_endpoint else "none"
-        self.write_button.disabled = not has_endpoint
-        self.cancel_button.disabled = run.done
-        tail = "\n".join(run.log_tail(LOG_TAIL))
-        self.log_html.value = f"<pre class='aml-log' style='max-height:14em;overflow:auto;margin:0'>{html.escape(tail)}</pre>"
 
     def _endpoints_html(self) -> str:
         endpoints = self.run.endpoints
