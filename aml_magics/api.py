@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from . import engine
-from .options import Defaults, build_request, make_parser
+from .options import Defaults, build_request, make_parser, options_argv
 from .run import DebugRun
 
 
@@ -30,20 +30,9 @@ def submit(script: str | None = None, *, code: str | None = None, **options: Any
 
 
 def _namespace(script: str | None, options: dict[str, Any]) -> argparse.Namespace:
-    argv: list[str] = []
     env = options.pop("env", None) or {}
     args = options.pop("args", None)
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
+    argv = options_argv(options)
     for key, value in env.items():
         argv += ["--env-var", f"{key}={value}"]
     if script is not None:

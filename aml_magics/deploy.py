@@ -32,13 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from . import engine
+from .follow import follow
 from .options import (
     Defaults,
     OptionsError,
     _Parser,
     build_request,
+    check_script_file,
     check_syntax,
     env_var_value,
+    options_argv,
+    port_number,
     port_value,
     timeout_value,
 )
@@ -232,13 +236,7 @@ def _record_start(line: str) -> bool:
 
 
 def http_port_value(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--http-port must be a number 0-65535, not {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"--http-port must be between 0 and 65535, not {port}")
-    return port
+    return port_number(text, "--http-port")
 
 
 def make_deploy_parser(prog: str) -> _Parser:
@@ -301,7 +299,7 @@ def build_deploy_request(ns: argparse.Namespace, cell: str | None, defaults: Def
     if cell is not None:
         check_syntax(cell, str(score_path))
     else:
-        _check_script_syntax(score_path)
+        check_script_file(score_path, "scoring script")
 
     env = spec.environment
     in_docker = target == "docker"
@@ -359,18 +357,6 @@ def _port_free(host: str, port: int) -> bool:
         raise OptionsError(f"--http-bind {host}: {exc.strerror or exc}") from None
 
 
-def _check_script_syntax(path: Path) -> None:
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise OptionsError(f"cannot read scoring script {path}: {exc.strerror or exc}") from None
-    try:
-        text = source.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return
-    check_syntax(text, str(path))
-
-
 def server_requirement() -> str:
     """The inference server for a run's own environment: the kernel's version when it has one."""
     try:
@@ -402,18 +388,7 @@ def start_deployment(ns: argparse.Namespace, cell: str | None, defaults: Default
 
 def deploy(score_path: str | None = None, *, code: str | None = None, **options: Any) -> DebugDeployment:
     """Python API: ``deploy("score.py", port=0, timeout=60, model_dir="model")`` (the magic's options)."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
+    argv = options_argv(options)
     if score_path is not None:
         argv.append(str(score_path))
     return start_deployment(parse_deploy_args(argv, "aml_magics.deploy"), code, Defaults())
@@ -427,25 +402,16 @@ def follow_deployment(deployment: DebugDeployment, emit: Callable[[str], None], 
                       on_endpoint: Callable[[DebugDeployment], None] | None = None,
                       on_serving: Callable[[DebugDeployment], None] | None = None, poll: float = 0.2) -> None:
     """Stream the server's output until ``until(deployment)`` or the end. KeyboardInterrupt propagates."""
-    seen = 0
-    endpoint_told = serving_told = False
-    while True:
-        # Decided before reading the lines, so the lines up to that point are all shown.
-        finished = deployment.done or (until is not None and until(deployment))
-        lines, seen = deployment.lines_since(seen)
-        for text in lines:
-            emit(text)
-        if deployment.endpoints and not endpoint_told:
-            endpoint_told = True
-            if on_endpoint is not None:
-                on_endpoint(deployment)
-        if deployment.scoring_uri and deployment.state == SERVING and not serving_told:
+    serving_told = False
+
+    def on_update(dep: DebugDeployment) -> None:
+        nonlocal serving_told
+        if dep.scoring_uri and dep.state == SERVING and not serving_told:
             serving_told = True
             if on_serving is not None:
-                on_serving(deployment)
-        if finished:
-            return
-        deployment.wait_for_change(poll)
+                on_serving(dep)
+
+    follow(deployment, emit=emit, until=until, on_endpoint=on_endpoint, on_update=on_update, poll=poll)
 
 
 CLI_PROG = "aml-debug deploy"

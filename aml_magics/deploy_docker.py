@@ -13,19 +13,15 @@ launch.json maps the local folder to ``/var/azureml-app``.
 
 from __future__ import annotations
 
-import os
-import secrets
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .spec import DEFAULT_PORT, RunSpec
+from .spec import RunSpec
 from .targets import TargetError, register_target
 from .targets import docker as docker_target
 from .targets import docker_images as images
 from .targets.base import RunEvents
-from .targets.local import bootstrap_args
 
 APP_ROOT = "/var/azureml-app"
 MODELS_ROOT = f"{APP_ROOT}/azureml-models"
@@ -61,73 +57,34 @@ class DeployDockerRun(docker_target.DockerRun):
 
 class DockerDeployTarget(docker_target.DockerTarget):
     name = "docker"
+    run_type = DeployDockerRun
+    app_dir = APP_ROOT
+    name_prefix = "deploy-"
 
     def __init__(self, model_dir: str | None = None, http_port: int | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.model_dir = Path(model_dir) if model_dir else None
         self.http_port = http_port or None
 
-    def submit(self, spec: RunSpec, events: RunEvents) -> DeployDockerRun:
-        self.check(spec)
-        publish = spec.debug.bind or LOOPBACK
-        run = DeployDockerRun(events, LOOPBACK if publish in ("0.0.0.0", "::", "") else publish)
-        thread = threading.Thread(target=self._run, args=(run, spec, publish), daemon=True,
-                                  name=f"aml-docker-deploy-{spec.name}")
-        thread.start()
-        return run
-
-    def _start(self, run: DeployDockerRun, spec: RunSpec, tag: str, publish: str) -> None:  # type: ignore[override]
-        debug = spec.debug
-        debug_host_port = debug.port if debug.port not in (0, DEFAULT_PORT) and not debug.port_auto else None
-        command = [*bootstrap_args(spec, "0.0.0.0", docker_target.CONTAINER_PORT), "--", SERVER_IN_CONTAINER,
-                   *spec.args]
-        environment = dict(spec.environment.env_vars)
-        environment.update({"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-        volumes = {
-            str(spec.source_dir.resolve()): {"bind": APP_ROOT, "mode": "rw"},
-            str(Path(spec.script_path).resolve()): {"bind": SERVER_IN_CONTAINER, "mode": "ro"},
-        }
+    def container_extras(self, spec: RunSpec) -> docker_target.ContainerExtras:
+        volumes = {str(Path(spec.script_path).resolve()): {"bind": SERVER_IN_CONTAINER, "mode": "ro"}}
         if self.model_dir is not None:
             volumes[str(self.model_dir.resolve())] = {"bind": model_dir_in_container(self.model_dir), "mode": "ro"}
-        ports: dict[str, Any] = {f"{HTTP_PORT_IN_CONTAINER}/tcp": (LOOPBACK, self.http_port)}
-        if debug.enabled:
-            ports[f"{docker_target.CONTAINER_PORT}/tcp"] = (publish, debug_host_port)
-        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid()),
-                  f"{images.LABEL}.deployment": "1"}
-        with run._lock:
-            if run.canceled:
-                raise images.Canceled
-            container = self.client.containers.create(
-                tag,
-                command=command,
-                entrypoint=[images.VENV_PYTHON, "-X", "frozen_modules=off", images.BOOTSTRAP_IN_IMAGE],
-                name=f"aml-magics-deploy-{spec.name}-{secrets.token_hex(3)}",
-                labels=labels,
-                environment=environment,
-                working_dir=APP_ROOT,
-                volumes=volumes,
-                ports=ports,
-                device_requests=docker_target.gpu_requests(self.gpus) or None,
-                stdin_open=False,
-                tty=False,
-            )
-            run.container = container
-            docker_target._register(container)
-        run.stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-        container.start()
-        container.reload()
-        published = container.ports or {}
-        for key, attribute in ((f"{docker_target.CONTAINER_PORT}/tcp", "host_port"),
-                               (f"{HTTP_PORT_IN_CONTAINER}/tcp", "http_host_port")):
-            bindings = published.get(key) or []
-            if bindings:
-                setattr(run, attribute, int(bindings[0]["HostPort"]))
+        return docker_target.ContainerExtras(
+            script=SERVER_IN_CONTAINER,
+            volumes=volumes,
+            ports={f"{HTTP_PORT_IN_CONTAINER}/tcp": (LOOPBACK, self.http_port)},
+            labels={f"{images.LABEL}.deployment": "1"},
+        )
+
+    def on_started(self, run: DeployDockerRun, spec: RunSpec, container: Any,  # type: ignore[override]
+                   tag: str, publish: str) -> None:
+        run.http_host_port = docker_target.published_port(container, HTTP_PORT_IN_CONTAINER)
         run.events.line(
             f"aml_magics: container {container.name} ({tag}) started; {APP_ROOT} = {spec.source_dir}; "
             f"scoring port {HTTP_PORT_IN_CONTAINER} published on {LOOPBACK}:{run.http_host_port}"
             + (f"; debug port {docker_target.CONTAINER_PORT} published on {publish}:{run.host_port}"
                if run.host_port else ""))
-        run.events.state("running")
 
 
 def _factory(**options: Any) -> DockerDeployTarget:

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from . import launch
-from .options import OptionsError, RunRequest, check_syntax
+from .options import OptionsError, RunRequest, check_script_file, check_syntax
 from .processes import on_exit
 from .run import DebugRun, RunFailed
 from .targets import TargetError, make_target
@@ -81,7 +81,7 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run=DebugR
         check_syntax(request.cell, str(request.cell_file))
         _write_cell(request.cell_file, request.cell, registry, request.cell_dir_is_ours)
     else:
-        _check_script(request)
+        check_script_file(request.spec.script_path)
     try:
         target.check(request.spec)
     except TargetError as exc:
@@ -114,19 +114,6 @@ def _check_launch_json(path: Path) -> None:
             raise OptionsError(f"--launch-json: {exc} (file left untouched)") from None
         except OSError as exc:
             raise OptionsError(f"--launch-json: cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _check_script(request: RunRequest) -> None:
-    path = request.spec.script_path
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise OptionsError(f"cannot read script {path}: {exc.strerror or exc}") from None
-    try:
-        text = source.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return  # a declared encoding; Python will judge it when it runs
-    check_syntax(text, str(path))
 
 
 def _write_cell(path: Path, cell: str, registry: RunRegistry, dir_is_ours: bool) -> None:

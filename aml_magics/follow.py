@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from .run import DebugRun
 
 Print = Callable[[str], None]
+R = TypeVar("R", bound=DebugRun)
 
 
-def follow(run: DebugRun, *, until_endpoint: bool = False, emit: Print = print,
-           on_endpoint: Callable[[DebugRun], None] | None = None, poll: float = 0.2) -> None:
-    """Stream lines until the run ends (or, with ``until_endpoint``, can be attached to:
-    an endpoint is known, or the run is running with no debugger to wait for yet).
+def follow(run: R, *, until_endpoint: bool = False, emit: Print = print,
+           on_endpoint: Callable[[R], None] | None = None, until: Callable[[R], bool] | None = None,
+           on_update: Callable[[R], None] | None = None, poll: float = 0.2) -> None:
+    """Stream lines until the run ends, or ``until(run)``, or (with ``until_endpoint``) it can
+    be attached to: an endpoint is known, or the run is running with no debugger to wait for yet.
+    ``on_endpoint(run)`` once the first endpoint is known; ``on_update(run)`` after each batch.
 
     KeyboardInterrupt propagates: the caller decides to cancel.
     """
     seen = 0
     announced = False
     while True:
-        finished = run.done
+        # Decided before reading the lines, so the lines up to that point are all shown.
+        finished = run.done or (until is not None and until(run))
         lines, seen = run.lines_since(seen)
         for text in lines:
             emit(text)
@@ -27,6 +32,8 @@ def follow(run: DebugRun, *, until_endpoint: bool = False, emit: Print = print,
             announced = True
             if on_endpoint is not None:
                 on_endpoint(run)
+        if on_update is not None:
+            on_update(run)
         nothing_to_wait_for = not run.spec.debug.listens_at_start and run.state == "running"
         if finished or (until_endpoint and (announced or nothing_to_wait_for)):
             return

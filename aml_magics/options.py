@@ -50,15 +50,20 @@ class _Parser(argparse.ArgumentParser):
         raise OptionsError(message or "invalid options")
 
 
-def port_value(text: str) -> str:
-    if text == "auto":
-        return text
+def port_number(text: str, flag: str, also: str = "") -> int:
+    """``text`` as a TCP port (0-65535); errors name ``flag`` and what else it takes (``also``)."""
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--port must be a number 0-65535 or 'auto', not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{flag} must be a number 0-65535{also}, not {text!r}") from None
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be between 0 and 65535, not {port}")
+        raise argparse.ArgumentTypeError(f"{flag} must be between 0 and 65535, not {port}")
+    return port
+
+
+def port_value(text: str) -> str:
+    if text != "auto":
+        port_number(text, "--port", also=" or 'auto'")
     return text
 
 
@@ -382,6 +387,38 @@ def check_syntax(source: str, filename: str) -> None:
         raise OptionsError(f"{Path(filename).name}: syntax error at {where}: {exc.msg}") from None
     except ValueError as exc:  # e.g. null bytes
         raise OptionsError(f"{Path(filename).name}: cannot compile: {exc}") from None
+
+
+def check_script_file(path: Path, what: str = "script") -> None:
+    """Check a script file's syntax (it must be readable); one written in a declared encoding
+    other than UTF-8 is left for Python to judge when it runs."""
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise OptionsError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        text = source.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return
+    check_syntax(text, str(path))
+
+
+def options_argv(options: dict[str, Any]) -> list[str]:
+    """Python API keywords as the magic's flags: ``model_dir="m"`` → ``--model-dir m``; True →
+    the bare flag; None or False → nothing; a list or tuple → the flag once per item."""
+    argv: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def parse_cli(argv: Sequence[str], prog: str) -> argparse.Namespace:

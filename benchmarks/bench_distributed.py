@@ -13,34 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import BOOTSTRAP, LOOP, loop_seconds, paired, print_rows
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-BOOTSTRAP = HERE.parent / "aml_magics" / "bootstrap.py"
-LOOP = """
-import time
-def work():
-    s = 0
-    for i in range(3_000_000):
-        s += i * i % 7
-    return s
-t = time.perf_counter(); work(); print("LOOP", time.perf_counter() - t, flush=True)
-"""
-
-
-def paired(repeat: int, ours, baseline) -> tuple[float, float]:
-    """Alternate the two measurements so machine noise hits both alike; medians."""
-    a, b = [], []
-    for _ in range(repeat):
-        a.append(ours())
-        b.append(baseline())
-    return statistics.median(a), statistics.median(b)
 
 
 def endpoints_known(workdir: Path, ranks: int) -> float:
@@ -59,12 +40,6 @@ def endpoints_known(workdir: Path, ranks: int) -> float:
         return time.perf_counter() - start
     finally:
         run.cancel()
-
-
-def loop_seconds(argv: list[str]) -> float:
-    out = subprocess.run(argv, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-    return float(out.stdout.split("LOOP", 1)[1].split()[0])
 
 
 def main() -> None:
@@ -87,11 +62,7 @@ def main() -> None:
         plain = [sys.executable, str(loop)]
         rows.append(("pure-Python loop under `--timeout 0 --post-mortem` vs no debugger (s)",
                      *paired(repeat, lambda: loop_seconds(post_mortem), lambda: loop_seconds(plain))))
-    print("| figure | ours | baseline | ratio |")
-    print("|---|---|---|---|")
-    for name, ours, base in rows:
-        ratio = f"{ours / base:.2f}x" if base else "n/a"
-        print(f"| {name} | {ours:.3f} | {base:.3f} | {ratio} |")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

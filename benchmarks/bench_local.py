@@ -17,31 +17,11 @@ import time
 from pathlib import Path
 
 import psutil
-
-HERE = Path(__file__).resolve().parent
-BOOTSTRAP = HERE.parent / "aml_magics" / "bootstrap.py"
-LOOP = """
-import time
-def work():
-    s = 0
-    for i in range(3_000_000):
-        s += i * i % 7
-    return s
-t = time.perf_counter(); work(); print("LOOP", time.perf_counter() - t, flush=True)
-"""
+from common import BOOTSTRAP, LOOP, loop_seconds, paired, print_rows
 
 
 def median_of(repeat: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeat))
-
-
-def paired(repeat: int, ours, baseline) -> tuple[float, float]:
-    """Alternate the two measurements so machine noise hits both alike; medians."""
-    a, b = [], []
-    for _ in range(repeat):
-        a.append(ours())
-        b.append(baseline())
-    return statistics.median(a), statistics.median(b)
 
 
 def time_import(statement: str, setup: str = "pass") -> float:
@@ -119,12 +99,6 @@ def bootstrap_to_endpoint(script: Path, separate_adapter: bool) -> float:
         proc.wait()
 
 
-def loop_seconds(argv: list[str]) -> float:
-    out = subprocess.run(argv, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-    return float(out.stdout.split("LOOP", 1)[1].split()[0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
@@ -153,15 +127,6 @@ def main() -> None:
         rows.append(("same loop with debugpy left listening (what we avoid) vs no debugger (s)",
                      *paired(repeat, lambda: loop_seconds(listening), lambda: loop_seconds(plain))))
     print_rows(rows)
-
-
-def print_rows(rows: list[tuple[str, float, float | None]]) -> None:
-    print("| figure | ours | baseline | ratio |")
-    print("|---|---|---|---|")
-    for name, ours, base in rows:
-        ratio = f"{ours / base:.2f}x" if base else "n/a"
-        base_text = f"{base:.3f}" if base is not None else "not installed"
-        print(f"| {name} | {ours:.3f} | {base_text} | {ratio} |")
 
 
 if __name__ == "__main__":

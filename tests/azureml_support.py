@@ -1,11 +1,15 @@
-"""Shared pieces of the azureml tests: a workspace config, the simulator switched on, a
-network-namespace node (or loopback, with the reason it had to be)."""
+"""Shared pieces of the azureml tests (SDK v1 and v2): a project and a workspace config,
+the run specs, the simulator switched on, a network-namespace node (or loopback, with the
+reason it had to be), and a debugging session through the emitted launch.json."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+
+from aml_magics.spec import DebugOptions, EnvironmentSpec, RunSpec
+from aml_magics.testing.dap import attach_with_launch_config
 
 SCRIPT = """\
 import sys
@@ -18,6 +22,9 @@ print(marker, sys.argv[1:])
 BREAK_LINE = 5  # marker = ...
 WORKSPACE = {"subscription_id": "00000000-0000-0000-0000-000000000001", "resource_group": "rg-debug",
              "workspace_name": "ws-debug"}
+# The bootstrap's command line for full_spec(): its options, then the script and its arguments untouched.
+FULL_ARGUMENTS = ["--port", "5679", "--bind", "node", "--timeout", "120", "--stop-on-entry",
+                  "--", "train.py", "--lr", "0.1", "--", "x y"]
 
 
 def write_workspace_config(folder: Path) -> Path:
@@ -33,6 +40,30 @@ def write_project(folder: Path, script: str = SCRIPT, name: str = "train.py") ->
     return folder / name
 
 
+def train_spec(source: Path, **kw) -> RunSpec:
+    """``train.py`` of ``source``, with arguments that must reach the script untouched."""
+    return RunSpec(name="train", source_dir=source, script="train.py", args=("--lr", "0.1", "--", "x y"), **kw)
+
+
+def full_spec(tmp_path: Path) -> RunSpec:
+    """A project with a data file beside the script, and a run with packages, variables and debug options."""
+    source = tmp_path / "proj"
+    write_project(source)
+    (source / "data.csv").write_text("a,b\n")
+    return train_spec(source, environment=EnvironmentSpec(pip=("numpy==2.0",), requirements="pandas>=2  # data\n",
+                                                          env_vars=(("MODE", "debug"),)),
+                      debug=DebugOptions(port=5679, timeout=120, stop_on_entry=True))
+
+
+def setup_project(tmp_path: Path, monkeypatch) -> Path:
+    """For a ``project`` fixture: ``tmp_path`` as the working folder, with a workspace config and ``proj/train.py``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AML_MAGICS_CACHE_DIR", str(tmp_path / "cache"))
+    write_workspace_config(tmp_path)
+    write_project(tmp_path / "proj")
+    return tmp_path
+
+
 def use_simulator(monkeypatch, root: Path, layout: str = "user_logs", netns: str = "") -> None:
     monkeypatch.setenv("AML_MAGICS_AZUREML_BACKEND", "simulator")
     monkeypatch.setenv("AML_MAGICS_SIM_ROOT", str(root))
@@ -43,6 +74,12 @@ def use_simulator(monkeypatch, root: Path, layout: str = "user_logs", netns: str
     for name in ("AML_MAGICS_SIM_AUTH", "AML_MAGICS_SIM_COMPUTES", "AML_MAGICS_COMPUTE", "AML_MAGICS_EXPERIMENT",
                  "AML_MAGICS_WORKSPACE_CONFIG", "CI_NAME", "CI_RESOURCE_GROUP", "CI_WORKSPACE", "JPY_SESSION_NAME"):
         monkeypatch.delenv(name, raising=False)
+
+
+def use_simulated_node(monkeypatch, project: Path, namespace, layout: str = "user_logs") -> str:
+    """The simulator on, its node in ``namespace`` (or on loopback); the node's address."""
+    use_simulator(monkeypatch, project / "sim", layout=layout, netns=namespace.name if namespace else "")
+    return namespace.node_address if namespace else "127.0.0.1"
 
 
 def namespace_or_loopback():
@@ -69,3 +106,40 @@ def wait_for(predicate, timeout: float, what: str = "condition") -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_for_the_debugger(run, node: str):
+    """The run waits for a debugger at the node's address, and its launch.json connects there.
+    Returns the endpoint and the launch configuration."""
+    endpoint = run.wait_for_endpoint(60)
+    assert endpoint.host == node  # the node's own private address (10.211.x.2 in a namespace)
+    assert run.state == "waiting_for_debugger"
+    config = run.launch_config()
+    assert config["connect"] == {"host": node, "port": endpoint.port}
+    assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}/proj", "remoteRoot": endpoint.cwd}]
+    return endpoint, config
+
+
+def debug_to_the_end(run, config: dict, project: Path) -> None:
+    """A DAP client attaches through ``config``, stops at the breakpoint in the local ``proj/train.py``,
+    reads a variable and continues; the run completes with the script's output."""
+    local_script = project / "proj" / "train.py"
+    client = attach_with_launch_config(config, {str(local_script): [BREAK_LINE]}, workspace_folder=str(project))
+    try:
+        stop = client.wait_stopped(30)
+        assert stop.reason == "breakpoint"
+        assert Path(stop.path) == local_script and stop.line == BREAK_LINE  # mapped back to the local file
+        assert client.variables_of(stop.frame_id)["total"] == "10"
+        wait_for(lambda: run.state == "attached", 15, "attached state")
+        client.continue_(stop.thread_id)
+        assert run.wait(60) == "completed"
+    finally:
+        client.close()
+    assert run.exit_code == 0
+    assert "total=10 ['--lr', '0.1']" in run.logs and "Debugger attached = True" in run.logs
+
+
+def assert_completed_history(history: list[str]) -> None:
+    """A simulated run's states, from submit to a completed end."""
+    assert history[:1] == ["NotStarted"] and history[-1] == "Completed"
+    assert {"Preparing", "Queued", "Running"} <= set(history)

@@ -1,15 +1,32 @@
-"""Shared fixtures: a testing IPython shell that raises, and leak checks."""
+"""Shared fixtures (a testing IPython shell that raises, leak checks, a Docker engine) and
+helpers the test modules import (``from conftest import ...``)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
 
 os.environ.setdefault("AML_MAGICS_VIEW", "text")
+
+# The base image `.ci/docker-engine.sh` makes (no registry is reachable from CI).
+DOCKER_BASE = os.environ.get("AML_MAGICS_TEST_BASE", "aml-magics-test-base:bookworm-py3")
+
+CELL = """\
+import sys
+total = 0
+for i in range(5):
+    total += i
+marker = f"total={total}"
+print(marker, sys.argv[1:])
+"""
+BREAK_LINE = 5  # marker = ...
 
 
 @pytest.fixture
@@ -63,3 +80,84 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def busy_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port this test listens on (so it is taken) for the block's duration."""
+    with socket.socket() as holder:
+        holder.bind((host, 0))
+        holder.listen(1)
+        yield holder.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met in {timeout:g}s")
+
+
+# -- a Docker engine (tests marked docker) ------------------------------------------------------
+
+
+def _engine_problem(docker) -> str | None:
+    from aml_magics.targets import docker_images as images
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        return f"no Docker engine reachable ({images.short_reason(exc)}); run: bash .ci/docker-engine.sh"
+    try:
+        client.images.get(DOCKER_BASE)
+    except docker.errors.ImageNotFound:
+        return f"test base image {DOCKER_BASE} missing; run: bash .ci/docker-engine.sh"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A Docker client; skips without an engine (fails instead with AML_MAGICS_REQUIRE_DOCKER=1)."""
+    docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
+    problem = _engine_problem(docker)
+    if problem:
+        if os.environ.get("AML_MAGICS_REQUIRE_DOCKER"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def no_container_left(engine):
+    """Every test leaves no container of its own behind (others' on the same engine are not ours to touch)."""
+    import docker
+
+    mine = {"label": ["aml_magics", f"aml_magics.owner_pid={os.getpid()}"]}
+    before = {c.id for c in engine.containers.list(all=True, sparse=True, filters=mine)}
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [c for c in engine.containers.list(all=True, sparse=True, filters=mine) if c.id not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for c in left:
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+    assert not left, f"containers left behind: {[c.id[:12] for c in left]}"

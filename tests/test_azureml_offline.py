@@ -13,7 +13,15 @@ import pytest
 
 pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
 
-from azureml_support import WORKSPACE, use_simulator, write_project, write_workspace_config  # noqa: E402
+from azureml_support import (  # noqa: E402
+    FULL_ARGUMENTS,
+    WORKSPACE,
+    full_spec,
+    train_spec,
+    use_simulator,
+    write_project,
+    write_workspace_config,
+)
 
 from aml_magics import cli  # noqa: E402
 from aml_magics.azureml import settings  # noqa: E402
@@ -27,17 +35,9 @@ from aml_magics.targets import TargetError, make_target  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
 
-def _spec(source: Path, **kw) -> RunSpec:
-    return RunSpec(name="train", source_dir=source, script="train.py", args=("--lr", "0.1", "--", "x y"), **kw)
-
-
 def test_script_run_config_wraps_the_script_with_the_bootstrap(tmp_path):
-    source = tmp_path / "proj"
-    write_project(source)
-    (source / "data.csv").write_text("a,b\n")
-    spec = _spec(source, environment=EnvironmentSpec(pip=("numpy==2.0",), requirements="pandas>=2  # data\n",
-                                                     env_vars=(("MODE", "debug"),)),
-                 debug=DebugOptions(port=5679, timeout=120, stop_on_entry=True))
+    spec = full_spec(tmp_path)
+    source = spec.source_dir
     submission = build_submission(spec, "cpu-cluster", "exp")
     try:
         from azureml.core import Environment, ScriptRunConfig
@@ -45,8 +45,7 @@ def test_script_run_config_wraps_the_script_with_the_bootstrap(tmp_path):
         config = submission.config
         assert isinstance(config, ScriptRunConfig) and isinstance(submission.environment, Environment)
         assert config.script == BOOTSTRAP_NAME
-        assert config.arguments == ["--port", "5679", "--bind", "node", "--timeout", "120", "--stop-on-entry",
-                                    "--", "train.py", "--lr", "0.1", "--", "x y"]
+        assert config.arguments == FULL_ARGUMENTS
         assert config.run_config.target == "cpu-cluster"
         snapshot = Path(config.source_directory)
         assert snapshot != source and not (source / BOOTSTRAP_NAME).exists()  # never into the user's folder
@@ -66,7 +65,7 @@ def test_bind_is_the_node_address_unless_asked_and_amlignore_is_honoured(tmp_pat
     (source / "big").mkdir()
     (source / "big" / "blob.bin").write_bytes(b"x" * 10)
     (source / ".amlignore").write_text("big/\n")
-    submission = build_submission(_spec(source, debug=DebugOptions(bind="0.0.0.0")), "c1", "e")
+    submission = build_submission(train_spec(source, debug=DebugOptions(bind="0.0.0.0")), "c1", "e")
     try:
         assert submission.config.arguments[:4] == ["--port", "5678", "--bind", "0.0.0.0"]
         assert "big/blob.bin" not in submission.describe()["snapshot_files"]
@@ -81,13 +80,13 @@ def test_no_debug_and_user_managed_registered_environment(tmp_path):
     write_project(source)
     registered = Environment("my-env")
     registered.python.user_managed_dependencies = True
-    submission = build_submission(_spec(source), "c1", "e", registered=registered, registered_name="my-env:3")
+    submission = build_submission(train_spec(source), "c1", "e", registered=registered, registered_name="my-env:3")
     try:
         assert submission.environment.name == "my-env-aml-magics-debug" and registered.name == "my-env"
         assert any("debugpy must already be installed" in n for n in submission.notes)
     finally:
         submission.cleanup()
-    off = build_submission(_spec(source, debug=DebugOptions(enabled=False)), "c1", "e")
+    off = build_submission(train_spec(source, debug=DebugOptions(enabled=False)), "c1", "e")
     try:
         assert off.config.arguments[:2] == ["--no-debug", "--"]
     finally:
@@ -97,7 +96,8 @@ def test_no_debug_and_user_managed_registered_environment(tmp_path):
 def test_requirements_that_cannot_travel_are_refused(tmp_path):
     source = tmp_path / "proj"
     write_project(source)
-    spec = _spec(source, environment=EnvironmentSpec(requirements="numpy\n-r other.txt\n", requirements_path="req.txt"))
+    spec = train_spec(source, environment=EnvironmentSpec(requirements="numpy\n-r other.txt\n",
+                                                          requirements_path="req.txt"))
     with pytest.raises(TargetError, match=r"req.txt line 2: '-r other.txt' cannot be used on Azure ML"):
         build_submission(spec, "c1", "e")
 

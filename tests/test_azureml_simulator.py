@@ -17,19 +17,21 @@ import pytest
 pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
 
 from azureml_support import (  # noqa: E402
-    BREAK_LINE,
     SCRIPT,
+    assert_completed_history,
+    debug_to_the_end,
     namespace_or_loopback,
+    setup_project,
+    use_simulated_node,
     use_simulator,
     wait_for,
+    wait_for_the_debugger,
     write_project,
-    write_workspace_config,
 )
 from conftest import port_is_listening  # noqa: E402
 
 from aml_magics import cli  # noqa: E402
 from aml_magics.testing.azureml_simulator import get_simulator  # noqa: E402
-from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -41,51 +43,23 @@ def node_namespace():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("AML_MAGICS_CACHE_DIR", str(tmp_path / "cache"))
-    write_workspace_config(tmp_path)
-    write_project(tmp_path / "proj")
-    return tmp_path
-
-
-def _sim(monkeypatch, root: Path, namespace, layout: str) -> str:
-    use_simulator(monkeypatch, root / "sim", layout=layout, netns=namespace.name if namespace else "")
-    return namespace.node_address if namespace else "127.0.0.1"
+    return setup_project(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("layout", ["user_logs", "driver"])
 def test_breakpoint_through_launch_json_across_the_node_address(shell, project, monkeypatch, node_namespace, layout):
-    node = _sim(monkeypatch, project, node_namespace, layout)
+    node = use_simulated_node(monkeypatch, project, node_namespace, layout)
     run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --experiment e2e "
                                "--port 0 --timeout 60 proj/train.py -- --lr 0.1")
     assert run.target == "azureml" and "simulated Azure ML" in run.description
-    endpoint = run.wait_for_endpoint(60)
-    assert endpoint.host == node  # the node's own private address (10.211.x.2 in a namespace)
-    assert run.state == "waiting_for_debugger"
-    config = run.launch_config()
-    assert config["connect"] == {"host": node, "port": endpoint.port}
-    assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}/proj", "remoteRoot": endpoint.cwd}]
+    endpoint, config = wait_for_the_debugger(run, node)
     assert "/nodes/" in endpoint.cwd and Path(endpoint.cwd, "train.py").is_file()
     sim_run = _only_run(layout)
     expected_log = "user_logs/std_log.txt" if layout == "user_logs" else "azureml-logs/70_driver_log.txt"
     assert expected_log in sim_run.get_details()["logFiles"]
 
-    local_script = project / "proj" / "train.py"
-    client = attach_with_launch_config(config, {str(local_script): [BREAK_LINE]}, workspace_folder=str(project))
-    try:
-        stop = client.wait_stopped(30)
-        assert stop.reason == "breakpoint"
-        assert Path(stop.path) == local_script and stop.line == BREAK_LINE  # mapped back to the local file
-        assert client.variables_of(stop.frame_id)["total"] == "10"
-        wait_for(lambda: run.state == "attached", 15, "attached state")
-        client.continue_(stop.thread_id)
-        assert run.wait(60) == "completed"
-    finally:
-        client.close()
-    assert run.exit_code == 0
-    assert "total=10 ['--lr', '0.1']" in run.logs and "Debugger attached = True" in run.logs
-    assert sim_run.history[:1] == ["NotStarted"] and sim_run.history[-1] == "Completed"
-    assert {"Preparing", "Queued", "Running"} <= set(sim_run.history)
+    debug_to_the_end(run, config, project)
+    assert_completed_history(sim_run.history)
     if node_namespace is None:
         assert not port_is_listening("127.0.0.1", endpoint.port)
 
@@ -138,7 +112,7 @@ class _Recorder:
 
 
 def test_cancel_while_waiting_for_the_debugger(shell, project, monkeypatch, node_namespace):
-    _sim(monkeypatch, project, node_namespace, "user_logs")
+    use_simulated_node(monkeypatch, project, node_namespace, "user_logs")
     run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --port 0 --timeout 120 "
                                "proj/train.py")
     run.wait_for_endpoint(60)
@@ -151,7 +125,7 @@ def test_cancel_while_waiting_for_the_debugger(shell, project, monkeypatch, node
 
 
 def test_failed_run_reports_the_service_error_and_exit_code(project, monkeypatch, node_namespace):
-    _sim(monkeypatch, project, node_namespace, "driver")
+    use_simulated_node(monkeypatch, project, node_namespace, "driver")
     write_project(project / "proj", "import os, sys\nprint('run id', os.environ['AZUREML_RUN_ID'])\nsys.exit(3)\n",
                   name="fail.py")
     code = cli.main(["run", "proj/fail.py", "--target", "azureml", "--compute", "cpu-cluster", "--no-debug"])

@@ -25,11 +25,18 @@ pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is not installed (pip ins
 pytest.importorskip("azure.identity", reason="azure-identity is not installed (pip install 'aml-magics[azureml-v2]')")
 
 from azureml_support import (  # noqa: E402
-    BREAK_LINE,
+    FULL_ARGUMENTS,
     WORKSPACE,
+    assert_completed_history,
+    debug_to_the_end,
+    full_spec,
     namespace_or_loopback,
+    setup_project,
+    train_spec,
+    use_simulated_node,
     use_simulator,
     wait_for,
+    wait_for_the_debugger,
     write_project,
     write_workspace_config,
 )
@@ -43,14 +50,9 @@ from aml_magics.azureml.v2.service import MLClientBackend, get_v2_backend  # noq
 from aml_magics.spec import DebugOptions, DistributedSpec, EnvironmentSpec, RunSpec  # noqa: E402
 from aml_magics.targets import TargetError, make_target  # noqa: E402
 from aml_magics.testing.azureml_v2_simulator import get_v2_simulator  # noqa: E402
-from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")
 V2 = ["--target", "azureml", "--sdk", "v2"]
-
-
-def _spec(source: Path, **kw) -> RunSpec:
-    return RunSpec(name="train", source_dir=source, script="train.py", args=("--lr", "0.1", "--", "x y"), **kw)
 
 
 def _pip(conda: dict) -> list[str]:
@@ -63,20 +65,15 @@ def _pip(conda: dict) -> list[str]:
 def test_command_job_runs_the_bootstrap_in_the_snapshot_with_debugpy(tmp_path):
     from azure.ai.ml.entities import Command, Environment
 
-    source = tmp_path / "proj"
-    write_project(source)
-    (source / "data.csv").write_text("a,b\n")
-    spec = _spec(source, environment=EnvironmentSpec(pip=("numpy==2.0",), requirements="pandas>=2  # data\n",
-                                                     env_vars=(("MODE", "debug"),)),
-                 debug=DebugOptions(port=5679, timeout=120, stop_on_entry=True))
+    spec = full_spec(tmp_path)
+    source = spec.source_dir
     submission = build_job(spec, "cpu-cluster", "exp", tags={"k": "v"})
     job = submission.job
     try:
         assert isinstance(job, Command) and job.type == "command"
         argv = shlex.split(job.command)
         assert argv[:2] == ["python", BOOTSTRAP_NAME]
-        assert argv[2:] == ["--port", "5679", "--bind", "node", "--timeout", "120", "--stop-on-entry",
-                            "--", "train.py", "--lr", "0.1", "--", "x y"]
+        assert argv[2:] == FULL_ARGUMENTS
         assert argv[2:] == entry_arguments(spec, "node", 5679)  # the very arguments the v1 path passes
         snapshot = Path(job.code)
         assert snapshot == submission.snapshot and snapshot != source and not (source / BOOTSTRAP_NAME).exists()
@@ -101,7 +98,7 @@ def test_command_job_runs_the_bootstrap_in_the_snapshot_with_debugpy(tmp_path):
 @pytest.mark.parametrize("kind, cls", [("pytorch", "PyTorchDistribution"), ("mpi", "MpiDistribution")])
 def test_distributed_job_sets_instances_and_processes(tmp_path, kind, cls):
     write_project(tmp_path / "proj")
-    spec = _spec(tmp_path / "proj", distributed=DistributedSpec(nodes=2, procs_per_node=4),
+    spec = train_spec(tmp_path / "proj", distributed=DistributedSpec(nodes=2, procs_per_node=4),
                  debug=DebugOptions(debug_ranks=(0, 3)))
     submission = build_job(spec, "gpu-cluster", "exp", distribution=kind, vscode_service=True)
     try:
@@ -123,7 +120,7 @@ def test_registered_environments_get_debugpy_their_own_way(tmp_path):
     from azure.ai.ml.entities import BuildContext, Environment
 
     write_project(tmp_path / "proj")
-    spec = _spec(tmp_path / "proj")
+    spec = train_spec(tmp_path / "proj")
     conda = {"dependencies": ["python=3.10", "pip", {"pip": ["pandas"]}]}
     team = Environment(name="team", version="2", image="img:1", conda_file=conda)
     plan = build_environment(spec, team, "team:2")
@@ -131,7 +128,7 @@ def test_registered_environments_get_debugpy_their_own_way(tmp_path):
     assert _pip(plan.environment.conda_file) == ["pandas", "debugpy>=1.8.1"] and _pip(conda) == ["pandas"]
 
     curated = Environment(name="AzureML-sklearn-1.5", version="1", image="curated/sklearn:1")
-    plan = build_environment(_spec(tmp_path / "proj", environment=EnvironmentSpec(pip=("rich",))), curated, None)
+    plan = build_environment(train_spec(tmp_path / "proj", environment=EnvironmentSpec(pip=("rich",))), curated, None)
     try:
         assert plan.kind == "registered+docker" and isinstance(plan.environment.build, BuildContext)
         dockerfile = (Path(plan.environment.build.path) / "Dockerfile").read_text()
@@ -148,16 +145,17 @@ def test_registered_environments_get_debugpy_their_own_way(tmp_path):
     plan = build_environment(spec, own_docker, "docker-env:1")
     assert plan.environment is own_docker and "debugpy must already be installed" in plan.notes[0]
     with pytest.raises(TargetError, match="built from its own Docker context; --pip/--requirements cannot"):
-        build_environment(_spec(tmp_path / "proj", environment=EnvironmentSpec(pip=("x",))), own_docker, None)
+        build_environment(train_spec(tmp_path / "proj", environment=EnvironmentSpec(pip=("x",))), own_docker, None)
 
 
 def test_conda_file_and_base_image_and_no_debug(tmp_path):
     write_project(tmp_path / "proj")
     conda = "name: mine\ndependencies:\n  - python=3.10\n  - numpy\n"
-    plan = build_environment(_spec(tmp_path / "proj", environment=EnvironmentSpec(conda=conda, base_image="my/img")))
+    spec = train_spec(tmp_path / "proj", environment=EnvironmentSpec(conda=conda, base_image="my/img"))
+    plan = build_environment(spec)
     assert plan.environment.image == "my/img"
     assert plan.environment.conda_file["dependencies"] == ["python=3.10", "numpy", "pip", {"pip": ["debugpy>=1.8.1"]}]
-    off = build_job(_spec(tmp_path / "proj", debug=DebugOptions(enabled=False)), "c1", "e")
+    off = build_job(train_spec(tmp_path / "proj", debug=DebugOptions(enabled=False)), "c1", "e")
     try:
         assert shlex.split(off.job.command)[2:4] == ["--no-debug", "--"]
         assert "debugpy>=1.8.1" not in _pip(off.job.environment.conda_file)
@@ -167,7 +165,7 @@ def test_conda_file_and_base_image_and_no_debug(tmp_path):
         build_job(RunSpec(name="t", source_dir=tmp_path / "proj", script="train.py", args=("${{inputs.x}}",)),
                   "c1", "e")
     with pytest.raises(TargetError, match="--conda: not a conda environment file"):
-        build_environment(_spec(tmp_path / "proj", environment=EnvironmentSpec(conda="- a\n- b\n")))
+        build_environment(train_spec(tmp_path / "proj", environment=EnvironmentSpec(conda="- a\n- b\n")))
 
 
 # -- following a job ----------------------------------------------------------------------------
@@ -395,16 +393,7 @@ def node_namespace():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("AML_MAGICS_CACHE_DIR", str(tmp_path / "cache"))
-    write_workspace_config(tmp_path)
-    write_project(tmp_path / "proj")
-    return tmp_path
-
-
-def _sim(monkeypatch, root: Path, namespace) -> str:
-    use_simulator(monkeypatch, root / "sim", netns=namespace.name if namespace else "")
-    return namespace.node_address if namespace else "127.0.0.1"
+    return setup_project(tmp_path, monkeypatch)
 
 
 def _last_job():
@@ -412,16 +401,11 @@ def _last_job():
 
 
 def test_breakpoint_through_launch_json_with_the_vscode_service(shell, project, monkeypatch, node_namespace):
-    node = _sim(monkeypatch, project, node_namespace)
+    node = use_simulated_node(monkeypatch, project, node_namespace)
     run = shell.run_line_magic("aml_debug_run", "--target azureml --sdk v2 --compute cpu-cluster --experiment e2e "
                                "--vscode-service --port 0 --timeout 60 proj/train.py -- --lr 0.1")
     assert run.target == "azureml" and "simulated Azure ML, SDK v2" in run.description
-    endpoint = run.wait_for_endpoint(60)
-    assert endpoint.host == node  # the node's own private address (10.211.x.2 in a namespace)
-    assert run.state == "waiting_for_debugger"
-    config = run.launch_config()
-    assert config["connect"] == {"host": node, "port": endpoint.port}
-    assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}/proj", "remoteRoot": endpoint.cwd}]
+    endpoint, config = wait_for_the_debugger(run, node)
     job = _last_job()
     assert Path(endpoint.cwd, "train.py").is_file() and Path(endpoint.cwd, BOOTSTRAP_NAME).is_file()
     assert job.experiment == "e2e" and job.command.startswith(f"python {BOOTSTRAP_NAME} --port 0 --bind node")
@@ -434,29 +418,15 @@ def test_breakpoint_through_launch_json_with_the_vscode_service(shell, project, 
     assert job.service_url(VSCODE_SERVICE, 0) in render_text(run)  # beside the endpoint, in both views
     assert job.service_url(VSCODE_SERVICE, 0) in DebugRunPanel(run).header_html.value
 
-    local_script = project / "proj" / "train.py"
-    client = attach_with_launch_config(config, {str(local_script): [BREAK_LINE]}, workspace_folder=str(project))
-    try:
-        stop = client.wait_stopped(30)
-        assert stop.reason == "breakpoint"
-        assert Path(stop.path) == local_script and stop.line == BREAK_LINE  # mapped back to the local file
-        assert client.variables_of(stop.frame_id)["total"] == "10"
-        wait_for(lambda: run.state == "attached", 15, "attached state")
-        client.continue_(stop.thread_id)
-        assert run.wait(60) == "completed"
-    finally:
-        client.close()
-    assert run.exit_code == 0
-    assert "total=10 ['--lr', '0.1']" in run.logs and "Debugger attached = True" in run.logs
-    assert job.history[0] == "NotStarted" and job.history[-1] == "Completed"
-    assert {"Preparing", "Queued", "Running"} <= set(job.history)
+    debug_to_the_end(run, config, project)
+    assert_completed_history(job.history)
     assert "aml_magics: job page: file://" in run.logs
     if node_namespace is None:
         assert not port_is_listening("127.0.0.1", endpoint.port)
 
 
 def test_cancel_goes_through_begin_cancel(shell, project, monkeypatch, node_namespace):
-    _sim(monkeypatch, project, node_namespace)
+    use_simulated_node(monkeypatch, project, node_namespace)
     run = shell.run_line_magic("aml_debug_run", "--target azureml --sdk v2 --compute cpu-cluster --port 0 "
                                "--timeout 120 proj/train.py")
     run.wait_for_endpoint(60)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 pytest.importorskip("debugpy")
 
@@ -67,12 +68,6 @@ SLEEPER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _adapter_pids(port: int) -> list[int]:
     """debugpy's adapter daemonizes (setsid + fork): find it by its ``--port PORT`` argument."""
     pids = []
@@ -119,7 +114,7 @@ def debuggee():
     started: list[tuple[subprocess.Popen, int]] = []
 
     def start(script: Path, cwd: Path | None = None) -> tuple[subprocess.Popen, int]:
-        port = _free_port()  # that socket is closed again before debugpy binds the port
+        port = free_port()  # that socket is closed again before debugpy binds the port
         env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             [
@@ -265,7 +260,7 @@ def test_disconnect_terminate_ends_debuggee(tmp_path, debuggee):
 
 
 def test_connect_to_nothing_fails_within_timeout():
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(DapError, match="could not connect"):
         DapClient.connect("127.0.0.1", port, timeout=1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port, port_is_listening
+from conftest import DOCKER_BASE, busy_port, free_port, port_is_listening
 from IPython.core.error import UsageError
 
 from aml_magics.deploy import DebugDeployment, ScoringError, server_failure
@@ -201,18 +201,10 @@ def test_bad_options_are_one_line_errors(shell, workdir, line, message):
 
 
 def test_busy_http_port_names_the_holder(shell, workdir):
-    import socket
-
     (workdir / "score.py").write_text(SCORE)
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen(1)
-    port = holder.getsockname()[1]
-    try:
+    with busy_port() as port:
         with pytest.raises(UsageError, match=rf"--http-port {port} on 127.0.0.1 is already in use \(held by pid"):
             shell.run_line_magic("aml_debug_deploy", f"--http-port {port} score.py")
-    finally:
-        holder.close()
 
 
 def test_cli_deploy_prints_uri_endpoint_and_launch_json(workdir, model_dir):
@@ -286,45 +278,6 @@ def test_server_failure_parser_takes_the_last_chained_record():
 
 
 # -- --target docker (a real engine, as in tests/test_docker_target.py) ------------------------------
-
-DOCKER_BASE = os.environ.get("AML_MAGICS_TEST_BASE", "aml-magics-test-base:bookworm-py3")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
-    problem = None
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-        client.images.get(DOCKER_BASE)
-    except docker.errors.ImageNotFound:
-        problem = f"test base image {DOCKER_BASE} missing; run: bash .ci/docker-engine.sh"
-    except Exception as exc:
-        problem = f"no Docker engine reachable ({exc}); run: bash .ci/docker-engine.sh"
-    if problem:
-        if os.environ.get("AML_MAGICS_REQUIRE_DOCKER"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def no_container_left(engine):
-    labels = {"label": "aml_magics"}
-    before = {c.id for c in engine.containers.list(all=True, sparse=True, filters=labels)}
-    yield
-    deadline = time.monotonic() + 10
-    while True:
-        left = [c for c in engine.containers.list(all=True, sparse=True, filters=labels) if c.id not in before]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    for c in left:
-        c.remove(force=True)
-    assert not left, f"containers left behind: {[c.id[:12] for c in left]}"
-
 
 @pytest.mark.docker
 def test_docker_deployment_stops_at_breakpoint_in_run(shell, workdir, model_dir, no_container_left):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import alive, wait_for
 
 import aml_magics
 from aml_magics.options import Defaults, OptionsError, build_request, make_parser
@@ -28,18 +29,9 @@ print(f"value={value} world={env['WORLD_SIZE']} local={env['LOCAL_RANK']} node={
 BREAK_LINE = 4  # env = ...: value is set there
 
 
-def _wait_for(predicate, timeout: float, what: str = "condition") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout:g}s")
-
-
 def test_four_ranks_two_attached_through_the_compound(workdir):
     run = aml_magics.submit(code=RANKED, name="ddp", nodes=2, procs_per_node=2, port=0, timeout=12)
-    _wait_for(lambda: len(run.endpoints) == 4, 30, "4 endpoints")
+    wait_for(lambda: len(run.endpoints) == 4, 30, "4 endpoints")
     ports = {e.rank: e.port for e in run.endpoints}
     assert sorted(ports) == [0, 1, 2, 3] and len(set(ports.values())) == 4
 
@@ -93,7 +85,7 @@ def test_debug_ranks_leave_the_other_ranks_without_a_listener(workdir):
         "time.sleep(120)\n"
     )
     run = aml_magics.submit(code=code, name="some", procs_per_node=4, port=0, timeout=60, debug_ranks="0,3")
-    _wait_for(lambda: len(run.endpoints) == 2 and run.logs.count("probe ") >= 2, 30, "2 endpoints + 2 probes")
+    wait_for(lambda: len(run.endpoints) == 2 and run.logs.count("probe ") >= 2, 30, "2 endpoints + 2 probes")
     assert [e.rank for e in run.endpoints] == [0, 3]
     probes = {int(r): (int(pid), mods, trace)
               for r, pid, mods, trace in re.findall(r"probe (\d) (\d+) (\w+) (\w+)", run.logs)}
@@ -111,14 +103,14 @@ def test_debug_ranks_leave_the_other_ranks_without_a_listener(workdir):
     pids = [probes[1][0], probes[2][0], *(e.pid for e in run.endpoints)]
     run.cancel()
     assert run.state == "canceled"
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), 10, "all ranks gone")
+    wait_for(lambda: not any(alive(pid) for pid in pids), 10, "all ranks gone")
     assert {s.state for s in run.ranks} == {"canceled"}
 
 
 def test_sixteen_ranks_report_sixteen_endpoints(workdir):
     started = time.perf_counter()
     run = aml_magics.submit(code="print('ok')\n", name="wide", nodes=4, procs_per_node=4, port=0, timeout=0)
-    _wait_for(lambda: len(run.endpoints) == 16, 60, "16 endpoints")
+    wait_for(lambda: len(run.endpoints) == 16, 60, "16 endpoints")
     elapsed = time.perf_counter() - started
     assert run.wait(30) == "completed", run.logs[-2000:]
     assert sorted(e.rank for e in run.endpoints) == list(range(16))
@@ -142,11 +134,11 @@ def test_a_failing_rank_fails_the_run_and_is_named(workdir):
 def test_cancel_ends_every_rank(workdir):
     code = "import os, time\nprint('pid', os.getpid(), flush=True)\ntime.sleep(300)\n"
     run = aml_magics.submit(code=code, name="sleepers", procs_per_node=3, no_debug=True)
-    _wait_for(lambda: run.logs.count("pid ") == 3, 20, "3 ranks started")
+    wait_for(lambda: run.logs.count("pid ") == 3, 20, "3 ranks started")
     pids = [int(p) for p in re.findall(r"pid (\d+)", run.logs)]
     run.cancel()
     assert run.state == "canceled"
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), 10, "all ranks gone")
+    wait_for(lambda: not any(alive(pid) for pid in pids), 10, "all ranks gone")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -201,13 +193,6 @@ def _listening_ports(pid: int) -> set[int]:
     except psutil.NoSuchProcess:
         return set()
     return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_rank_states_and_views_follow_the_markers(tmp_path):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BREAK_LINE, CELL, DOCKER_BASE, busy_port, free_port
 
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
 
@@ -27,65 +28,6 @@ from aml_magics.targets import TargetError, make_target  # noqa: E402
 from aml_magics.targets import docker_images as images  # noqa: E402
 from aml_magics.targets.docker import gpu_requests  # noqa: E402
 from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
-
-BASE = os.environ.get("AML_MAGICS_TEST_BASE", "aml-magics-test-base:bookworm-py3")
-
-SCRIPT = """\
-import sys
-total = 0
-for i in range(5):
-    total += i
-marker = f"total={total}"
-print(marker, sys.argv[1:])
-"""
-BREAK_LINE = 5  # marker = ...
-
-
-def _engine_problem() -> str | None:
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:
-        return f"no Docker engine reachable ({images.short_reason(exc)}); run: bash .ci/docker-engine.sh"
-    try:
-        client.images.get(BASE)
-    except docker.errors.ImageNotFound:
-        return f"test base image {BASE} missing; run: bash .ci/docker-engine.sh"
-    finally:
-        client.close()
-    return None
-
-
-@pytest.fixture(scope="module")
-def engine():
-    problem = _engine_problem()
-    if problem:
-        if os.environ.get("AML_MAGICS_REQUIRE_DOCKER"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def no_container_left(engine):
-    """Every test leaves no container of its own behind (others' on the same engine are not ours to touch)."""
-    mine = {"label": ["aml_magics", f"aml_magics.owner_pid={os.getpid()}"]}
-    before = {c.id for c in engine.containers.list(all=True, sparse=True, filters=mine)}
-    yield
-    deadline = time.monotonic() + 10
-    while True:
-        left = [c for c in engine.containers.list(all=True, sparse=True, filters=mine) if c.id not in before]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    for c in left:
-        try:
-            c.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-    assert not left, f"containers left behind: {[c.id[:12] for c in left]}"
 
 
 def _states(run) -> list[str]:
@@ -126,8 +68,8 @@ def test_api_breakpoint_in_local_copy_through_launch_config(engine, workdir, no_
     src = workdir / "project"
     src.mkdir()
     script = src / "train.py"
-    script.write_text(SCRIPT)
-    run = aml_magics.submit(str(script), target="docker", base_image=BASE, timeout=60, args=["--lr", "0.1"])
+    script.write_text(CELL)
+    run = aml_magics.submit(str(script), target="docker", base_image=DOCKER_BASE, timeout=60, args=["--lr", "0.1"])
     assert run.target == "docker"
     _attach_and_finish(run, script, workdir)
     assert "total=10 ['--lr', '0.1']" in run.logs
@@ -138,10 +80,10 @@ def test_api_breakpoint_in_local_copy_through_launch_config(engine, workdir, no_
 
 @pytest.mark.docker
 def test_magic_cell_runs_in_docker_and_same_env_reuses_the_image(shell, engine, workdir, no_container_left):
-    line = f"--target docker --base-image {BASE} --name dcell --timeout 60"
-    run = shell.run_cell_magic("aml_debug_run", line, SCRIPT)
+    line = f"--target docker --base-image {DOCKER_BASE} --name dcell --timeout 60"
+    run = shell.run_cell_magic("aml_debug_run", line, CELL)
     script = workdir / ".aml_magics" / "cells" / "dcell.py"
-    assert script.read_text() == SCRIPT
+    assert script.read_text() == CELL
     _attach_and_finish(run, script, workdir)
     config = run.launch_config()
     assert config["pathMappings"][0]["localRoot"] == "${workspaceFolder}/.aml_magics/cells"
@@ -157,12 +99,12 @@ def test_magic_cell_runs_in_docker_and_same_env_reuses_the_image(shell, engine, 
 
 @pytest.mark.docker
 def test_changed_dependency_rebuilds_and_is_installed(engine, workdir, no_container_left):
-    env = EnvironmentSpec(pip=("six==1.17.0",), base_image=BASE)
-    tag = images.image_tag(env, BASE, engine.images.get(BASE).id)
+    env = EnvironmentSpec(pip=("six==1.17.0",), base_image=DOCKER_BASE)
+    tag = images.image_tag(env, DOCKER_BASE, engine.images.get(DOCKER_BASE).id)
     _remove_image(engine, tag)  # make sure this run has to build it
     (workdir / "uses_six.py").write_text("import six\nprint('six', six.__version__, six.__file__)\n")
 
-    run = aml_magics.submit("uses_six.py", target="docker", base_image=BASE, pip=["six==1.17.0"], timeout=0)
+    run = aml_magics.submit("uses_six.py", target="docker", base_image=DOCKER_BASE, pip=["six==1.17.0"], timeout=0)
     states = _states(run)
     assert run.wait(240) == "completed", run.detail + "\n" + run.logs[-3000:]
     assert f"aml_magics: building image {tag}" in run.logs
@@ -172,7 +114,7 @@ def test_changed_dependency_rebuilds_and_is_installed(engine, workdir, no_contai
     labels = engine.images.get(tag).labels
     assert labels["aml_magics"] == "1" and labels["aml_magics.deps"] == "six==1.17.0"
 
-    again = aml_magics.submit("uses_six.py", target="docker", base_image=BASE, pip=["six==1.17.0"], timeout=0)
+    again = aml_magics.submit("uses_six.py", target="docker", base_image=DOCKER_BASE, pip=["six==1.17.0"], timeout=0)
     assert again.wait(60) == "completed", again.detail
     assert f"aml_magics: reusing image {tag}" in again.logs
 
@@ -180,7 +122,7 @@ def test_changed_dependency_rebuilds_and_is_installed(engine, workdir, no_contai
 @pytest.mark.docker
 def test_cancel_while_waiting_for_a_debugger_removes_the_container(engine, workdir, no_container_left):
     (workdir / "wait.py").write_text("print('never reached')\n")
-    run = aml_magics.submit("wait.py", target="docker", base_image=BASE, timeout=120, name="tocancel")
+    run = aml_magics.submit("wait.py", target="docker", base_image=DOCKER_BASE, timeout=120, name="tocancel")
     run.wait_for_endpoint(120)
     container_id = run._handle.container.id
     assert engine.containers.get(container_id).status == "running"
@@ -194,10 +136,10 @@ def test_cancel_while_waiting_for_a_debugger_removes_the_container(engine, workd
 
 @pytest.mark.docker
 def test_cancel_during_the_build_leaves_no_container(engine, workdir, no_container_left):
-    env = EnvironmentSpec(pip=("idna==3.7",), base_image=BASE)
-    _remove_image(engine, images.image_tag(env, BASE, engine.images.get(BASE).id))
+    env = EnvironmentSpec(pip=("idna==3.7",), base_image=DOCKER_BASE)
+    _remove_image(engine, images.image_tag(env, DOCKER_BASE, engine.images.get(DOCKER_BASE).id))
     (workdir / "job.py").write_text("print('never reached')\n")
-    run = aml_magics.submit("job.py", target="docker", base_image=BASE, pip=["idna==3.7"], timeout=120)
+    run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, pip=["idna==3.7"], timeout=120)
     deadline = time.monotonic() + 120
     while "Step 1/" not in run.logs and not run.done and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -209,7 +151,8 @@ def test_cancel_during_the_build_leaves_no_container(engine, workdir, no_contain
 
 @pytest.mark.docker
 def test_unload_ext_removes_the_container(shell, engine, workdir, no_container_left):
-    run = shell.run_cell_magic("aml_debug_run", f"--target docker --base-image {BASE} --name unload --timeout 120",
+    run = shell.run_cell_magic("aml_debug_run",
+                               f"--target docker --base-image {DOCKER_BASE} --name unload --timeout 120",
                                "print('never reached')\n")
     run.wait_for_endpoint(120)
     container_id = run._handle.container.id
@@ -225,7 +168,7 @@ def test_interpreter_exit_removes_the_container(engine, workdir, no_container_le
     (workdir / "wait.py").write_text("print('never reached')\n")
     code = (
         "import aml_magics\n"
-        f"run = aml_magics.submit('wait.py', target='docker', base_image={BASE!r}, timeout=120, name='atexit')\n"
+        f"run = aml_magics.submit('wait.py', target='docker', base_image={DOCKER_BASE!r}, timeout=120, name='atexit')\n"
         "run.wait_for_endpoint(120)\n"
         "print('CID', run._handle.container.id, flush=True)\n"
     )
@@ -242,7 +185,7 @@ def test_container_dying_before_the_endpoint_fails_with_its_log_tail(engine, wor
     # A module that shadows debugpy: the bootstrap dies before it can listen.
     (workdir / "debugpy.py").write_text("raise RuntimeError('boom: a local debugpy.py shadows the real one')\n")
     (workdir / "job.py").write_text("print('not reached')\n")
-    run = aml_magics.submit("job.py", target="docker", base_image=BASE, timeout=30, env={"PYTHONPATH": "/app"})
+    run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=30, env={"PYTHONPATH": "/app"})
     with pytest.raises(RunFailed, match="before reporting a debug endpoint"):
         run.wait_for_endpoint(120)
     assert run.wait(30) == "failed"
@@ -253,7 +196,7 @@ def test_container_dying_before_the_endpoint_fails_with_its_log_tail(engine, wor
 @pytest.mark.docker
 def test_failed_build_reports_the_build_log_tail(engine, workdir, no_container_left):
     (workdir / "job.py").write_text("print('not reached')\n")
-    run = aml_magics.submit("job.py", target="docker", base_image=BASE, timeout=0, wheels="host",
+    run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0, wheels="host",
                             pip=["aml-magics-no-such-package-xyz==0.0.1"])
     assert run.wait(180) == "failed"
     assert "pip download on the host failed" in run.detail
@@ -265,7 +208,7 @@ def test_failed_build_reports_the_build_log_tail(engine, workdir, no_container_l
 def test_failing_build_step_reports_the_build_log_tail(engine, workdir, no_container_left):
     # A stripped base image whose Python lacks the venv module: the recipe's venv step fails in the build.
     broken = "aml-magics-test-broken:novenv"
-    recipe = f'FROM {BASE}\nLABEL aml_magics=1\nRUN ["rm", "-rf", "/usr/lib/python3.11/venv"]\n'
+    recipe = f'FROM {DOCKER_BASE}\nLABEL aml_magics=1\nRUN ["rm", "-rf", "/usr/lib/python3.11/venv"]\n'
     engine.images.build(fileobj=io.BytesIO(recipe.encode()), tag=broken, rm=True, forcerm=True, network_mode="none")
     try:
         (workdir / "job.py").write_text("print('not reached')\n")
@@ -282,25 +225,20 @@ def test_failing_build_step_reports_the_build_log_tail(engine, workdir, no_conta
 def test_conda_needs_a_base_image_with_conda(engine, workdir, no_container_left):
     (workdir / "environment.yml").write_text("name: demo\ndependencies:\n  - python=3.11\n")
     (workdir / "job.py").write_text("print('not reached')\n")
-    run = aml_magics.submit("job.py", target="docker", base_image=BASE, timeout=0, conda="environment.yml")
+    run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0, conda="environment.yml")
     assert run.wait(120) == "failed"
     assert "--conda needs a base image with conda" in run.detail
 
 
 @pytest.mark.docker
 def test_explicit_host_port_is_used_and_a_busy_one_is_named(engine, workdir, no_container_left):
-    import socket
-
     (workdir / "job.py").write_text("print('ok')\n")
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen(1)
-        busy = holder.getsockname()[1]
-        run = aml_magics.submit("job.py", target="docker", base_image=BASE, timeout=0, port=busy)
+    with busy_port() as busy:
+        run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0, port=busy)
         assert run.wait(120) == "failed"
         assert run.detail.startswith(f"port {busy} on 127.0.0.1 is already in use"), run.detail
-    free = _free_port()
-    run = aml_magics.submit("job.py", target="docker", base_image=BASE, timeout=0, port=free)
+    free = free_port()
+    run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0, port=free)
     assert run.wait(120) == "completed", run.detail
     assert run.endpoints[0].address == f"127.0.0.1:{free}"
 
@@ -315,14 +253,14 @@ def test_missing_base_image_that_cannot_be_pulled_fails_clearly(engine, workdir,
 
 @pytest.mark.docker
 def test_aml_images_lists_and_removes_only_our_images(shell, engine, workdir, capsys):
-    env = EnvironmentSpec(pip=("six==1.17.0",), base_image=BASE)
-    tag = images.image_tag(env, BASE, engine.images.get(BASE).id)
+    env = EnvironmentSpec(pip=("six==1.17.0",), base_image=DOCKER_BASE)
+    tag = images.image_tag(env, DOCKER_BASE, engine.images.get(DOCKER_BASE).id)
     if not _image_exists(engine, tag):
-        ensured = images.ensure_image(engine, env, base=BASE, wheels=None, log=lambda _: None)
+        ensured = images.ensure_image(engine, env, base=DOCKER_BASE, wheels=None, log=lambda _: None)
         assert ensured == tag
     shell.run_line_magic("aml_images", "")
     listing = capsys.readouterr().out
-    assert tag in listing and BASE in listing and "six==1.17.0" in listing
+    assert tag in listing and DOCKER_BASE in listing and "six==1.17.0" in listing
 
     from IPython.core.error import UsageError
 
@@ -332,11 +270,11 @@ def test_aml_images_lists_and_removes_only_our_images(shell, engine, workdir, ca
     assert f"removed {tag}" in capsys.readouterr().out
     assert not _image_exists(engine, tag)
 
-    images.ensure_image(engine, env, base=BASE, wheels=None, log=lambda _: None)
+    images.ensure_image(engine, env, base=DOCKER_BASE, wheels=None, log=lambda _: None)
     shell.run_line_magic("aml_images", "--remove-unused")
     out = capsys.readouterr().out
     assert tag in out and not _image_exists(engine, tag)
-    assert _image_exists(engine, BASE)  # the base image is not an environment image: kept
+    assert _image_exists(engine, DOCKER_BASE)  # the base image is not an environment image: kept
 
 
 # -- no engine needed --------------------------------------------------------------------
@@ -398,14 +336,6 @@ def test_platform_tags_for_manylinux_and_musl():
     assert glibc.abis() == ["cp311", "abi3", "none"]
     musl = images.ImagePython("/usr/bin/python3", (3, 12), "cpython", "aarch64", "musl", "")
     assert musl.platforms()[0] == "musllinux_1_2_aarch64"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _image_exists(client, ref: str) -> bool:

@@ -5,25 +5,14 @@ variable, continues, and the run completes."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import port_is_listening
+from conftest import BREAK_LINE, CELL, alive, busy_port, port_is_listening, wait_for
 
 from aml_magics import launch
 from aml_magics.testing.dap import attach_with_launch_config
-
-CELL = """\
-import sys
-total = 0
-for i in range(5):
-    total += i
-marker = f"total={total}"
-print(marker, sys.argv[1:])
-"""
-BREAK_LINE = 5  # marker = ...
 
 
 def test_cell_breakpoint_through_emitted_launch_json(shell, workdir):
@@ -45,7 +34,7 @@ def test_cell_breakpoint_through_emitted_launch_json(shell, workdir):
         assert stop.reason == "breakpoint"
         assert Path(stop.path) == script and stop.line == BREAK_LINE
         assert client.variables_of(stop.frame_id)["total"] == "10"
-        _wait_for(lambda: run.state == "attached", 10)
+        wait_for(lambda: run.state == "attached", 10)
         assert run.attached is True
         client.continue_(stop.thread_id)
         assert run.wait(30) == "completed"
@@ -75,12 +64,12 @@ def test_cancel_ends_the_whole_process_tree(shell, workdir):
         "time.sleep(300)\n"
     )
     run = shell.run_cell_magic("aml_debug_run", "--no-debug", cell)
-    _wait_for(lambda: "child " in run.logs, 20)
+    wait_for(lambda: "child " in run.logs, 20)
     child_pid = int(run.logs.split("child ", 1)[1].split()[0])
     assert psutil.pid_exists(child_pid)
     shell.run_line_magic("aml_cancel", run.id)
     assert run.state == "canceled"
-    _wait_for(lambda: not _alive(child_pid), 10)
+    wait_for(lambda: not alive(child_pid), 10)
 
 
 def test_two_runs_at_once_on_different_ports(shell, workdir):
@@ -98,19 +87,11 @@ def test_two_runs_at_once_on_different_ports(shell, workdir):
 
 
 def test_busy_port_names_the_holder(shell, workdir):
-    import socket
-
     from IPython.core.error import UsageError
 
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen(1)
-    port = holder.getsockname()[1]
-    try:
+    with busy_port() as port:
         with pytest.raises(UsageError, match=rf"port {port} on 127.0.0.1 is already in use \(held by pid \d+"):
             shell.run_cell_magic("aml_debug_run", f"--port {port}", "print(1)\n")
-    finally:
-        holder.close()
 
 
 def test_launch_json_is_merged_when_the_endpoint_appears(shell, workdir):
@@ -124,7 +105,7 @@ def test_launch_json_is_merged_when_the_endpoint_appears(shell, workdir):
     run = shell.run_cell_magic("aml_debug_run", "--name merged --port 0 --timeout 30 --launch-json .vscode/launch.json",
                                "print('m')\n")
     run.wait_for_endpoint(30)
-    _wait_for(lambda: "merged" in (vscode / "launch.json").read_text(), 10)
+    wait_for(lambda: "merged" in (vscode / "launch.json").read_text(), 10)
     text = (vscode / "launch.json").read_text()
     assert "// my settings" in text and "// keep" in text
     data = launch.parse_jsonc(text)
@@ -179,18 +160,3 @@ def test_cached_virtual_environment_is_built_once(shell, workdir):
     assert second.state == "completed"
     assert "reusing environment" in second.logs and "building environment" not in second.logs
 
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_for(predicate, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")

@@ -5,10 +5,9 @@ pauses with a client attached, waits for one on request, and is otherwise a no-o
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import psutil
+from conftest import port_is_listening, wait_for
 
 import aml_magics
 from aml_magics import launch
@@ -38,26 +37,12 @@ BREAKPOINT_LINE = 4
 RESUME_LINE = 5  # like pdb: the pause shows the next line the caller will run
 
 
-def _wait_for(predicate, timeout: float, what: str = "condition") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout:g}s")
-
-
-def _listening(port: int) -> bool:
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-               for c in psutil.net_connections(kind="tcp"))
-
-
 def test_zero_overhead_post_mortem_stops_at_the_raising_line(workdir):
     run = aml_magics.submit(code=CRASH, name="crashy", port=0, timeout=0, post_mortem=True,
                             launch_json=".vscode/launch.json")
     endpoint = run.wait_for_endpoint(30)
     assert "healthy False False" in run.logs  # no debugger at all while the run was healthy
-    _wait_for(lambda: run.state == "crashed_waiting_for_debugger", 10, "crashed state")
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 10, "crashed state")
     assert run.detail == "ZeroDivisionError: division by zero"
     label = render_text(run).splitlines()[0]
     assert "crashed — waiting for debugger" in label and "left to attach" in label
@@ -65,7 +50,7 @@ def test_zero_overhead_post_mortem_stops_at_the_raising_line(workdir):
     (status,) = run.ranks
     assert status.state == "crashed_waiting_for_debugger" and "ZeroDivisionError" in status.detail
     # launch.json was written at the moment of the crash
-    _wait_for(lambda: (workdir / ".vscode" / "launch.json").exists(), 10, "launch.json written")
+    wait_for(lambda: (workdir / ".vscode" / "launch.json").exists(), 10, "launch.json written")
     written = launch.parse_jsonc((workdir / ".vscode" / "launch.json").read_text())
     assert written["configurations"][0]["connect"]["port"] == endpoint.port
 
@@ -80,14 +65,14 @@ def test_zero_overhead_post_mortem_stops_at_the_raising_line(workdir):
         info = client.request("exceptionInfo", {"threadId": stop.thread_id})
         assert info["exceptionId"].startswith("ZeroDivisionError") and info["description"] == "division by zero"
         assert [f["name"] for f in stop.frames[:2]] == ["average", "<module>"]
-        _wait_for(lambda: run.state == "attached", 10, "attached state")
+        wait_for(lambda: run.state == "attached", 10, "attached state")
         client.continue_(stop.thread_id)
         assert run.wait(30) == "failed"
     finally:
         client.close()
     assert run.exit_code == 1
     assert "ZeroDivisionError: division by zero" in run.logs and "Traceback" in run.logs
-    assert not _listening(endpoint.port)
+    assert not port_is_listening("127.0.0.1", endpoint.port)
 
 
 def test_post_mortem_after_the_attach_window_closed_and_nobody_comes(workdir):
@@ -103,7 +88,7 @@ def test_post_mortem_after_the_attach_window_closed_and_nobody_comes(workdir):
     assert post["type"] == "KeyError" and post["message"] == "'missing'" and post["line"] == 2
     assert post["port"] == first.port  # listening again on the same port
     assert "KeyError: 'missing'" in run.logs
-    assert not _listening(first.port)
+    assert not port_is_listening("127.0.0.1", first.port)
 
 
 def test_post_mortem_with_a_client_already_attached_stops_at_once(workdir):
@@ -129,10 +114,10 @@ def test_post_mortem_of_one_rank_in_a_distributed_run(workdir):
             "if rank == 1:\n    raise RuntimeError(f'rank {rank} lost its data')\nprint('fine', rank)\n")
     run = aml_magics.submit(code=code, name="pm", procs_per_node=2, port=0, timeout=0, post_mortem=True)
     endpoint = run.wait_for_endpoint(30, rank=1)
-    _wait_for(lambda: run.state == "crashed_waiting_for_debugger", 10, "crashed state")
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 10, "crashed state")
     assert run.detail == "rank 1: RuntimeError: rank 1 lost its data"
     assert [e.rank for e in run.endpoints] == [1]  # the healthy rank never started a debugger
-    _wait_for(lambda: run.ranks[0].state == "completed", 10, "rank 0 completed")
+    wait_for(lambda: run.ranks[0].state == "completed", 10, "rank 0 completed")
     assert run.ranks[1].state == "crashed_waiting_for_debugger"
     config = run.launch_config(rank=1)
     assert config["name"] == "pm rank 1" and config["connect"]["port"] == endpoint.port
@@ -180,7 +165,7 @@ def test_wait_on_breakpoint_reports_waits_and_pauses(workdir):
     run = aml_magics.submit(code=BREAKS, name="bp_wait", port=0, timeout=0, wait_on_breakpoint=True,
                             post_mortem_timeout=60)
     endpoint = run.wait_for_endpoint(30)
-    _wait_for(lambda: "AML_MAGICS_BREAKPOINT" in run.logs, 10, "breakpoint marker")
+    wait_for(lambda: "AML_MAGICS_BREAKPOINT" in run.logs, 10, "breakpoint marker")
     assert run.state == "waiting_for_debugger"
     (status,) = run.ranks
     assert status.detail == f"breakpoint() at {run.spec.script_path}:{BREAKPOINT_LINE}"
@@ -195,4 +180,4 @@ def test_wait_on_breakpoint_reports_waits_and_pauses(workdir):
     finally:
         client.close()
     assert "after 42" in run.logs
-    assert not _listening(endpoint.port)
+    assert not port_is_listening("127.0.0.1", endpoint.port)

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
+
+from conftest import wait_for
 
 import aml_magics
 from aml_magics.testing.dap import attach_with_launch_config
 from aml_magics.views import mimebundle, render_text
-
-
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_text_view_has_the_facts_and_no_html(workdir):
@@ -42,8 +34,8 @@ def test_widget_panel_updates_live_and_its_buttons_work(workdir):
                             name="widgety", port=0, timeout=60)
     panel = DebugRunPanel(run)
     endpoint = run.wait_for_endpoint(30)
-    _wait_for(lambda: endpoint.address in panel.endpoints_html.value)
-    _wait_for(lambda: "waiting for debugger" in panel.header_html.value)
+    wait_for(lambda: endpoint.address in panel.endpoints_html.value)
+    wait_for(lambda: "waiting for debugger" in panel.header_html.value)
     assert "left to attach" in panel.header_html.value
     assert "aml-launch-json" in panel.launch_html.value and str(endpoint.port) in panel.launch_html.value
     assert panel.write_button.disabled is False
@@ -53,12 +45,12 @@ def test_widget_panel_updates_live_and_its_buttons_work(workdir):
     assert "wrote widgety" in panel.message_html.value
     client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir))
     try:
-        _wait_for(lambda: "debugger attached" in panel.header_html.value)
+        wait_for(lambda: "debugger attached" in panel.header_html.value)
         assert run.wait(30) == "completed"
     finally:
         client.close()
-    _wait_for(lambda: "completed" in panel.header_html.value)
-    _wait_for(lambda: "done 1" in panel.log_html.value)
+    wait_for(lambda: "completed" in panel.header_html.value)
+    wait_for(lambda: "done 1" in panel.log_html.value)
     assert panel.cancel_button.disabled is True
 
 
@@ -70,4 +62,4 @@ def test_widget_cancel_button_cancels(workdir):
     run.wait_for_endpoint(30)
     panel.cancel_button.click()
     assert run.wait(20) == "canceled"
-    _wait_for(lambda: "canceled" in panel.header_html.value)
+    wait_for(lambda: "canceled" in panel.header_html.value)

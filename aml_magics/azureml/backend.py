@@ -164,16 +164,23 @@ def read_file_uri(uri: str, offset: int) -> bytes:
 _real: AzureMLService | None = None
 
 
+def simulator_chosen() -> bool:
+    """Whether ``AML_MAGICS_AZUREML_BACKEND`` asks for the simulator (default: the real service)."""
+    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if choice in ("", "azureml", "service", "real"):
+        return False
+    if choice in ("simulator", "sim", "simulated"):
+        return True
+    raise TargetError(f"{BACKEND_ENV}={choice!r}: expected 'simulator' or nothing (the real service)")
+
+
 def get_backend() -> Any:
     """The control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
     global _real
-    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
-    if choice in ("", "azureml", "service", "real"):
-        if _real is None:
-            _real = AzureMLService()
-        return _real
-    if choice in ("simulator", "sim", "simulated"):
+    if simulator_chosen():
         from ..testing.azureml_simulator import get_simulator
 
         return get_simulator()
-    raise TargetError(f"{BACKEND_ENV}={choice!r}: expected 'simulator' or nothing (the real service)")
+    if _real is None:
+        _real = AzureMLService()
+    return _real

@@ -203,6 +203,31 @@ def entry_arguments(spec: RunSpec, bind: str, port: int) -> list[str]:
     return [*bootstrap_args(spec, bind, port), "--", spec.script, *spec.args]
 
 
+def port_notes(spec: RunSpec, port: int) -> list[str]:
+    """A remote run's note on ``--port auto`` (none without it)."""
+    if spec.debug.port_auto:
+        return [f"--port auto: a remote node's ports are its own; port {port} is used as given"]
+    return []
+
+
+def check_snapshot(spec: RunSpec, snapshot: Path, script_text: str | None) -> None:
+    """The user's script must be in the snapshot (unless it is a cell, written there by us)."""
+    if script_text is None and not (snapshot / spec.script).is_file():
+        raise TargetError(f"script {spec.script} is not in the snapshot of {spec.source_dir} "
+                          "(excluded by .amlignore/.gitignore?)")
+
+
+def describe_debug(spec: RunSpec, bind: str, port: int) -> dict:
+    """The ``debug`` part of a dry run's description."""
+    return {
+        "enabled": spec.debug.enabled,
+        "bind": bind,
+        "port": port,
+        "timeout": spec.debug.timeout,
+        "stop_on_entry": spec.debug.stop_on_entry,
+    }
+
+
 @dataclass
 class Submission:
     """Everything one ScriptRunConfig submission sends, built offline."""
@@ -249,13 +274,7 @@ class Submission:
             },
             "environment_variables": dict(self.config.run_config.environment_variables or {}),
             "distributed": distributed,
-            "debug": {
-                "enabled": self.spec.debug.enabled,
-                "bind": self.bind,
-                "port": self.port,
-                "timeout": self.spec.debug.timeout,
-                "stop_on_entry": self.spec.debug.stop_on_entry,
-            },
+            "debug": describe_debug(self.spec, self.bind, self.port),
             "notes": list(self.notes),
         }
 
@@ -282,13 +301,10 @@ def build_submission(spec: RunSpec, compute: str, experiment: str, *, registered
     bind = spec.debug.bind or "node"
     port = spec.debug.port
     environment, notes = build_environment(spec, registered)
-    if spec.debug.port_auto:
-        notes.append(f"--port auto: a remote node's ports are its own; port {port} is used as given")
+    notes += port_notes(spec, port)
     snapshot = make_snapshot(spec.source_dir, spec.script, script_text)
     try:
-        if script_text is None and not (snapshot / spec.script).is_file():
-            raise TargetError(f"script {spec.script} is not in the snapshot of {spec.source_dir} "
-                              "(excluded by .amlignore/.gitignore?)")
+        check_snapshot(spec, snapshot, script_text)
         distributed = getattr(spec, "distributed", None)
         job_config = None
         if distributed is not None and distributed.world_size > 1:

@@ -6,6 +6,10 @@ debugpy added; on the node the bootstrap binds the node's own private address. T
 endpoint comes back through the run's logs (both layouts) or a run tag. The control
 plane is the real service or, with ``AML_MAGICS_AZUREML_BACKEND=simulator``, the
 simulator in :mod:`aml_magics.testing.azureml_simulator`.
+
+:class:`AzureMLTargetBase` is what this target and the SDK v2 one (:mod:`.azureml_v2`)
+share: the options, the settings decided offline, the order of the checks and of a
+submission, and the words the views show.
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ from ..spec import RunSpec
 from .base import RunEvents, TargetError
 
 
-class AzureMLTarget:
-    name = "azureml"
+class AzureMLTargetBase:
+    """The flow both SDKs' targets follow; a subclass brings the service calls
+    (``_check_service``, ``_described``, ``_build``, ``_send``, ``_follow``) and its words."""
 
-    def __init__(self, compute: str | None = None, experiment: str | None = None,
-                 workspace_config: str | None = None, environment: str | None = None,
-                 subscription: str | None = None, resource_group: str | None = None, workspace: str | None = None,
-                 backend: Any = None, cwd: Path | None = None) -> None:
-        require_sdk()
-        self.backend = backend or get_backend()
+    name = "azureml"
+    label = "Azure ML"  # the description's, for the real service and the simulator
+    simulated_label = "simulated Azure ML"
+    backend_label = "Azure ML"  # a dry run's "backend"
+    simulated_backend_label = "simulated Azure ML"
+    run_id_label = "run id"  # "submitted ...; run id X"
+    page_label = "run page"  # "run page: URL"
+
+    def __init__(self, backend: Any, compute: str | None, experiment: str | None, workspace_config: str | None,
+                 environment: str | None, subscription: str | None, resource_group: str | None,
+                 workspace: str | None, cwd: Path | None) -> None:
+        self.backend = backend
         self.compute_option = compute
         self.experiment_option = experiment
         self.workspace_config_option = workspace_config
@@ -40,7 +51,6 @@ class AzureMLTarget:
         self.compute: str | None = None
         self.experiment: str | None = None
         self.workspace_ref: settings.WorkspaceRef | None = None
-        self.workspace: Any = None
         self.registered: Any = None
         self.environment_choice: tuple[str, str | None] | None = None
         self._checked: RunSpec | None = None
@@ -53,8 +63,10 @@ class AzureMLTarget:
             where = f"workspace {self.workspace_ref.workspace_name}, {where}"
         if getattr(self.backend, "simulated", False):
             detail = getattr(self.backend, "detail", "")
-            return f"simulated Azure ML ({detail}): {where}" if detail else f"simulated Azure ML: {where}"
-        return f"Azure ML: {where}"
+            label = f"{self.simulated_label} ({detail})" if detail else self.simulated_label
+        else:
+            label = self.label
+        return f"{label}: {where}"
 
     # -- offline part -------------------------------------------------------------------
     def _settings(self) -> None:
@@ -67,29 +79,20 @@ class AzureMLTarget:
             else settings.choose_workspace_config(self.workspace_config_option)
         self.workspace_ref = settings.locate_workspace(config, self.cwd, explicit=explicit)
 
+    def _environment_label(self) -> str | None:
+        """``NAME`` or ``NAME:VERSION`` of ``--environment``, None without one."""
+        return ":".join(filter(None, self.environment_choice)) if self.environment_choice else None
+
     def plan(self, spec: RunSpec, cell: str | None = None) -> dict:
         """``--dry-run``: what would be submitted, built offline; nothing is contacted or written."""
         self._settings()
-        registered = None
-        registered_name = None
-        notes = []
-        if self.environment_choice is not None:
-            registered_name = ":".join(filter(None, self.environment_choice))
-            registered = _placeholder_environment(self.environment_choice[0])
-            notes.append(f"registered environment {registered_name} is read at submit (a dry run contacts no "
-                         "service): its own packages are not listed, debugpy is added to them")
         if cell is None and not spec.script_path.is_file():
             raise TargetError(f"script not found: {spec.script_path}")
-        submission = build_submission(spec, self.compute or "", self.experiment or "", registered=registered,
-                                      registered_name=registered_name, script_text=cell)
-        try:
-            described = submission.describe()
-        finally:
-            submission.cleanup()
-        described["notes"] = notes + described["notes"]
+        described = self._described(spec, cell)
+        simulated = getattr(self.backend, "simulated", False)
         return {
             "target": self.name,
-            "backend": "simulated Azure ML" if getattr(self.backend, "simulated", False) else "Azure ML",
+            "backend": self.simulated_backend_label if simulated else self.backend_label,
             "workspace": self.workspace_ref.to_dict() if self.workspace_ref else None,
             "run_name": spec.name,
             **described,
@@ -103,20 +106,7 @@ class AzureMLTarget:
         if not spec.script_path.is_file():
             raise TargetError(f"script not found: {spec.script_path}")
         self._settings()
-        assert self.workspace_ref is not None
-        name = self.workspace_ref.workspace_name
-        with service_errors(f"open workspace {name}"):
-            self.workspace = self.backend.open_workspace(self.workspace_ref)
-        with service_errors(f"list the computes of workspace {name}"):
-            computes = self.backend.compute_names(self.workspace)
-        if self.compute not in computes:
-            known = ", ".join(computes) or "none"
-            raise TargetError(f"compute {self.compute!r} not found in workspace "
-                              f"{self.workspace_ref.workspace_name} (computes: {known})")
-        if self.environment_choice is not None:
-            env_name, version = self.environment_choice
-            with service_errors(f"get environment {env_name}{':' + version if version else ''}"):
-                self.registered = self.backend.get_environment(self.workspace, env_name, version)
+        self._check_service()
         self._checked = spec
 
     def submit(self, spec: RunSpec, events: RunEvents) -> RunMonitor:
@@ -126,28 +116,93 @@ class AzureMLTarget:
         try:
             for note in submission.notes:
                 events.line(f"aml_magics: {note}")
-            with service_errors(f"submit to experiment {self.experiment}"):
-                run = self.backend.submit_run(self.workspace, self.experiment, submission.config, self._tags())
+            run = self._send(submission)
         finally:
             submission.cleanup()
-        events.line(f"aml_magics: submitted {self.description}; run id {run.id}")
+        events.line(f"aml_magics: submitted {self.description}; {self.run_id_label} {run.id}")
         try:
             url = run.get_portal_url()
         except Exception:
             url = None
         if url:
-            events.line(f"aml_magics: run page: {url}")
+            events.line(f"aml_magics: {self.page_label}: {url}")
         events.state("queued")
-        return RunMonitor(self.backend, run, events).start()
-
-    def _build(self, spec: RunSpec) -> Submission:
-        registered_name = ":".join(filter(None, self.environment_choice)) if self.environment_choice else None
-        return build_submission(spec, self.compute or "", self.experiment or "", registered=self.registered,
-                                registered_name=registered_name)
+        return self._follow(spec, run, events)
 
     @staticmethod
     def _tags() -> dict[str, str]:
         return {"aml_magics": __version__, "aml_magics.debug": "true"}
+
+    # -- what each SDK does ---------------------------------------------------------------
+    def _check_service(self) -> None:
+        raise NotImplementedError
+
+    def _described(self, spec: RunSpec, cell: str | None) -> dict:
+        """The dry run's submission, described (everything built is deleted again)."""
+        raise NotImplementedError
+
+    def _build(self, spec: RunSpec) -> Any:
+        raise NotImplementedError
+
+    def _send(self, submission: Any) -> Any:
+        """Submit; the run (with ``id`` and ``get_portal_url``)."""
+        raise NotImplementedError
+
+    def _follow(self, spec: RunSpec, run: Any, events: RunEvents) -> RunMonitor:
+        raise NotImplementedError
+
+
+class AzureMLTarget(AzureMLTargetBase):
+    def __init__(self, compute: str | None = None, experiment: str | None = None,
+                 workspace_config: str | None = None, environment: str | None = None,
+                 subscription: str | None = None, resource_group: str | None = None, workspace: str | None = None,
+                 backend: Any = None, cwd: Path | None = None) -> None:
+        require_sdk()
+        super().__init__(backend or get_backend(), compute, experiment, workspace_config, environment,
+                         subscription, resource_group, workspace, cwd)
+        self.workspace: Any = None
+
+    def _described(self, spec: RunSpec, cell: str | None) -> dict:
+        registered = None
+        notes = []
+        if self.environment_choice is not None:
+            registered = _placeholder_environment(self.environment_choice[0])
+            notes.append(f"registered environment {self._environment_label()} is read at submit (a dry run contacts "
+                         "no service): its own packages are not listed, debugpy is added to them")
+        submission = build_submission(spec, self.compute or "", self.experiment or "", registered=registered,
+                                      registered_name=self._environment_label(), script_text=cell)
+        try:
+            described = submission.describe()
+        finally:
+            submission.cleanup()
+        described["notes"] = notes + described["notes"]
+        return described
+
+    def _check_service(self) -> None:
+        assert self.workspace_ref is not None
+        name = self.workspace_ref.workspace_name
+        with service_errors(f"open workspace {name}"):
+            self.workspace = self.backend.open_workspace(self.workspace_ref)
+        with service_errors(f"list the computes of workspace {name}"):
+            computes = self.backend.compute_names(self.workspace)
+        if self.compute not in computes:
+            known = ", ".join(computes) or "none"
+            raise TargetError(f"compute {self.compute!r} not found in workspace {name} (computes: {known})")
+        if self.environment_choice is not None:
+            env_name, version = self.environment_choice
+            with service_errors(f"get environment {env_name}{':' + version if version else ''}"):
+                self.registered = self.backend.get_environment(self.workspace, env_name, version)
+
+    def _build(self, spec: RunSpec) -> Submission:
+        return build_submission(spec, self.compute or "", self.experiment or "", registered=self.registered,
+                                registered_name=self._environment_label())
+
+    def _send(self, submission: Submission) -> Any:
+        with service_errors(f"submit to experiment {self.experiment}"):
+            return self.backend.submit_run(self.workspace, self.experiment, submission.config, self._tags())
+
+    def _follow(self, spec: RunSpec, run: Any, events: RunEvents) -> RunMonitor:
+        return RunMonitor(self.backend, run, events).start()
 
 
 def _placeholder_environment(name: str) -> Any:
@@ -157,4 +212,3 @@ def _placeholder_environment(name: str) -> Any:
     environment = Environment(name)
     environment.python.conda_dependencies = CondaDependencies.create()
     return environment
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -98,6 +99,22 @@ class _LineSplitter:
         return [rest.rstrip("\r")] if rest else []
 
 
+def published_port(container: Any, port: int) -> int | None:
+    """The host port ``port/tcp`` of a started (and reloaded) container is published on."""
+    bindings = (container.ports or {}).get(f"{port}/tcp") or []
+    return int(bindings[0]["HostPort"]) if bindings else None
+
+
+@dataclass
+class ContainerExtras:
+    """What a subclass of DockerTarget adds to the run's container (DockerTarget.container_extras)."""
+
+    script: str | None = None  # the entry script in the container (default: the run's script in app_dir)
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
+    ports: dict[str, Any] = field(default_factory=dict)  # "PORT/tcp" → (host address, host port or None)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
 class DockerRun:
     """A RunHandle for one container (and the image build before it)."""
 
@@ -139,6 +156,9 @@ class DockerRun:
 
 class DockerTarget:
     name = "docker"
+    run_type = DockerRun
+    app_dir = APP_DIR  # where the source dir is mounted; the run's working directory
+    name_prefix = ""  # containers are named aml-magics-<prefix><run>-<hex>
 
     def __init__(self, gpus: str | None = None, wheels: str | None = None, client: Any = None) -> None:
         if wheels is not None and wheels not in images.WHEELS_CHOICES:
@@ -162,9 +182,9 @@ class DockerTarget:
     def submit(self, spec: RunSpec, events: RunEvents) -> DockerRun:
         self.check(spec)
         publish = spec.debug.bind or LOOPBACK
-        run = DockerRun(events, LOOPBACK if publish in ("0.0.0.0", "::", "") else publish)
+        run = self.run_type(events, LOOPBACK if publish in ("0.0.0.0", "::", "") else publish)
         thread = threading.Thread(target=self._run, args=(run, spec, publish), daemon=True,
-                                  name=f"aml-docker-{spec.name}")
+                                  name=f"aml-docker-{self.name_prefix}{spec.name}")
         thread.start()
         return run
 
@@ -231,11 +251,16 @@ class DockerTarget:
     def _start(self, run: DockerRun, spec: RunSpec, tag: str, publish: str) -> None:
         debug = spec.debug
         host_port = debug.port if debug.port not in (0, DEFAULT_PORT) and not debug.port_auto else None
-        script = str(PurePosixPath(APP_DIR) / Path(spec.script).as_posix())
+        extras = self.container_extras(spec)
+        script = extras.script or str(PurePosixPath(self.app_dir) / Path(spec.script).as_posix())
         command = [*bootstrap_args(spec, "0.0.0.0", CONTAINER_PORT), "--", script, *spec.args]
         environment = dict(spec.environment.env_vars)
         environment.update({"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid())}
+        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid()),
+                  **extras.labels}
+        volumes = {str(spec.source_dir.resolve()): {"bind": self.app_dir, "mode": "rw"}, **extras.volumes}
+        ports: dict[str, Any] = {f"{CONTAINER_PORT}/tcp": (publish, host_port)} if debug.enabled else {}
+        ports.update(extras.ports)
         with run._lock:
             if run.canceled:
                 raise images.Canceled
@@ -243,12 +268,12 @@ class DockerTarget:
                 tag,
                 command=command,
                 entrypoint=[images.VENV_PYTHON, "-X", "frozen_modules=off", images.BOOTSTRAP_IN_IMAGE],
-                name=f"aml-magics-{spec.name}-{secrets.token_hex(3)}",
+                name=f"aml-magics-{self.name_prefix}{spec.name}-{secrets.token_hex(3)}",
                 labels=labels,
                 environment=environment,
-                working_dir=APP_DIR,
-                volumes={str(spec.source_dir.resolve()): {"bind": APP_DIR, "mode": "rw"}},
-                ports={f"{CONTAINER_PORT}/tcp": (publish, host_port)} if debug.enabled else {},
+                working_dir=self.app_dir,
+                volumes=volumes,
+                ports=ports,
                 device_requests=gpu_requests(self.gpus) or None,
                 stdin_open=False,
                 tty=False,
@@ -266,15 +291,22 @@ class DockerTarget:
                 raise TargetError(f"port {host_port} on {publish} is already in use on this machine; "
                                   "use --port 0 (any free port, the default for docker)") from None
             raise
-        if debug.enabled:
+        if ports:
             container.reload()
-            bindings = (container.ports or {}).get(f"{CONTAINER_PORT}/tcp") or []
-            if bindings:
-                run.host_port = int(bindings[0]["HostPort"])
+            run.host_port = published_port(container, CONTAINER_PORT)
+        self.on_started(run, spec, container, tag, publish)
+        run.events.state("running")
+
+    # -- what a subclass (deploy_docker) changes ------------------------------------------------
+    def container_extras(self, spec: RunSpec) -> ContainerExtras:
+        """What the run's container gets besides the source dir, the debug port and the usual labels."""
+        return ContainerExtras()
+
+    def on_started(self, run: DockerRun, spec: RunSpec, container: Any, tag: str, publish: str) -> None:
+        """Report the started container (its published ports are known by now)."""
         run.events.line(f"aml_magics: container {container.name} ({tag}) started"
                         + (f"; debug port {CONTAINER_PORT} published on {publish}:{run.host_port}"
                            if run.host_port else ""))
-        run.events.state("running")
 
     def _pump(self, run: DockerRun) -> int | None:
         out, err = _LineSplitter(), _LineSplitter()

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..azureml.backend import poll_interval, read_file_uri
+from ..azureml.pipeline import _compute_name
 from ..azureml.settings import WorkspaceRef
 from ..azureml.submission import distribution
 
@@ -86,8 +87,12 @@ class SimWorkspace:
 
     @property
     def compute_targets(self) -> dict[str, dict]:
-        names = [n.strip() for n in _env("AML_MAGICS_SIM_COMPUTES", DEFAULT_COMPUTES).split(",") if n.strip()]
-        return {n: {"name": n, "type": "AmlCompute"} for n in names}
+        return {n: {"name": n, "type": "AmlCompute"} for n in compute_names()}
+
+
+def compute_names() -> list[str]:
+    """The simulated workspace's computes, as ``AML_MAGICS_SIM_COMPUTES`` lists them."""
+    return [n.strip() for n in _env("AML_MAGICS_SIM_COMPUTES", DEFAULT_COMPUTES).split(",") if n.strip()]
 
 
 # -- a step or script as submitted ------------------------------------------------------------
@@ -502,15 +507,6 @@ def _debugpy_notes(packages: list[str], user_managed: bool) -> list[str]:
     if user_managed or any(p.lower().startswith("debugpy") for p in packages):
         return []
     return ["WARNING: debugpy is not among the environment's pip packages; on Azure ML the run could not import it"]
-
-
-def _compute_name(step: Any) -> str | None:
-    compute = getattr(step, "_compute_target", None)
-    if isinstance(compute, tuple):
-        return compute[0]
-    if compute is not None and not isinstance(compute, str):
-        return getattr(compute, "name", None)
-    return compute
 
 
 def _resolve_argument(value: Any, data_root: Path, parameters: dict) -> str:

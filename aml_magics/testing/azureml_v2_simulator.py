@@ -37,13 +37,13 @@ from ..azureml.settings import WorkspaceRef
 from ..azureml.v2.job import DEFAULT_IMAGE, _dockerfile_packages, _pip_list
 from ..azureml.v2.service import MLClientBackend
 from .azureml_simulator import (
-    DEFAULT_COMPUTES,
     SimRun,
     SimWorkspace,
     Submitted,
     _capture,
     _debugpy_notes,
     _env,
+    compute_names,
     get_simulator,
     sim_root,
 )
@@ -70,10 +70,6 @@ def _not_found(what: str) -> Exception:
     from azure.core.exceptions import ResourceNotFoundError
 
     return ResourceNotFoundError(f"(ResourceNotFound) {what}")
-
-
-def _compute_names() -> list[str]:
-    return sorted(n.strip() for n in _env("AML_MAGICS_SIM_COMPUTES", DEFAULT_COMPUTES).split(",") if n.strip())
 
 
 # -- jobs -------------------------------------------------------------------------------
@@ -197,7 +193,7 @@ class _Computes:
         from azure.ai.ml.entities import AmlCompute
 
         _auth_check()
-        if name not in _compute_names():
+        if name not in compute_names():
             raise _not_found(f"Compute {name} was not found in workspace {self.client.workspace_name}")
         return AmlCompute(name=name, size="STANDARD_DS3_V2", max_instances=4)
 
@@ -205,7 +201,7 @@ class _Computes:
         from azure.ai.ml.entities import AmlCompute
 
         _auth_check()
-        return [AmlCompute(name=n, size="STANDARD_DS3_V2", max_instances=4) for n in _compute_names()]
+        return [AmlCompute(name=n, size="STANDARD_DS3_V2", max_instances=4) for n in sorted(compute_names())]
 
 
 class _Environments:
@@ -277,7 +273,7 @@ class SimV2Backend(MLClientBackend):
         if getattr(job, "type", None) != "command":
             raise ValueError(f"the simulator runs command jobs only, not {getattr(job, 'type', type(job).__name__)}")
         compute = str(job.compute or "").removeprefix("azureml:")
-        if compute not in _compute_names():
+        if compute not in compute_names():
             raise _not_found(f"Compute {compute or '(none)'} was not found in workspace {client.workspace_name}")
         argv = shlex.split(job.command or "")
         if len(argv) < 2 or argv[0] not in ("python", "python3"):

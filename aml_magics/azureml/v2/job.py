@@ -44,8 +44,11 @@ from ..submission import (
     RUN_ENV_VARS,
     _is_debugpy,
     _requirement_lines,
+    check_snapshot,
+    describe_debug,
     entry_arguments,
     make_snapshot,
+    port_notes,
     snapshot_files,
 )
 
@@ -319,13 +322,7 @@ class JobSubmission:
             "environment_variables": dict(job.environment_variables or {}),
             "distributed": distribution,
             "services": {name: service.type for name, service in (job.services or {}).items()},
-            "debug": {
-                "enabled": self.spec.debug.enabled,
-                "bind": self.bind,
-                "port": self.port,
-                "timeout": self.spec.debug.timeout,
-                "stop_on_entry": self.spec.debug.stop_on_entry,
-            },
+            "debug": describe_debug(self.spec, self.bind, self.port),
             "notes": list(self.notes),
             "job": self.job_dict(),
             "job_yaml": self.job_yaml(),
@@ -345,9 +342,7 @@ def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any =
         raise TargetError(f"--distribution {distribution!r}: expected pytorch or mpi")
     cmd = job_command(spec, bind, port)
     plan = build_environment(spec, registered, registered_name)
-    notes = list(plan.notes)
-    if spec.debug.port_auto:
-        notes.append(f"--port auto: a remote node's ports are its own; port {port} is used as given")
+    notes = list(plan.notes) + port_notes(spec, port)
     dist = spec.distributed
     try:
         snapshot = make_snapshot(spec.source_dir, spec.script, script_text)
@@ -357,9 +352,7 @@ def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any =
         raise
     submission = JobSubmission(spec, snapshot, None, plan, compute, experiment, bind, port, vscode_service, notes)
     try:
-        if script_text is None and not (snapshot / spec.script).is_file():
-            raise TargetError(f"script {spec.script} is not in the snapshot of {spec.source_dir} "
-                              "(excluded by .amlignore/.gitignore?)")
+        check_snapshot(spec, snapshot, script_text)
         options: dict[str, Any] = {}
         if dist.world_size > 1:
             options["instance_count"] = dist.nodes

@@ -15,7 +15,14 @@ import threading
 from typing import Any
 
 from ...targets.base import TargetError
-from ..backend import BACKEND_ENV, DEFAULT_POLL, AzureMLService, poll_interval, read_file_uri, service_errors
+from ..backend import (
+    DEFAULT_POLL,
+    AzureMLService,
+    poll_interval,
+    read_file_uri,
+    service_errors,
+    simulator_chosen,
+)
 from ..settings import WorkspaceRef
 from .job import quiet_sdk
 
@@ -170,15 +177,10 @@ _real: MLClientBackend | None = None
 def get_v2_backend() -> Any:
     """The v2 control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
     global _real
-    import os
-
-    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
-    if choice in ("", "azureml", "service", "real"):
-        if _real is None:
-            _real = MLClientBackend()
-        return _real
-    if choice in ("simulator", "sim", "simulated"):
+    if simulator_chosen():
         from ...testing.azureml_v2_simulator import get_v2_simulator
 
         return get_v2_simulator()
-    raise TargetError(f"{BACKEND_ENV}={choice!r}: expected 'simulator' or nothing (the real service)")
+    if _real is None:
+        _real = MLClientBackend()
+    return _real

@@ -1,0 +1,45 @@
+"""What the bench_*.py scripts share: the timed loop, paired medians, the table."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BOOTSTRAP = HERE.parent / "aml_magics" / "bootstrap.py"
+LOOP = """
+import time
+def work():
+    s = 0
+    for i in range(3_000_000):
+        s += i * i % 7
+    return s
+t = time.perf_counter(); work(); print("LOOP", time.perf_counter() - t, flush=True)
+"""
+
+
+def paired(repeat: int, ours, baseline) -> tuple[float, float]:
+    """Alternate the two measurements so machine noise hits both alike; medians."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(ours())
+        b.append(baseline())
+    return statistics.median(a), statistics.median(b)
+
+
+def loop_seconds(argv: list[str]) -> float:
+    """Run LOOP's script with ``argv``; the seconds it reports for its loop."""
+    out = subprocess.run(argv, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    return float(out.stdout.split("LOOP", 1)[1].split()[0])
+
+
+def print_rows(rows: list[tuple[str, float, float | None]]) -> None:
+    print("| figure | ours | baseline | ratio |")
+    print("|---|---|---|---|")
+    for name, ours, base in rows:
+        ratio = f"{ours / base:.2f}x" if base else "n/a"
+        base_text = f"{base:.3f}" if base is not None else "not installed"
+        print(f"| {name} | {ours:.3f} | {base_text} | {ratio} |")
