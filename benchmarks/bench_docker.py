@@ -75,7 +75,7 @@ def time_bare(client, tag: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--base-image", default=os.environ.get("AML_MAGICS_TEST_BASE",
                                                                "aml-magics-test-base:bookworm-py3"))
     ns = parser.parse_args()
@@ -96,7 +96,7 @@ def main() -> int:
         try:
             time_magic(shell, ns.base_image)  # warm-up: imports, first container on this image
             time_bare(client, tag)
-            for _ in range(ns.reps):
+            for _ in range(ns.repeat):
                 ours.append(time_magic(shell, ns.base_image))
                 bare.append(time_bare(client, tag))
         finally:
@@ -106,7 +106,7 @@ def main() -> int:
     a, b = statistics.median(ours), statistics.median(bare)
     print("| measure | aml_magics | bare docker run + debugpy | ratio |")
     print("| --- | --- | --- | --- |")
-    print(f"| docker, cached image: cell executed → endpoint known (median of {ns.reps}) "
+    print(f"| docker, cached image: cell executed → endpoint known (median of {ns.repeat}) "
           f"| {a * 1000:.0f} ms | {b * 1000:.0f} ms | {a / b:.2f}x |")
     print(f"<!-- aml_magics runs (s): {', '.join(f'{x:.3f}' for x in ours)}; "
           f"bare runs (s): {', '.join(f'{x:.3f}' for x in bare)} -->")

@@ -9,13 +9,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def _is_header(line: str) -> bool:
+    return line.startswith(("| figure", "| measure", "| ---", "|---"))
+
+
 def main() -> int:
     print("| figure | ours | baseline | ratio |")
     print("|---|---|---|---|")
     status = 0
     for bench in sorted(HERE.glob("bench_*.py")):
         out = subprocess.run([sys.executable, str(bench), *sys.argv[1:]], capture_output=True, text=True)
-        rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| figure")]
+        rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not _is_header(line)]
         for row in rows:
             print(row, flush=True)
         if out.returncode != 0:
