@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from .markers import is_marker
 from .run import DebugRun
 
 Print = Callable[[str], None]
@@ -27,7 +28,8 @@ def follow(run: R, *, until_endpoint: bool = False, emit: Print = print,
         finished = run.done or (until is not None and until(run))
         lines, seen = run.lines_since(seen)
         for text in lines:
-            emit(text)
+            if not is_marker(text):  # machine lines; their facts are announced in words
+                emit(text)
         if run.endpoints and not announced:
             announced = True
             if on_endpoint is not None:
