@@ -37,8 +37,11 @@ class AmlDebugMagics(Magics):
         self.registry = registry or engine.REGISTRY
 
     def defaults(self) -> Defaults:
+        configured = {"compute": self.compute, "experiment": self.experiment,
+                      "workspace_config": self.workspace_config, "sdk": self.azureml_sdk}
         return Defaults(target=self.target, port=self.port, bind=self.bind, timeout=self.timeout,
-                        wait=self.wait, launch_json=self.launch_json, cell_dir=self.cell_dir)
+                        wait=self.wait, launch_json=self.launch_json, cell_dir=self.cell_dir,
+                        target_options={k: v for k, v in configured.items() if v})
 
     @line_cell_magic
     def aml_debug_run(self, line: str, cell: str | None = None) -> DebugRun | None:

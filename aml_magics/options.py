@@ -103,8 +103,8 @@ MAX_LOCAL_PROCESSES = 64
 # Targets that place every process on one machine: --nodes above 1 makes no sense there.
 SINGLE_NODE_TARGETS = frozenset({"docker"})
 # Targets that start one process only (a target that starts --procs-per-node processes
-# removes itself from here).
-SINGLE_PROCESS_TARGETS = {"docker"}
+# removes itself from here; docker starts them in one container).
+SINGLE_PROCESS_TARGETS: set[str] = set()
 
 
 def env_var_value(text: str) -> tuple[str, str]:
@@ -206,6 +206,7 @@ class Defaults:
     wait: bool = False
     launch_json: str | None = None
     cell_dir: str = DEFAULT_CELL_DIR
+    target_options: dict[str, Any] = field(default_factory=dict)  # e.g. compute, sdk (%config)
 
 
 @dataclass
@@ -257,7 +258,7 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
     return RunRequest(
         spec=spec,
         target=target,
-        target_options=_target_options(ns, target),
+        target_options=_target_options(ns, target, defaults),
         wait=bool(ns.wait) if ns.wait is not None else defaults.wait,
         launch_json=_resolve(launch_json, cwd) if launch_json else None,
         cell_file=cell_file,
@@ -296,9 +297,9 @@ def _distributed(ns: argparse.Namespace, target: str, debug: DebugOptions) -> Di
         raise OptionsError(f"--procs-per-node {procs}: target '{target}' does not start several processes yet; "
                            "use --target local")
     world = nodes * procs
-    if target == "local" and world > MAX_LOCAL_PROCESSES:
+    if target in ("local", "docker") and world > MAX_LOCAL_PROCESSES:
         raise OptionsError(f"--nodes {nodes} --procs-per-node {procs}: {world} processes; "
-                           f"the local target starts at most {MAX_LOCAL_PROCESSES}")
+                           f"the {target} target starts at most {MAX_LOCAL_PROCESSES}")
     if debug.debug_ranks is not None:
         outside = [r for r in debug.debug_ranks if r >= world]
         if outside:
@@ -307,9 +308,16 @@ def _distributed(ns: argparse.Namespace, target: str, debug: DebugOptions) -> Di
     return DistributedSpec(nodes=nodes, procs_per_node=procs)
 
 
-def _target_options(ns: argparse.Namespace, target: str) -> dict[str, Any]:
-    names = TARGET_OPTIONS.get(target, ())
-    return {name: getattr(ns, name) for name in names if getattr(ns, name, None) is not None}
+def _target_options(ns: argparse.Namespace, target: str, defaults: Defaults) -> dict[str, Any]:
+    """The target's own options: given on the line, else configured defaults."""
+    options = {}
+    for name in TARGET_OPTIONS.get(target, ()):
+        value = getattr(ns, name, None)
+        if value is None:
+            value = defaults.target_options.get(name)
+        if value is not None:
+            options[name] = value
+    return options
 
 
 def _resolve(path: str | os.PathLike, cwd: Path) -> Path:

@@ -321,7 +321,8 @@ def debug_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, ex
                    workspace_config: str | None = None, port: int | None = None, bind: str | None = None,
                    timeout: float | None = None, stop_on_entry: bool = False,
                    pipeline_parameters: dict | None = None, dry_run: bool = False,
-                   launch_json: str | Path | None = None, registry: Any = None, cwd: Path | None = None):
+                   launch_json: str | Path | None = None, registry: Any = None, cwd: Path | None = None,
+                   default_port: int = DEFAULT_PORT, default_timeout: float = DEFAULT_TIMEOUT):
     """Submit the pipeline made of ``steps`` with debugging on for the steps named in
     ``debug_steps`` (default: those whose arguments carry the guide's ``--remote_debug``).
 
@@ -341,8 +342,9 @@ def debug_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, ex
     backend = get_backend()
     experiment = settings.choose_experiment(experiment)
     ref = settings.locate_workspace(settings.choose_workspace_config(workspace_config), cwd)
-    debug = DebugOptions(port=DEFAULT_PORT if port is None else int(port), bind=bind or "node",
-                         timeout=DEFAULT_TIMEOUT if timeout is None else float(timeout), stop_on_entry=stop_on_entry)
+    # default_*: what %config set; a step's own --remote_debug_* flags still win over them.
+    debug = DebugOptions(port=default_port if port is None else int(port), bind=bind or "node",
+                         timeout=default_timeout if timeout is None else float(timeout), stop_on_entry=stop_on_entry)
     plans: list[StepPlan] = []
     try:
         for step in chosen:
@@ -476,7 +478,8 @@ def pipeline_magic(magics: Any, line: str) -> Any:
             workspace_config=ns.workspace_config or getattr(magics, "workspace_config", None),
             port=None if port in (None, "auto") else int(port), bind=ns.bind, timeout=timeout,
             stop_on_entry=ns.stop_on_entry, pipeline_parameters=parameters or None, dry_run=ns.dry_run,
-            launch_json=ns.launch_json, registry=getattr(magics, "registry", None))
+            launch_json=ns.launch_json, registry=getattr(magics, "registry", None),
+            default_port=getattr(magics, "port", DEFAULT_PORT), default_timeout=getattr(magics, "timeout", DEFAULT_TIMEOUT))
     except TargetError as exc:
         raise UsageError(str(exc)) from None
     if ns.dry_run:

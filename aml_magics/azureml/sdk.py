@@ -15,7 +15,6 @@ import os
 
 from ..targets.base import TargetError
 from .backend import MISSING_EXTRA as MISSING_V1
-from .settings import magic_default
 
 SDK_ENV = "AML_MAGICS_AZUREML_SDK"
 SDKS = ("v1", "v2")
@@ -45,7 +44,7 @@ def available() -> dict[str, bool]:
 
 def choose_sdk(option: str | None = None) -> str:
     """``v1`` or ``v2``, or TargetError with one line."""
-    value = option or magic_default("azureml_sdk") or os.environ.get(SDK_ENV, "").strip() or None
+    value = option or os.environ.get(SDK_ENV, "").strip() or None
     have = available()
     if value:
         sdk = str(value).strip().lower()

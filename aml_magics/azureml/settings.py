@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,22 +164,8 @@ def locate_workspace(workspace_config: str | os.PathLike | None, cwd: Path | Non
 # -- compute, experiment, environment ----------------------------------------------------------
 
 
-def magic_default(name: str) -> str | None:
-    """A default set with ``%config AmlDebugMagics.<name> = ...`` in this kernel, if any."""
-    ipython_mod = sys.modules.get("IPython")
-    if ipython_mod is None:
-        return None
-    try:
-        shell = ipython_mod.get_ipython()
-        magics = shell.magics_manager.registry.get("AmlDebugMagics") if shell is not None else None
-    except Exception:
-        return None
-    value = getattr(magics, name, None) if magics is not None else None
-    return value or None
-
-
 def choose_compute(compute: str | None) -> str:
-    name = compute or magic_default("compute") or os.environ.get("AML_MAGICS_COMPUTE") or compute_instance().get("name")
+    name = compute or os.environ.get("AML_MAGICS_COMPUTE") or compute_instance().get("name")
     if not name:
         raise TargetError("--compute NAME is required for --target azureml "
                           "(or set a default: %config AmlDebugMagics.compute = 'NAME')")
@@ -200,14 +185,14 @@ def default_experiment() -> str:
 
 
 def choose_experiment(experiment: str | None) -> str:
-    name = experiment or magic_default("experiment") or os.environ.get("AML_MAGICS_EXPERIMENT") or default_experiment()
+    name = experiment or os.environ.get("AML_MAGICS_EXPERIMENT") or default_experiment()
     if not _EXPERIMENT.match(name):
         raise TargetError(f"--experiment {name!r}: use letters, digits, '-' or '_' (start with a letter or digit)")
     return name
 
 
 def choose_workspace_config(workspace_config: str | None) -> str | None:
-    return workspace_config or magic_default("workspace_config") or os.environ.get("AML_MAGICS_WORKSPACE_CONFIG")
+    return workspace_config or os.environ.get("AML_MAGICS_WORKSPACE_CONFIG")
 
 
 def parse_environment(text: str | None) -> tuple[str, str | None] | None:
