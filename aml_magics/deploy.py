@@ -262,6 +262,9 @@ def make_deploy_parser(prog: str) -> _Parser:
     parser.add_argument("--env-var", action="append", type=env_var_value, default=[], help="KEY=VALUE (repeatable)")
     parser.add_argument("--base-image", default=None,
                         help="docker: image to build the server's environment on (default python:<kernel's X.Y>-slim)")
+    parser.add_argument("--image", default=None,
+                        help="docker: an existing Azure ML inference image (e.g. from Model.package) to serve in, "
+                             "with debugpy added")
     parser.add_argument("score_path", nargs="?", default=None, metavar="SCORE_PY")
     return parser
 
@@ -303,6 +306,13 @@ def build_deploy_request(ns: argparse.Namespace, cell: str | None, defaults: Def
 
     env = spec.environment
     in_docker = target == "docker"
+    if ns.image:
+        if not in_docker:
+            raise OptionsError("--image is for --target docker")
+        given = [flag for flag, value in (("--base-image", ns.base_image), ("--pip", ns.pip),
+                                          ("--requirements", ns.requirements)) if value]
+        if given:
+            raise OptionsError(f"--image is served as it is (plus debugpy); drop {' and '.join(given)}")
     model_dir = None
     if ns.model_dir:
         model_dir = Path(ns.model_dir).expanduser()
@@ -315,8 +325,8 @@ def build_deploy_request(ns: argparse.Namespace, cell: str | None, defaults: Def
         if ns.http_bind:
             raise OptionsError("--http-bind is for --target local; in docker the scoring port is published "
                                "on 127.0.0.1 only")
-        # The image never has the server unless we put it there.
-        env = replace(env, pip=(*env.pip, server_requirement()))
+        if not ns.image:  # our image never has the server unless we put it there
+            env = replace(env, pip=(*env.pip, server_requirement()))
         if model_dir is not None:
             env = replace(env, env_vars=(*env.env_vars,
                                          ("AZUREML_MODEL_DIR", deploy_docker.model_dir_in_container(model_dir))))
@@ -339,7 +349,8 @@ def build_deploy_request(ns: argparse.Namespace, cell: str | None, defaults: Def
     if in_docker:
         args = deploy_docker.container_args(spec.script)
         request.target = deploy_docker.TARGET_KEY
-        request.target_options = {"model_dir": str(model_dir) if model_dir else None, "http_port": http_port or None}
+        request.target_options = {"model_dir": str(model_dir) if model_dir else None, "http_port": http_port or None,
+                                  "image": ns.image or None}
     else:
         args = ("--entry-script", str(score_path), "--host", http_bind, "--http-port", str(http_port))
     request.spec = replace(spec, script=str(SERVER_SCRIPT), args=args, environment=env)

@@ -9,11 +9,19 @@ the in-process server script at ``/aml_magics/deploy_server.py`` (read-only), ``
 ``/var/azureml-app/azureml-models/<name>/1`` (read-only, as ``AZUREML_MODEL_DIR``), and both the
 debug port and the scoring port (5001 inside, as in the guide) are published on 127.0.0.1 only.
 launch.json maps the local folder to ``/var/azureml-app``.
+
+``--image IMAGE`` (an existing inference image, e.g. one from ``Model.package``): no environment
+is built; a thin image FROM it adds only debugpy (in ``/aml_magics/site``), the bootstrap and
+the server script (docker_images.ensure_inference_image, cached by the image id, debugpy and
+our files), and the server runs with the image's own Python that has
+``azureml_inference_server_http``. Only score.py itself is mounted at
+``/var/azureml-app/<score.py>``, so what the image keeps there (a packaged model under
+``azureml-models``, its ``AZUREML_MODEL_DIR``) stays visible.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,7 +33,8 @@ from .targets.base import RunEvents
 
 APP_ROOT = "/var/azureml-app"
 MODELS_ROOT = f"{APP_ROOT}/azureml-models"
-SERVER_IN_CONTAINER = f"{images.ROOT}/deploy_server.py"
+SERVER_FILE = Path(__file__).resolve().parent / "deploy_server.py"
+SERVER_IN_CONTAINER = f"{images.ROOT}/{SERVER_FILE.name}"
 HTTP_PORT_IN_CONTAINER = 5001
 LOOPBACK = "127.0.0.1"
 TARGET_KEY = "docker-deploy"  # registry key; the target still calls itself "docker"
@@ -61,13 +70,40 @@ class DockerDeployTarget(docker_target.DockerTarget):
     app_dir = APP_ROOT
     name_prefix = "deploy-"
 
-    def __init__(self, model_dir: str | None = None, http_port: int | None = None, **options: Any) -> None:
+    def __init__(self, model_dir: str | None = None, http_port: int | None = None, image: str | None = None,
+                 **options: Any) -> None:
         super().__init__(**options)
         self.model_dir = Path(model_dir) if model_dir else None
         self.http_port = http_port or None
+        self.image = image or None
+
+    def check(self, spec: RunSpec) -> None:
+        super().check(spec)
+        if self.image:
+            images.image_id_of(self.client, self.image)  # one line now, not after a build
+
+    def prepare_image(self, run: docker_target.DockerRun, spec: RunSpec) -> tuple[str, str]:
+        if not self.image:
+            return super().prepare_image(run, spec)
+        return images.ensure_inference_image(
+            self.client, self.image, files={SERVER_FILE.name: SERVER_FILE.read_bytes()}, log=run.events.line,
+            on_build=lambda: run.events.state("building"), cancel=lambda: run.canceled)
+
+    @staticmethod
+    def score_in_container(spec: RunSpec) -> str:
+        """The in-container path of score.py, from the server's ``--entry-script`` argument."""
+        args = list(spec.args)
+        return args[args.index("--entry-script") + 1]
+
+    def score_on_host(self, spec: RunSpec) -> Path:
+        return spec.source_dir.resolve() / PurePosixPath(self.score_in_container(spec)).relative_to(APP_ROOT)
 
     def container_extras(self, spec: RunSpec) -> docker_target.ContainerExtras:
-        volumes = {str(Path(spec.script_path).resolve()): {"bind": SERVER_IN_CONTAINER, "mode": "ro"}}
+        if self.image:  # the server script is in the image; score.py alone over the image's app root
+            score = self.score_in_container(spec)
+            volumes = {str(self.score_on_host(spec)): {"bind": score, "mode": "rw"}}
+        else:
+            volumes = {str(Path(spec.script_path).resolve()): {"bind": SERVER_IN_CONTAINER, "mode": "ro"}}
         if self.model_dir is not None:
             volumes[str(self.model_dir.resolve())] = {"bind": model_dir_in_container(self.model_dir), "mode": "ro"}
         return docker_target.ContainerExtras(
@@ -75,16 +111,18 @@ class DockerDeployTarget(docker_target.DockerTarget):
             volumes=volumes,
             ports={f"{HTTP_PORT_IN_CONTAINER}/tcp": (LOOPBACK, self.http_port)},
             labels={f"{images.LABEL}.deployment": "1"},
+            mount_source=not self.image,
         )
 
     def on_started(self, run: DeployDockerRun, spec: RunSpec, container: Any,  # type: ignore[override]
                    tag: str, publish: str) -> None:
         run.http_host_port = docker_target.published_port(container, HTTP_PORT_IN_CONTAINER)
+        mounted = (f"{self.score_in_container(spec)} = {self.score_on_host(spec)}" if self.image
+                   else f"{APP_ROOT} = {spec.source_dir}")
         run.events.line(
-            f"aml_magics: container {container.name} ({tag}) started; {APP_ROOT} = {spec.source_dir}; "
+            f"aml_magics: container {container.name} ({tag}) started; {mounted}; "
             f"scoring port {HTTP_PORT_IN_CONTAINER} published on {LOOPBACK}:{run.http_host_port}"
-            + (f"; debug port {docker_target.CONTAINER_PORT} published on {publish}:{run.host_port}"
-               if run.host_port else ""))
+            + self.published_text(run, publish))
 
 
 def _factory(**options: Any) -> DockerDeployTarget:

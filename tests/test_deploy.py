@@ -193,6 +193,8 @@ def test_syntax_error_is_caught_before_anything_starts(shell, workdir):
     ("missing.py", r"script not found: .*missing.py"),
     ("", r"no scoring script"),
     ("--http-port 70000 score.py", r"--http-port must be between 0 and 65535"),
+    ("--image some:img score.py", r"--image is for --target docker"),
+    ("--target docker --image some:img --pip six score.py", r"--image is served as it is \(plus debugpy\); drop --pip"),
 ])
 def test_bad_options_are_one_line_errors(shell, workdir, line, message):
     (workdir / "score.py").write_text(SCORE)
@@ -334,3 +336,109 @@ def test_docker_deployment_init_raising_fails_with_traceback(shell, workdir, no_
     assert dep.wait(600) == "failed"
     assert dep.detail == "init() failed: RuntimeError: cannot load"
     assert 'File "/var/azureml-app/score.py", line 2, in init' in dep.traceback
+
+
+# -- --target docker --image: an existing inference image, debugpy added ---------------------------------
+
+INFERENCE_PYTHON = "/azureml-envs/azureml_test/bin/python"
+
+
+@pytest.fixture(scope="module")
+def inference_image(engine) -> str:
+    """A stand-in for an Azure ML inference image: the test base + a venv under /azureml-envs with the
+    inference server (and no debugpy), installed offline from wheels resolved on the host by the docker
+    target's own machinery. Cached by its tag."""
+    import tempfile
+
+    import docker
+
+    from aml_magics.deploy import server_requirement
+    from aml_magics.spec import EnvironmentSpec
+    from aml_magics.targets import docker_images as images
+
+    base_id = engine.images.get(DOCKER_BASE).id
+    key = images.EnvironmentSpec(pip=(server_requirement(),)).fingerprint(DOCKER_BASE, base_id, "stand-in 1")
+    tag = f"aml-magics-test-inference:{key}"
+    try:
+        engine.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    python = images.probe_python(engine, base_id)
+    env = EnvironmentSpec(pip=(server_requirement(),))
+    with tempfile.TemporaryDirectory() as tmp:
+        pip_wheel = images.download_wheels(env, python, Path(tmp) / "wheels", lambda _: None)
+        venv = INFERENCE_PYTHON.rsplit("/bin/", 1)[0]
+        recipe = "\n".join([
+            f"FROM {base_id}",
+            "COPY wheels /tmp/wheels",
+            images._run([python.executable, "-m", "venv", "--without-pip", venv]),
+            images._run([INFERENCE_PYTHON, f"/tmp/wheels/{pip_wheel}/pip", "install", "--no-index", "--find-links",
+                         "/tmp/wheels", "--no-cache-dir", "--disable-pip-version-check", server_requirement()]),
+            images._run(["rm", "-rf", "/tmp/wheels"]),
+            "WORKDIR /var/azureml-app",
+        ]) + "\n"
+        with images.build_context(recipe, EnvironmentSpec(), Path(tmp) / "wheels") as context:
+            images.run_build(engine, tag, context, "none", lambda _: None, lambda: False)
+    return tag
+
+
+@pytest.mark.docker
+def test_docker_deployment_in_an_existing_inference_image(shell, workdir, model_dir, inference_image,
+                                                          no_container_left, engine):
+    dep = shell.run_cell_magic(
+        "aml_debug_deploy", f"--target docker --image {inference_image} --name dimage --port 0 --timeout 120 "
+                            "--model-dir model", SCORE)
+    endpoint = dep.wait_for_endpoint(300)
+    assert f"Python: {INFERENCE_PYTHON}" in dep.logs or f"server Python {INFERENCE_PYTHON}" in dep.logs
+    container = dep._handle.container
+    assert container.attrs["Config"]["Entrypoint"][0] == INFERENCE_PYTHON  # the image's own Python
+    base = engine.images.get(container.image.id)
+    assert base.labels["aml_magics.base"] == inference_image and base.labels["aml_magics.python"] == INFERENCE_PYTHON
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    score_py = workdir / ".aml_magics" / "cells" / "deploy-dimage" / "score.py"
+    assert mounts["/var/azureml-app/score.py"]["Source"] == str(score_py)
+    assert "/var/azureml-app" not in mounts and "/aml_magics/deploy_server.py" not in mounts  # in the image
+    for port in ("5678/tcp", "5001/tcp"):
+        assert container.ports[port][0]["HostIp"] == "127.0.0.1"
+    config = dep.launch_config()
+    assert config["connect"] == {"host": "127.0.0.1", "port": endpoint.port}
+    assert config["pathMappings"][0]["remoteRoot"] == "/var/azureml-app"
+    client = attach_with_launch_config(config, {str(score_py): [RUN_LINE]}, workspace_folder=str(workdir))
+    responses: list = []
+    try:
+        dep.wait_until_serving(60)
+        sender = threading.Thread(target=lambda: responses.append(dep.score({"data": [2]}, timeout=60)))
+        sender.start()
+        stop = client.wait_stopped(60)
+        assert (Path(stop.path), stop.line) == (score_py, RUN_LINE)
+        assert ast.literal_eval(client.variables_of(stop.frame_id)["raw_data"]) == '{"data": [2]}'
+        assert client.evaluate("__import__('sys').executable", stop.frame_id) == repr(INFERENCE_PYTHON)
+        assert client.evaluate("__import__('debugpy').__file__", stop.frame_id).startswith("'/aml_magics/site/")
+        client.continue_(stop.thread_id)
+        sender.join(60)
+    finally:
+        client.close()
+        dep.cancel()
+    assert responses == [{"result": [6], "model": "triple"}]
+    assert dep.state == "canceled"
+
+    again = shell.run_cell_magic("aml_debug_deploy", f"--target docker --image {inference_image} --name dimage2 "
+                                                     "--no-debug --model-dir model --wait", SCORE)
+    try:
+        assert again.wait_until_serving(120)
+        assert "aml_magics: reusing image aml-magics/env:" in again.logs and "building image" not in again.logs
+        assert again.score({"data": [1]}, timeout=30) == {"result": [3], "model": "triple"}
+    finally:
+        again.cancel()
+
+
+@pytest.mark.docker
+def test_docker_image_without_the_server_or_missing_is_one_line(shell, workdir, engine, no_container_left):
+    with pytest.raises(UsageError, match=r"^--image localhost:1/absent:none is not in the local Docker engine") as info:
+        shell.run_cell_magic("aml_debug_deploy", "--target docker --image localhost:1/absent:none", SCORE)
+    assert "\n" not in str(info.value)
+    dep = shell.run_cell_magic("aml_debug_deploy", f"--target docker --image {DOCKER_BASE} --no-debug", SCORE)
+    assert dep.wait(120) == "failed"
+    assert dep.detail.startswith(f"image {DOCKER_BASE} has no Python with azureml_inference_server_http"), dep.detail
+    assert "\n" not in dep.detail

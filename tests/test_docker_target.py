@@ -277,6 +277,88 @@ def test_aml_images_lists_and_removes_only_our_images(shell, engine, workdir, ca
     assert _image_exists(engine, DOCKER_BASE)  # the base image is not an environment image: kept
 
 
+RANKED = """\
+import os
+rank = int(os.environ["RANK"])
+value = rank * 10 + 1
+env = os.environ
+print(f"value={value} world={env['WORLD_SIZE']} local={env['LOCAL_RANK']} node={env['NODE_RANK']} "
+      f"master={env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+"""
+RANKED_BREAK = 4  # env = ...: value is set there
+
+
+@pytest.mark.docker
+def test_two_processes_in_one_container_each_rank_debugged(engine, workdir, no_container_left):
+    run = aml_magics.submit(code=RANKED, name="dddp", target="docker", base_image=DOCKER_BASE, procs_per_node=2,
+                            timeout=60)
+    deadline = time.monotonic() + 120
+    while len(run.endpoints) < 2 and not run.done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(run.endpoints) == 2, run.logs[-2000:]
+    container = run._handle.container
+    assert len(engine.containers.list(sparse=True, filters={"label": "aml_magics.run=dddp"})) == 1
+    for rank in (0, 1):
+        (binding,) = container.ports[f"{5678 + rank}/tcp"]
+        assert binding["HostIp"] == "127.0.0.1"  # each rank's port on loopback only
+        assert run.launch_config(rank=rank)["connect"] == {"host": "127.0.0.1", "port": int(binding["HostPort"])}
+    fragment = run.launch_json()
+    configs = {c["name"]: c for c in fragment["configurations"]}
+    (compound,) = fragment["compounds"]
+    assert compound["configurations"] == ["dddp rank 0", "dddp rank 1"]
+    script = workdir / ".aml_magics" / "cells" / "dddp.py"
+    clients = [attach_with_launch_config(configs[name], {str(script): [RANKED_BREAK]}, workspace_folder=str(workdir))
+               for name in compound["configurations"]]
+    try:
+        seen = {}
+        for rank, client in enumerate(clients):
+            stop = client.wait_stopped(60)
+            assert stop.reason == "breakpoint"
+            assert Path(stop.path) == script and stop.line == RANKED_BREAK
+            seen[rank] = (client.variables_of(stop.frame_id)["value"], client.evaluate("os.environ['RANK']",
+                                                                                       stop.frame_id))
+        assert seen == {0: ("1", "'0'"), 1: ("11", "'1'")}
+        for client in clients:
+            client.continue_()
+        assert run.wait(60) == "completed", run.detail
+    finally:
+        for client in clients:
+            client.close()
+    assert [s.state for s in run.ranks] == ["completed"] * 2
+    for rank in (0, 1):
+        line = next(x for x in run.logs.splitlines() if x.startswith(f"[rank {rank}] value="))
+        assert f"value={rank * 10 + 1} world=2 local={rank} node=0 master=127.0.0.1:" in line
+
+
+@pytest.mark.docker
+def test_procs_in_one_container_debug_ranks_and_a_failing_rank(engine, workdir, no_container_left):
+    code = RANKED + "if rank == 1:\n    raise SystemExit(3)\n"
+    run = aml_magics.submit(code=code, name="dfail", target="docker", base_image=DOCKER_BASE, procs_per_node=2,
+                            debug_ranks=[0], timeout=0)
+    assert run.wait(120) == "failed"
+    assert run.detail.startswith("rank 1 failed (exit code 3)"), run.detail
+    assert [e.rank for e in run.endpoints] == [0]
+    assert list(run._handle.host_ports) == [5678]  # rank 1 has no debugger: nothing published for it
+    assert "[rank 1] aml_magics: rank 1 runs without a debugger" in run.logs
+    assert "[rank 0] value=1 world=2" in run.logs
+
+
+@pytest.mark.docker
+def test_cancel_of_several_processes_removes_the_one_container(engine, workdir, no_container_left):
+    run = aml_magics.submit(code="print('never reached')\n", name="dcancel", target="docker", base_image=DOCKER_BASE,
+                            procs_per_node=2, timeout=120)
+    deadline = time.monotonic() + 120
+    while len(run.endpoints) < 2 and not run.done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(e.rank for e in run.endpoints) == [0, 1]
+    container_id = run._handle.container.id
+    run.cancel()
+    assert run.state == "canceled"
+    assert "never reached" not in run.logs
+    with pytest.raises(docker.errors.NotFound):
+        engine.containers.get(container_id)
+
+
 # -- no engine needed --------------------------------------------------------------------
 def test_unreachable_daemon_is_one_clear_line(workdir, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
@@ -286,6 +368,13 @@ def test_unreachable_daemon_is_one_clear_line(workdir, monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert "DOCKER_HOST" in message and "tcp://127.0.0.1:1" in message and "Connection refused" in message
+
+
+def test_nodes_above_one_on_docker_is_one_line(workdir):
+    (workdir / "job.py").write_text("print(1)\n")
+    with pytest.raises(OptionsError) as info:
+        aml_magics.submit("job.py", target="docker", nodes=2, procs_per_node=2, timeout=0)
+    assert "\n" not in str(info.value) and "--nodes 2: target 'docker' runs one container" in str(info.value)
 
 
 def test_missing_docker_sdk_is_one_clear_line(monkeypatch):

@@ -311,8 +311,9 @@ def download_wheels(env: EnvironmentSpec, python: ImagePython, dest: Path, log: 
 
 
 # -- building --------------------------------------------------------------------------
-def build_context(recipe: str, env: EnvironmentSpec, wheels_dir: Path | None) -> Any:
-    """The build context as a tar in a temporary file (wheels can be large)."""
+def build_context(recipe: str, env: EnvironmentSpec, wheels_dir: Path | None,
+                  files: dict[str, bytes] | None = None) -> Any:
+    """The build context as a tar in a temporary file (wheels can be large); ``files``: more files by name."""
     tmp = tempfile.TemporaryFile()
     with tarfile.open(fileobj=tmp, mode="w") as tar:
         def add_bytes(name: str, data: bytes) -> None:
@@ -323,6 +324,8 @@ def build_context(recipe: str, env: EnvironmentSpec, wheels_dir: Path | None) ->
 
         add_bytes("Dockerfile", recipe.encode())
         add_bytes("bootstrap.py", BOOTSTRAP.read_bytes())
+        for name, data in (files or {}).items():
+            add_bytes(name, data)
         if env.requirements.strip():
             add_bytes("requirements.txt", env.requirements.encode())
         if env.conda.strip():
@@ -486,6 +489,145 @@ def _build(client: Any, env: EnvironmentSpec, base: str, base_id: str, tag: str,
             # Host wheels: the build needs no network at all, so give it none.
             network = "none" if mode == WHEELS_HOST else None
             run_build(client, tag, context, network, log, cancel)
+
+
+# -- an existing inference image, with debugpy added (deployments --image) ---------------------------
+INFERENCE_RECIPE_VERSION = "1"  # bump when inference_dockerfile changes meaning
+SITE = f"{ROOT}/site"  # debugpy, installed with --target: the image's own Python finds it via PYTHONPATH
+SERVER_MODULE = "azureml_inference_server_http"
+
+# Which Python of the image has the inference server: Azure ML's conda env first, then PATH,
+# then /azureml-envs/*, then the usual names. Prints FOUND <python> then the probe's JSON.
+FIND_SERVER_PYTHON = r"""
+has_server() { "$1" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('@MODULE@') is None)" \
+    >/dev/null 2>&1; }
+for p in "${AZUREML_CONDA_ENVIRONMENT_PATH:+$AZUREML_CONDA_ENVIRONMENT_PATH/bin/python}" \
+         "$(command -v python 2>/dev/null)" "$(command -v python3 2>/dev/null)" /azureml-envs/*/bin/python \
+         /opt/conda/bin/python /usr/local/bin/python3 /usr/bin/python3; do
+    if [ -n "$p" ] && [ -x "$p" ] && has_server "$p"; then
+        echo "FOUND $p"
+        exec "$p" -c "$PROBE"
+    fi
+done
+echo "NONE"
+""".replace("@MODULE@", SERVER_MODULE)
+
+
+def find_server_python(client: Any, image: str, shown: str) -> ImagePython:
+    """The image's Python whose site-packages has the inference server (no network; removed after)."""
+    import docker
+
+    container = None
+    try:
+        container = client.containers.create(image, ["-c", FIND_SERVER_PYTHON], entrypoint=["/bin/sh"],
+                                             environment={"PROBE": PROBE}, labels={LABEL: "1"},
+                                             network_disabled=True, user="root")
+        container.start()
+        code = container.wait(timeout=120).get("StatusCode")
+        output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace").strip().splitlines()
+    except docker.errors.APIError as exc:
+        raise ImageBuildError(f"cannot look for the inference server's Python in {shown}: {short_reason(exc)}") \
+            from None
+    finally:
+        if container is not None:
+            _remove_quietly(container)
+    found = next((line[len("FOUND "):] for line in output if line.startswith("FOUND ")), None)
+    if found is None:
+        raise ImageBuildError(
+            f"image {shown} has no Python with {SERVER_MODULE} (looked at $AZUREML_CONDA_ENVIRONMENT_PATH, "
+            "python/python3 on PATH, /azureml-envs/*/bin/python); --image takes an Azure ML inference image")
+    try:
+        data = json.loads(output[-1])
+        return ImagePython(found, tuple(data["version"]), data["implementation"], data["machine"], data["libc"],
+                           data["libc_version"], data.get("conda"))
+    except (ValueError, KeyError, IndexError):
+        last = output[-1] if output else f"exit code {code}"
+        raise ImageBuildError(f"the inference server's Python {found} in {shown} does not answer: {last}") from None
+
+
+def inference_tag(image_id: str, files: dict[str, bytes]) -> str:
+    parts = [image_id, venvs.debugpy_requirement(), bootstrap_hash(), INFERENCE_RECIPE_VERSION]
+    parts += [f"{name}:{hashlib.sha256(data).hexdigest()}" for name, data in sorted(files.items())]
+    return f"{IMAGE_REPO}:{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]}"
+
+
+def inference_dockerfile(image_id: str, python: str, pip_wheel: str, files: dict[str, bytes],
+                         labels: dict[str, str], user: str = "") -> str:
+    """FROM the inference image: debugpy into its own folder (nothing of the image changes), our files."""
+    lines = [f"FROM {image_id}", "LABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in labels.items())]
+    if user:
+        lines.append("USER root")
+    lines += [f"COPY wheels {ROOT}/wheels",
+              _run([python, f"{ROOT}/wheels/{pip_wheel}/pip", "install", "--disable-pip-version-check",
+                    "--no-cache-dir", "--progress-bar", "off", "--no-index", "--find-links", f"{ROOT}/wheels",
+                    "--target", SITE, venvs.debugpy_requirement()]),
+              f"COPY bootstrap.py {BOOTSTRAP_IN_IMAGE}"]
+    lines += [f"COPY {name} {ROOT}/{name}" for name in sorted(files)]
+    lines.append(f"ENV PYTHONPATH={SITE}${{PYTHONPATH:+:$PYTHONPATH}} PYTHONUNBUFFERED=1 "
+                 "PYDEVD_DISABLE_FILE_VALIDATION=1")
+    if user:
+        lines.append(f"USER {user}")
+    return "\n".join(lines) + "\n"
+
+
+def image_id_of(client: Any, image: str) -> str:
+    """The id of an image that must already be here (never pulled), or TargetError in one line."""
+    import docker
+
+    try:
+        return client.images.get(image).id
+    except docker.errors.ImageNotFound:
+        raise TargetError(f"--image {image} is not in the local Docker engine ({docker_host()}); pull it first "
+                          "(docker pull, or package.pull() after Model.package)") from None
+    except docker.errors.APIError as exc:
+        raise TargetError(f"--image {image}: {short_reason(exc)}") from None
+
+
+def ensure_inference_image(client: Any, image: str, *, files: dict[str, bytes], log: Log,
+                           on_build: Callable[[], None] = lambda: None,
+                           cancel: Callable[[], bool] = lambda: False) -> tuple[str, str]:
+    """(tag, python): a thin image FROM ``image`` with debugpy, the bootstrap and ``files`` in
+    /aml_magics, and the image's own Python that has the inference server. Built offline from
+    host-resolved wheels, once per (image id, debugpy, our files)."""
+    import docker
+
+    image_id = image_id_of(client, image)
+    tag = inference_tag(image_id, files)
+    python_label = f"{LABEL}.python"
+
+    def existing() -> str | None:
+        try:
+            return (client.images.get(tag).labels or {}).get(python_label)
+        except docker.errors.ImageNotFound:
+            return None
+
+    python = existing()
+    if python:
+        log(f"aml_magics: reusing image {tag} ({image} + debugpy; server Python {python})")
+        return tag, python
+    with open(_lock_path(tag), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        python = existing()
+        if python:
+            log(f"aml_magics: reusing image {tag} ({image} + debugpy; server Python {python})")
+            return tag, python
+        on_build()
+        started = time.monotonic()
+        found = find_server_python(client, image_id, image)
+        log(f"aml_magics: building image {tag}: {image} + debugpy (the inference server's Python: "
+            f"{found.executable})")
+        labels = {LABEL: "1", f"{LABEL}.base": image, f"{LABEL}.base_id": image_id,
+                  f"{LABEL}.deps": "inference image + debugpy", f"{LABEL}.debugpy": venvs.debugpy_requirement(),
+                  f"{LABEL}.bootstrap": bootstrap_hash(), python_label: found.executable}
+        user = (client.images.get(image_id).attrs.get("Config") or {}).get("User") or ""
+        with tempfile.TemporaryDirectory(prefix="aml-magics-build-") as tmp:
+            wheels_dir = Path(tmp) / "wheels"
+            pip_wheel = download_wheels(EnvironmentSpec(), found, wheels_dir, log, cancel)
+            recipe = inference_dockerfile(image_id, found.executable, pip_wheel, files, labels, user)
+            with build_context(recipe, EnvironmentSpec(), wheels_dir, files) as context:
+                run_build(client, tag, context, "none", log, cancel)
+        log(f"aml_magics: image {tag} built in {time.monotonic() - started:.1f}s")
+    return tag, found.executable
 
 
 # -- listing and cleaning (%aml_images) ------------------------------------------------
