@@ -5,21 +5,14 @@ reason it had to be), and a debugging session through the emitted launch.json.""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+
+from conftest import BREAK_LINE, wait_for  # noqa: F401 - re-exported for the azureml tests
+from conftest import CELL as SCRIPT
 
 from aml_magics.spec import DebugOptions, EnvironmentSpec, RunSpec
 from aml_magics.testing.dap import attach_with_launch_config
 
-SCRIPT = """\
-import sys
-total = 0
-for i in range(5):
-    total += i
-marker = f"total={total}"
-print(marker, sys.argv[1:])
-"""
-BREAK_LINE = 5  # marker = ...
 WORKSPACE = {"subscription_id": "00000000-0000-0000-0000-000000000001", "resource_group": "rg-debug",
              "workspace_name": "ws-debug"}
 # The bootstrap's command line for full_spec(): its options, then the script and its arguments untouched.
@@ -97,15 +90,6 @@ def namespace_or_loopback():
         yield namespace
     finally:
         namespace.remove()
-
-
-def wait_for(predicate, timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wait_for_the_debugger(run, node: str):
