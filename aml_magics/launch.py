@@ -19,7 +19,7 @@ import re
 import secrets
 import stat
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -650,15 +650,7 @@ def _replace_keeping_backup(target: Path, data: bytes, old: bytes) -> Path:
     real = Path(os.path.realpath(target))
     like = real.stat()
     backup = target.with_name(target.name + ".bak")
-    tmp = _write_temp(real, data, like)
-    try:
-        _write_file(backup, old, like)
-        os.replace(tmp, real)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(real.parent)
+    _move_into_place(_write_temp(real, data, like), real, before=lambda: _write_file(backup, old, like))
     return backup
 
 
@@ -666,8 +658,14 @@ def _write_file(target: Path, data: bytes, like: os.stat_result | None) -> None:
     """Atomically make ``target`` hold ``data`` (with ``like``'s mode and owner when given)."""
     real = Path(os.path.realpath(target))
     real.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(real, data, like)
+    _move_into_place(_write_temp(real, data, like), real)
+
+
+def _move_into_place(tmp: Path, real: Path, before: Callable[[], None] | None = None) -> None:
+    """``os.replace`` a written temp file over ``real`` (after ``before``); never leave the temp."""
     try:
+        if before is not None:
+            before()
         os.replace(tmp, real)
     except BaseException:
         with contextlib.suppress(OSError):
