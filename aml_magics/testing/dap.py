@@ -401,18 +401,8 @@ class DapClient:
         runs the handshake with the body (``subProcessId`` and all) as attach arguments.
         """
         config = dict(event_body)
-        connect = config.get("connect") or {}
-        host = connect.get("host") or config.get("host") or "127.0.0.1"
-        port = connect.get("port") or config.get("port")
-        if not port:
-            raise DapError(f"debugpyAttach body names no port: {event_body}")
-        child = DapClient.connect(host, int(port), timeout=timeout)
-        child.name = f"dap-child-{config.get('subProcessId', '?')}"
-        try:
-            child.attach(config, breakpoints, timeout=timeout)
-        except BaseException:
-            child.close()
-            raise
+        child = _open_session(config, breakpoints, timeout, "debugpyAttach body",
+                              name=f"dap-child-{config.get('subProcessId', '?')}")
         self.children.append(child)
         return child
 
@@ -503,14 +493,22 @@ def attach_with_launch_config(
     resolved = _substitute(dict(config), workspace_folder or os.getcwd())
     if resolved.get("request", "attach") != "attach":
         raise DapError(f"not an attach configuration: request={resolved.get('request')!r}")
-    connect = resolved.get("connect") or {}
-    host = connect.get("host") or resolved.get("host") or "127.0.0.1"
-    port = connect.get("port") or resolved.get("port")
+    return _open_session(resolved, breakpoints, timeout, "attach configuration")
+
+
+def _open_session(config: dict, breakpoints: dict[str, list[int]] | None, timeout: float, what: str,
+                  name: str | None = None) -> DapClient:
+    """Connect to the config's ``connect`` host/port and run the attach handshake with it."""
+    connect = config.get("connect") or {}
+    host = connect.get("host") or config.get("host") or "127.0.0.1"
+    port = connect.get("port") or config.get("port")
     if not port:
-        raise DapError(f"attach configuration names no port: {config}")
+        raise DapError(f"{what} names no port: {config}")
     client = DapClient.connect(host, int(port), timeout=timeout)
+    if name is not None:
+        client.name = name
     try:
-        client.attach(resolved, breakpoints, timeout=timeout)
+        client.attach(config, breakpoints, timeout=timeout)
     except BaseException:
         client.close()
         raise
