@@ -10,7 +10,7 @@ import itertools
 import threading
 from pathlib import Path
 
-from . import launch
+from . import fileio, launch
 from .options import OptionsError, RunRequest, check_script_file, check_syntax
 from .processes import on_exit
 from .run import DebugRun, RunFailed
@@ -126,13 +126,11 @@ def _write_cell(path: Path, cell: str, registry: RunRegistry, dir_is_ours: bool)
         if not same:
             raise OptionsError(f"{path} exists and was not written by this session; "
                                "pick another --script or --source-dir (nothing was overwritten)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(cell if cell.endswith("\n") else cell + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        raise OptionsError(f"cannot write the cell to {path}: {exc.strerror or exc} "
+    try:  # a new temp file, moved over the script; a link there is replaced, never followed
+        data = (cell if cell.endswith("\n") else cell + "\n").encode("utf-8")
+        fileio.write_atomic(path, data, follow=False)
+    except (OSError, UnicodeEncodeError) as exc:
+        raise OptionsError(f"cannot write the cell to {path}: {getattr(exc, 'strerror', None) or exc} "
                            "(choose a writable --source-dir)") from None
     registry.remember_cell(path)
 
