@@ -25,7 +25,10 @@ ranks without any debugger. ``--post-mortem``: an uncaught exception waits (at m
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import runpy
@@ -36,8 +39,10 @@ import threading
 import time
 import traceback
 
-BOOTSTRAP_VERSION = "1"
+BOOTSTRAP_VERSION = "2"
 MARKER_PREFIX = "AML_MAGICS_"
+SECRETS_ENV = "AML_MAGICS_SECRETS"  # the run's secrets (JSON), when no owner channel carries them
+RUNTIME_MODULE = "_aml_magics_bootstrap"  # this module, for the deployment server's SERVING marker
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
 _SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
@@ -47,9 +52,50 @@ RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
 
 
-def emit(kind: str, **data: object) -> None:
-    """Print one marker line; parsers look for the prefix anywhere in a log line."""
-    print(f"{MARKER_PREFIX}{kind} {json.dumps(data, sort_keys=True)}", flush=True)
+_marker_key: bytes | None = None
+_out_lock = threading.Lock()
+
+
+def marker_mac(key: bytes, kind: str, payload: str) -> str:
+    """The MAC of one marker line: HMAC-SHA256 over ``KIND PAYLOAD`` with the run's key."""
+    return hmac.new(key, f"{kind} {payload}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def emit(kind: str, **data: object) -> str:
+    """Print one marker line, authenticated with the run's key (readers refuse any other).
+
+    Written to the process's original stdout, whatever the user's code did to sys.stdout.
+    """
+    payload = json.dumps(data, sort_keys=True)
+    line = f"{MARKER_PREFIX}{kind} {payload}"
+    if _marker_key is not None:
+        line += " " + marker_mac(_marker_key, kind, payload)
+    stream = sys.__stdout__ or sys.stdout
+    with _out_lock:
+        stream.write(line + "\n")
+        stream.flush()
+    return line
+
+
+def load_secrets() -> dict:
+    """The run's secrets, handed over by the owner out of band; gone from the environment after.
+
+    The user's code (and anything it starts) must never see them: the key makes markers, the
+    TLS material opens the tunnel.
+    """
+    global _marker_key
+    raw = os.environ.pop(SECRETS_ENV, "")
+    if not raw:
+        return {}
+    try:
+        secrets = json.loads(raw)
+        key = bytes.fromhex(secrets["marker_key"])
+    except (ValueError, KeyError, TypeError):
+        print("aml_magics: the run's secrets are unreadable; markers are not authenticated", file=sys.stderr,
+              flush=True)
+        return {}
+    _marker_key = key
+    return secrets
 
 
 def _interface_addresses() -> list[str]:
@@ -125,6 +171,8 @@ def rank_list(text: str) -> frozenset[int]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aml_magics_bootstrap", add_help=True)
     parser.add_argument("--port", type=int, default=5678)
+    parser.add_argument("--port-auto", action="store_true",
+                        help="take the first free port from --port upward (bound here: race-free)")
     parser.add_argument("--bind", default=LOOPBACK)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--no-debug", action="store_true")
@@ -170,16 +218,46 @@ class ListenError(RuntimeError):
     """debugpy cannot listen where asked (port taken, address not on this machine)."""
 
 
-def ensure_bindable(host: str, port: int) -> None:
-    """Fail fast: the in-process adapter binds on a thread and, if that fails, listen()
-    waits forever for a socket that never comes. Mirrors pydevd's own bind (SO_REUSEADDR)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+AUTO_PORT_RANGE = 200  # --port-auto tries this many ports from --port upward
+
+
+def bind_listener(host: str, port: int, auto: bool = False) -> socket.socket:
+    """The listening socket itself, bound here (never probed and bound again later: two runs
+    could both see a port free). ``auto``: the first free port from ``port`` upward.
+
+    Mirrors pydevd's own socket (IPv4, SO_REUSEADDR) so debugpy serves it unchanged.
+    """
+    last: OSError | None = None
+    candidates = range(port, min(port + AUTO_PORT_RANGE, 65536)) if auto and port else [port]
+    for candidate in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            sock.bind((host, candidate))
+            sock.listen(1)
+            return sock
         except OSError as exc:
-            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            sock.close()
+            last = exc
+            if exc.errno != errno.EADDRINUSE:
+                break
+    what = f"{host}:{port}" if not (auto and port) else f"{host}:{port}..{candidates[-1]}"
+    reason = getattr(last, "strerror", None) or last
+    raise ListenError(f"cannot listen on {what}: {reason}")
+
+
+def hand_to_pydevd(sock: socket.socket) -> None:
+    """Make pydevd's next listener the socket we bound (its own bind runs on a thread and, when
+    it fails, debugpy.listen() waits forever for a socket that never comes)."""
+    import pydevd
+
+    original = pydevd.create_server_socket
+
+    def create_server_socket(host: str, port: int) -> socket.socket:
+        pydevd.create_server_socket = original  # once
+        return sock
+
+    pydevd.create_server_socket = create_server_socket
 
 
 class Debugger:
@@ -210,10 +288,14 @@ class Debugger:
         return host, port
 
     def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
-        if port:
-            ensure_bindable(bind, port)
         if in_process or not self.options.separate_adapter:
-            return self.debugpy.listen((bind, port), in_process_debug_adapter=True)
+            sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
+            import debugpy.server.api  # noqa: F401 - puts pydevd on the path
+
+            hand_to_pydevd(sock)
+            return self.debugpy.listen((bind, sock.getsockname()[1]), in_process_debug_adapter=True)
+        if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
+            bind_listener(bind, port).close()
         return self.debugpy.listen((bind, port))
 
     @staticmethod
@@ -326,7 +408,7 @@ class Debugger:
             info.is_tracing -= 1
 
 
-def tag_azureml_run(endpoint: dict) -> None:
+def tag_azureml_run(endpoint: dict, line: str) -> None:
     """On Azure ML, also put the endpoint in a run tag (cheaper to read than logs).
 
     Optional and never fatal: only inside a submitted run whose image has azureml-core,
@@ -340,7 +422,7 @@ def tag_azureml_run(endpoint: dict) -> None:
             from azureml.core import Run
 
             run = Run.get_context(allow_offline=False)
-            run.tag(f"aml_magics.endpoint.{endpoint.get('rank', 0)}", json.dumps(endpoint, sort_keys=True))
+            run.tag(f"aml_magics.endpoint.{endpoint.get('rank', 0)}", line)  # the authenticated marker line
         except Exception:
             pass  # azureml-core absent or no run context: the log line is enough
 
@@ -389,8 +471,7 @@ class DebugSession:
                             cwd=os.getcwd(), script=self.script_path, timeout=timeout,
                             deadline=started + timeout if timeout > 0 else None, reason=reason,
                             version=BOOTSTRAP_VERSION)
-            emit("ENDPOINT", **endpoint)
-            tag_azureml_run(endpoint)
+            tag_azureml_run(endpoint, emit("ENDPOINT", **endpoint))
             return host, port
 
     def wait(self, timeout: float, reason: str) -> bool:
@@ -563,6 +644,8 @@ def run_user_script(script_path: str, script_args: list[str], on_crash=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    sys.modules.setdefault(RUNTIME_MODULE, sys.modules[__name__])
+    load_secrets()
     line_buffer_output()
     script_path = os.path.abspath(options.script)
     if not os.path.isfile(script_path):
