@@ -32,6 +32,7 @@ import hmac
 import json
 import os
 import runpy
+import signal
 import socket
 import struct
 import sys
@@ -42,6 +43,8 @@ import traceback
 BOOTSTRAP_VERSION = "2"
 MARKER_PREFIX = "AML_MAGICS_"
 SECRETS_ENV = "AML_MAGICS_SECRETS"  # the run's secrets (JSON), when no owner channel carries them
+OWNER_ENV = "AML_MAGICS_OWNER"  # "fd:N" (a pipe from the owner) or "stdin" (a container's stdin, held by the owner)
+OWNER_GONE_EXIT = 137
 RUNTIME_MODULE = "_aml_magics_bootstrap"  # this module, for the deployment server's SERVING marker
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
@@ -77,14 +80,16 @@ def emit(kind: str, **data: object) -> str:
     return line
 
 
-def load_secrets() -> dict:
+def load_secrets(first_line: str = "") -> dict:
     """The run's secrets, handed over by the owner out of band; gone from the environment after.
 
     The user's code (and anything it starts) must never see them: the key makes markers, the
-    TLS material opens the tunnel.
+    TLS material opens the tunnel. They come as the owner channel's first line, else from
+    ``AML_MAGICS_SECRETS`` (a remote run, where the job's environment is the only channel).
     """
     global _marker_key
     raw = os.environ.pop(SECRETS_ENV, "")
+    raw = first_line.strip() or raw
     if not raw:
         return {}
     try:
@@ -96,6 +101,132 @@ def load_secrets() -> dict:
         return {}
     _marker_key = key
     return secrets
+
+
+# -- the owner: this run lives as long as the kernel or CLI that started it --------------------------
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def owner_channel() -> int | None:
+    """The fd of the owner's channel (``AML_MAGICS_OWNER``), moved off stdin; None without one."""
+    spec = os.environ.pop(OWNER_ENV, "")
+    if spec.startswith("fd:"):
+        try:
+            fd = int(spec[3:])
+            os.fstat(fd)
+        except (ValueError, OSError):
+            return None
+        os.set_inheritable(fd, False)
+        return fd
+    if spec == "stdin":
+        fd = os.dup(0)  # not inheritable; the user's code gets an empty stdin, never the channel
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        return fd
+    return None
+
+
+def read_first_line(fd: int, limit: int = 1 << 20) -> str:
+    """The owner's first line (the run's secrets), read byte-wise so nothing after it is consumed."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = os.read(fd, 1)
+        if not chunk or chunk == b"\n":
+            break
+        data += chunk
+    return data.decode("utf-8", "replace")
+
+
+def watch_owner(fd: int) -> None:
+    """End this run (its whole tree) when the owner's channel closes: the owner is gone, whatever
+    killed it (SIGKILL included). Plus the kernel's parent-death signal where there is one."""
+    if os.getppid() != 1:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def wait_for_eof() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        end_tree(OWNER_GONE_EXIT, "the owner of this run is gone")
+
+    threading.Thread(target=wait_for_eof, daemon=True, name="aml-magics-owner").start()
+
+
+def adopt_orphans() -> None:
+    """Become the subreaper of what the user's code starts: a descendant that leaves the process
+    group (``setsid``) and is orphaned stays in this tree, where a stop can still find it."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every process below ``pid`` (default: this one), from /proc (stdlib only)."""
+    tree, found, todo = _children(), [], [pid or os.getpid()]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants() -> int:
+    """SIGKILL whatever the user's code left running below this process; how many there were."""
+    pids = descendants()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    return len(pids)
+
+
+def end_tree(code: int, why: str) -> None:
+    """End the whole run now: every descendant, this process group, this process."""
+    try:
+        print(f"aml_magics: {why}; ending the run", file=sys.__stderr__, flush=True)
+    except Exception:
+        pass
+    kill_descendants()
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(code)
 
 
 def _interface_addresses() -> list[str]:
@@ -645,7 +776,11 @@ def run_user_script(script_path: str, script_args: list[str], on_crash=None) -> 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     sys.modules.setdefault(RUNTIME_MODULE, sys.modules[__name__])
-    load_secrets()
+    channel = owner_channel()
+    load_secrets(read_first_line(channel) if channel is not None else "")
+    if channel is not None:
+        watch_owner(channel)
+    adopt_orphans()
     line_buffer_output()
     script_path = os.path.abspath(options.script)
     if not os.path.isfile(script_path):
@@ -664,6 +799,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     on_crash = session.post_mortem if session.enabled and options.post_mortem else None
     code = run_user_script(script_path, options.script_args, on_crash)
+    left = kill_descendants()
+    if left:
+        print(f"aml_magics: ended {left} process(es) the script left running", file=sys.stderr, flush=True)
     emit("EXIT", code=code, rank=options.rank, pid=os.getpid())
     return code
 

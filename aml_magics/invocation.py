@@ -14,12 +14,13 @@ runs.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bootstrap import SECRETS_ENV
+from .bootstrap import OWNER_ENV, SECRETS_ENV
 from .spec import DistributedSpec, RunSpec
 
 BOOTSTRAP_PATH = Path(__file__).resolve().parent / "bootstrap.py"
@@ -158,3 +159,34 @@ class RunSecrets:
 def redact(env: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``env`` safe to show (a dry run): secret values replaced."""
     return {k: (REDACTED if k == SECRETS_ENV else v) for k, v in env.items()}
+
+
+class OwnerPipe:
+    """The owner's end of one run process's channel: the run's secrets as its first line, then
+    only liveness — the bootstrap ends its whole tree when the pipe closes, i.e. when the owner
+    is gone, whatever killed it. One per process; the write end is never inherited (CLOEXEC)."""
+
+    def __init__(self, run_secrets: RunSecrets) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.write(self._write_fd, run_secrets.payload().encode("utf-8") + b"\n")
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {OWNER_ENV: f"fd:{self.read_fd}"}
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.read_fd,)
+
+    def started(self) -> None:
+        """The child has its end now (or never will): close ours."""
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
+    def close(self) -> None:
+        """The owner lets go: the process (if still running) ends its tree."""
+        self.started()
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1

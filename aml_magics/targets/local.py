@@ -22,7 +22,8 @@ import threading
 from typing import ClassVar
 
 from .. import venvs
-from ..invocation import LOOPBACK, bootstrap_argv, rank_environment, run_environment
+from ..bootstrap import OWNER_ENV, SECRETS_ENV
+from ..invocation import LOOPBACK, OwnerPipe, bootstrap_argv, rank_environment, run_environment
 from ..output import read_lines
 from ..ports import PortBusy, choose_port, free_port
 from ..processes import ProcessGroup
@@ -52,15 +53,21 @@ class LocalRun(ThreadedRun):
         """Start every rank; ``ports``: each debugged rank's port (0: any)."""
         world = spec.distributed.world_size
         env = run_environment(spec, dict(os.environ))
-        env.pop("PYTHONSTARTUP", None)
-        env.update(self.ctx.secrets.environment())
+        for name in ("PYTHONSTARTUP", SECRETS_ENV, OWNER_ENV):
+            env.pop(name, None)
         master_port = free_port() if world > 1 else 0
         with self.scope.step():
             for rank in range(world):
                 argv = bootstrap_argv(python, spec, bind, ports.get(rank, 0), rank=rank if world > 1 else None,
                                       script=str(spec.script_path))
                 rank_env = dict(env, **rank_environment(spec.distributed, rank, master_port)) if world > 1 else env
-                group = ProcessGroup(argv, cwd=spec.source_dir, env=rank_env, text=False)
+                owner = OwnerPipe(self.ctx.secrets)  # its secrets, then: it ends when we do
+                self.scope.callback(owner.close)
+                try:
+                    group = ProcessGroup(argv, cwd=spec.source_dir, env={**rank_env, **owner.environment},
+                                         text=False, pass_fds=owner.pass_fds)
+                finally:
+                    owner.started()
                 self.groups[rank] = self.scope.owned(group, ProcessGroup.stop)
         self.events.state(RunState.RUNNING)
 
