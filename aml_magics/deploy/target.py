@@ -3,20 +3,21 @@
 
 It reuses the docker target (targets/docker.py): the same cached environment image (built from
 the deployment's dependencies plus ``azureml-inference-server-http``), the same container life
-cycle, cleanup and log streaming. What differs is only the container: the scoring script's
-folder is mounted at ``/var/azureml-app`` (the guide's app root; edits on the host are live),
-the in-process server script at ``/aml_magics/deploy_server.py`` (read-only), ``--model-dir`` at
-``/var/azureml-app/azureml-models/<name>/1`` (read-only, as ``AZUREML_MODEL_DIR``), and both the
-debug port and the scoring port (5001 inside, as in the guide) are published on 127.0.0.1 only.
-launch.json maps the local folder to ``/var/azureml-app``.
+cycle (it dies with its owner, runs as the invoking user), cleanup and log streaming. What
+differs is only the container: score.py alone is mounted, read-only, at
+``/var/azureml-app/<score.py>`` (the guide's app root; edits on the host are live, and nothing
+else of its folder is exposed), the in-process server script at ``/aml_magics/deploy_server.py``
+(read-only), ``--model-dir`` at ``/var/azureml-app/azureml-models/<name>/1`` (read-only, as
+``AZUREML_MODEL_DIR``), and both the debug port and the scoring port (5001 inside, as in the
+guide) are published on 127.0.0.1 only. launch.json maps the local folder to ``/var/azureml-app``.
 
 ``--image IMAGE`` (an existing inference image, e.g. one from ``Model.package``): no environment
 is built; a thin image FROM it adds only debugpy (in ``/aml_magics/site``), the bootstrap and
 the server script (images.ensure_inference_image, cached by the image id, debugpy and
 our files), and the server runs with the image's own Python that has
-``azureml_inference_server_http``. Only score.py itself is mounted at
-``/var/azureml-app/<score.py>``, so what the image keeps there (a packaged model under
-``azureml-models``, its ``AZUREML_MODEL_DIR``) stays visible.
+``azureml_inference_server_http``. score.py is mounted the same way, so what the image keeps
+at ``/var/azureml-app`` (a packaged model under ``azureml-models``, its ``AZUREML_MODEL_DIR``)
+stays visible.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class DockerDeployTarget(docker_target.DockerTarget):
     run_type = DeployDockerRun
     app_dir = APP_ROOT
     name_prefix = "deploy-"
+    mounts_source = False  # score.py alone, read-only
 
     def __init__(self, model_dir: str | None = None, http_port: int | None = None, image: str | None = None,
                  **options: Any) -> None:
@@ -88,7 +90,7 @@ class DockerDeployTarget(docker_target.DockerTarget):
             return super().prepare_image(run, spec)
         return images.ensure_inference_image(
             self.client, self.image, files={SERVER_NAME: SERVER_FILE.read_bytes()}, log=run.events.line,
-            on_build=lambda: run.events.state("building"), token=run.scope.token)
+            on_build=lambda: run.events.state("building"), token=run.scope.token, uses=run.image_uses)
 
     @staticmethod
     def score_in_container(spec: RunSpec) -> str:
@@ -100,26 +102,24 @@ class DockerDeployTarget(docker_target.DockerTarget):
         return spec.source_dir.resolve() / PurePosixPath(self.score_in_container(spec)).relative_to(APP_ROOT)
 
     def container_extras(self, spec: RunSpec) -> docker_target.ContainerExtras:
-        if self.image:  # the server script is in the image; score.py alone over the image's app root
-            score = self.score_in_container(spec)
-            volumes = {str(self.score_on_host(spec)): {"bind": score, "mode": "rw"}}
-        else:
-            volumes = {str(Path(spec.script_path).resolve()): {"bind": SERVER_IN_CONTAINER, "mode": "ro"}}
+        bind = docker_target.BindMount
+        mounts = [bind(str(self.score_on_host(spec)), self.score_in_container(spec), read_only=True)]
+        if not self.image:  # (an --image has the server script in it)
+            mounts.append(bind(str(Path(spec.script_path).resolve()), SERVER_IN_CONTAINER, read_only=True))
         if self.model_dir is not None:
-            volumes[str(self.model_dir.resolve())] = {"bind": model_dir_in_container(self.model_dir), "mode": "ro"}
+            mounts.append(bind(str(self.model_dir.resolve()), model_dir_in_container(self.model_dir), read_only=True))
         return docker_target.ContainerExtras(
             script=SERVER_IN_CONTAINER,
-            volumes=volumes,
+            mounts=mounts,
             ports={f"{HTTP_PORT_IN_CONTAINER}/tcp": (LOOPBACK, self.http_port)},
             labels={f"{images.LABEL}.deployment": "1"},
-            mount_source=not self.image,
+            mount_source=False,
         )
 
     def on_started(self, run: DeployDockerRun, spec: RunSpec, container: Any,  # type: ignore[override]
                    tag: str, publish: str) -> None:
         run.http_host_port = docker_target.published_port(container, HTTP_PORT_IN_CONTAINER)
-        mounted = (f"{self.score_in_container(spec)} = {self.score_on_host(spec)}" if self.image
-                   else f"{APP_ROOT} = {spec.source_dir}")
+        mounted = f"{self.score_in_container(spec)} = {self.score_on_host(spec)} (read-only)"
         run.events.line(
             f"aml_magics: container {container.name} ({tag}) started; {mounted}; "
             f"scoring port {HTTP_PORT_IN_CONTAINER} published on {LOOPBACK}:{run.http_host_port}"

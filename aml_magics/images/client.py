@@ -16,7 +16,6 @@ from ..invocation import BOOTSTRAP_IN_IMAGE, BOOTSTRAP_PATH, IMAGE_ROOT
 
 LABEL = "aml_magics"
 IMAGE_REPO = "aml-magics/env"
-RECIPE_VERSION = "1"  # bump when the Dockerfile below changes meaning
 ROOT = IMAGE_ROOT
 VENV = f"{ROOT}/venv"
 VENV_PYTHON = f"{VENV}/bin/python"
@@ -29,11 +28,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class ImageBuildError(Exception):
-    """The image could not be made; ``tail`` holds the last lines of the build log."""
+    """The image could not be made; ``tail`` holds the last lines of the build log. ``final``: the
+    cause is the user's own (a dependency pip cannot resolve): no other way of building is tried."""
 
-    def __init__(self, message: str, tail: list[str] | None = None) -> None:
+    def __init__(self, message: str, tail: list[str] | None = None, *, final: bool = False) -> None:
         super().__init__(message)
         self.tail = tail or []
+        self.final = final
 
 
 
@@ -51,7 +52,15 @@ def short_reason(exc: BaseException) -> str:
     if explanation:
         text = str(explanation)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first if len(first) <= 160 else first[:157] + "..."
+    return shorten(first)
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` up to ``limit`` characters, cut at a word boundary (never mid-word)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 2].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + " …"
 
 
 _clients: dict[tuple, Any] = {}
@@ -97,4 +106,4 @@ def _remove_quietly(container: Any) -> None:
 
 
 __all__ = ["BOOTSTRAP", "BOOTSTRAP_IN_IMAGE", "Canceled", "ImageBuildError", "LABEL", "IMAGE_REPO", "connect",
-           "default_base_image", "docker_host", "short_reason"]
+           "default_base_image", "docker_host", "short_reason", "shorten"]

@@ -1,13 +1,23 @@
-"""This project's images on the daemon: listing and cleaning them (``%aml_images``)."""
+"""This project's images on the daemon: listing and cleaning them (``%aml_images``).
+
+Cleaning touches only what this user built (the ``aml_magics.owner_uid`` label): a daemon is
+often shared, and another user's cached environment is not ours to delete. It never removes an
+image a container was made from, nor one a run is about to start a container from (the run
+holds the tag's use lock, see :class:`.build.ImageUses`). Every ``%aml_images`` first sweeps what
+this user's dead owners left (:mod:`.owners`).
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TargetError
+from .build import unused_lock
 from .client import IMAGE_REPO, LABEL, connect, short_reason
+from .owners import OWNER_UID, sweep
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,7 @@ class ImageInfo:
     containers: int  # containers (any state) made from it
     base: str
     deps: str
+    owner_uid: str = ""  # who built it ("" before owner labels)
 
     @property
     def name(self) -> str:
@@ -47,6 +58,7 @@ def list_images(client: Any | None = None) -> list[ImageInfo]:
             containers=users.get(image.id, 0),
             base=labels.get(f"{LABEL}.base", "-"),
             deps=labels.get(f"{LABEL}.deps", "-"),
+            owner_uid=labels.get(OWNER_UID, ""),
         ))
     return sorted(infos, key=lambda i: i.created, reverse=True)
 
@@ -69,8 +81,11 @@ def remove_image(ref: str, client: Any | None = None) -> str:
         image = client.images.get(ref)
     except docker.errors.ImageNotFound:
         raise TargetError(f"no image {ref!r}") from None
-    if (image.labels or {}).get(LABEL) is None:
+    labels = image.labels or {}
+    if labels.get(LABEL) is None:
         raise TargetError(f"{ref} is not an aml_magics image (no '{LABEL}' label); not removed")
+    if labels.get(OWNER_UID, str(os.getuid())) != str(os.getuid()):
+        raise TargetError(f"{ref} was built by another user (uid {labels[OWNER_UID]}); not removed")
     try:
         client.images.remove(image.id, force=False)
     except docker.errors.APIError as exc:
@@ -79,21 +94,34 @@ def remove_image(ref: str, client: Any | None = None) -> str:
 
 
 def remove_unused(client: Any | None = None) -> tuple[list[str], list[str]]:
-    """Remove the environment images no container (running or stopped) was made from.
+    """Remove this user's environment images that no container (running or stopped) was made from
+    and no run is about to start from.
 
     Returns (removed, kept with the reason): an image that a container started using
-    meanwhile is kept, never forced.
+    meanwhile is kept, never forced. Another user's images (and images made before owner
+    labels) are not looked at; untagged ones left are a build of a live owner, still running.
     """
     client = client or connect()
+    me = str(os.getuid())
     removed, kept = [], []
     for info in list_images(client):
-        if info.is_env and info.containers == 0:
+        if not info.is_env or info.containers or info.owner_uid != me or not info.tags:
+            continue
+        locks = [unused_lock(tag) for tag in info.tags if tag.startswith(IMAGE_REPO + ":")]
+        try:
+            if any(lock is None for lock in locks):
+                kept.append(f"{info.name} (a run is starting a container from it)")
+                continue
             try:
                 remove_image(info.id, client)
             except TargetError as exc:
                 kept.append(f"{info.name} ({exc})")
                 continue
             removed.append(info.name)
+        finally:
+            for lock in locks:
+                if lock is not None:
+                    lock.close()
     return removed, kept
 
 
@@ -107,10 +135,15 @@ def images_command(line: str) -> str:
     if argv not in ([], ["--remove-unused"]) and not (len(argv) == 2 and argv[0] == "--remove"):
         raise TargetError(usage)
     client = connect()
+    swept = sweep(client)
+    notes = "".join(f"\nremoved {len(items)} {what} left by runs whose owner is gone"
+                    for what, items in (("container(s)", swept["containers"]),
+                                        ("intermediate build image(s)", swept["images"]),
+                                        ("build folder(s)", swept["folders"])) if items)
     if argv[:1] == ["--remove"]:
-        return f"removed {remove_image(argv[1], client)}"
+        return f"removed {remove_image(argv[1], client)}" + notes
     if argv == ["--remove-unused"]:
         removed, kept = remove_unused(client)
         text = f"removed {len(removed)} unused image(s)" + (": " + ", ".join(removed) if removed else "")
-        return text + "".join(f"\nkept {k}" for k in kept)
-    return format_images(list_images(client))
+        return text + "".join(f"\nkept {k}" for k in kept) + notes
+    return format_images(list_images(client)) + notes

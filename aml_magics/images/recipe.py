@@ -4,15 +4,24 @@ An image is the base image + debugpy + the run's dependencies + the bootstrap. I
 ``aml-magics/env:<hash>`` is a hash of everything that goes into it (the base image's id, the
 dependencies in a canonical order, the debugpy version, the bootstrap's content and this
 recipe's version), so an unchanged environment is never rebuilt and a changed one always is.
+The order and surrounding whitespace of ``--pip`` values change nothing pip installs, so they
+change nothing in the tag either.
+
+Credentials in a requirement's URL (``https://user:TOKEN@host/...``) never go into an image: with
+host-resolved wheels pip downloads on the host and the recipe names the downloaded file; what
+is shown or stored (labels, log lines) is redacted as pip itself redacts (``user:****@``); and a
+build that would need them inside (``--wheels index``) is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .. import venvs
 from ..spec import EnvironmentSpec
@@ -29,25 +38,87 @@ from .client import (
     _remove_quietly,
     short_reason,
 )
+from .owners import owner_labels
 
-RECIPE_VERSION = "1"  # bump when the Dockerfile below changes meaning
+RECIPE_VERSION = "2"  # bump when the Dockerfile below changes meaning
+BUILD_LABEL = f"{LABEL}.build"  # one build's id: its intermediate images are found (and removed) by it
+# Options a --pip value or a requirements line may carry that only the host's pip download uses.
+HOST_ONLY_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--trusted-host", "--no-index")
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^\s/@:]*)(?::(?P<password>[^\s/@]*))?@")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://\S+")
+
 
 def bootstrap_hash() -> str:
     return hashlib.sha256(BOOTSTRAP.read_bytes()).hexdigest()[:16]
 
 
+def canonical(env: EnvironmentSpec) -> EnvironmentSpec:
+    """The same environment however ``--pip`` was spelled: sorted, stripped, each value once."""
+    return replace(env, pip=tuple(sorted({p.strip() for p in env.pip if p.strip()})))
+
+
 def image_tag(env: EnvironmentSpec, base: str, base_id: str) -> str:
-    key = env.fingerprint(base, base_id, venvs.debugpy_requirement(), bootstrap_hash(), RECIPE_VERSION)
+    key = canonical(env).fingerprint(base, base_id, venvs.debugpy_requirement(), bootstrap_hash(), RECIPE_VERSION)
     return f"{IMAGE_REPO}:{key}"
 
 
+def redact(text: str) -> str:
+    """Credentials in URLs hidden as pip hides them: ``user:TOKEN@`` → ``user:****@``, ``TOKEN@`` → ``****@``
+    (an ssh user name such as ``git@`` is not a secret)."""
+    def hide(match: re.Match[str]) -> str:
+        scheme, user, password = match.group("scheme"), match.group("user"), match.group("password")
+        if password is not None:
+            return f"{scheme}{user}:****@"
+        if "ssh" in scheme.lower():
+            return match.group(0)
+        return f"{scheme}****@"
+
+    return _CREDENTIALS.sub(hide, text)
+
+
+def has_credentials(env: EnvironmentSpec) -> str | None:
+    """The first requirement (redacted) whose URL carries credentials, or None."""
+    for text in (*env.pip, *env.requirements.splitlines()):
+        if redact(text) != text:
+            return redact(text.strip())
+    return None
+
+
 def dependency_summary(env: EnvironmentSpec) -> str:
-    parts = list(env.pip)
+    parts = list(canonical(env).pip)
     if env.requirements.strip():
         parts.append(f"-r {Path(env.requirements_path).name if env.requirements_path else 'requirements.txt'}")
     if env.conda.strip():
         parts.append("conda env")
-    return " ".join(parts) or "-"
+    return redact(" ".join(parts)) or "-"
+
+
+def offline_requirement(text: str) -> str | None:
+    """What the offline install in the image gets for one requirement resolved on the host: a
+    host-only option is dropped; a wheel URL becomes the wheel pip downloaded (so neither the
+    network nor the URL's credentials are needed in the build)."""
+    text = text.strip()
+    if not text or text.startswith(HOST_ONLY_OPTIONS):
+        return None
+    match = _URL.search(text)
+    if match is None:
+        return text
+    url = match.group(0)
+    parts = urlsplit(url)
+    name = unquote(parts.path.rsplit("/", 1)[-1])
+    if parts.scheme in ("http", "https", "file") and name.endswith(".whl"):
+        local = f"{ROOT}/wheels/{name}"
+        return text.replace(url, f"file://{local}") if "@" in text[:match.start()] else local
+    return redact(text)
+
+
+def offline_environment(env: EnvironmentSpec) -> EnvironmentSpec:
+    """``env`` as the image's offline install sees it (host-resolved wheels)."""
+    pip = tuple(r for r in (offline_requirement(p) for p in canonical(env).pip) if r is not None)
+    lines = [offline_requirement(line) if not line.lstrip().startswith("#") else None
+             for line in env.requirements.splitlines()]
+    requirements = "".join(f"{line}\n" for line in lines if line is not None)
+    return replace(env, pip=pip, requirements=requirements if env.requirements.strip() else "")
 
 
 @dataclass(frozen=True)
@@ -95,16 +166,19 @@ print(json.dumps({"executable": sys.executable, "version": list(sys.version_info
 """
 
 
-def probe_python(client: Any, image: str) -> ImagePython:
-    """Ask the image which Python it has (no network, removed after)."""
+def probe_python(client: Any, image: str, shown: str | None = None) -> ImagePython:
+    """Ask the image which Python it has (no network, removed after). ``shown``: the image's name
+    as the user gave it (``image`` may be its id)."""
     import docker
 
+    shown = shown or image
     last = ""
+    missing = []
     for executable in ("python3", "python"):
         container = None
         try:
             container = client.containers.create(image, ["-c", PROBE], entrypoint=[executable],
-                                                 labels={LABEL: "1"}, network_disabled=True)
+                                                 labels={LABEL: "1", **owner_labels()}, network_disabled=True)
             container.start()
             code = container.wait(timeout=120).get("StatusCode")
             output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
@@ -114,13 +188,19 @@ def probe_python(client: Any, image: str) -> ImagePython:
                                    data["machine"], data["libc"], data["libc_version"], data.get("conda"))
             last = output.strip().splitlines()[-1] if output.strip() else f"exit code {code}"
         except docker.errors.APIError as exc:
+            reason = str(getattr(exc, "explanation", None) or exc)
+            if "executable file not found" in reason or "no such file or directory" in reason:
+                missing.append(executable)
             last = short_reason(exc)
         except (ValueError, KeyError, IndexError) as exc:
             last = f"unexpected answer: {exc}"
         finally:
             if container is not None:
                 _remove_quietly(container)
-    raise ImageBuildError(f"image {image} has no usable Python (python3/python): {last}")
+    if len(missing) == 2:
+        raise ImageBuildError(f"base image {shown} has no Python (neither python3 nor python is on its PATH); "
+                              "choose a --base-image with Python 3")
+    raise ImageBuildError(f"base image {shown} has no usable Python (python3/python): {last}")
 
 
 
@@ -172,7 +252,7 @@ def dockerfile(base_ref: str, env: EnvironmentSpec, python: str, wheels: str | N
 
 
 # -- an existing inference image, with debugpy added (deployments --image) ----------------------------
-INFERENCE_RECIPE_VERSION = "1"  # bump when inference_dockerfile changes meaning
+INFERENCE_RECIPE_VERSION = "2"  # bump when inference_dockerfile changes meaning
 SITE = f"{ROOT}/site"  # debugpy, installed with --target: the image's own Python finds it via PYTHONPATH
 SERVER_MODULE = "azureml_inference_server_http"
 
@@ -200,7 +280,7 @@ def find_server_python(client: Any, image: str, shown: str) -> ImagePython:
     container = None
     try:
         container = client.containers.create(image, ["-c", FIND_SERVER_PYTHON], entrypoint=["/bin/sh"],
-                                             environment={"PROBE": PROBE}, labels={LABEL: "1"},
+                                             environment={"PROBE": PROBE}, labels={LABEL: "1", **owner_labels()},
                                              network_disabled=True, user="root")
         container.start()
         code = container.wait(timeout=120).get("StatusCode")

@@ -1,12 +1,25 @@
 """The docker target: the run in a container built from its environment.
 
 The image (base + dependencies + debugpy + bootstrap) is cached by a hash of all of
-that (see docker_images). The source dir is mounted read-write at ``/app``, the
-bootstrap is the entry point, debugpy binds 0.0.0.0 *inside* the container and its
-port is published on 127.0.0.1 only, on a free host port. The endpoint the user gets
-is that host side; the run's cwd stays ``/app`` so pathMappings map the local source
-dir to ``/app``. Every container carries the ``aml_magics`` label and is removed at
-the run's end, on cancel and at interpreter exit.
+that (see docker_images). The source dir is bind-mounted at ``/app``, the bootstrap is the
+entry point, debugpy binds 0.0.0.0 *inside* the container and its port is published on
+127.0.0.1 only, on a free host port. The endpoint the user gets is that host side; the run's
+cwd stays ``/app`` so pathMappings map the local source dir to ``/app``.
+
+A container lives exactly as long as its owner (the kernel or CLI that started it). The owner
+holds the container's stdin (``AML_MAGICS_OWNER=stdin``): the first line it writes is the run's
+secrets (never an environment variable, which ``docker inspect`` would show), then it keeps
+the attached socket open for the run's life. When the owner goes — canceled, exited, or killed
+by any signal, SIGKILL included — the socket closes, stdin reaches EOF, the bootstrap (PID 1)
+ends its tree and the daemon removes the container (``auto_remove``) and its published ports.
+Every container is labelled with its owner (uid, pid, boot id, pid namespace, start time) so
+what a dead owner left anyway (a container created but never started, a daemon that was down)
+is swept by the next run and by ``%aml_images`` (images/owners.py).
+
+Least privilege: the container runs as the invoking user's uid:gid (``--container-user root``
+for an image that needs root), so what it writes in the mounted folder is the user's; with a
+numeric uid the container's HOME is /tmp (writable by anyone there). A source dir that is the
+home folder or ``/`` (or holds the home folder) is refused unless ``--mount-any-dir``.
 
 ``--procs-per-node M`` (one node only): one container whose entry point is a tiny stdlib
 launcher (``LAUNCHER``, run with ``python -c`` so nothing extra goes into the image) that
@@ -14,8 +27,10 @@ starts M bootstrap processes with torchrun's environment (RANK = LOCAL_RANK = i,
 = LOCAL_WORLD_SIZE = M, NODE_RANK 0, MASTER_ADDR 127.0.0.1, a MASTER_PORT free in the
 container), prefixes their output lines with ``[rank i] `` and exits when all have ended
 (with the first failing rank's code, after a ``aml_magics: rank i exited with code c`` line).
-Each debugged rank listens on 5678 + its local rank inside the container, each published on
-127.0.0.1 on a host port of its own.
+It is the owner of its ranks the same way: it reads the secrets line from its stdin, hands each
+rank its own pipe (``AML_MAGICS_OWNER=fd:N``, the secrets line first) and closes those pipes —
+ending every rank — when its stdin reaches EOF. Each debugged rank listens on 5678 + its local
+rank inside the container, each published on 127.0.0.1 on a host port of its own.
 """
 
 from __future__ import annotations
@@ -23,11 +38,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from .. import images
+from ..bootstrap import OWNER_ENV
 from ..invocation import LOOPBACK, PYTHON_FLAGS, entry_arguments, rank_environment, run_environment
 from ..output import LineCutter
 from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
@@ -39,22 +57,62 @@ APP_DIR = "/app"
 CONTAINER_PORT = 5678
 LOG_TAIL = 15
 MAX_PROCESSES = 64
+EXIT_CODE_WAIT = 60.0  # seconds the daemon may take to report the exit code once the output has ended
+CONTAINER_HOME = "/tmp"  # HOME of a numeric uid the image has no home folder for
 
 # The launcher of a container with several processes: argv[1] is a JSON list of each rank's
-# environment (from invocation.rank_environment), the rest the command every rank runs. Lines
-# get a ``[rank i] `` tag; a rank that exits non-zero gets an authenticated EXIT marker (it may
-# have died without printing its own); the launcher exits with the first failing rank's code.
+# environment (from invocation.rank_environment), the rest the command every rank runs. It reads
+# the owner's secrets line from stdin and gives each rank a pipe of its own with that line (the
+# rank's owner channel); EOF on stdin (the owner is gone) closes those pipes, which ends every
+# rank. Lines get a ``[rank i] `` tag; a rank that exits non-zero gets an authenticated EXIT marker
+# (it may have died without printing its own); the launcher exits with the first failing rank's code.
 LAUNCHER = r"""
-import hashlib, hmac, json, os, signal, subprocess, sys, threading
+import hashlib, hmac, json, os, signal, subprocess, sys, threading, time
 envs, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+owned = os.environ.pop("AML_MAGICS_OWNER", "") == "stdin"
+def first_line(fd):
+    data = bytearray()
+    while len(data) < 1 << 20:
+        byte = os.read(fd, 1)
+        if not byte or byte == b"\n":
+            break
+        data += byte
+    return bytes(data)
+line = first_line(0) if owned else b""
 try:
-    key = bytes.fromhex(json.loads(os.environ.get("AML_MAGICS_SECRETS", "{}")).get("marker_key", ""))
-except ValueError:
+    key = bytes.fromhex(json.loads(line.decode() or "{}").get("marker_key", ""))
+except (ValueError, AttributeError):
     key = b""
-out, lock, codes, procs = sys.stdout.buffer, threading.Lock(), {}, []
+out, lock, codes, procs, pipes = sys.stdout.buffer, threading.Lock(), {}, [], []
 for env in envs:
-    procs.append(subprocess.Popen(cmd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    child_env, fds = dict(os.environ, **env), ()
+    if owned:
+        read_end, write_end = os.pipe()
+        os.write(write_end, line + b"\n")
+        child_env["AML_MAGICS_OWNER"] = "fd:%d" % read_end
+        fds = (read_end,)
+        pipes.append(write_end)
+    procs.append(subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, pass_fds=fds))
+    for fd in fds:
+        os.close(fd)
+def owner_gone():
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    for fd in pipes:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    time.sleep(5)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+if owned:
+    threading.Thread(target=owner_gone, daemon=True).start()
 def forward(signum, frame):
     for p in procs:
         if p.poll() is None:
@@ -118,15 +176,94 @@ def published_port(container: Any, port: int) -> int | None:
     return int(bindings[0]["HostPort"]) if bindings else None
 
 
+@dataclass(frozen=True)
+class BindMount:
+    """A host path in the container (a docker ``Mount``: a path with a colon works)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def mount(self) -> Any:
+        import docker
+
+        return docker.types.Mount(target=self.target, source=self.source, type="bind", read_only=self.read_only)
+
+
 @dataclass
 class ContainerExtras:
     """What a subclass of DockerTarget adds to the run's container (DockerTarget.container_extras)."""
 
     script: str | None = None  # the entry script in the container (default: the run's script in app_dir)
-    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
+    mounts: list[BindMount] = field(default_factory=list)
     ports: dict[str, Any] = field(default_factory=dict)  # "PORT/tcp" → (host address, host port or None)
     labels: dict[str, str] = field(default_factory=dict)
     mount_source: bool = True  # the source dir at app_dir (False: the subclass mounts what it needs)
+
+
+class OwnerChannel:
+    """The owner's end of a container's stdin (``AML_MAGICS_OWNER=stdin``): the run's secrets as
+    the first line, then only liveness. Held open for the run's life; when it closes (the run
+    ends, or the owner process dies and the kernel closes it) the container's stdin reaches EOF
+    and the bootstrap ends the run."""
+
+    def __init__(self, client: Any, container_id: str) -> None:
+        self._socket = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+
+    def _raw(self) -> Any:
+        return self._socket if hasattr(self._socket, "sendall") else self._socket._sock
+
+    def send(self, payload: str) -> None:
+        self._raw().sendall(payload.encode("utf-8") + b"\n")
+
+    def close(self) -> None:
+        raw = self._raw()
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        for part in (raw, self._socket):
+            try:
+                part.close()
+            except Exception:
+                pass
+
+
+class ExitWaiter:
+    """The container's exit code, asked for before it starts: a container the daemon removes as it
+    exits (``auto_remove``) cannot be asked afterwards. The daemon answers the wait request's
+    headers at once (so the wait is registered before ``start``) and its body at the removal."""
+
+    def __init__(self, client: Any) -> None:
+        self._api = client.api
+        self._response: Any = None
+        self._code: int | None = None
+        self._done = threading.Event()
+
+    def register(self, container_id: str) -> None:
+        url = self._api._url("/containers/{0}/wait", container_id)
+        self._response = self._api._post(url, params={"condition": "removed"}, stream=True, timeout=None)
+        self._api._raise_for_status(self._response)
+        threading.Thread(target=self._read, daemon=True, name="aml-docker-wait").start()
+
+    def _read(self) -> None:
+        try:
+            self._code = int(json.loads(self._response.content or b"{}")["StatusCode"])
+        except Exception:
+            self._code = None
+        finally:
+            self._done.set()
+
+    def code(self, timeout: float | None = None) -> int | None:
+        self._done.wait(timeout)
+        return self._code
+
+    def close(self) -> None:
+        if self._response is not None:
+            try:
+                self._response.close()
+            except Exception:
+                pass
 
 
 class DockerRun(ThreadedRun):
@@ -139,7 +276,10 @@ class DockerRun(ThreadedRun):
         self.host_port: int | None = None  # where the (rank 0) debug port is published
         self.host_ports: dict[int, int] = {}  # container debug port → host port
         self.failed_ranks: dict[int, int] = {}  # rank → exit code (a container with several processes)
+        self.exit_codes: dict[int, int] = {}  # rank → the code its EXIT marker reported
         self.stream: Any = None  # the container's demultiplexed output
+        self.waiter: ExitWaiter | None = None
+        self.image_uses = images.ImageUses()  # the image tag held until the container exists
         self.endpoint_seen = False
         self.tail: list[str] = []
         self.reader = MarkerReader(ctx.secrets.marker_key)
@@ -153,11 +293,37 @@ class DockerRun(ThreadedRun):
     def line(self, text: str) -> None:
         self.tail = (self.tail + [text])[-LOG_TAIL:]
         marker = self.reader.parse(text)
-        if isinstance(marker, ExitMarker) and marker.code:
-            self.failed_ranks.setdefault(marker.rank, marker.code)
+        if isinstance(marker, ExitMarker):
+            if marker.code is not None:
+                self.exit_codes.setdefault(marker.rank, marker.code)
+            if marker.code:
+                self.failed_ranks.setdefault(marker.rank, marker.code)
         elif isinstance(marker, EndpointMarker):
             self.endpoint_seen = True
         self.events.line(text)
+
+
+def default_user() -> str:
+    """The invoking user's uid:gid: what the container writes in a mounted folder is theirs."""
+    return f"{os.getuid()}:{os.getgid()}"
+
+
+def numeric_non_root(user: str) -> bool:
+    uid = user.split(":", 1)[0]
+    return uid.isdigit() and int(uid) != 0
+
+
+def broad_source_dir(source: Path) -> str | None:
+    """What is wrong with mounting ``source`` whole (it is ``/``, the home folder, or holds it), or None."""
+    source = source.resolve()
+    home = Path.home().resolve()
+    if source == Path(source.anchor):
+        return "the root folder /"
+    if source == home:
+        return "your home folder"
+    if source in home.parents:
+        return f"a folder that holds your home folder ({home})"
+    return None
 
 
 class DockerTarget:
@@ -166,13 +332,19 @@ class DockerTarget:
     run_type = DockerRun
     app_dir = APP_DIR  # where the source dir is mounted; the run's working directory
     name_prefix = ""  # containers are named aml-magics-<prefix><run>-<hex>
+    mounts_source = True  # the whole source dir at app_dir (a deployment mounts score.py alone)
 
-    def __init__(self, gpus: str | None = None, wheels: str | None = None, client: Any = None) -> None:
+    def __init__(self, gpus: str | None = None, wheels: str | None = None, container_user: str | None = None,
+                 mount_any_dir: bool = False, client: Any = None) -> None:
         if wheels is not None and wheels not in images.WHEELS_CHOICES:
             raise TargetError(f"--wheels {wheels!r}: use one of {', '.join(images.WHEELS_CHOICES)}")
         gpu_requests(gpus)  # a bad value is a mistake found now, not after a build
+        if container_user is not None and (not container_user.strip() or any(c.isspace() for c in container_user)):
+            raise TargetError(f"--container-user {container_user!r}: use root, a user name, UID or UID:GID")
         self.gpus = gpus
         self.wheels = wheels
+        self.user = container_user or default_user()
+        self.mount_any_dir = bool(mount_any_dir)
         self._client = client
 
     @property
@@ -187,6 +359,13 @@ class DockerTarget:
         if spec.distributed.nodes > 1:
             raise TargetError(f"--nodes {spec.distributed.nodes}: target 'docker' runs one container on one "
                               "machine; use --procs-per-node for several processes")
+        broad = broad_source_dir(spec.source_dir) if self.mounts_source and not self.mount_any_dir else None
+        if broad:
+            raise TargetError(f"--source-dir {spec.source_dir.resolve()} is {broad}: the container would get all "
+                              "of it read-write; put the script in a project folder, or pass --mount-any-dir")
+        problem = images.credentials_problem(spec.environment, self.wheels)
+        if problem:
+            raise TargetError(problem)
         self.client  # noqa: B018 - the daemon must answer before anything starts
 
     def submit(self, spec: RunSpec, ctx: RunContext) -> DockerRun:
@@ -194,15 +373,27 @@ class DockerTarget:
         publish = spec.debug.bind or LOOPBACK
         client_host = LOOPBACK if publish in ("0.0.0.0", "::", "") else publish
         run = self.run_type(ctx, f"docker-{self.name_prefix}{spec.name}", client_host)
+        run.scope.callback(run.image_uses.release)
         run.start(lambda: self._run_to_end(run, spec, publish))
         return run
 
     # -- the run thread ------------------------------------------------------------------
     def _run_to_end(self, run: DockerRun, spec: RunSpec, publish: str) -> Outcome:
         """The run's outcome; the container is removed when the run's scope closes."""
+        import docker
+
+        images.sweep(self.client)  # what dead owners of this user left, before adding ours
         try:
             tag, python = self.prepare_image(run, spec)
-            self._start(run, spec, tag, python, publish)
+            try:
+                self._start(run, spec, tag, python, publish)
+            except docker.errors.ImageNotFound:
+                # Removed between the lookup and the container by someone our lock does not reach
+                # (another user's --remove-unused): make it again, once.
+                run.events.line(f"aml_magics: image {tag} was removed meanwhile; making it again")
+                run.image_uses.release()
+                tag, python = self.prepare_image(run, spec)
+                self._start(run, spec, tag, python, publish)
             code = self._pump(run)
         except images.ImageBuildError as exc:
             run.scope.token.raise_if_canceled()
@@ -216,7 +407,7 @@ class DockerTarget:
             message = images.short_reason(exc)
             explanation = getattr(exc, "explanation", None)
             if explanation and str(explanation) not in message:
-                message = str(explanation)
+                message = images.shorten(str(explanation).strip().splitlines()[0])
             run.events.line(f"aml_magics: {message}")
             return Outcome(RunState.FAILED, None, self._tail_detail(run, message))
         if code is None or run.canceled:
@@ -266,11 +457,12 @@ class DockerTarget:
         entrypoint, command = self._command(spec, python, script)
         debug_ports = self.debug_ports(spec) if debug.enabled else []
         environment = run_environment(spec)
-        environment.update(run.ctx.secrets.environment())
-        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid()),
-                  **extras.labels}
-        volumes = {str(spec.source_dir.resolve()): {"bind": self.app_dir, "mode": "rw"}} if extras.mount_source else {}
-        volumes.update(extras.volumes)
+        environment[OWNER_ENV] = "stdin"  # the secrets come as stdin's first line, never in the environment
+        if numeric_non_root(self.user) and "HOME" not in dict(spec.environment.env_vars):
+            environment["HOME"] = CONTAINER_HOME  # a uid the image has no home for: "/" is not writable
+        labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, **images.owner_labels(), **extras.labels}
+        mounts = [BindMount(str(spec.source_dir.resolve()), self.app_dir)] if extras.mount_source else []
+        mounts += extras.mounts
         ports: dict[str, Any] = {
             f"{port}/tcp": (publish, host_port + port - CONTAINER_PORT if host_port else None) for port in debug_ports}
         ports.update(extras.ports)
@@ -283,45 +475,76 @@ class DockerTarget:
                 labels=labels,
                 environment=environment,
                 working_dir=self.app_dir,
-                volumes=volumes,
+                mounts=[m.mount() for m in mounts],
                 ports=ports,
+                user=self.user,
                 device_requests=gpu_requests(self.gpus) or None,
-                stdin_open=False,
+                stdin_open=True,  # (and StdinOnce): the owner's channel, see OwnerChannel
+                auto_remove=True,  # the daemon removes it as it exits, even when nobody is left to ask
                 tty=False,
             )
             run.container = run.scope.owned(container, _remove)
+        run.image_uses.release()  # the container pins its image from now on
+        channel = run.scope.owned(OwnerChannel(self.client, container.id), OwnerChannel.close)
+        channel.send(run.ctx.secrets.payload())
         # Attach before start so not one line is lost; demultiplexed so stdout and stderr
         # never cut each other's lines.
         run.stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        run.waiter = ExitWaiter(self.client)
+        run.scope.callback(run.waiter.close)
+        run.waiter.register(container.id)
         try:
             container.start()
         except Exception as exc:
-            text = str(getattr(exc, "explanation", None) or exc)
-            if host_port and ("already in use" in text or "already allocated" in text):
-                which = f"port {host_port}" if len(debug_ports) < 2 else \
-                    f"one of the ports {host_port}-{host_port + max(debug_ports) - CONTAINER_PORT}"
-                raise TargetError(f"{which} on {publish} is already in use on this machine; "
-                                  "use --port 0 (any free port, the default for docker)") from None
-            raise
+            raise self._start_error(exc, host_port, debug_ports, publish) from None
         if ports:
+            self._published(run, container, debug_ports, host_port)
+        self.on_started(run, spec, container, tag, publish)
+        run.events.state(RunState.RUNNING)
+
+    def _start_error(self, exc: Exception, host_port: int | None, debug_ports: list[int],
+                     publish: str) -> Exception:
+        """Docker's refusal to start, said in the user's terms where we know them."""
+        text = str(getattr(exc, "explanation", None) or exc)
+        if host_port and ("already in use" in text or "already allocated" in text):
+            which = f"port {host_port}" if len(debug_ports) < 2 else \
+                f"one of the ports {host_port}-{host_port + max(debug_ports) - CONTAINER_PORT}"
+            return TargetError(f"{which} on {publish} is already in use on this machine; "
+                               "use --port 0 (any free port, the default for docker)")
+        if self.gpus and "could not select device driver" in text:
+            return TargetError(f"--gpus {self.gpus}: this machine's Docker has no GPU runtime (Docker answered: "
+                               f"{images.shorten(text, 90)}); install the NVIDIA Container Toolkit, or run "
+                               "without --gpus")
+        return exc
+
+    @staticmethod
+    def _published(run: DockerRun, container: Any, debug_ports: list[int], host_port: int | None) -> None:
+        """Where each debug port is published (a fixed --port is known; a free one is asked)."""
+        import docker
+
+        if host_port:
+            run.host_ports.update({port: host_port + port - CONTAINER_PORT for port in debug_ports})
+        try:
             container.reload()
+        except docker.errors.NotFound:
+            pass  # it has ended and been removed already: nothing listens any more
+        else:
             for port in debug_ports:
                 published = published_port(container, port)
                 if published is not None:
                     run.host_ports[port] = published
-            run.host_port = run.host_ports.get(CONTAINER_PORT)
-        self.on_started(run, spec, container, tag, publish)
-        run.events.state(RunState.RUNNING)
+        run.host_port = run.host_ports.get(CONTAINER_PORT)
 
     # -- what a subclass (deploy_docker) changes ------------------------------------------------
     def prepare_image(self, run: DockerRun, spec: RunSpec) -> tuple[str, str]:
-        """The image to run (built when its hash is new) and the Python in it that runs the bootstrap."""
+        """The image to run (built when its hash is new) and the Python in it that runs the bootstrap;
+        its tag is held in ``run.image_uses`` until the container exists."""
         tag = images.ensure_image(
             self.client, spec.environment,
             base=spec.environment.base_image or images.default_base_image(),
             wheels=self.wheels, log=run.events.line,
             on_build=lambda: run.events.state(RunState.BUILDING),
-            token=run.scope.token,
+            token=run.scope.token, uses=run.image_uses,
         )
         return tag, images.VENV_PYTHON
 
@@ -358,19 +581,22 @@ class DockerTarget:
             run.line(text)
         if run.canceled:
             return None
-        try:
-            return int(run.container.wait(timeout=None).get("StatusCode"))
-        except Exception:
-            if run.canceled:
-                return None
-            raise
-
+        code = run.waiter.code(EXIT_CODE_WAIT) if run.waiter is not None else None
+        if code is None and not run.canceled:
+            code = run.exit_codes.get(0)  # the daemon did not say: the bootstrap's own EXIT marker
+            if code is None:
+                raise TargetError("the container ended but Docker reported no exit code")
+        return None if run.canceled else code
 
 
 OPTIONS = (
     option("--gpus", default=None, help="docker: GPUs for the container (all, N, device=0,1); none unless asked"),
     option("--wheels", choices=images.WHEELS_CHOICES, default=None,
            help="docker: resolve wheels on the host (default; build needs no network) or in the build"),
+    option("--container-user", default=None,
+           help="docker: the user the container runs as (default: yours, UID:GID; root for images that need it)"),
+    option("--mount-any-dir", action="store_true", default=None,
+           help="docker: allow a --source-dir that is your home folder or / (mounted read-write)"),
 )
 
 
