@@ -293,7 +293,11 @@ def test_docker_deployment_stops_at_breakpoint_in_run(shell, workdir, model_dir,
         assert container.ports[port][0]["HostIp"] == "127.0.0.1"
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     score_py = workdir / ".aml_magics" / "cells" / "deploy-dtriple" / "score.py"
-    assert mounts["/var/azureml-app"]["Source"] == str(score_py.parent)
+    # score.py alone, read-only (nothing else of its folder), as the invoking user
+    assert mounts["/var/azureml-app/score.py"]["Source"] == str(score_py)
+    assert mounts["/var/azureml-app/score.py"]["RW"] is False and "/var/azureml-app" not in mounts
+    assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    assert "AML_MAGICS_SECRETS" not in " ".join(container.attrs["Config"]["Env"])
     assert mounts["/aml_magics/deploy_server.py"]["RW"] is False
     assert mounts["/var/azureml-app/azureml-models/model/1"]["Source"] == str(model_dir)
     config = dep.launch_config()
@@ -398,6 +402,7 @@ def test_docker_deployment_in_an_existing_inference_image(shell, workdir, model_
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     score_py = workdir / ".aml_magics" / "cells" / "deploy-dimage" / "score.py"
     assert mounts["/var/azureml-app/score.py"]["Source"] == str(score_py)
+    assert mounts["/var/azureml-app/score.py"]["RW"] is False
     assert "/var/azureml-app" not in mounts and "/aml_magics/deploy_server.py" not in mounts  # in the image
     for port in ("5678/tcp", "5001/tcp"):
         assert container.ports[port][0]["HostIp"] == "127.0.0.1"
