@@ -398,8 +398,8 @@ class DockerTarget:
         except images.ImageBuildError as exc:
             run.scope.token.raise_if_canceled()
             run.events.line(f"aml_magics: {exc}")
-            return Outcome(RunState.FAILED, None, str(exc) + ("; last lines of the build log:\n" + "\n".join(exc.tail)
-                                                               if exc.tail else ""))
+            tail = "; last lines of the build log:\n" + "\n".join(exc.tail) if exc.tail and not exc.final else ""
+            return Outcome(RunState.FAILED, None, str(exc) + tail)
         except TargetError:
             raise
         except Exception as exc:  # the docker SDK's errors, in one line
