@@ -207,3 +207,28 @@ def test_image_tag_ignores_order_and_whitespace_of_pip_values():
     assert images.image_tag(EnvironmentSpec(pip=("B", "A")), "base:1", "sha256:1") == tag
     assert images.image_tag(EnvironmentSpec(pip=(" A", "B ", "A")), "base:1", "sha256:1") == tag
     assert images.image_tag(EnvironmentSpec(pip=("A", "C")), "base:1", "sha256:1") != tag
+
+
+@pytest.mark.docker
+def test_image_removed_between_lookup_and_container_is_made_again(engine, workdir, monkeypatch, no_container_left):
+    # Someone our lock does not reach (another user's --remove-unused) removes the image right after
+    # this run looked it up: the container cannot be created from it; the run makes it again, once.
+    from aml_magics.targets.docker import DockerTarget
+
+    looked_up: list[str] = []
+    original = DockerTarget.prepare_image
+
+    def prepare_then_lose_it(self, run, spec):
+        tag, python = original(self, run, spec)
+        if not looked_up:
+            _remove_image(engine, tag)
+        looked_up.append(tag)
+        return tag, python
+
+    monkeypatch.setattr(DockerTarget, "prepare_image", prepare_then_lose_it)
+    (workdir / "job.py").write_text("print('ran anyway')\n")
+    run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0)
+    assert run.wait(300) == "completed", run.detail
+    assert len(looked_up) == 2 and looked_up[0] == looked_up[1]
+    assert f"aml_magics: image {looked_up[0]} was removed meanwhile; making it again" in run.logs
+    assert "ran anyway" in run.logs and _image_exists(engine, looked_up[0])

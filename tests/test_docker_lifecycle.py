@@ -85,13 +85,11 @@ def test_owner_death_removes_the_container_and_closes_its_ports(engine, workdir,
     cli = Cli(["run", "wait.py", "--target", "docker", "--base-image", DOCKER_BASE, "--timeout", "300",
                "--procs-per-node", str(procs)], workdir)
     try:
-        ports = [_port_of(cli.wait_for_line("aml-debug: debugpy listening at"))]
-        if procs > 1:
-            wait_for(lambda: sum(x.startswith("aml-debug: debugpy listening at") for x in cli.lines) >= procs, 60,
-                     "every rank's endpoint")
-            ports = [_port_of(x) for x in cli.lines if x.startswith("aml-debug: debugpy listening at")]
+        endpoint_port = _port_of(cli.wait_for_line("aml-debug: debugpy listening at"))
         (container,) = _containers_of(engine, cli.process.pid)
         inspected = engine.api.inspect_container(container.id)
+        ports = [int(binding[0]["HostPort"]) for binding in inspected["NetworkSettings"]["Ports"].values()]
+        assert endpoint_port in ports and len(ports) == procs  # one debug port per rank
         assert inspected["State"]["Status"] == "running"
         assert inspected["HostConfig"]["AutoRemove"] is True
         assert not any(e.startswith("AML_MAGICS_SECRETS=") for e in inspected["Config"]["Env"])  # stdin carries them
