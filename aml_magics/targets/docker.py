@@ -1,7 +1,7 @@
 """The docker target: the run in a container built from its environment.
 
 The image (base + dependencies + debugpy + bootstrap) is cached by a hash of all of
-that (see docker_images). The source dir is bind-mounted at ``/app``, the bootstrap is the
+that (see images/). The source dir is bind-mounted at ``/app``, the bootstrap is the
 entry point, debugpy binds 0.0.0.0 *inside* the container and its port is published on
 127.0.0.1 only, on a free host port. The endpoint the user gets is that host side; the run's
 cwd stays ``/app`` so pathMappings map the local source dir to ``/app``.
