@@ -68,6 +68,8 @@ class AmlDebugMagics(Magics):
     bind = Unicode(None, allow_none=True, help="Default address debugpy binds").tag(config=True)
     timeout = Float(300.0, help="Default seconds to wait for a debugger to attach").tag(config=True)
     wait = Bool(False, help="Block until the run ends by default").tag(config=True)
+    secure = Bool(True, help="Ports that leave this machine go through the authenticated TLS tunnel "
+                             "(False: today's direct, unauthenticated endpoint, with a warning)").tag(config=True)
     launch_json = Unicode(None, allow_none=True, help="Default --launch-json path").tag(config=True)
     cell_dir = Unicode(".aml_magics/cells", help="Where cell scripts are written").tag(config=True)
     compute = Unicode(None, allow_none=True, help="Default --compute (azureml)").tag(config=True)
@@ -103,7 +105,7 @@ class AmlDebugMagics(Magics):
         """The options' fallbacks, from the traits (one source: the traits' own values)."""
         configured = {option: getattr(self, trait) for trait, option in self.TARGET_TRAITS.items()}
         return Defaults(target=self.target, port=self.port, bind=self.bind, timeout=self.timeout,
-                        wait=self.wait, launch_json=self.launch_json, cell_dir=self.cell_dir,
+                        wait=self.wait, launch_json=self.launch_json, cell_dir=self.cell_dir, secure=self.secure,
                         target_options={k: v for k, v in configured.items() if v})
 
     # -- runs ---------------------------------------------------------------------------------
