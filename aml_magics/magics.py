@@ -213,6 +213,23 @@ class AmlDebugMagics(Magics):
             raise UsageError(str(exc)) from None
 
     @line_magic
+    def aml_attach(self, line: str = ""):
+        """Attach the in-notebook debugger to a run; returns it (its display is the panel):
+        %aml_attach RUN [--rank R] [--break FILE:LINE ...] [--timeout S]"""
+        from .debugger.magics import attach_magic
+
+        return attach_magic(self, line)
+
+    @line_magic
+    @no_var_expand
+    def aml_dbg(self, line: str = "") -> None:
+        """Drive the attached debugger: %aml_dbg break FILE:LINE [if COND] | clear | where | up | down |
+        locals | p EXPR | next | step | return | continue | pause | detach"""
+        from .debugger.magics import dbg_magic
+
+        dbg_magic(line)
+
+    @line_magic
     def aml_debug_pipeline(self, line: str = ""):
         """Submit an Azure ML pipeline with debugging on for chosen PythonScriptSteps:
         %aml_debug_pipeline STEPS [--steps a,b] [--experiment E] [--timeout S] [--port N] [--dry-run] [--wait]

@@ -218,6 +218,18 @@ class DebugRun:
             workspace_folder=workspace_folder if workspace_folder is not None else Path.cwd(),
         )
 
+    # -- the in-notebook debugger (aml_magics.debugger) -------------------------
+    def attach(self, breakpoints: Any = (), rank: int | None = None, timeout: float = 30.0) -> Any:
+        """A debugger attached from this kernel (an ``aml_magics.Debugger``), breakpoints armed first."""
+        from . import debugger
+
+        try:
+            self.wait_for_endpoint(timeout, rank=rank)
+        except (TimeoutError, RunFailed) as exc:
+            raise debugger.DebuggerError(str(exc)) from None
+        config = self.launch_config(rank=rank, workspace_folder=Path.cwd())
+        return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
+
     # -- control ---------------------------------------------------------------
     def cancel(self) -> None:
         handle = self._handle

@@ -73,6 +73,11 @@ class MessageStream:
         sock.settimeout(None)
         return cls(sock.makefile("rb"), _SocketWriter(sock), name=name, sock=sock)
 
+    @property
+    def socket(self) -> socket.socket | None:
+        """The socket underneath, when there is one."""
+        return self._sock
+
     # -- reading ---------------------------------------------------------------------
     def read_message(self) -> dict | None:
         """The next message; ``None`` when the stream ended cleanly between messages."""

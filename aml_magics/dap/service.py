@@ -189,13 +189,20 @@ class DebugService(Model):
         self.variables.update(frame.id, scopes, page)
         return page
 
+    def frame_variables(self, frame_id: int, timeout: float = REQUEST_TIMEOUT) -> list[Variable]:
+        """Every local of a frame (all pages), without touching the models."""
+        scopes = self._scopes(frame_id, timeout)
+        page = self._locals_page(scopes, timeout)
+        variables = list(page.variables) if page else []
+        while page is not None and page.more:
+            page = self._variables_page(page.reference, page.start + len(page.variables), timeout)
+            variables.extend(page.variables)
+        return variables
+
     def load_children(self, reference: int, start: int = 0, count: int = PAGE_SIZE,
                  timeout: float = REQUEST_TIMEOUT) -> Page:
         """One page (≤ :data:`PAGE_SIZE`) of a variable's children, kept in the variables model."""
-        count = max(1, min(count, PAGE_SIZE))
-        body = self.session.channel.request(
-            "variables", {"variablesReference": reference, "start": start, "count": count}, timeout=timeout)
-        page = _page(reference, start, count, body.get("variables") or [])
+        page = self._variables_page(reference, start, timeout, count)
         self.variables.add_page(page)
         return page
 
@@ -370,9 +377,13 @@ class DebugService(Model):
         local = next((s for s in scopes if s.name.lower() == "locals"), scopes[0] if scopes else None)
         if local is None or not local.reference:
             return None
+        return self._variables_page(local.reference, 0, timeout)
+
+    def _variables_page(self, reference: int, start: int, timeout: float, count: int = PAGE_SIZE) -> Page:
+        count = max(1, min(count, PAGE_SIZE))
         body = self.session.channel.request(
-            "variables", {"variablesReference": local.reference, "start": 0, "count": PAGE_SIZE}, timeout=timeout)
-        return _page(local.reference, 0, PAGE_SIZE, body.get("variables") or [])
+            "variables", {"variablesReference": reference, "start": start, "count": count}, timeout=timeout)
+        return _page(reference, start, count, body.get("variables") or [])
 
 
 def _page(reference: int, start: int, count: int, variables: Sequence[Mapping[str, Any]]) -> Page:
