@@ -9,7 +9,7 @@ configuration, endpoints, ranks, state and change notifications).
 
 from __future__ import annotations
 
-from .core import Debugger, ExceptionInfo, Frame, Process, Stop, attach, current
+from .core import Debugger, ExceptionInfo, Frame, Process, Stop, attach, current, prepare
 from .errors import DebuggerError
 
-__all__ = ["Debugger", "DebuggerError", "ExceptionInfo", "Frame", "Process", "Stop", "attach", "current"]
+__all__ = ["Debugger", "DebuggerError", "ExceptionInfo", "Frame", "Process", "Stop", "attach", "current", "prepare"]

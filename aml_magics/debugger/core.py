@@ -143,6 +143,8 @@ class Debugger(Model):
         try:
             config = self._config()
             self.address = address_of(config)
+            if self.rank is None:
+                self.rank = _rank_of(self.run, config)
             what = f"{self.label} ({self.address[0]}:{self.address[1]})"
             holders.check_listening(self.run, self.rank, what)
             holders.check_free(self.address, self.run, self.rank, what)
@@ -159,6 +161,7 @@ class Debugger(Model):
                 holders.release(self.address, self, attached=False)
             with self._cond:
                 self._state = ARMED
+                self._cond.notify_all()
             self._emit("state")
             raise
         self._own_socket = _socket_name(service)
@@ -175,7 +178,10 @@ class Debugger(Model):
 
     def _config(self) -> dict:
         source = self._config_source
-        config = source() if callable(source) else dict(source)
+        try:
+            config = source() if callable(source) else dict(source)
+        except Exception as exc:  # e.g. the run has no endpoint yet
+            raise DebuggerError(f"{self.label}: nothing to attach to yet: {_first_line(exc)}") from None
         return _resolve_workspace_folder(config)
 
     # -- processes -------------------------------------------------------------------------
@@ -246,9 +252,11 @@ class Debugger(Model):
         with self._cond:
             if self._state == ARMED:
                 raise DebuggerError(f"{self.label}: not attached")
-            if not self._cond.wait_for(lambda: self._stopped_service() is not None or self._state == ENDED_STATE,
-                                       timeout):
+            if not self._cond.wait_for(lambda: self._stopped_service() is not None
+                                       or self._state in (ENDED_STATE, ARMED), timeout):
                 raise DebuggerError(f"{self.label}: not stopped after {timeout:g}s (still {self._state})")
+            if self._state == ARMED:
+                raise DebuggerError(f"{self.label}: the attach failed")
             service = self._stopped_service()
             if service is None:
                 return None
@@ -573,6 +581,17 @@ def attach(config: dict | Callable[[], dict], breakpoints: Iterable[Any] = (), t
         path, line, condition = parse_breakpoint(spec)
         debugger.break_at(path, line, condition)
     return debugger.connect(timeout)
+
+
+def prepare(run: Any, rank: int | None = None) -> Debugger:
+    """A debugger for ``run``, not attached yet: set breakpoints, then :meth:`Debugger.connect`.
+
+    The attach configuration is read from the run at connect time (its endpoint may come later).
+    """
+    def config() -> dict:
+        return run.launch_config(rank=rank, workspace_folder=Path.cwd())
+
+    return Debugger(config, run=run, rank=rank)
 
 
 def current() -> Debugger | None:

@@ -65,11 +65,14 @@ class DebugRunPanel(widgets.VBox):
         self.write_button = widgets.Button(description=f"Write to {launch_json_path}", icon="save",
                                     layout=widgets.Layout(width="auto"))
         self.cancel_button = widgets.Button(description="Cancel run", icon="stop", button_style="danger")
+        self.debug_button = widgets.Button(description="Debug here", icon="bug", tooltip="open the in-notebook debugger")
+        self.debug_button.add_class("aml-debug-here")
+        self.debug_button.on_click(self._on_debug_here)
         self.message_html = widgets.HTML()
         self.log_html = widgets.HTML()
         self.write_button.on_click(self._on_write)
         self.cancel_button.on_click(self._on_cancel)
-        buttons = widgets.HBox([self.copy_button, self.write_button, self.cancel_button])
+        buttons = widgets.HBox([self.copy_button, self.write_button, self.debug_button, self.cancel_button])
         super().__init__([self.header_html, self.endpoints_html, self.launch_html, buttons, self.message_html, self.log_html])
         self.add_class("aml-debug-run")
         self._dirty = threading.Event()
@@ -85,6 +88,7 @@ class DebugRunPanel(widgets.VBox):
         # sees a new state in the header finds everything else already matching it.
         has_endpoint = bool(run.endpoints)
         self.cancel_button.disabled = run.done
+        self.debug_button.disabled = run.done or not has_endpoint
         self.write_button.disabled = not has_endpoint
         self.copy_button.layout.display = None if has_endpoint else "none"
         self.endpoints_html.value = self._endpoints_html()
@@ -148,6 +152,14 @@ class DebugRunPanel(widgets.VBox):
         names = ", ".join(result.added + result.replaced)
         self.message_html.value = (f"<span class='aml-message'>wrote {html.escape(names)} to "
                               f"{html.escape(str(result.path))}</span>")
+
+    def _on_debug_here(self, _button: widgets.Button) -> None:
+        """Open the debugger panel (aml_magics.debugger) under this one, not attached yet."""
+        from ..debugger.panel import open_for_run
+
+        panel = open_for_run(self.run)
+        if panel not in self.children:
+            self.children = (*self.children, panel)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self.cancel_button.disabled = True
