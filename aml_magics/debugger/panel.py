@@ -38,12 +38,15 @@ _STYLE = """<style>
 .aml-dbg .aml-dbg-row {margin:0; min-height:0; height:1.7em; align-items:center}
 .aml-dbg .aml-dbg-row .widget-button {width:3.6em; height:1.6em; margin:0 4px 0 0; padding:0;
   font-family:monospace; font-size:0.85em; text-align:right; background:transparent; color:#888; box-shadow:none}
-.aml-dbg .aml-dbg-row.aml-dbg-bp .widget-button {color:#fff; background:#d32f2f; border-radius:8px}
+.aml-dbg .aml-dbg-row.aml-dbg-bp .widget-button {color:#fff; background:#d32f2f; border-radius:0.8em;
+  font-weight:bold; text-align:center}
 .aml-dbg .aml-dbg-row.aml-dbg-current {background:#fff3b0}
 .aml-dbg .aml-dbg-code code {white-space:pre; font-size:0.9em; background:transparent}
 .aml-dbg .aml-dbg-exception {color:#b00020; font-weight:bold}
 .aml-dbg .aml-dbg-var {margin:0; min-height:0; height:1.7em; align-items:center}
-.aml-dbg .aml-dbg-var .widget-button {height:1.5em; margin:0 2px; padding:0 4px; min-width:1.6em}
+.aml-dbg .aml-dbg-var .widget-button {height:1.5em; margin:0 2px; padding:0 4px}
+.aml-dbg .aml-dbg-var .aml-dbg-toggle {width:1.8em; background:transparent; box-shadow:none}
+.aml-dbg .aml-dbg-var .aml-dbg-show-all {width:auto}
 .aml-dbg .aml-dbg-var code {white-space:pre; background:transparent}
 .aml-dbg .aml-dbg-message {color:#b00020}
 </style>"""
@@ -156,7 +159,7 @@ class DebuggerPanel(widgets.VBox):
         self.source = widgets.VBox([widgets.HBox([self.source_title, self.up_button, self.down_button,
                                                   self.condition]), *self.rows])
         self.source.add_class("aml-dbg-source")
-        self.stack = widgets.Select(options=[], rows=5, layout=widgets.Layout(width="auto"))
+        self.stack = widgets.Select(options=[], rows=4, layout=widgets.Layout(width="22em"))
         self.stack.add_class("aml-dbg-stack")
         self.tree = widgets.VBox()
         self.tree.add_class("aml-dbg-variables")
@@ -502,29 +505,31 @@ class DebuggerPanel(widgets.VBox):
                 if child is not None:
                     self._tree_rows(child, depth + 1, rows, lookup)
                     if child.more and start + PAGE_SIZE not in starts:
-                        more = widgets.Button(description=f"more… (from {start + PAGE_SIZE})")
+                        more = widgets.Button(description=f"more… (from {start + PAGE_SIZE})",
+                                              layout=widgets.Layout(width="auto"))
                         more.add_class("aml-dbg-more")
                         more.on_click(lambda _b, r=variable.reference, s=start + PAGE_SIZE: self._expand(r, s))
-                        rows.append(widgets.HBox([widgets.HTML("&nbsp;" * 4 * (depth + 1)), more]))
+                        rows.append(widgets.HBox([_spacer(1.4 * (depth + 1)), more]))
         if depth == 0 and page.more:
             rows.append(widgets.HTML(f"<i>… more than {PAGE_SIZE} locals</i>"))
 
     def _variable_row(self, variable: Variable, depth: int) -> widgets.HBox:
-        parts: list[widgets.Widget] = [widgets.HTML("&nbsp;" * 4 * depth)]
+        parts: list[widgets.Widget] = [_spacer(1.4 * depth)] if depth else []
         if variable.expandable:
             with self._lock:
                 open_ = variable.reference in self._expanded
-            toggle = widgets.Button(description="▾" if open_ else "▸", tooltip="expand")
+            toggle = widgets.Button(description="▾" if open_ else "▸", tooltip="collapse" if open_ else "expand",
+                                    layout=widgets.Layout(width="1.8em"))
             toggle.add_class("aml-dbg-toggle")
             toggle.on_click(lambda _b, r=variable.reference, o=open_: self._collapse(r) if o else self._expand(r))
             parts.append(toggle)
         else:
-            parts.append(widgets.HTML("&nbsp;&nbsp;&nbsp;"))
+            parts.append(_spacer(1.8))
         kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type else ""
-        parts.append(widgets.HTML(f"<code><b>{html.escape(variable.name)}</b> = {html.escape(variable.value)}</code>"
-                                  f"{kind}"))
+        value = f" = {html.escape(variable.value)}" if variable.value else ""
+        parts.append(widgets.HTML(f"<code><b>{html.escape(variable.name)}</b>{value}</code>{kind}"))
         if variable.cut:
-            show_all = widgets.Button(description="show all")
+            show_all = widgets.Button(description="show all", layout=widgets.Layout(width="auto"))
             show_all.add_class("aml-dbg-show-all")
             show_all.on_click(lambda _b, v=variable: self._show_all(v))
             parts.append(show_all)
@@ -555,6 +560,10 @@ class DebuggerPanel(widgets.VBox):
             return
         self.exception_html.value = (f"<div class='aml-dbg-exception'>{html.escape(info.type)}: "
                                      f"{html.escape(info.message)}</div>")
+
+
+def _spacer(em: float) -> widgets.HTML:
+    return widgets.HTML("", layout=widgets.Layout(width=f"{em:g}em", min_width=f"{em:g}em"))
 
 
 def _css(name: str) -> str:
