@@ -18,7 +18,7 @@ CONTEXT = 2
 
 def describe(debugger: Debugger) -> str:
     """One line: who, where, what state."""
-    address = f" {debugger.address[0]}:{debugger.address[1]}" if debugger.address else ""
+    address = f" {debugger.address[0]}:{debugger.address[1]}" if debugger.address and debugger.run else ""
     return f"<Debugger {debugger.label}{address}: {status(debugger)}>"
 
 

@@ -158,8 +158,9 @@ class DebugRunPanel(widgets.VBox):
         from ..debugger.panel import open_for_run
 
         panel = open_for_run(self.run)
-        if panel not in self.children:
-            self.children = (*self.children, panel)
+        shown = tuple(self.children)  # type: ignore[has-type]
+        if panel not in shown:
+            self.children = (*shown, panel)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self.cancel_button.disabled = True
