@@ -269,3 +269,23 @@ def test_magics_attach_and_dbg(shell, workdir, capsys):
         shell.run_line_magic("aml_attach", f"{run.id} --rank x")
     with pytest.raises(UsageError, match="the run already ended"):
         shell.run_line_magic("aml_attach", run.id)
+
+
+def test_a_run_canceled_while_stopped_ends_the_session_and_nothing_hangs(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="cancelled", port=0, timeout=60)
+    dbg = run.attach(breakpoints=[f"cancelled.py:{CALL_LINE}"])
+    try:
+        assert dbg.wait_stopped(30).line == CALL_LINE
+        seen: list[str] = []
+        dbg.subscribe(lambda _d, change: seen.append(dbg.state) if change == "state" else None)
+        run.cancel()
+        assert run.wait(30) == "canceled"
+        assert dbg.wait_stopped(30) is None  # woken by the end, not by a timeout
+        assert dbg.end_reason == "the run ended (canceled)"
+        assert seen[-1] == "ended"
+        with pytest.raises(aml_magics.DebuggerError, match=r"the debug session ended: the run ended \(canceled\)"):
+            dbg.step_over()
+        assert dbg.root.session.closed
+    finally:
+        dbg.detach()
+    assert "(canceled)" in repr(dbg)
