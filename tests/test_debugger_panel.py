@@ -118,11 +118,15 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
     assert "result 30" in run.logs
 
 
-def test_post_mortem_panel_shows_the_exception(workdir):
+def test_post_mortem_panel_shows_the_exception(workdir, monkeypatch):
     run = aml_magics.submit(code="items = []\nfirst = items[0]\n", name="pmpanel", port=0, timeout=0,
                             post_mortem=True)
     wait_for(lambda: run.state == "crashed_waiting_for_debugger", 30, "crashed")
     dbg = run.attach()
+    assert f"<Debugger run {run.id} rank 0 " in dbg._repr_mimebundle_()["text/plain"]  # text outside Jupyter
+    monkeypatch.setenv("AML_MAGICS_VIEW", "widget")
+    bundle = dbg._repr_mimebundle_()  # in Jupyter: the panel, with the text beside it
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "text/plain" in bundle
     panel = DebuggerPanel(dbg)
     try:
         dbg.wait_stopped(30)
@@ -131,5 +135,43 @@ def test_post_mortem_panel_shows_the_exception(workdir):
         panel.detach_button.click()
         assert run.wait(30) == "failed"
         wait_for(lambda: "detached" in panel.header.value, 10, "detached")
+    finally:
+        dbg.detach()
+
+
+def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
+    code = "import os\nrank = int(os.environ['RANK'])\nvalue = rank * 10\nprint('rank', rank, value)\n"
+    run = aml_magics.submit(code=code, name="twor", port=0, timeout=60, procs_per_node=2)
+    wait_for(lambda: len(run.endpoints) == 2, 30, "both endpoints")
+    run_panel = DebugRunPanel(run)
+    wait_for(lambda: not run_panel.debug_button.disabled, 10, "Debug here enabled")
+    run_panel.debug_button.click()
+    panel = run_panel.children[-1]
+    dbg = panel.debugger
+    try:
+        _row(panel, 4).lineno.click()
+        wait_for(lambda: dbg.breakpoints.lines(str(run.spec.script_path)) == [4], 10, "breakpoint")
+        panel.attach_button.click()
+        wait_for(lambda: len(dbg.paused) == 2, 30, "both ranks paused")
+        assert dbg.label == f"run {run.id} ranks 0,1"
+        assert sorted(p.rank for p in dbg.paused) == [0, 1]
+        wait_for(lambda: len(panel.processes.options) == 2, 10, "the selector")
+        assert panel.processes.layout.display is None
+        labels = [label for label, _pid in panel.processes.options]
+        assert labels[0].startswith("rank 0 · pid ") and labels[1].startswith("rank 1 · pid ")
+        assert all("twor.py:4" in label for label in labels)
+        rank1 = next(p for p in dbg.paused if p.rank == 1)
+        panel.processes.value = rank1.pid  # choose rank 1 in the selector
+        wait_for(lambda: dbg.service.process.get("systemProcessId") == rank1.pid, 10, "rank 1 selected")
+        wait_for(lambda: _has(panel, "value") and "= 10" in str([w.children[-1].value for w in panel.tree.children
+                                                                  if "aml-dbg-var-value" in w._dom_classes]),
+                 10, "rank 1's locals")
+        assert dbg.locals()["value"] == "10"
+        panel.continue_button.click()
+        wait_for(lambda: [p.rank for p in dbg.paused] == [0], 30, "rank 0 still paused")
+        assert dbg.wait_stopped(5).pid != rank1.pid and dbg.locals()["value"] == "0"
+        panel.continue_button.click()
+        assert run.wait(30) == "completed"
+        wait_for(lambda: dbg.ended, 10, "ended")
     finally:
         dbg.detach()

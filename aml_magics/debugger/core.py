@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from ..dap import DapError, DebugService, RequestFailed, address_of
 from ..dap.models import BreakpointsModel, BreakpointState, Model, StackFrame, Variable
@@ -35,6 +35,9 @@ STOPPED_STATE = "stopped"
 ENDED_STATE = "ended"
 STEP_TIMEOUT = 30.0
 _GROUPS = frozenset({"special variables", "function variables", "class variables", "protected variables"})
+
+# An attach configuration, several (one per rank), or what makes them at connect time.
+ConfigSource = Union[dict, Sequence[dict], Callable[[], Union[dict, Sequence[dict]]]]
 
 _current_lock = threading.Lock()
 _current: Debugger | None = None
@@ -75,11 +78,13 @@ class Process:
     name: str
     state: str
     stop: Stop | None
+    rank: int | None = None
 
     @property
     def label(self) -> str:
         where = f" at {os.path.basename(self.stop.path or '?')}:{self.stop.line}" if self.stop else ""
-        return f"pid {self.pid or '?'} {os.path.basename(self.name)} — {self.state}{where}"
+        rank = f"rank {self.rank} · " if self.rank is not None else ""
+        return f"{rank}pid {self.pid or '?'} {os.path.basename(self.name)} — {self.state}{where}"
 
 
 class Debugger(Model):
@@ -89,7 +94,7 @@ class Debugger(Model):
     ``"processes"`` and the models' own changes; they are called from the session's threads.
     """
 
-    def __init__(self, config: dict | Callable[[], dict], *, run: Any = None, rank: int | None = None,
+    def __init__(self, config: ConfigSource, *, run: Any = None, rank: int | None = None,
                  local_root: str | os.PathLike | None = None, exception_filters: Iterable[str] = ()) -> None:
         super().__init__()
         self._config_source = config
@@ -99,8 +104,9 @@ class Debugger(Model):
         self.exception_filters = tuple(exception_filters)
         self.breakpoints = BreakpointsModel()
         self.breakpoints.subscribe(lambda _model, _change: self._emit("breakpoints"))
-        self.root: DebugService | None = None
-        self.address: tuple[str, int] | None = None
+        self.roots: list[DebugService] = []  # one per rank attached; children hang below them
+        self.addresses: list[tuple[str, int]] = []
+        self.ranks: list[int | None] = []
         self._state = ARMED
         self.end_reason = ""
         self.frame_index = 0
@@ -108,7 +114,8 @@ class Debugger(Model):
         self._seen_stop: object = None
         self._services: list[DebugService] = []
         self._cond = threading.Condition()
-        self._own_socket: tuple[str, int] | None = None
+        self._own_sockets: set[tuple[str, int]] = set()
+        self._rank_of_service: dict[int, int | None] = {}
         self._leaving = ""
         self._run_listener: Callable[[Any, str], None] | None = None
 
@@ -116,9 +123,19 @@ class Debugger(Model):
     @property
     def label(self) -> str:
         if self.run is not None:
-            rank = f" rank {self.rank}" if self.rank is not None else ""
-            return f"run {self.run.id}{rank}"
+            if len(self.ranks) > 1:
+                return f"run {self.run.id} ranks {','.join(str(r) for r in self.ranks)}"
+            return f"run {self.run.id}{f' rank {self.rank}' if self.rank is not None else ''}"
         return f"{self.address[0]}:{self.address[1]}" if self.address else "debugger"
+
+    @property
+    def root(self) -> DebugService | None:
+        """The first rank's session (``roots`` has them all)."""
+        return self.roots[0] if self.roots else None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self.addresses[0] if self.addresses else None
 
     @property
     def state(self) -> str:
@@ -140,35 +157,34 @@ class Debugger(Model):
                 raise DebuggerError(f"{self.label}: already {self._state}")
             self._state = CONNECTING
         self._emit("state")
+        opened: list[tuple[DebugService, int | None]] = []
         try:
-            config = self._config()
-            self.address = address_of(config)
-            if self.rank is None:
-                self.rank = _rank_of(self.run, config)
-            what = f"{self.label} ({self.address[0]}:{self.address[1]})"
-            holders.check_listening(self.run, self.rank, what)
-            holders.check_free(self.address, self.run, self.rank, what)
-            holders.claim(self.address, self)
-            try:
-                service = DebugService.open(config, self.breakpoints, timeout, name=f"dap-{self.label}",
-                                            exception_filters=self.exception_filters)
-            except RequestFailed as exc:
-                raise DebuggerError(f"{what}: debugpy refused the attach: {exc.adapter_message}") from None
-            except DapError as exc:
-                raise DebuggerError(f"{what}: cannot attach: {_first_line(exc)}") from None
+            targets = self._targets()
+            for _config, address, rank in targets:
+                what = self._what(address, rank)
+                holders.check_listening(self.run, rank, what)
+                holders.check_free(address, self.run, rank, what)
+            for _config, address, _rank in targets:
+                holders.claim(address, self)
+            for config, address, rank in targets:
+                opened.append((self._open(config, address, rank, timeout), rank))
         except BaseException:
-            if self.address is not None:
-                holders.release(self.address, self, attached=False)
+            for service, _rank in opened:
+                service.close()
+            for address in self.addresses:
+                holders.release(address, self, attached=False)
             with self._cond:
                 self._state = ARMED
                 self._cond.notify_all()
             self._emit("state")
             raise
-        self._own_socket = _socket_name(service)
         with self._cond:
-            self.root = self._selected = service
+            self.roots = [service for service, _rank in opened]
+            self._selected = self.roots[0]
             self._state = RUNNING
-        self._adopt(service)
+        for service, rank in opened:
+            self._own_sockets.add(_socket_name(service) or ("", 0))
+            self._adopt(service, rank)
         if self.run is not None and hasattr(self.run, "subscribe"):
             self._run_listener = self._on_run
             self.run.subscribe(self._run_listener)
@@ -176,13 +192,44 @@ class Debugger(Model):
         self._update()
         return self
 
-    def _config(self) -> dict:
+    def _targets(self) -> list[tuple[dict, tuple[str, int], int | None]]:
+        """(config, address, rank) of every rank to attach to."""
+        configs = self._config()
+        targets = []
+        for config in configs:
+            rank = self.rank if len(configs) == 1 and self.rank is not None else _rank_of(self.run, config)
+            targets.append((config, address_of(config), rank))
+        self.addresses = [address for _config, address, _rank in targets]
+        self.ranks = [rank for _config, _address, rank in targets]
+        if self.rank is None and len(targets) == 1:
+            self.rank = targets[0][2]
+        return targets
+
+    def _what(self, address: tuple[str, int], rank: int | None) -> str:
+        who = f"run {self.run.id}{f' rank {rank}' if rank is not None else ''}" if self.run is not None else "debugpy"
+        return f"{who} ({address[0]}:{address[1]})"
+
+    def _open(self, config: dict, address: tuple[str, int], rank: int | None, timeout: float) -> DebugService:
+        what = self._what(address, rank)
+        try:
+            return DebugService.open(config, self.breakpoints, timeout, name=f"dap-{what}",
+                                     exception_filters=self.exception_filters)
+        except RequestFailed as exc:
+            raise DebuggerError(f"{what}: debugpy refused the attach: {exc.adapter_message}") from None
+        except DapError as exc:
+            raise DebuggerError(f"{what}: cannot attach: {_first_line(exc)}") from None
+
+    def _config(self) -> list[dict]:
+        """The attach configuration(s): one, or one per rank."""
         source = self._config_source
         try:
-            config = source() if callable(source) else dict(source)
+            config = source() if callable(source) else source
         except Exception as exc:  # e.g. the run has no endpoint yet
             raise DebuggerError(f"{self.label}: nothing to attach to yet: {_first_line(exc)}") from None
-        return _resolve_workspace_folder(config)
+        configs = list(config) if isinstance(config, (list, tuple)) else [config]
+        if not configs:
+            raise DebuggerError(f"{self.label}: nothing to attach to")
+        return [_resolve_workspace_folder(dict(c)) for c in configs]
 
     # -- processes -------------------------------------------------------------------------
     @property
@@ -237,13 +284,13 @@ class Debugger(Model):
         self._apply(local, wanted)
 
     def _apply(self, path: str, wanted: list[dict]) -> None:
-        service = self.root
-        if service is not None and service.state != ENDED:
+        live = [service for service in self.roots if service.state != ENDED]
+        for service in live:
             try:
                 service.set_breakpoints(path, wanted)
             except DapError as exc:
                 raise DebuggerError(f"{self.label}: setBreakpoints failed: {_first_line(exc)}") from None
-        else:
+        if not live:
             self.breakpoints.set(path, wanted, None)
 
     # -- waiting and stepping --------------------------------------------------------------
@@ -313,8 +360,7 @@ class Debugger(Model):
             self._finish("detached before attaching" if self._state == ARMED else self.end_reason)
             return
         self._leaving = "detached (the run goes on)"
-        root = self.root
-        if root is not None:
+        for root in self.roots:
             try:
                 root.detach()
             except DapError:
@@ -324,8 +370,8 @@ class Debugger(Model):
     def close(self) -> None:
         """Drop the connection without a disconnect request (the adapter resumes the run)."""
         self._leaving = self._leaving or "closed"
-        if self.root is not None:
-            self.root.close()
+        for root in self.roots:
+            root.close()
         self._finish(self._leaving)
 
     # -- inspection ------------------------------------------------------------------------
@@ -423,8 +469,11 @@ class Debugger(Model):
     def _live_or_raise(self) -> DebugService:
         if self._state == ARMED:
             raise DebuggerError(f"{self.label}: not attached (call .connect() or use run.attach())")
-        if self._state == ENDED_STATE:
-            raise DebuggerError(f"{self.label}: the debug session ended: {self.end_reason}")
+        services = self._all_services()
+        if self._state == ENDED_STATE or (services and all(s.state == ENDED for s in services)):
+            with self._cond:  # every session ended: the reason follows in a moment
+                self._cond.wait_for(lambda: self._state == ENDED_STATE, 5.0)
+            raise DebuggerError(f"{self.label}: the debug session ended: {self.end_reason or 'ending'}")
         return self.service
 
     def _visible(self, service: DebugService) -> list[tuple[int, StackFrame]]:
@@ -460,24 +509,27 @@ class Debugger(Model):
 
     def _process(self, service: DebugService) -> Process:
         return Process(_pid(service), str(service.process.get("name") or service.name), service.state,
-                       self._stop_of(service) if service.state == STOPPED else None)
+                       self._stop_of(service) if service.state == STOPPED else None,
+                       self._rank_of_service.get(id(service)) if len(self.roots) > 1 else None)
 
-    def _adopt(self, service: DebugService) -> None:
+    def _adopt(self, service: DebugService, rank: int | None) -> None:
         with self._cond:
             self._services.append(service)
+            self._rank_of_service[id(service)] = rank
         service.subscribe(self._on_service)
         service.callstack.subscribe(lambda _m, change: self._emit(f"callstack.{change}"))
         service.variables.subscribe(lambda _m, change: self._emit(f"variables.{change}"))
         for child in list(service.children):
             if child not in self._services:
-                self._adopt(child)
+                self._adopt(child, rank)
 
     def _on_service(self, service: Model, change: str) -> None:
         assert isinstance(service, DebugService)
         if change == "child":
+            rank = self._rank_of_service.get(id(service))
             for child in list(service.children):
                 if child not in self._all_services():
-                    self._adopt(child)
+                    self._adopt(child, rank)
             self._emit("processes")
         self._update()
 
@@ -509,10 +561,10 @@ class Debugger(Model):
         run = self.run
         if run is not None and getattr(run, "done", False):
             return f"the run ended ({run.state})"
-        if self.address is not None:
-            other = holders.taken_over_by(self.address, self._own_socket)
+        for address in self.addresses:
+            other = holders.taken_over_by(address, self._own_sockets)
             if other is not None:
-                return (f"another client ({other}) connected to {self.address[0]}:{self.address[1]} and debugpy "
+                return (f"another client ({other}) connected to {address[0]}:{address[1]} and debugpy "
                         f"handed it the session (one client at a time)")
         reason = self.root.end_reason if self.root is not None else ""
         if run is not None and reason == "the debuggee ended":
@@ -532,8 +584,8 @@ class Debugger(Model):
         for service in self._all_services():
             if service.state != ENDED:
                 service.close()
-        if self.address is not None:
-            holders.release(self.address, self, attached=attached)
+        for address in self.addresses:
+            holders.release(address, self, attached=attached)
         if self.run is not None and self._run_listener is not None:
             self.run.unsubscribe(self._run_listener)
         self._emit("state")
@@ -573,7 +625,7 @@ class Debugger(Model):
 
 
 # -- module functions ---------------------------------------------------------------------
-def attach(config: dict | Callable[[], dict], breakpoints: Iterable[Any] = (), timeout: float = 30.0,
+def attach(config: ConfigSource, breakpoints: Iterable[Any] = (), timeout: float = 30.0,
            run: Any = None, rank: int | None = None) -> Debugger:
     """Attach to a debugpy attach configuration (``run``: the run it belongs to), breakpoints armed first."""
     debugger = Debugger(config, run=run, rank=rank if rank is not None else _rank_of(run, config))
@@ -586,12 +638,20 @@ def attach(config: dict | Callable[[], dict], breakpoints: Iterable[Any] = (), t
 def prepare(run: Any, rank: int | None = None) -> Debugger:
     """A debugger for ``run``, not attached yet: set breakpoints, then :meth:`Debugger.connect`.
 
-    The attach configuration is read from the run at connect time (its endpoint may come later).
+    The attach configurations are read from the run at connect time (its endpoints may come
+    later): ``rank``'s, or every rank that waits for a debugger (one session each, one
+    selector of the paused processes, as VS Code's compound configuration does).
     """
-    def config() -> dict:
-        return run.launch_config(rank=rank, workspace_folder=Path.cwd())
+    def configs() -> list[dict]:
+        folder = Path.cwd()
+        if rank is not None:
+            return [run.launch_config(rank=rank, workspace_folder=folder)]
+        waiting = [s.rank for s in run.ranks if s.endpoint is not None and s.state in holders.USABLE_RANK_STATES]
+        if len(waiting) <= 1:
+            return [run.launch_config(rank=waiting[0] if waiting else None, workspace_folder=folder)]
+        return [run.launch_config(rank=r, workspace_folder=folder) for r in waiting]
 
-    return Debugger(config, run=run, rank=rank)
+    return Debugger(configs, run=run, rank=rank)
 
 
 def current() -> Debugger | None:
@@ -606,8 +666,8 @@ def _set_current(debugger: Debugger) -> None:
         _current = debugger
 
 
-def _rank_of(run: Any, config: dict | Callable[[], dict]) -> int | None:
-    if run is None or callable(config):
+def _rank_of(run: Any, config: ConfigSource) -> int | None:
+    if run is None or not isinstance(config, dict):
         return None
     try:
         host, port = address_of(config)
@@ -616,10 +676,10 @@ def _rank_of(run: Any, config: dict | Callable[[], dict]) -> int | None:
     return next((e.rank for e in getattr(run, "endpoints", []) if e.port == port), None)
 
 
-def _local_root(run: Any, config: dict | Callable[[], dict]) -> Path:
+def _local_root(run: Any, config: ConfigSource) -> Path:
     if run is not None:
         return Path(run.spec.mapped_local_root).resolve()
-    if not callable(config):
+    if isinstance(config, dict):
         mappings = config.get("pathMappings") or []
         if mappings and "${" not in str(mappings[0].get("localRoot", "${")):
             return Path(mappings[0]["localRoot"]).resolve()

@@ -28,7 +28,7 @@ _live: dict[tuple[str, int], weakref.ref] = {}  # address -> the Debugger holdin
 _released: set[tuple[str, int]] = set()  # addresses our own debuggers attached to and left
 
 ATTACHED_STATE = "attached"
-_USABLE_RANK_STATES = ("waiting_for_debugger", "crashed_waiting_for_debugger", "attached")
+USABLE_RANK_STATES = ("waiting_for_debugger", "crashed_waiting_for_debugger", "attached")
 
 
 def claim(address: tuple[str, int], debugger: Any) -> None:
@@ -79,14 +79,14 @@ def check_listening(run: Any, rank: int | None, what: str) -> None:
     if run.done:
         raise DebuggerError(f"{what}: the run already ended ({run.state}); there is nothing to attach to")
     state = _rank_state(run, rank)
-    if state is not None and state not in _USABLE_RANK_STATES:
+    if state is not None and state not in USABLE_RANK_STATES:
         if state == "running":
             raise DebuggerError(f"{what}: the debugger of this rank is off (nobody attached within --timeout, or it "
                                 f"was never on); rerun with a longer --timeout, --post-mortem or --wait-on-breakpoint")
         raise DebuggerError(f"{what}: this rank is {state}; nothing listens for a debugger")
 
 
-def taken_over_by(address: tuple[str, int], own: tuple[str, int] | None) -> str | None:
+def taken_over_by(address: tuple[str, int], own: set[tuple[str, int]]) -> str | None:
     """After our session was dropped: the other client now connected to ``address``, if visible."""
     if not is_local(address[0]):
         return None
@@ -123,7 +123,7 @@ def _own_addresses() -> set[str]:
         return set()
 
 
-def local_clients(address: tuple[str, int], exclude: tuple[str, int] | None = None) -> list[str]:
+def local_clients(address: tuple[str, int], exclude: set[tuple[str, int]] | None = None) -> list[str]:
     """Who is connected to ``address`` on this machine: ``pid N (name)`` or the peer's address."""
     import psutil
 
@@ -138,11 +138,11 @@ def local_clients(address: tuple[str, int], exclude: tuple[str, int] | None = No
         if conn.status != psutil.CONN_ESTABLISHED or not conn.raddr or not conn.laddr:
             continue
         local = (conn.laddr.ip, conn.laddr.port)
-        if exclude is not None and local == exclude:
+        if exclude and local in exclude:
             continue
         if (conn.raddr.ip, conn.raddr.port) == (host, port):  # the client's end
             found.insert(0, _describe(conn.pid, local))
-        elif local == (host, port) and (exclude is None or (conn.raddr.ip, conn.raddr.port) != exclude):
+        elif local == (host, port) and not (exclude and (conn.raddr.ip, conn.raddr.port) in exclude):
             found.append(f"a client at {conn.raddr.ip}:{conn.raddr.port}")  # the server's end
     return found
 

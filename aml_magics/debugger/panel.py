@@ -66,6 +66,9 @@ def panel_for(debugger: Debugger) -> DebuggerPanel:
 def open_for_run(run: Any) -> DebuggerPanel:
     """The panel the run panel's *Debug here* opens: not attached yet, so breakpoints set in it
     are armed before the run is released (the run's script is shown to click them in)."""
+    for key, panel in list(_run_panels.items()):
+        if panel.debugger.ended and key != run.id:
+            del _run_panels[key]
     existing = _run_panels.get(run.id)
     if existing is not None and not existing.debugger.ended:
         return existing
@@ -220,7 +223,10 @@ class DebuggerPanel(widgets.VBox):
                 then(result)
             self._dirty.set()
 
-        self._executor.submit(run)
+        try:
+            self._executor.submit(run)
+        except RuntimeError:  # the worker is gone with the session
+            self._say(f"{self.debugger.label}: the debug session ended: {self.debugger.end_reason}")
 
     def _say(self, text: str) -> None:
         self.message.value = f"<span class='aml-dbg-message'>{html.escape(text)}</span>"
