@@ -55,17 +55,14 @@ def _debug_cell_run(run, local_script: Path, timeout: float = 60) -> None:
 
 
 # -- a deployment --------------------------------------------------------------------------
-def test_deployment_run_stops_on_a_real_scoring_request(shell, workdir):
-    pytest.importorskip("azureml_inference_server_http")
-    dep = shell.run_cell_magic("aml_debug_deploy", "--name dbgdep --port 0 --timeout 60", SCORE)
-    score_py = workdir / ".aml_magics" / "cells" / "deploy-dbgdep" / "score.py"
-    dbg = dep.attach(breakpoints=[f"score.py:{RUN_LINE}"])  # relative to the deployment's local root
+def _debug_deployment(dep, score_py: Path) -> None:
+    dbg = dep.attach(breakpoints=[f"score.py:{RUN_LINE}"], timeout=120)  # relative to the local root
     responses: list = []
     try:
-        dep.wait_until_serving(60)
+        dep.wait_until_serving(120)
         sender = threading.Thread(target=lambda: responses.append(dep.score({"data": [1, 2, 5]}, timeout=60)))
         sender.start()
-        stop = dbg.wait_stopped(30)
+        stop = dbg.wait_stopped(60)
         assert (stop.reason, Path(stop.path), stop.line) == ("breakpoint", score_py, RUN_LINE)
         local = dbg.locals()
         assert ast.literal_eval(local["raw_data"]) == '{"data": [1, 2, 5]}'  # the request's body
@@ -75,21 +72,36 @@ def test_deployment_run_stops_on_a_real_scoring_request(shell, workdir):
         assert dbg.step_over().line == RUN_LINE + 2 and dbg.locals()["scaled"] == "[3, 6, 15]"
         assert not responses  # the request is held while we look
         dbg.continue_()
-        sender.join(30)
+        sender.join(60)
         assert responses == [{"result": [3, 6, 15]}]
         assert dbg.state == "running"  # the server serves on, still attached
         sender = threading.Thread(target=lambda: responses.append(dep.score({"data": [7]}, timeout=60)))
         sender.start()
-        assert ast.literal_eval(dbg.wait_stopped(30) and dbg.locals()["raw_data"]) == '{"data": [7]}'
+        assert dbg.wait_stopped(60) is not None
+        assert ast.literal_eval(dbg.locals()["raw_data"]) == '{"data": [7]}'
         dbg.clear()
         dbg.continue_()
-        sender.join(30)
+        sender.join(60)
         assert responses[-1] == {"result": [21]}
     finally:
         dbg.detach()
     assert dep.score({"data": [2]}) == {"result": [6]}  # detached: nothing stops any more
     dep.cancel()
     wait_for(lambda: dbg.state == "ended", 10, "debugger ended")
+
+
+def test_deployment_run_stops_on_a_real_scoring_request(shell, workdir):
+    pytest.importorskip("azureml_inference_server_http")
+    dep = shell.run_cell_magic("aml_debug_deploy", "--name dbgdep --port 0 --timeout 60", SCORE)
+    _debug_deployment(dep, workdir / ".aml_magics" / "cells" / "deploy-dbgdep" / "score.py")
+
+
+@pytest.mark.docker
+def test_docker_deployment_run_stops_on_a_real_scoring_request(shell, engine, workdir, no_container_left):
+    dep = shell.run_cell_magic("aml_debug_deploy", f"--target docker --base-image {DOCKER_BASE} --name dbgddep "
+                               "--port 0 --timeout 120", SCORE)
+    dep.wait_for_endpoint(600)  # the first time, the image is built (cached after)
+    _debug_deployment(dep, workdir / ".aml_magics" / "cells" / "deploy-dbgddep" / "score.py")
 
 
 # -- docker --------------------------------------------------------------------------------
