@@ -45,7 +45,7 @@ done = True
 def step_figures(repeat: int, work: Path) -> list[tuple[str, float, float | None]]:
     import aml_magics
     from aml_magics.dap import Session
-    from aml_magics.testing.dap import _substitute
+    from aml_magics.launch import resolve_variables
 
     steps = max(50, repeat * 20)
     ours_run = aml_magics.submit(code=STEPPER, name="bench_ours", port=0, timeout=60)
@@ -54,7 +54,7 @@ def step_figures(repeat: int, work: Path) -> list[tuple[str, float, float | None
         dbg = ours_run.attach(breakpoints=["bench_ours.py:3"])
         dbg.wait_stopped(30)
         bare_run.wait_for_endpoint(30)
-        config = _substitute(bare_run.launch_config(), str(work))
+        config = resolve_variables(bare_run.launch_config(workspace_folder=work), work)
         events = {}
         session = Session.open(config, {str(bare_run.spec.script_path): [3]}, timeout=30,
                                prepare=lambda s: events.setdefault("q", s.channel.event_queue(["stopped"])))
