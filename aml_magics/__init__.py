@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .debugger import Debugger as Debugger
@@ -30,6 +30,20 @@ def submit(script: str | None = None, *, code: str | None = None, **options: Any
     from .api import submit as _submit
 
     return _submit(script, code=code, **options)
+
+
+def debug_pipeline(steps: Any, debug_steps: Any = None, **options: Any) -> Any:
+    """Submit an Azure ML pipeline with debugging on for chosen steps (see aml_magics.api.debug_pipeline)."""
+    from .api import debug_pipeline as _debug_pipeline
+
+    return _debug_pipeline(steps, debug_steps, **options)
+
+
+def deploy(score_path: str | None = None, *, code: str | None = None, **options: Any) -> Any:
+    """Serve a scoring script with debugpy listening (the options of %aml_debug_deploy)."""
+    from .deploy.request import deploy as _deploy
+
+    return _deploy(score_path, code=code, **options)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,13 +1,16 @@
-"""The Python API: ``aml_magics.submit(...)`` builds the same request as the magic."""
+"""The Python API: ``aml_magics.submit(...)`` builds the same request as the magic;
+``aml_magics.debug_pipeline(...)`` submits an Azure ML pipeline with chosen steps debugged."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from . import engine
 from .options import Defaults, build_request, make_parser, options_argv
 from .run import DebugRun
+from .spec import DEFAULT_PORT, DEFAULT_TIMEOUT
 
 
 def submit(script: str | None = None, *, code: str | None = None, **options: Any) -> DebugRun:
@@ -44,3 +47,33 @@ def _namespace(script: str | None, options: dict[str, Any]) -> argparse.Namespac
     else:
         ns.script_args = [str(a) for a in (args or ())]
     return ns
+
+
+def debug_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, experiment: str | None = None,
+                   workspace_config: str | None = None, port: int | None = None, bind: str | None = None,
+                   timeout: float | None = None, stop_on_entry: bool = False,
+                   pipeline_parameters: dict | None = None, dry_run: bool = False,
+                   launch_json: str | Path | None = None, registry: engine.RunRegistry | None = None,
+                   cwd: Path | None = None, default_port: int = DEFAULT_PORT,
+                   default_timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """Submit the Azure ML pipeline made of ``steps`` (the list given to ``Pipeline``) with debugging
+    on for the steps named in ``debug_steps`` (default: those whose arguments carry the guide's
+    ``--remote_debug``).
+
+    Returns a RunGroup (``.steps[name]`` is each step's DebugRun), or with ``dry_run=True`` a dict
+    of what would be submitted, built offline. TargetError (one line) for every problem found
+    before submitting; then nothing was submitted.
+    """
+    from .azureml.pipeline import plan_pipeline
+
+    plan = plan_pipeline(steps, debug_steps, experiment=experiment, workspace_config=workspace_config, port=port,
+                         bind=bind, timeout=timeout, stop_on_entry=stop_on_entry,
+                         pipeline_parameters=pipeline_parameters, cwd=cwd, default_port=default_port,
+                         default_timeout=default_timeout)
+    if dry_run:
+        try:
+            return plan.describe()
+        finally:
+            plan.cleanup()
+    return engine.start_group(plan, "azureml", registry or engine.REGISTRY,
+                              launch_json=Path(launch_json) if launch_json is not None else None)

@@ -25,10 +25,14 @@ ranks without any debugger. ``--post-mortem``: an uncaught exception waits (at m
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import runpy
+import signal
 import socket
 import struct
 import sys
@@ -36,8 +40,12 @@ import threading
 import time
 import traceback
 
-BOOTSTRAP_VERSION = "1"
+BOOTSTRAP_VERSION = "2"
 MARKER_PREFIX = "AML_MAGICS_"
+SECRETS_ENV = "AML_MAGICS_SECRETS"  # the run's secrets (JSON), when no owner channel carries them
+OWNER_ENV = "AML_MAGICS_OWNER"  # "fd:N" (a pipe from the owner) or "stdin" (a container's stdin, held by the owner)
+OWNER_GONE_EXIT = 137
+RUNTIME_MODULE = "_aml_magics_bootstrap"  # this module, for the deployment server's SERVING marker
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
 _SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
@@ -47,9 +55,178 @@ RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
 
 
-def emit(kind: str, **data: object) -> None:
-    """Print one marker line; parsers look for the prefix anywhere in a log line."""
-    print(f"{MARKER_PREFIX}{kind} {json.dumps(data, sort_keys=True)}", flush=True)
+_marker_key: bytes | None = None
+_out_lock = threading.Lock()
+
+
+def marker_mac(key: bytes, kind: str, payload: str) -> str:
+    """The MAC of one marker line: HMAC-SHA256 over ``KIND PAYLOAD`` with the run's key."""
+    return hmac.new(key, f"{kind} {payload}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def emit(kind: str, **data: object) -> str:
+    """Print one marker line, authenticated with the run's key (readers refuse any other).
+
+    Written to the process's original stdout, whatever the user's code did to sys.stdout.
+    """
+    payload = json.dumps(data, sort_keys=True)
+    line = f"{MARKER_PREFIX}{kind} {payload}"
+    if _marker_key is not None:
+        line += " " + marker_mac(_marker_key, kind, payload)
+    stream = sys.__stdout__ or sys.stdout
+    with _out_lock:
+        stream.write(line + "\n")
+        stream.flush()
+    return line
+
+
+def load_secrets(first_line: str = "") -> dict:
+    """The run's secrets, handed over by the owner out of band; gone from the environment after.
+
+    The user's code (and anything it starts) must never see them: the key makes markers, the
+    TLS material opens the tunnel. They come as the owner channel's first line, else from
+    ``AML_MAGICS_SECRETS`` (a remote run, where the job's environment is the only channel).
+    """
+    global _marker_key
+    raw = os.environ.pop(SECRETS_ENV, "")
+    raw = first_line.strip() or raw
+    if not raw:
+        return {}
+    try:
+        secrets = json.loads(raw)
+        key = bytes.fromhex(secrets["marker_key"])
+    except (ValueError, KeyError, TypeError):
+        print("aml_magics: the run's secrets are unreadable; markers are not authenticated", file=sys.stderr,
+              flush=True)
+        return {}
+    _marker_key = key
+    return secrets
+
+
+# -- the owner: this run lives as long as the kernel or CLI that started it --------------------------
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def owner_channel() -> int | None:
+    """The fd of the owner's channel (``AML_MAGICS_OWNER``), moved off stdin; None without one."""
+    spec = os.environ.pop(OWNER_ENV, "")
+    if spec.startswith("fd:"):
+        try:
+            fd = int(spec[3:])
+            os.fstat(fd)
+        except (ValueError, OSError):
+            return None
+        os.set_inheritable(fd, False)
+        return fd
+    if spec == "stdin":
+        fd = os.dup(0)  # not inheritable; the user's code gets an empty stdin, never the channel
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        return fd
+    return None
+
+
+def read_first_line(fd: int, limit: int = 1 << 20) -> str:
+    """The owner's first line (the run's secrets), read byte-wise so nothing after it is consumed."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = os.read(fd, 1)
+        if not chunk or chunk == b"\n":
+            break
+        data += chunk
+    return data.decode("utf-8", "replace")
+
+
+def watch_owner(fd: int) -> None:
+    """End this run (its whole tree) when the owner's channel closes: the owner is gone, whatever
+    killed it (SIGKILL included). Plus the kernel's parent-death signal where there is one."""
+    if os.getppid() != 1:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def wait_for_eof() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        end_tree(OWNER_GONE_EXIT, "the owner of this run is gone")
+
+    threading.Thread(target=wait_for_eof, daemon=True, name="aml-magics-owner").start()
+
+
+def adopt_orphans() -> None:
+    """Become the subreaper of what the user's code starts: a descendant that leaves the process
+    group (``setsid``) and is orphaned stays in this tree, where a stop can still find it."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every process below ``pid`` (default: this one), from /proc (stdlib only)."""
+    tree, found, todo = _children(), [], [pid or os.getpid()]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants() -> int:
+    """SIGKILL whatever the user's code left running below this process; how many there were."""
+    pids = descendants()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    return len(pids)
+
+
+def end_tree(code: int, why: str) -> None:
+    """End the whole run now: every descendant, this process group, this process."""
+    try:
+        print(f"aml_magics: {why}; ending the run", file=sys.__stderr__, flush=True)
+    except Exception:
+        pass
+    kill_descendants()
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(code)
 
 
 def _interface_addresses() -> list[str]:
@@ -125,6 +302,8 @@ def rank_list(text: str) -> frozenset[int]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aml_magics_bootstrap", add_help=True)
     parser.add_argument("--port", type=int, default=5678)
+    parser.add_argument("--port-auto", action="store_true",
+                        help="take the first free port from --port upward (bound here: race-free)")
     parser.add_argument("--bind", default=LOOPBACK)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--no-debug", action="store_true")
@@ -170,16 +349,46 @@ class ListenError(RuntimeError):
     """debugpy cannot listen where asked (port taken, address not on this machine)."""
 
 
-def ensure_bindable(host: str, port: int) -> None:
-    """Fail fast: the in-process adapter binds on a thread and, if that fails, listen()
-    waits forever for a socket that never comes. Mirrors pydevd's own bind (SO_REUSEADDR)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+AUTO_PORT_RANGE = 200  # --port-auto tries this many ports from --port upward
+
+
+def bind_listener(host: str, port: int, auto: bool = False) -> socket.socket:
+    """The listening socket itself, bound here (never probed and bound again later: two runs
+    could both see a port free). ``auto``: the first free port from ``port`` upward.
+
+    Mirrors pydevd's own socket (IPv4, SO_REUSEADDR) so debugpy serves it unchanged.
+    """
+    last: OSError | None = None
+    candidates = range(port, min(port + AUTO_PORT_RANGE, 65536)) if auto and port else [port]
+    for candidate in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            sock.bind((host, candidate))
+            sock.listen(1)
+            return sock
         except OSError as exc:
-            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            sock.close()
+            last = exc
+            if exc.errno != errno.EADDRINUSE:
+                break
+    what = f"{host}:{port}" if not (auto and port) else f"{host}:{port}..{candidates[-1]}"
+    reason = getattr(last, "strerror", None) or last
+    raise ListenError(f"cannot listen on {what}: {reason}")
+
+
+def hand_to_pydevd(sock: socket.socket) -> None:
+    """Make pydevd's next listener the socket we bound (its own bind runs on a thread and, when
+    it fails, debugpy.listen() waits forever for a socket that never comes)."""
+    import pydevd
+
+    original = pydevd.create_server_socket
+
+    def create_server_socket(host: str, port: int) -> socket.socket:
+        pydevd.create_server_socket = original  # once
+        return sock
+
+    pydevd.create_server_socket = create_server_socket
 
 
 class Debugger:
@@ -210,10 +419,14 @@ class Debugger:
         return host, port
 
     def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
-        if port:
-            ensure_bindable(bind, port)
         if in_process or not self.options.separate_adapter:
-            return self.debugpy.listen((bind, port), in_process_debug_adapter=True)
+            sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
+            import debugpy.server.api  # noqa: F401 - puts pydevd on the path
+
+            hand_to_pydevd(sock)
+            return self.debugpy.listen((bind, sock.getsockname()[1]), in_process_debug_adapter=True)
+        if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
+            bind_listener(bind, port).close()
         return self.debugpy.listen((bind, port))
 
     @staticmethod
@@ -326,7 +539,7 @@ class Debugger:
             info.is_tracing -= 1
 
 
-def tag_azureml_run(endpoint: dict) -> None:
+def tag_azureml_run(endpoint: dict, line: str) -> None:
     """On Azure ML, also put the endpoint in a run tag (cheaper to read than logs).
 
     Optional and never fatal: only inside a submitted run whose image has azureml-core,
@@ -340,7 +553,7 @@ def tag_azureml_run(endpoint: dict) -> None:
             from azureml.core import Run
 
             run = Run.get_context(allow_offline=False)
-            run.tag(f"aml_magics.endpoint.{endpoint.get('rank', 0)}", json.dumps(endpoint, sort_keys=True))
+            run.tag(f"aml_magics.endpoint.{endpoint.get('rank', 0)}", line)  # the authenticated marker line
         except Exception:
             pass  # azureml-core absent or no run context: the log line is enough
 
@@ -389,8 +602,7 @@ class DebugSession:
                             cwd=os.getcwd(), script=self.script_path, timeout=timeout,
                             deadline=started + timeout if timeout > 0 else None, reason=reason,
                             version=BOOTSTRAP_VERSION)
-            emit("ENDPOINT", **endpoint)
-            tag_azureml_run(endpoint)
+            tag_azureml_run(endpoint, emit("ENDPOINT", **endpoint))
             return host, port
 
     def wait(self, timeout: float, reason: str) -> bool:
@@ -563,6 +775,12 @@ def run_user_script(script_path: str, script_args: list[str], on_crash=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    sys.modules.setdefault(RUNTIME_MODULE, sys.modules[__name__])
+    channel = owner_channel()
+    load_secrets(read_first_line(channel) if channel is not None else "")
+    if channel is not None:
+        watch_owner(channel)
+    adopt_orphans()
     line_buffer_output()
     script_path = os.path.abspath(options.script)
     if not os.path.isfile(script_path):
@@ -581,6 +799,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     on_crash = session.post_mortem if session.enabled and options.post_mortem else None
     code = run_user_script(script_path, options.script_args, on_crash)
+    left = kill_descendants()
+    if left:
+        print(f"aml_magics: ended {left} process(es) the script left running", file=sys.stderr, flush=True)
     emit("EXIT", code=code, rank=options.rank, pid=os.getpid())
     return code
 

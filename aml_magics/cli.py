@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from . import engine
+from .errors import OptionsError
 from .follow import follow
-from .options import Defaults, OptionsError, build_request, make_parser, parse_cli
+from .options import Defaults, build_request, make_parser, parse_cli
 from .run import DebugRun
 
 USAGE = ("usage: aml-debug run SCRIPT [options] [-- script args]   (aml-debug run --help)\n"
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "deploy":
-        from .deploy import cli_main
+        from .deploy.request import cli_main
 
         return cli_main(rest)
     if command != "run":

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 
-from .options import OptionsError, RunRequest, check_syntax
-from .targets import TargetError, make_target
+from .errors import OptionsError, TargetError
+from .options import RunRequest, check_syntax
+from .targets import make_target
 
 
 class Plan(dict):

@@ -1,20 +1,32 @@
 """The engine: checked request → target → DebugRun, and the registry of this process's runs.
 
-The magic, the CLI and the Python API all start runs here; none of them talks to a
-target directly.
+The magic, the CLI and the Python API all start runs here; none of them talks to a target
+directly. Each run gets what it owns (a :class:`~.lifecycle.RunScope`: exit stack and cancel
+token) and its secrets (:class:`~.invocation.RunSecrets`: the key its marker lines are
+authenticated with) before anything starts. A group of runs submitted together (the debugged
+steps of an Azure ML pipeline) is started with :func:`start_group`.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
-from . import launch
-from .options import OptionsError, RunRequest, check_script_file, check_syntax
-from .processes import on_exit
-from .run import DebugRun, RunFailed
-from .targets import TargetError, make_target
+from . import fileio, launch
+from .errors import OptionsError, RunFailed, TargetError
+from .invocation import RunSecrets
+from .lifecycle import RunScope
+from .options import RunRequest, check_script_file, check_syntax
+from .protocol import MarkerReader
+from .run import DebugRun
+from .spec import RunSpec
+from .target_base import RunContext, RunHandle
+from .targets import make_target
+
+MakeRun = Callable[..., DebugRun]
 
 
 class RunRegistry:
@@ -53,8 +65,11 @@ class RunRegistry:
 
     def cancel_all(self) -> list[DebugRun]:
         active = self.active()
-        for run in active:
-            run.cancel()
+        threads = [threading.Thread(target=run.cancel, daemon=True) for run in active]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         return active
 
     def remember_cell(self, path: Path) -> None:
@@ -65,14 +80,24 @@ class RunRegistry:
 
 
 REGISTRY = RunRegistry()
-on_exit(REGISTRY.cancel_all)
 
 
-def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run=DebugRun) -> DebugRun:
+def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRun = DebugRun,
+             **extra: Any) -> tuple[DebugRun, RunContext]:
+    """A run handle with its scope and secrets, and the context its target is given."""
+    secrets = RunSecrets.new()
+    run = make_run(registry.new_id(spec.name), spec, target, reader=MarkerReader(secrets.marker_key), **extra)
+    scope = RunScope(run.id)
+    run.bind(_Unstarted(scope), scope)
+    return run, RunContext(run.events, scope, secrets)
+
+
+def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run: MakeRun = DebugRun) -> DebugRun:
     """Check everything, write the cell, submit; returns at once with a live DebugRun.
 
-    ``make_run(run_id, spec, target_name)`` builds the handle (a DebugRun subclass, e.g. a deployment)."""
-    if getattr(request, "dry_run", False):  # never submit what was only to be shown
+    ``make_run(run_id, spec, target_name, reader=...)`` builds the handle (a DebugRun, or one
+    extended for a deployment)."""
+    if request.dry_run:  # never submit what was only to be shown
         raise OptionsError("--dry-run starts nothing: show the plan with aml_magics.dryrun.plan(request)")
     target = _make_target(request)
     if request.launch_json is not None:
@@ -86,20 +111,147 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run=DebugR
         target.check(request.spec)
     except TargetError as exc:
         raise OptionsError(str(exc)) from None
-    run = make_run(registry.new_id(request.spec.name), request.spec, target.name)
+    run, ctx = _new_run(registry, request.spec, target.name, make_run)
     run.description = run.description or getattr(target, "description", "")  # e.g. "simulated Azure ML"
+    run.launch_json_path = request.launch_json or launch.default_launch_json(Path.cwd())
     if request.launch_json is not None:
-        run.subscribe(_launch_json_writer(request.launch_json))
+        run.subscribe(launch_json_writer(request.launch_json))
     try:
-        handle = target.submit(request.spec, run.events)
+        handle = target.submit(request.spec, ctx)
     except TargetError as exc:
+        ctx.scope.close()
         raise OptionsError(str(exc)) from None
-    run.bind(handle)
+    except BaseException:
+        ctx.scope.close()
+        raise
+    run.bind(handle, ctx.scope)
     registry.add(run)
     return run
 
 
-def _make_target(request: RunRequest):
+# -- groups --------------------------------------------------------------------------------------
+
+
+class GroupHandle(Protocol):
+    """What a group submission returns: one RunHandle per member, and the group's own control."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def steps(self) -> Mapping[str, Any]: ...
+    def cancel(self) -> None: ...
+    def is_done(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def status(self) -> str: ...
+
+
+class GroupPlan(Protocol):
+    """Runs to submit together (e.g. an Azure ML pipeline's debugged steps)."""
+
+    @property
+    def members(self) -> list[tuple[str, RunSpec]]: ...
+    def submit(self, contexts: dict[str, RunContext]) -> GroupHandle: ...
+    def cleanup(self) -> None: ...
+
+
+class RunGroup:
+    """Runs submitted together: ``.runs[name]`` is each member's DebugRun."""
+
+    def __init__(self, handle: GroupHandle, runs: dict[str, DebugRun]) -> None:
+        self.handle = handle
+        self.runs = runs
+
+    @property
+    def id(self) -> str:
+        return self.handle.id
+
+    @property
+    def description(self) -> str:
+        return self.handle.description
+
+    @property
+    def steps(self) -> dict[str, DebugRun]:
+        """The member runs by name (a pipeline's steps)."""
+        return self.runs
+
+    @property
+    def done(self) -> bool:
+        return self.handle.is_done() and all(run.done for run in self.runs.values())
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+        for run in self.runs.values():
+            run.cancel()
+
+    def wait(self, timeout: float | None = None) -> str:
+        for run in self.runs.values():
+            run.wait(timeout)
+        self.handle.wait(timeout)
+        return self.handle.status()
+
+    def launch_json(self, workspace_folder: str | Path | None = None) -> dict:
+        configs = [c for run in self.runs.values() for c in run.launch_configs(workspace_folder)]
+        return launch.fragment(configs)
+
+    def __repr__(self) -> str:
+        steps = ", ".join(f"{n}: {r.state}" for n, r in self.runs.items())
+        return f"<RunGroup {self.id} {steps}>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        from .views import group_mimebundle
+
+        return group_mimebundle(self)
+
+
+def start_group(plan: GroupPlan, target: str, registry: RunRegistry = REGISTRY,
+                launch_json: Path | None = None) -> RunGroup:
+    """Submit a group of runs (each with its own scope and secrets); returns at once."""
+    runs: dict[str, DebugRun] = {}
+    contexts: dict[str, RunContext] = {}
+    for name, spec in plan.members:
+        run, ctx = _new_run(registry, spec, target)
+        runs[name], contexts[name] = run, ctx
+        if launch_json is not None:
+            run.subscribe(launch_json_writer(launch_json))
+    try:
+        handle = plan.submit(contexts)
+    except BaseException:  # TargetError included: the caller says it in one line
+        _close_all(contexts)
+        raise
+    for name, run in runs.items():
+        run.description = f"{handle.description}, step {name}"
+        run.bind(handle.steps[name], contexts[name].scope)
+        registry.add(run)
+    return RunGroup(handle, runs)
+
+
+def _close_all(contexts: dict[str, RunContext]) -> None:
+    for ctx in contexts.values():
+        ctx.scope.close()
+
+
+class _Unstarted:
+    """The handle of a run whose target has not answered yet: cancel is its scope's."""
+
+    def __init__(self, scope: RunScope) -> None:
+        self.scope = scope
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+    def is_done(self) -> bool:
+        return self.scope.closed
+
+    def map_endpoint(self, endpoint):  # noqa: ANN001, ANN201 - RunHandle
+        return endpoint
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _make_target(request: RunRequest) -> Any:
     try:
         return make_target(request.target, **request.target_options)
     except TargetError as exc:
@@ -107,13 +259,11 @@ def _make_target(request: RunRequest):
 
 
 def _check_launch_json(path: Path) -> None:
-    if path.exists():
-        try:
-            launch.parse_jsonc(path.read_text(encoding="utf-8-sig"), str(path))
-        except launch.LaunchJsonError as exc:
-            raise OptionsError(f"--launch-json: {exc} (file left untouched)") from None
-        except OSError as exc:
-            raise OptionsError(f"--launch-json: cannot read {path}: {exc.strerror or exc}") from None
+    """Refuse up front what a merge would refuse later (nothing starts, the file is untouched)."""
+    try:
+        launch.check_launch_json(path)
+    except launch.LaunchJsonError as exc:
+        raise OptionsError(f"--launch-json: {exc} (file left untouched)") from None
 
 
 def _write_cell(path: Path, cell: str, registry: RunRegistry, dir_is_ours: bool) -> None:
@@ -126,18 +276,17 @@ def _write_cell(path: Path, cell: str, registry: RunRegistry, dir_is_ours: bool)
         if not same:
             raise OptionsError(f"{path} exists and was not written by this session; "
                                "pick another --script or --source-dir (nothing was overwritten)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(cell if cell.endswith("\n") else cell + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        raise OptionsError(f"cannot write the cell to {path}: {exc.strerror or exc} "
+    try:  # a new temp file, moved over the script; a link there is replaced, never followed
+        data = (cell if cell.endswith("\n") else cell + "\n").encode("utf-8")
+        fileio.write_atomic(path, data, follow=False)
+    except (OSError, UnicodeEncodeError) as exc:
+        raise OptionsError(f"cannot write the cell to {path}: {getattr(exc, 'strerror', None) or exc} "
                            "(choose a writable --source-dir)") from None
     registry.remember_cell(path)
 
 
-def _launch_json_writer(path: Path):
+def launch_json_writer(path: Path) -> Callable[[DebugRun, str], None]:
+    """A run listener that merges the run's configurations into ``path`` as endpoints appear."""
     written: set[tuple] = set()
 
     def on_event(run: DebugRun, what: str) -> None:
@@ -156,3 +305,6 @@ def _launch_json_writer(path: Path):
         run.line(f"aml_magics: wrote {names} to {result.path}")
 
     return on_event
+
+
+__all__ = ["REGISTRY", "RunGroup", "RunRegistry", "launch_json_writer", "start", "start_group", "RunHandle"]

@@ -1,11 +1,11 @@
-"""Following a run from a terminal-like place: print its output as it comes."""
+"""Following runs from a terminal-like place: print their output as it comes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .markers import is_marker
 from .run import DebugRun
 
 Print = Callable[[str], None]
@@ -19,7 +19,8 @@ def follow(run: R, *, until_endpoint: bool = False, emit: Print = print,
     be attached to: an endpoint is known, or the run is running with no debugger to wait for yet.
     ``on_endpoint(run)`` once the first endpoint is known; ``on_update(run)`` after each batch.
 
-    KeyboardInterrupt propagates: the caller decides to cancel.
+    Marker lines are left out (their facts are announced in words). KeyboardInterrupt
+    propagates: the caller decides to cancel.
     """
     seen = 0
     announced = False
@@ -28,8 +29,7 @@ def follow(run: R, *, until_endpoint: bool = False, emit: Print = print,
         finished = run.done or (until is not None and until(run))
         lines, seen = run.lines_since(seen)
         for text in lines:
-            if not is_marker(text):  # machine lines; their facts are announced in words
-                emit(text)
+            emit(text)
         if run.endpoints and not announced:
             announced = True
             if on_endpoint is not None:
@@ -40,3 +40,19 @@ def follow(run: R, *, until_endpoint: bool = False, emit: Print = print,
         if finished or (until_endpoint and (announced or nothing_to_wait_for)):
             return
         run.wait_for_change(poll)
+
+
+def follow_group(group: Any, until_endpoint: bool, emit: Print = print, poll: float = 0.2) -> None:
+    """Print every member's lines (``[name] `` first) as they come, until one member can be
+    attached to (``until_endpoint``) or all ended."""
+    runs: dict[str, DebugRun] = group.runs
+    seen = dict.fromkeys(runs, 0)
+    while True:
+        finished = all(run.done for run in runs.values())
+        for name, run in runs.items():
+            lines, seen[name] = run.lines_since(seen[name])
+            for text in lines:
+                emit(f"[{name}] {text}")
+        if finished or (until_endpoint and any(run.endpoints for run in runs.values())):
+            return
+        time.sleep(poll)

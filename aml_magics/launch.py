@@ -1,40 +1,47 @@
 """VS Code launch.json: attach configurations, and merging them into a user's file without damage.
 
 A user's launch.json is JSONC (comments, trailing commas) and is hand-edited, so it is never
-re-serialised. The file is tokenised, the spans of the top-level ``configurations`` and
-``compounds`` arrays and of their elements are located, and only the text of the elements we own
-(same ``name``) is replaced, or new text is inserted before the closing bracket. The result is
-parsed again and checked before it is written atomically, next to a ``.bak`` copy of the old file.
+re-serialised. The file is parsed with positions (``jsonc.py``), the spans of the top-level
+``configurations`` and ``compounds`` arrays and of their elements are located, and only the text of
+the elements we own (same ``name``) is replaced, or new text is inserted before the closing bracket.
+The result is parsed again and checked before it is written. Reading, editing and writing happen
+under a lock, so concurrent writers never lose a configuration; the write itself (and the
+``.bak`` copy of the old file) goes through ``fileio.py``: atomic, never through a planted link,
+refusing a dangling link or a read-only file. Every problem is one line (LaunchJsonError).
+
+Where a launch.json belongs: the workspace root VS Code opens, ``workspace_root(start)``.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import copy
 import json
 import operator
 import os
-import re
-import secrets
-import stat
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import fileio
+from .jsonc import JsoncError, Node, Token, error_at, parse_document, parse_jsonc
 
 __all__ = [
     "LaunchJsonError",
     "MergeResult",
     "attach_config",
+    "check_launch_json",
     "compound",
+    "default_launch_json",
     "fragment",
     "fragment_text",
     "merge_into_file",
     "parse_jsonc",
     "resolve_variables",
     "workspace_folder_for",
+    "workspace_root",
 ]
 
 VERSION = "0.2.0"
@@ -42,20 +49,10 @@ WORKSPACE_FOLDER = "${workspaceFolder}"
 WORKSPACE_FOLDER_BASENAME = "${workspaceFolderBasename}"
 DEFAULT_INDENT = "    "
 _LISTS = ("configurations", "compounds")
-_MAX_DEPTH = 200
 
-
-class LaunchJsonError(ValueError):
-    """A launch.json that can't be read or safely edited.
-
-    The message is one line, ``<file>:<line>:<col>: <what is wrong>``; the parts are also attributes.
-    """
-
-    def __init__(self, message: str, path: str | None = None, line: int | None = None, col: int | None = None):
-        super().__init__(message)
-        self.path = path
-        self.line = line
-        self.col = col
+# A launch.json that can't be read or safely edited or written: one line, ``<file>:<line>:<col>: ...``
+# (or ``cannot write <file>: <reason>``), a ValueError; the parts are attributes (path, line, col).
+LaunchJsonError = JsoncError
 
 
 # -- configurations ------------------------------------------------------------------------------
@@ -147,217 +144,6 @@ def resolve_variables(config: Any, workspace_folder: str | os.PathLike) -> Any:
     return sub(config)
 
 
-# -- JSONC tokens ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: str  # one of "{}[]:," or "string", "number", "word", "comment"
-    start: int
-    end: int
-
-
-_STRING = re.compile(r'"(?:[^"\\\n\r]|\\[^\n\r])*"')
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_WORD = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
-_LINE_COMMENT = re.compile(r"//[^\n\r]*")
-_WORDS = {"true": True, "false": False, "null": None}
-_PUNCT = frozenset("{}[]:,")
-_SPACE = frozenset(" \t\r\n")
-
-
-def _line_col(text: str, offset: int) -> tuple[int, int]:
-    line = text.count("\n", 0, offset) + 1
-    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
-
-
-def _error(path: str, text: str, offset: int, reason: str) -> LaunchJsonError:
-    line, col = _line_col(text, offset)
-    return LaunchJsonError(f"{path}:{line}:{col}: {reason}", path, line, col)
-
-
-def _tokenize(text: str, path: str) -> list[_Token]:
-    """All tokens of ``text``, comments included; whitespace is what lies between them."""
-    tokens: list[_Token] = []
-    i = 1 if text.startswith("\ufeff") else 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c in _SPACE:
-            i += 1
-            continue
-        token = _punct(c, i) or _scan(text, i, path)
-        tokens.append(token)
-        i = token.end
-    return tokens
-
-
-def _punct(c: str, i: int) -> _Token | None:
-    return _Token(c, i, i + 1) if c in _PUNCT else None
-
-
-def _scan(text: str, i: int, path: str) -> _Token:
-    c = text[i]
-    if c == '"':
-        match = _STRING.match(text, i)
-        if match is None:
-            raise _error(path, text, i, "unterminated string")
-        return _Token("string", i, match.end())
-    if text.startswith("//", i):
-        return _Token("comment", i, _LINE_COMMENT.match(text, i).end())  # type: ignore[union-attr]
-    if text.startswith("/*", i):
-        end = text.find("*/", i + 2)
-        if end < 0:
-            raise _error(path, text, i, "unterminated block comment")
-        return _Token("comment", i, end + 2)
-    if c == "-" or "0" <= c <= "9":
-        match = _NUMBER.match(text, i)
-        if match is None:
-            raise _error(path, text, i, "invalid number")
-        return _Token("number", i, match.end())
-    match = _WORD.match(text, i)
-    if match is not None:
-        if match.group() not in _WORDS:
-            raise _error(path, text, i, f"unexpected word {_clip(match.group())!r}")
-        return _Token("word", i, match.end())
-    raise _error(path, text, i, f"unexpected character {c!r}")
-
-
-def _clip(s: str, limit: int = 24) -> str:
-    return s if len(s) <= limit else s[:limit] + "..."
-
-
-# -- JSONC syntax tree -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Node:
-    """A value and where it is: for containers, where each element starts/ends and the closing bracket."""
-
-    start: int
-    end: int
-    value: Any
-    keys: list[str] = field(default_factory=list)  # objects: member keys, parallel to elem_*
-    elem_starts: list[int] = field(default_factory=list)  # arrays: element starts; objects: key starts
-    elem_ends: list[int] = field(default_factory=list)  # where each element (member value) ends
-    children: list[_Node] = field(default_factory=list)
-    close: int = -1  # offset of the closing bracket
-    trailing_comma: bool = False
-
-
-class _Parser:
-    def __init__(self, text: str, path: str):
-        self.text = text
-        self.path = path
-        self.all_tokens = _tokenize(text, path)
-        self.tokens = [t for t in self.all_tokens if t.kind != "comment"]
-        self.pos = 0
-
-    def parse(self) -> _Node:
-        if not self.tokens:
-            raise self.error(len(self.text), "empty document, expected a JSON object")
-        node = self.value(0)
-        if self.pos < len(self.tokens):
-            token = self.tokens[self.pos]
-            raise self.error(token.start, f"unexpected {self.describe(token)} after the end of the document")
-        return node
-
-    def error(self, offset: int, reason: str) -> LaunchJsonError:
-        return _error(self.path, self.text, offset, reason)
-
-    def describe(self, token: _Token) -> str:
-        if token.kind in _PUNCT:
-            return f"'{token.kind}'"
-        if token.kind == "word":
-            return f"'{self.text[token.start : token.end]}'"
-        return f"a {token.kind}"
-
-    def next(self, expected: str) -> _Token:
-        if self.pos >= len(self.tokens):
-            raise self.error(len(self.text), f"unexpected end of file, expected {expected}")
-        token = self.tokens[self.pos]
-        self.pos += 1
-        return token
-
-    def value(self, depth: int) -> _Node:
-        token = self.next("a value")
-        if token.kind in "{[" and depth >= _MAX_DEPTH:
-            raise self.error(token.start, "nested too deeply")
-        if token.kind == "{":
-            return self.container(token, depth + 1, "}")
-        if token.kind == "[":
-            return self.container(token, depth + 1, "]")
-        if token.kind in ("string", "number", "word"):
-            return _Node(token.start, token.end, self.scalar(token))
-        raise self.error(token.start, f"expected a value, found {self.describe(token)}")
-
-    def container(self, opening: _Token, depth: int, closer: str) -> _Node:
-        is_object = closer == "}"
-        node = _Node(opening.start, -1, {} if is_object else [])
-        while True:
-            if self.peek() == closer:  # empty, or after a trailing comma
-                break
-            node.trailing_comma = False
-            if is_object:
-                self.member(node, depth)
-            else:
-                self.item(node, depth)
-            token = self.next(f"',' or '{closer}'")
-            if token.kind == closer:
-                self.pos -= 1
-                break
-            if token.kind != ",":
-                raise self.error(token.start, f"expected ',' or '{closer}', found {self.describe(token)}")
-            node.trailing_comma = True
-        close = self.next(f"'{closer}'")
-        node.close, node.end = close.start, close.end
-        return node
-
-    def peek(self) -> str | None:
-        return self.tokens[self.pos].kind if self.pos < len(self.tokens) else None
-
-    def item(self, node: _Node, depth: int) -> None:
-        child = self.value(depth)
-        node.value.append(child.value)
-        self.add(node, child.start, child)
-
-    def member(self, node: _Node, depth: int) -> None:
-        key_token = self.next("a string key or '}'")
-        if key_token.kind != "string":
-            raise self.error(key_token.start, f"expected a string key or '}}', found {self.describe(key_token)}")
-        colon = self.next("':'")
-        if colon.kind != ":":
-            raise self.error(colon.start, f"expected ':', found {self.describe(colon)}")
-        child = self.value(depth)
-        key = self.scalar(key_token)
-        node.value[key] = child.value  # a repeated key: the last one wins, as in VS Code
-        node.keys.append(key)
-        self.add(node, key_token.start, child)
-
-    @staticmethod
-    def add(node: _Node, start: int, child: _Node) -> None:
-        node.elem_starts.append(start)
-        node.elem_ends.append(child.end)
-        node.children.append(child)
-
-    def scalar(self, token: _Token) -> Any:
-        raw = self.text[token.start : token.end]
-        if token.kind == "word":
-            return _WORDS[raw]
-        try:
-            return json.loads(raw, strict=False)
-        except json.JSONDecodeError as exc:
-            raise self.error(token.start + exc.pos, f"invalid {token.kind}: {exc.msg}") from None
-
-
-def parse_jsonc(text: str, path: str = "launch.json") -> Any:
-    """Parse JSON with comments (``//``, ``/* */``) and trailing commas, as VS Code reads launch.json.
-
-    Raises LaunchJsonError naming ``path`` and the line:col of the problem.
-    """
-    return _Parser(text, str(path)).parse().value
-
-
 # -- text layout ---------------------------------------------------------------------------------
 
 
@@ -387,7 +173,7 @@ def _newline(text: str) -> str:
     return "\r\n" if crlf > text.count("\n") - crlf else "\n"
 
 
-def _indent_unit(text: str, tokens: Iterable[_Token]) -> str:
+def _indent_unit(text: str, tokens: Iterable[Token]) -> str:
     """The file's indentation step: the most common increase of indentation from one line to the next."""
     votes: Counter[str] = Counter()
     previous: str | None = None
@@ -431,7 +217,7 @@ def _apply(text: str, edits: list[_Edit]) -> str:
     return text
 
 
-def _append(text: str, node: _Node, pieces: list[str], indent: str, style: _Style) -> list[_Edit]:
+def _append(text: str, node: Node, pieces: list[str], indent: str, style: _Style) -> list[_Edit]:
     """Edits adding ``pieces`` (element texts) after the last element of an array or object ``node``."""
     body = indent + ("," + style.nl + indent).join(pieces) + ("," if node.trailing_comma else "")
     edits = []
@@ -446,13 +232,13 @@ def _append(text: str, node: _Node, pieces: list[str], indent: str, style: _Styl
     return edits
 
 
-def _element_indent(text: str, node: _Node, style: _Style) -> str:
+def _element_indent(text: str, node: Node, style: _Style) -> str:
     if node.elem_starts:
         return _line_indent(text, node.elem_starts[-1])
     return _line_indent(text, node.start) + style.unit
 
 
-def _first_by_name(node: _Node) -> dict[str, int]:
+def _first_by_name(node: Node) -> dict[str, int]:
     first: dict[str, int] = {}
     for index, item in enumerate(node.value):
         name = item.get("name") if isinstance(item, dict) else None
@@ -468,7 +254,7 @@ class _ListPlan:
     replaced: list[str] = field(default_factory=list)
 
 
-def _plan_list(text: str, node: _Node, new: dict[str, dict], style: _Style) -> _ListPlan:
+def _plan_list(text: str, node: Node, new: dict[str, dict], style: _Style) -> _ListPlan:
     """Replace the first element named like each new one, in place; append the others."""
     plan = _ListPlan()
     first = _first_by_name(node)
@@ -538,17 +324,17 @@ def _by_name(items: Iterable[Mapping], what: str) -> dict[str, dict]:
     return result
 
 
-def _member_index(root: _Node, key: str) -> int | None:
+def _member_index(root: Node, key: str) -> int | None:
     indexes = [i for i, k in enumerate(root.keys) if k == key]
     return indexes[-1] if indexes else None  # the member whose value the parsed dict holds
 
 
 def _plan_merge(text: str, path: str, new: dict[str, dict[str, dict]]) -> _Plan:
-    parser = _Parser(text, path)
-    root = parser.parse()
+    document = parse_document(text, path)
+    root = document.root
     if not isinstance(root.value, dict):
-        raise _error(path, text, root.start, f"the top level must be an object, found {_type_name(root.value)}")
-    style = _Style(_indent_unit(text, parser.all_tokens), _newline(text))
+        raise error_at(path, text, root.start, f"the top level must be an object, found {_type_name(root.value)}")
+    style = _Style(_indent_unit(text, document.tokens), _newline(text))
     edits: list[_Edit] = []
     missing: list[str] = []
     lists: dict[str, _ListPlan] = {}
@@ -561,7 +347,7 @@ def _plan_merge(text: str, path: str, new: dict[str, dict[str, dict]]) -> _Plan:
             continue
         node = root.children[index]
         if not isinstance(node.value, list):
-            raise _error(path, text, node.start, f'"{key}" must be an array, found {_type_name(node.value)}')
+            raise error_at(path, text, node.start, f'"{key}" must be an array, found {_type_name(node.value)}')
         lists[key] = _plan_list(text, node, new[key], style)
         edits += lists[key].edits
     if missing:
@@ -611,23 +397,52 @@ def _decode(raw: bytes, path: str) -> tuple[str, bool]:
         return body.decode("utf-8"), bom
     except UnicodeDecodeError as exc:
         before = body[: exc.start].decode("utf-8", errors="replace")
-        raise _error(path, before, len(before), "the file is not valid UTF-8") from None
+        raise error_at(path, before, len(before), "the file is not valid UTF-8") from None
 
 
 def merge_into_file(path: str | os.PathLike, configs: Sequence[dict], compounds: Sequence[dict] = ()) -> MergeResult:
     """Add or replace (by name) configurations and compounds in a launch.json, keeping everything else.
 
     A missing file is created. An existing one is edited as text: comments, formatting and every
-    other entry survive byte for byte. Anything unparseable or unexpected raises LaunchJsonError and
-    leaves the file untouched. The old content is kept in ``<name>.bak`` next to it.
+    other entry survive byte for byte. The old content is kept in ``<name>.bak`` next to it. Anything
+    unparseable, unexpected or unwritable (a dangling link, a read-only file, no such folder) raises
+    LaunchJsonError, one line, and leaves the file untouched. Concurrent merges into one file (threads
+    or processes) are serialised: none loses another's configurations.
     """
     target = Path(path)
     new = {"configurations": _by_name(configs, "configuration"), "compounds": _by_name(compounds, "compound")}
     try:
-        raw = target.read_bytes()
+        real = fileio.resolve_target(target, follow=True)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        with fileio.locked(real):
+            return _merge_locked(target, real, new)
+    except OSError as exc:
+        raise LaunchJsonError(fileio.describe(exc, target), str(target)) from None
+
+
+def check_launch_json(path: str | os.PathLike) -> None:
+    """Refuse now, before a run starts, a launch.json that ``merge_into_file`` would refuse later.
+
+    A missing file is fine (it will be created); a dangling link, a read-only file, one that can't
+    be read, isn't UTF-8, doesn't parse or isn't shaped like a launch.json raises LaunchJsonError.
+    """
+    target = Path(path)
+    try:
+        raw = fileio.resolve_target(target, follow=True).read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LaunchJsonError(fileio.describe(exc, target, "read"), str(target)) from None
+    text, _ = _decode(raw, str(target))
+    _plan_merge(text, str(target), {"configurations": {}, "compounds": {}})
+
+
+def _merge_locked(target: Path, real: Path, new: dict[str, dict[str, dict]]) -> MergeResult:
+    try:
+        raw = real.read_bytes()
     except FileNotFoundError:
         text = fragment_text(list(new["configurations"].values()), list(new["compounds"].values())) + "\n"
-        _write_file(target, text.encode("utf-8"), None)
+        fileio.write_atomic(real, text.encode("utf-8"))
         return MergeResult(target, None, list(new["configurations"]), [], list(new["compounds"]), [])
     text, bom = _decode(raw, str(target))
     plan = _plan_merge(text, str(target), new)
@@ -638,75 +453,39 @@ def merge_into_file(path: str | os.PathLike, configs: Sequence[dict], compounds:
     if plan.text == text:
         return result
     _verify(str(target), text, plan.text, new)
-    data = (codecs.BOM_UTF8 if bom else b"") + plan.text.encode("utf-8")
-    result.backup = _replace_keeping_backup(target, data, raw)
+    like = os.stat(real)
+    backup = target.with_name(target.name + ".bak")
+    fileio.write_atomic(backup, raw, follow=False, like=like)  # a planted .bak link is replaced, not followed
+    fileio.write_atomic(real, (codecs.BOM_UTF8 if bom else b"") + plan.text.encode("utf-8"), like=like)
+    result.backup = backup
     return result
 
 
-# -- files ---------------------------------------------------------------------------------------
+# -- where launch.json goes ----------------------------------------------------------------------
 
 
-def _replace_keeping_backup(target: Path, data: bytes, old: bytes) -> Path:
-    real = Path(os.path.realpath(target))
-    like = real.stat()
-    backup = target.with_name(target.name + ".bak")
-    _move_into_place(_write_temp(real, data, like), real, before=lambda: _write_file(backup, old, like))
-    return backup
+def workspace_root(start: str | os.PathLike) -> Path:
+    """The folder VS Code most likely has open for ``start``: its nearest ancestor (itself included)
+    holding a ``.vscode/`` folder or a ``.git`` (a folder, or a worktree's file); else ``start``.
+
+    The home folder's ``.vscode`` does not count: it is VS Code's own per-user folder (extensions),
+    present wherever VS Code is installed, not the mark of a workspace.
+    """
+    origin = Path(os.path.abspath(os.fspath(start)))
+    home = _home()
+    for folder in (origin, *origin.parents):
+        if (folder / ".git").exists() or (folder != home and (folder / ".vscode").is_dir()):
+            return folder
+    return origin
 
 
-def _write_file(target: Path, data: bytes, like: os.stat_result | None) -> None:
-    """Atomically make ``target`` hold ``data`` (with ``like``'s mode and owner when given)."""
-    real = Path(os.path.realpath(target))
-    real.parent.mkdir(parents=True, exist_ok=True)
-    _move_into_place(_write_temp(real, data, like), real)
+def default_launch_json(start: str | os.PathLike) -> Path:
+    """Where a launch.json for work in ``start`` belongs: ``<workspace root>/.vscode/launch.json``."""
+    return workspace_root(start) / ".vscode" / "launch.json"
 
 
-def _move_into_place(tmp: Path, real: Path, before: Callable[[], None] | None = None) -> None:
-    """``os.replace`` a written temp file over ``real`` (after ``before``); never leave the temp."""
+def _home() -> Path | None:
     try:
-        if before is not None:
-            before()
-        os.replace(tmp, real)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(real.parent)
-
-
-def _write_temp(real: Path, data: bytes, like: os.stat_result | None) -> Path:
-    tmp = real.with_name(f".{real.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)  # a new file gets the umask's usual mode
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if like is not None:
-            _copy_owner_and_mode(tmp, like)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _copy_owner_and_mode(tmp: Path, like: os.stat_result) -> None:
-    if hasattr(os, "chown"):
-        current = tmp.stat()
-        if (current.st_uid, current.st_gid) != (like.st_uid, like.st_gid):
-            with contextlib.suppress(OSError):
-                os.chown(tmp, like.st_uid, like.st_gid)
-    os.chmod(tmp, stat.S_IMODE(like.st_mode))
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        return Path(os.path.abspath(Path.home()))
+    except (RuntimeError, KeyError):
+        return None

@@ -8,14 +8,16 @@ whole request has been checked.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import OptionsError, TargetError
 from .spec import (
     DEFAULT_PORT,
     DEFAULT_POST_MORTEM_TIMEOUT,
@@ -25,21 +27,15 @@ from .spec import (
     EnvironmentSpec,
     RunSpec,
 )
+from .target_base import Option, option
+from .targets import TargetInfo, all_targets, target_info
 
 DEFAULT_CELL_DIR = ".aml_magics/cells"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TIMEOUT = 7 * 24 * 3600.0  # a week: beyond that a "timeout" is a typo (and overflows a timer)
 
-
-# Options that configure a target rather than the run; each target's factory takes them
-# as keyword arguments (a target adds its names here and its flags in add_run_options).
-TARGET_OPTIONS: dict[str, tuple[str, ...]] = {"local": ()}
-TARGET_OPTIONS["docker"] = ("gpus", "wheels")
-TARGET_OPTIONS["azureml"] = ("compute", "experiment", "workspace_config", "environment", "sdk", "subscription",
-                            "resource_group", "workspace", "vscode_service", "distribution")
-
-
-class OptionsError(ValueError):
-    """A mistake in what the user asked for (one line, no traceback)."""
+__all__ = ["OptionsError", "Defaults", "RunRequest", "build_request", "make_parser", "parse_line", "parse_cli",
+           "options_argv", "port_value", "timeout_value", "check_syntax", "check_script_file"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,10 +46,13 @@ class _Parser(argparse.ArgumentParser):
         raise OptionsError(message or "invalid options")
 
 
+# -- values (the same checks for flags and for %config traits) ------------------------------------
+
+
 def port_number(text: str, flag: str, also: str = "") -> int:
     """``text`` as a TCP port (0-65535); errors name ``flag`` and what else it takes (``also``)."""
     try:
-        port = int(text)
+        port = int(str(text).strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{flag} must be a number 0-65535{also}, not {text!r}") from None
     if not 0 <= port <= 65535:
@@ -62,19 +61,28 @@ def port_number(text: str, flag: str, also: str = "") -> int:
 
 
 def port_value(text: str) -> str:
-    if text != "auto":
+    if str(text).strip() != "auto":
         port_number(text, "--port", also=" or 'auto'")
-    return text
+    return str(text).strip()
+
+
+def seconds_value(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{flag} must be a number of seconds, not {text!r}") from None
+    if value < 0 or value != value or value > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{flag} must be 0 or a positive number of seconds up to {MAX_TIMEOUT:g} "
+                                         f"(a week), not {text}")
+    return value
 
 
 def timeout_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--timeout must be a number of seconds, not {text!r}") from None
-    if value < 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"--timeout must be 0 or a positive number of seconds, not {text}")
-    return value
+    return seconds_value(text, "--timeout")
+
+
+def post_mortem_timeout_value(text: str) -> float:
+    return seconds_value(text, "--post-mortem-timeout")
 
 
 def count_value(text: str) -> int:
@@ -98,15 +106,6 @@ def ranks_value(text: str) -> tuple[int, ...]:
     return ranks
 
 
-# The most processes one run may start on a single machine (local target).
-MAX_LOCAL_PROCESSES = 64
-# Targets that place every process on one machine: --nodes above 1 makes no sense there.
-SINGLE_NODE_TARGETS = frozenset({"docker"})
-# Targets that start one process only (a target that starts --procs-per-node processes
-# removes itself from here; docker starts them in one container).
-SINGLE_PROCESS_TARGETS: set[str] = set()
-
-
 def env_var_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
@@ -114,65 +113,114 @@ def env_var_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def name_value(text: str) -> str:
+    if not _NAME.match(text):
+        raise argparse.ArgumentTypeError(f"--name {text!r}: use letters, digits, '.', '_' or '-' "
+                                         "(start with a letter or digit, max 64)")
+    return text
+
+
+def bind_value(text: str) -> str:
+    """An IPv4 address (or ``node``: the node's own); IPv6 is refused in one line (debugpy's
+    listener is IPv4-only)."""
+    text = str(text).strip()
+    if text == "node":
+        return text
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bind {text!r}: expected an IPv4 address (e.g. 127.0.0.1) or 'node'") \
+            from None
+    if address.version == 6:
+        raise argparse.ArgumentTypeError(f"--bind {text}: IPv6 is not supported (debugpy listens on IPv4 only); "
+                                         "use 127.0.0.1 or a node's IPv4 address")
+    return text
+
+
+# -- the options every run takes --------------------------------------------------------------------
+
+COMMON_OPTIONS: tuple[Option, ...] = (
+    option("-t", "--target", default=None, help="where to run: local (default), docker, azureml"),
+    option("--name", type=name_value, default=None, help="run name (also the launch.json configuration name)"),
+    option("--source-dir", default=None, help="directory the run sees as its working directory"),
+    option("--script", default=None, help="entry script, relative to --source-dir"),
+    option("--args", default=None, help='script arguments as one string: --args "--lr 0.1"'),
+    option("--port", type=port_value, default=None, help="debug port (default 5678; 0 any; auto next free)"),
+    option("--bind", type=bind_value, default=None, help="address debugpy binds (default: loopback locally)"),
+    option("--timeout", type=timeout_value, default=None, help="seconds to wait for a debugger (0: don't)"),
+    option("--no-debug", action="store_true", help="run without the debugger"),
+    option("--stop-on-entry", action="store_true", help="pause at the script's first line once attached"),
+    option("--nodes", type=count_value, default=None, help="distributed: number of nodes (default 1)"),
+    option("--procs-per-node", type=count_value, default=None,
+           help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default 1)"),
+    option("--debug-ranks", type=ranks_value, action="append", default=None,
+           help="debug only these ranks (0,3); the others run with no debugger"),
+    option("--post-mortem", action="store_true",
+           help="an uncaught exception waits for a debugger, which stops where it was raised"),
+    option("--post-mortem-timeout", type=post_mortem_timeout_value, default=None,
+           help="seconds a crash (or --wait-on-breakpoint) waits for a debugger (default 600)"),
+    option("--wait-on-breakpoint", action="store_true",
+           help="breakpoint() with no debugger attached waits for one (else it is a no-op)"),
+    option("--wait", action="store_true", default=None, help="block until the run ends"),
+    option("--launch-json", default=None, help="merge the attach configuration into this launch.json"),
+    option("--local-root", default=None, help="local folder mapped to the run's working directory"),
+    option("--pip", action="append", default=[], help="pip requirement (repeatable)"),
+    option("--requirements", default=None, help="requirements file for the run's environment"),
+    option("--env-var", action="append", type=env_var_value, default=[], help="KEY=VALUE (repeatable)"),
+    option("--base-image", default=None, help="docker/azureml: image to build on (default python:<kernel's X.Y>-slim)"),
+    option("--conda", default=None, help="conda environment file (docker: created in the image)"),
+    option("--dry-run", action="store_true",
+           help="build what would be submitted and show it; contact no service, start nothing"),
+    option("--output", choices=("text", "json"), default=None, help="CLI: --dry-run output format"),
+)
+
+
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """Add each option once (several targets may declare the same one)."""
+    seen = {action.dest for action in parser._actions}
+    for item in options:
+        if item.dest not in seen:
+            parser.add_argument(*item.flags, **item.kwargs)
+            seen.add(item.dest)
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options every run takes, in the magic and the CLI alike."""
-    parser.add_argument("-t", "--target", default=None, help="where to run: local (default), docker, azureml")
-    parser.add_argument("--name", default=None, help="run name (also the launch.json configuration name)")
-    parser.add_argument("--source-dir", default=None, help="directory the run sees as its working directory")
-    parser.add_argument("--script", default=None, help="entry script, relative to --source-dir")
-    parser.add_argument("--args", default=None, help='script arguments as one string: --args "--lr 0.1"')
-    parser.add_argument("--port", type=port_value, default=None, help="debug port (default 5678; 0 any; auto next free)")
-    parser.add_argument("--bind", default=None, help="address debugpy binds (default: loopback locally)")
-    parser.add_argument("--timeout", type=timeout_value, default=None, help="seconds to wait for a debugger (0: don't)")
-    parser.add_argument("--no-debug", action="store_true", help="run without the debugger")
-    parser.add_argument("--stop-on-entry", action="store_true", help="pause at the script's first line once attached")
-    parser.add_argument("--nodes", type=count_value, default=None, help="distributed: number of nodes (default 1)")
-    parser.add_argument("--procs-per-node", type=count_value, default=None,
-                        help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default 1)")
-    parser.add_argument("--debug-ranks", type=ranks_value, action="append", default=None,
-                        help="debug only these ranks (0,3); the others run with no debugger")
-    parser.add_argument("--post-mortem", action="store_true",
-                        help="an uncaught exception waits for a debugger, which stops where it was raised")
-    parser.add_argument("--post-mortem-timeout", type=timeout_value, default=None,
-                        help="seconds a crash (or --wait-on-breakpoint) waits for a debugger (default 600)")
-    parser.add_argument("--wait-on-breakpoint", action="store_true",
-                        help="breakpoint() with no debugger attached waits for one (else it is a no-op)")
-    parser.add_argument("--wait", action="store_true", default=None, help="block until the run ends")
-    parser.add_argument("--launch-json", default=None, help="merge the attach configuration into this launch.json")
-    parser.add_argument("--local-root", default=None, help="local folder mapped to the run's working directory")
-    parser.add_argument("--pip", action="append", default=[], help="pip requirement (repeatable)")
-    parser.add_argument("--requirements", default=None, help="requirements file for the run's environment")
-    parser.add_argument("--env-var", action="append", type=env_var_value, default=[], help="KEY=VALUE (repeatable)")
-    parser.add_argument("--base-image", default=None, help="docker: image to build on (default python:<kernel's X.Y>-slim)")
-    parser.add_argument("--conda", default=None, help="conda environment file (docker: created in the image)")
-    parser.add_argument("--gpus", default=None, help="docker: GPUs for the container (all, N, device=0,1); none unless asked")
-    parser.add_argument("--wheels", choices=("host", "index"), default=None,
-                        help="docker: resolve wheels on the host (default; build needs no network) or in the build")
-    parser.add_argument("--compute", default=None, help="azureml: compute target name (default: %%config, or this compute instance)")
-    parser.add_argument("--experiment", default=None, help="azureml: experiment name (default: the notebook's name)")
-    parser.add_argument("--workspace-config", default=None,
-                        help="azureml: workspace config.json, or a folder to search (default: Workspace.from_config() lookup)")
-    parser.add_argument("--environment", default=None, metavar="NAME[:VERSION]",
-                        help="azureml: an existing/curated Azure ML environment to use, with debugpy added")
-    parser.add_argument("--sdk", choices=("v1", "v2"), default=None,
-                        help="azureml: submit with azureml-core (v1) or azure-ai-ml (v2); default: %%config "
-                             "AmlDebugMagics.azureml_sdk, else the one installed (v1 when both are)")
-    parser.add_argument("--subscription", default=None, help="azureml: subscription id (with --resource-group, --workspace)")
-    parser.add_argument("--resource-group", default=None, help="azureml: resource group of the workspace")
-    parser.add_argument("--workspace", default=None, help="azureml: workspace name (instead of a config.json)")
-    parser.add_argument("--vscode-service", action="store_true", default=None,
-                        help="azureml v2: add a VS Code job service (reach the node from outside its network)")
-    parser.add_argument("--distribution", choices=("pytorch", "mpi"), default=None,
-                        help="azureml v2: launcher of a distributed job (--nodes/--procs-per-node; default pytorch)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build what would be submitted and show it; contact no service, start nothing")
-    parser.add_argument("--output", choices=("text", "json"), default=None, help="CLI: --dry-run output format")
+    """The options every run takes, then every target's own, in the magic and the CLI alike."""
+    add_options(parser, COMMON_OPTIONS)
+    for info in all_targets():
+        add_options(parser, info.options)
 
 
 def make_parser(prog: str) -> _Parser:
     parser = _Parser(prog=prog, add_help=False, allow_abbrev=False)
     add_run_options(parser)
     parser.add_argument("script_path", nargs="?", default=None)
+    return parser
+
+
+# The options of %aml_debug_pipeline besides the run's own ones it shares.
+PIPELINE_RUN_OPTIONS = ("port", "bind", "timeout", "stop_on_entry", "launch_json", "dry_run", "wait")
+PIPELINE_OPTIONS: tuple[Option, ...] = (
+    option("--steps", default=None, help="names of the steps to debug, comma-separated"),
+    option("--experiment", default=None, help="experiment name"),
+    option("--workspace-config", default=None, help="workspace config.json, or a folder to search"),
+    option("--parameter", action="append", default=[], help="pipeline parameter NAME=VALUE (repeatable)"),
+    # the guide's own flags
+    option("--remote_debug", action="store_true", help="(the guide's flag) debugging on: the default"),
+    option("--remote_debug_connection_timeout", type=timeout_value, default=None,
+           help="(the guide's flag) the attach timeout"),
+    option("--remote_debug_port", type=port_value, default=None, help="(the guide's flag) the debug port"),
+    option("--remote_debug_client_ip", default=None,
+           help="(the guide's flag) ignored: the node's own address is bound"),
+)
+
+
+def make_pipeline_parser(prog: str) -> _Parser:
+    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False,
+                     description="Submit an Azure ML pipeline with debugging on for chosen PythonScriptSteps.")
+    parser.add_argument("steps_expr", metavar="STEPS", help="the list of pipeline steps (a variable or expression)")
+    add_options(parser, [o for o in COMMON_OPTIONS if o.dest in PIPELINE_RUN_OPTIONS])
+    add_options(parser, PIPELINE_OPTIONS)
     return parser
 
 
@@ -200,7 +248,7 @@ class Defaults:
     """What an option falls back to when not given (traitlets on the magic)."""
 
     target: str = "local"
-    port: int = DEFAULT_PORT
+    port: int | str = DEFAULT_PORT
     bind: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     wait: bool = False
@@ -224,10 +272,22 @@ class RunRequest:
     dry_run: bool = False  # build and show the submission only (aml_magics.dryrun)
 
 
+def _info(target: str) -> TargetInfo:
+    try:
+        return target_info(target)
+    except TargetError as exc:
+        raise OptionsError(str(exc)) from None
+
+
 def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, cwd: Path | None = None) -> RunRequest:
     cwd = cwd or Path.cwd()
+    target = ns.target or defaults.target
+    info = _info(target)
     source_dir, script, cell_file = _locate_script(ns, cell, defaults, cwd)
-    args = list(shlex.split(ns.args)) if ns.args else []
+    try:
+        args = list(shlex.split(ns.args)) if ns.args else []
+    except ValueError as exc:
+        raise OptionsError(f"--args: cannot parse {ns.args!r}: {exc}") from None
     args += getattr(ns, "script_args", [])
     name = ns.name or Path(script).stem
     if not _NAME.match(name):
@@ -242,8 +302,8 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         stop_on_entry=ns.stop_on_entry,
         **_debug_extras(ns),
     )
-    target = ns.target or defaults.target
-    distributed = _distributed(ns, target, debug)
+    distributed = _distributed(ns, info, debug)
+    local_root = _local_root(ns, cwd)
     spec = RunSpec(
         name=name,
         source_dir=source_dir,
@@ -252,13 +312,13 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         environment=_environment(ns, cwd),
         debug=debug,
         distributed=distributed,
-        local_root=_resolve(ns.local_root, cwd) if ns.local_root else None,
+        local_root=local_root,
     )
     launch_json = ns.launch_json if ns.launch_json is not None else defaults.launch_json
     return RunRequest(
         spec=spec,
         target=target,
-        target_options=_target_options(ns, target, defaults),
+        target_options=_target_options(ns, info, defaults),
         wait=bool(ns.wait) if ns.wait is not None else defaults.wait,
         launch_json=_resolve(launch_json, cwd) if launch_json else None,
         cell_file=cell_file,
@@ -287,19 +347,17 @@ def _debug_extras(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _distributed(ns: argparse.Namespace, target: str, debug: DebugOptions) -> DistributedSpec:
+def _distributed(ns: argparse.Namespace, info: TargetInfo, debug: DebugOptions) -> DistributedSpec:
     nodes = getattr(ns, "nodes", None) or 1
     procs = getattr(ns, "procs_per_node", None) or 1
-    if nodes > 1 and target in SINGLE_NODE_TARGETS:
+    caps, target = info.capabilities, info.name
+    if caps.max_nodes is not None and nodes > caps.max_nodes:
         raise OptionsError(f"--nodes {nodes}: target '{target}' runs one container on one machine; "
                            f"use --procs-per-node for several processes, or --target azureml for several nodes")
-    if procs > 1 and target in SINGLE_PROCESS_TARGETS:
-        raise OptionsError(f"--procs-per-node {procs}: target '{target}' does not start several processes yet; "
-                           "use --target local")
     world = nodes * procs
-    if target in ("local", "docker") and world > MAX_LOCAL_PROCESSES:
+    if caps.max_processes is not None and world > caps.max_processes:
         raise OptionsError(f"--nodes {nodes} --procs-per-node {procs}: {world} processes; "
-                           f"the {target} target starts at most {MAX_LOCAL_PROCESSES}")
+                           f"the {target} target starts at most {caps.max_processes}")
     if debug.debug_ranks is not None:
         outside = [r for r in debug.debug_ranks if r >= world]
         if outside:
@@ -308,16 +366,27 @@ def _distributed(ns: argparse.Namespace, target: str, debug: DebugOptions) -> Di
     return DistributedSpec(nodes=nodes, procs_per_node=procs)
 
 
-def _target_options(ns: argparse.Namespace, target: str, defaults: Defaults) -> dict[str, Any]:
+def _target_options(ns: argparse.Namespace, info: TargetInfo, defaults: Defaults) -> dict[str, Any]:
     """The target's own options: given on the line, else configured defaults."""
     options = {}
-    for name in TARGET_OPTIONS.get(target, ()):
-        value = getattr(ns, name, None)
+    for item in info.options:
+        if not item.to_target:
+            continue
+        value = getattr(ns, item.dest, None)
         if value is None:
-            value = defaults.target_options.get(name)
+            value = defaults.target_options.get(item.dest)
         if value is not None:
-            options[name] = value
+            options[item.dest] = value
     return options
+
+
+def _local_root(ns: argparse.Namespace, cwd: Path) -> Path | None:
+    if not getattr(ns, "local_root", None):
+        return None
+    path = _resolve(ns.local_root, cwd)
+    if not path.is_dir():
+        raise OptionsError(f"--local-root {path}: no such folder")
+    return path
 
 
 def _resolve(path: str | os.PathLike, cwd: Path) -> Path:

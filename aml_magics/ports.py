@@ -10,6 +10,13 @@ class PortBusy(Exception):
     pass
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now on ``host`` (for a port the OS cannot pick at bind time)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:

@@ -1,38 +1,51 @@
 """Child processes in their own process group, ended as a whole, never left behind.
 
-Modelled on IPython's script magics: a registry of live processes cleaned up at
-exit, and an escalating stop (SIGINT, then SIGTERM, then SIGKILL) for the whole group.
+Modelled on IPython's script magics: a registry of live processes cleaned up at exit, and
+an escalating stop (SIGINT, then SIGTERM, then SIGKILL) for the whole group. Every
+subprocess aml_magics starts goes through :class:`ProcessGroup` — the user's code, a pip
+build, a simulated node — so every one of them is stopped the same way.
+
+A process group is not the whole tree: a descendant may call ``setsid()``
+(``subprocess.Popen(..., start_new_session=True)``). So a stop also ends every descendant
+found in the process tree (psutil), whatever group it moved to; the bootstrap makes itself
+the subreaper of what it starts, so orphans stay in that tree while it lives.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
 
-_live: set["ProcessGroup"] = set()
+import psutil
+
+_live: set[ProcessGroup] = set()
 _live_lock = threading.Lock()
 
 
 class ProcessGroup:
-    def __init__(self, argv: list[str], cwd: str | os.PathLike, env: Mapping[str, str]) -> None:
-        self.argv = argv
-        self.process = subprocess.Popen(
-            argv,
+    """A child process leading its own process group (its whole tree, when stopped)."""
+
+    def __init__(self, argv: Sequence[str], cwd: str | os.PathLike | None = None,
+                 env: Mapping[str, str] | None = None, *, stdout: int | IO[Any] | None = subprocess.PIPE,
+                 pass_fds: Sequence[int] = (), text: bool = True) -> None:
+        self.argv = list(argv)
+        options: dict[str, Any] = {"bufsize": 1, "text": True, "encoding": "utf-8", "errors": "replace"} if text else {}
+        self.process: subprocess.Popen[Any] = subprocess.Popen(  # type: ignore[call-overload]
+            self.argv,
             cwd=cwd,
-            env=dict(env),
+            env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: a stop reaches every descendant
-            bufsize=1,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
+            pass_fds=tuple(pass_fds),
+            **options,
         )
+        self._stopped = threading.Event()
         with _live_lock:
             _live.add(self)
 
@@ -44,13 +57,24 @@ class ProcessGroup:
         assert self.process.stdout is not None
         yield from self.process.stdout
 
-    def wait(self) -> int:
-        code = self.process.wait()
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The leader's exit code; then whatever it left in its group (and tree) is ended."""
+        code = self.process.wait(timeout)
         self._reap_group()
         return code
 
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
     def stop(self, grace: float = 2.0) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL to the whole group, each after a grace period."""
+        """SIGINT, then SIGTERM, then SIGKILL to the whole group and tree, each after ``grace``."""
+        tree = self.descendants()
         for sig in (signal.SIGINT, signal.SIGTERM):
             if not self._signal(sig):
                 break
@@ -62,7 +86,7 @@ class ProcessGroup:
         else:
             self._signal(signal.SIGKILL)
             self.process.wait()
-        self._reap_group()
+        self._reap_group(tree)
 
     def _signal(self, sig: int) -> bool:
         try:
@@ -71,29 +95,30 @@ class ProcessGroup:
         except (ProcessLookupError, PermissionError):
             return False
 
-    def _reap_group(self) -> None:
-        """The leader is gone; kill whatever it left in its group (daemonised children)."""
+    def _reap_group(self, tree: list[psutil.Process] | None = None) -> None:
+        """The leader is gone; kill what it left in its group and in its tree."""
         self._signal(signal.SIGKILL)
+        kill_processes(tree or [])
+        self._stopped.set()
         with _live_lock:
             _live.discard(self)
 
 
-_exit_hooks: list[Callable[[], object]] = []
-
-
-def on_exit(hook: Callable[[], object]) -> None:
-    """Run ``hook`` when the interpreter exits (targets register container cleanup here)."""
-    _exit_hooks.append(hook)
-
-
-@atexit.register
-def _cleanup() -> None:
-    for hook in reversed(_exit_hooks):
+def kill_processes(processes: Iterable[psutil.Process]) -> None:
+    """SIGKILL each process still alive (same start time: never a recycled pid)."""
+    for proc in processes:
         try:
-            hook()
-        except Exception:
+            if proc.is_running():
+                proc.kill()
+        except psutil.Error:
             pass
+
+
+def live_groups() -> list[ProcessGroup]:
     with _live_lock:
-        groups = list(_live)
-    for group in groups:
-        group.stop(grace=0.5)
+        return list(_live)
+
+
+def stop_all(grace: float = 0.5) -> None:
+    for group in live_groups():
+        group.stop(grace=grace)

@@ -1,4 +1,13 @@
-"""DebugRun: one run's live state, fed by its target, read by views and users."""
+"""DebugRun: one run's live state, fed by its target, read by views and users.
+
+Lines arrive from the target's thread; authenticated marker lines (see :mod:`.protocol`)
+move the run's state and endpoints, every other line is output. Readers may be on any
+thread; every change notifies listeners with one of "state", "line", "endpoint".
+
+A run can be extended without touching its state: :meth:`DebugRun.on_marker` registers a
+handler for a marker kind (a deployment's SERVING), :meth:`DebugRun.add_facet` a facet the
+views show, :meth:`DebugRun.on_finish` a hook that explains how the run ended.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +16,41 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from . import launch
-from .markers import Endpoint, endpoint_from, parse_marker
+from .errors import RunFailed
+from .lifecycle import RunScope
+from .output import MAX_KEPT_BYTES, MAX_KEPT_LINES, MAX_LINE_BYTES, cut_note
+from .protocol import (
+    DEBUG_STATES,
+    TERMINAL,
+    AttachedMarker,
+    BreakpointMarker,
+    DetachedMarker,
+    Endpoint,
+    EndpointMarker,
+    ErrorMarker,
+    ExitMarker,
+    Marker,
+    MarkerReader,
+    PostMortemMarker,
+    RunState,
+)
 from .spec import RunSpec
-from .targets.base import RunEvents, RunHandle
+from .target_base import RunHandle
 
-PREPARING = "preparing"
-BUILDING = "building"
-QUEUED = "queued"
-RUNNING = "running"
-WAITING = "waiting_for_debugger"
-ATTACHED = "attached"
-CRASHED = "crashed_waiting_for_debugger"  # post-mortem: an uncaught exception waits for a client
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELED = "canceled"
-STATES = (PREPARING, BUILDING, QUEUED, RUNNING, WAITING, ATTACHED, CRASHED, COMPLETED, FAILED, CANCELED)
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
-# States the debug markers move a run between (its ranks' states, summed up).
-_DEBUG_STATES = frozenset({RUNNING, WAITING, ATTACHED, CRASHED})
-_RANK_MARKERS = frozenset({"ENDPOINT", "ATTACHED", "POST_MORTEM", "BREAKPOINT", "EXIT"})
+# The states, by their old names (kept: user code compares against these strings).
+PREPARING, BUILDING, QUEUED, RUNNING = RunState.PREPARING, RunState.BUILDING, RunState.QUEUED, RunState.RUNNING
+WAITING, ATTACHED, CRASHED = RunState.WAITING, RunState.ATTACHED, RunState.CRASHED
+COMPLETED, FAILED, CANCELED = RunState.COMPLETED, RunState.FAILED, RunState.CANCELED
+STATES = tuple(RunState)
+MAX_LOG_LINES = MAX_KEPT_LINES
+Listener = Callable[["DebugRun", str], None]
+MarkerHandler = Callable[[Any], None]
+FinishHook = Callable[["DebugRun", str, str], str]
+
+__all__ = ["DebugRun", "RankStatus", "RunFailed", "Facet", *[s.name for s in RunState]]
 
 
 class _RankTuple(NamedTuple):
@@ -46,22 +68,19 @@ class RankStatus(_RankTuple):
 
     detail: str = ""
 
-MAX_LOG_LINES = 20_000
-Listener = Callable[["DebugRun", str], None]
 
+class Facet(Protocol):
+    """Something a run shows besides its state and endpoints (a deployment's scoring URI)."""
 
-class RunFailed(RuntimeError):
-    """The run ended without what was waited for."""
+    def text_lines(self) -> list[str]: ...
+    def html(self) -> str: ...
 
 
 class DebugRun:
-    """A handle on a run with the debugger enabled.
+    """A handle on a run with the debugger enabled."""
 
-    Events arrive from the target's thread; readers may be on any thread. Every
-    change notifies listeners with one of "state", "line", "endpoint".
-    """
-
-    def __init__(self, run_id: str, spec: RunSpec, target: str, *, description: str = "") -> None:
+    def __init__(self, run_id: str, spec: RunSpec, target: str, *, description: str = "",
+                 reader: MarkerReader | None = None) -> None:
         self.id = run_id
         self.spec = spec
         self.target = target
@@ -71,16 +90,23 @@ class DebugRun:
         self.detail = ""
         self.attached: bool | None = None
         self.attach_deadline: float | None = None
+        self.reader = reader or MarkerReader(None)
+        self.facets: list[Facet] = []
+        self.launch_json_path: Path | None = None  # where "write launch.json" writes (--launch-json / %config)
         self._error = ""  # the last ERROR marker's message
-        self._state = PREPARING
+        self._state: str = PREPARING
         self._endpoints: list[Endpoint] = []
         self._rank_states: dict[int, str] = {}  # from each rank's markers
         self._rank_details: dict[int, str] = {}
-        self._lines: deque[str] = deque(maxlen=MAX_LOG_LINES)
+        self._lines: deque[tuple[str, bool]] = deque()  # (text, is a marker)
+        self._kept_bytes = 0
         self._line_count = 0  # lines ever received (the deque forgets the oldest)
         self._handle: RunHandle | None = None
+        self._scope: RunScope | None = None
         self._cond = threading.Condition()
         self._listeners: list[Listener] = []
+        self._handlers: dict[type, list[MarkerHandler]] = {}
+        self._finish_hooks: list[FinishHook] = []
 
     # -- read side -------------------------------------------------------------
     @property
@@ -102,23 +128,31 @@ class DebugRun:
 
     @property
     def logs(self) -> str:
+        """The run's output (the machine-readable marker lines left out: see ``raw_logs``)."""
         with self._cond:
-            return "\n".join(self._lines)
+            return "\n".join(text for text, marker in self._lines if not marker)
 
-    def log_tail(self, count: int = 20) -> list[str]:
+    @property
+    def raw_logs(self) -> str:
+        """Every line received, marker lines included."""
         with self._cond:
-            return list(self._lines)[-count:] if count > 0 else []
+            return "\n".join(text for text, _ in self._lines)
 
-    def lines_since(self, seen: int) -> tuple[list[str], int]:
-        """Lines received after the first ``seen`` ones, and the new count."""
+    def log_tail(self, count: int = 20, raw: bool = False) -> list[str]:
+        with self._cond:
+            lines = [text for text, marker in self._lines if raw or not marker]
+        return lines[-count:] if count > 0 else []
+
+    def lines_since(self, seen: int, raw: bool = False) -> tuple[list[str], int]:
+        """Lines received after the first ``seen`` ones (output only, unless ``raw``), and the new count."""
         with self._cond:
             fresh = min(self._line_count - seen, len(self._lines))
-            return (list(self._lines)[-fresh:] if fresh > 0 else []), self._line_count
+            items = list(self._lines)[-fresh:] if fresh > 0 else []
+            return [text for text, marker in items if raw or not marker], self._line_count
 
     @property
     def world_size(self) -> int:
-        distributed = getattr(self.spec, "distributed", None)
-        return distributed.world_size if distributed is not None else 1
+        return self.spec.distributed.world_size
 
     @property
     def ranks(self) -> list[RankStatus]:
@@ -153,7 +187,7 @@ class DebugRun:
                 raise TimeoutError(f"run {self.id}: no debug endpoint after {timeout:g}s (state {self._state})")
             endpoint = found()
             if endpoint is None:
-                raise RunFailed(f"run {self.id} ended ({self._state}) without a debug endpoint{self._why()}")
+                raise RunFailed(f"run {self.id} ended ({self._state}) without a debug endpoint{self.why()}")
             return endpoint
 
     def wait(self, timeout: float | None = None) -> str:
@@ -168,7 +202,15 @@ class DebugRun:
         with self._cond:
             self._cond.wait(timeout)
 
-    def _why(self) -> str:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None, message: str) -> None:
+        """Block until ``predicate()`` (checked at each change); TimeoutError(``message``) after
+        ``timeout`` (``{timeout:g}`` in the message is filled in)."""
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise TimeoutError(message.format(timeout=timeout or 0) + f" (state {self.state})")
+
+    def why(self) -> str:
+        """``": <detail>"`` when the run said why it is in its state, else nothing."""
         return f": {self.detail}" if self.detail else ""
 
     # -- launch.json -----------------------------------------------------------
@@ -219,10 +261,17 @@ class DebugRun:
         )
 
     # -- the in-notebook debugger (aml_magics.debugger) -------------------------
-    def attach(self, breakpoints: Any = (), rank: int | None = None, timeout: float = 30.0) -> Any:
-        """A debugger attached from this kernel (an ``aml_magics.Debugger``), breakpoints armed first."""
+    def attach(self, breakpoints: Any = (), rank: int | None = None, timeout: float = 30.0,
+               connect: bool = True) -> Any:
+        """A debugger attached from this kernel (an ``aml_magics.Debugger``), breakpoints armed first.
+
+        ``connect=False``: not attached yet (set breakpoints, then ``.connect()``), for every rank
+        that waits unless ``rank`` is given — what the run panel's *Debug here* opens.
+        """
         from . import debugger
 
+        if not connect:
+            return debugger.prepare(self, rank)
         try:
             self.wait_for_endpoint(timeout, rank=rank)
         except (TimeoutError, RunFailed) as exc:
@@ -236,6 +285,8 @@ class DebugRun:
         if handle is not None and not self.done:
             handle.cancel()
         elif handle is None and not self.done:
+            if self._scope is not None:
+                self._scope.cancel()
             self.finished(CANCELED, detail="canceled before start")
 
     def subscribe(self, listener: Listener) -> None:
@@ -245,25 +296,58 @@ class DebugRun:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def bind(self, handle: RunHandle) -> None:
+    def bind(self, handle: RunHandle, scope: RunScope | None = None) -> None:
         self._handle = handle
+        if scope is not None:
+            self._scope = scope
+
+    @property
+    def handle(self) -> RunHandle | None:
+        """The target's handle on the run (what cancel and endpoint mapping go through)."""
+        return self._handle
+
+    @property
+    def scope(self) -> RunScope | None:
+        """What the run owns (its exit stack and cancel token); None for a run not started."""
+        return self._scope
+
+    # -- extension points ----------------------------------------------------------------
+    def on_marker(self, kind: type[Marker], handler: MarkerHandler) -> None:
+        """Call ``handler(marker)`` for each authenticated marker of ``kind``."""
+        self._handlers.setdefault(kind, []).append(handler)
+
+    def add_facet(self, facet: Facet) -> None:
+        self.facets.append(facet)
+
+    def on_finish(self, hook: FinishHook) -> None:
+        """``hook(run, state, detail) -> detail``: called as the run ends, before anyone wakes."""
+        self._finish_hooks.append(hook)
+
+    def notify(self, what: str = "state") -> None:
+        """Tell listeners something changed (for extensions that keep state of their own)."""
+        with self._cond:
+            self._cond.notify_all()
+        self._notify(what)
 
     # -- fed by the target, through `events` ---------------------------------------
     @property
-    def events(self) -> "RunEvents":
+    def events(self) -> _Events:
         """What a target reports to (its RunEvents): lines, state changes, the end."""
         return _Events(self)
 
     def line(self, text: str) -> None:
-        text = text.rstrip("\r\n")
+        text = _capped(text.rstrip("\r\n"))
+        marker = self.reader.parse(text)
         with self._cond:
-            self._lines.append(text)
+            self._lines.append((text, marker is not None))
+            self._kept_bytes += len(text)
+            while self._lines and (len(self._lines) > MAX_KEPT_LINES or self._kept_bytes > MAX_KEPT_BYTES):
+                self._kept_bytes -= len(self._lines.popleft()[0])
             self._line_count += 1
             self._cond.notify_all()
         self._notify("line")
-        marker = parse_marker(text)
         if marker is not None:
-            self._on_marker(marker.kind, marker.data)
+            self._on_marker(marker)
 
     def set_state(self, state: str, detail: str = "") -> None:
         with self._cond:
@@ -279,51 +363,66 @@ class DebugRun:
         with self._cond:
             if self.done:
                 return
+        for hook in self._finish_hooks:
+            try:
+                detail = hook(self, state, detail)
+            except Exception:
+                pass
+        with self._cond:
+            if self.done:
+                return
             self.exit_code = exit_code
             self._state = state
             if detail:
                 # What the run itself said went wrong (an ERROR marker) comes first.
-                self.detail = f"{self._error}; {detail}" if self._error else detail
+                self.detail = f"{self._error}; {detail}" if self._error and self._error not in detail else detail
             self._cond.notify_all()
         self._notify("state")
 
-    def _on_marker(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "ENDPOINT":
-            self._on_endpoint(data)
-        elif kind == "ATTACHED":
-            self.attached = bool(data.get("attached"))
-            self._on_rank_marker(data, ATTACHED if self.attached else RUNNING)
-        elif kind == "POST_MORTEM":
-            what = f"{data.get('type', 'exception')}: {data.get('message', '')}".rstrip(": ")
-            self._on_rank_marker(data, ATTACHED if data.get("attached") else CRASHED, what, run_detail=True)
-        elif kind == "BREAKPOINT":
-            where = f"breakpoint() at {data.get('file')}:{data.get('line')}"
-            self._on_rank_marker(data, ATTACHED if data.get("attached") else WAITING, where)
-        elif kind == "EXIT":
-            code = data.get("code")
-            if code == 0:
-                self._on_rank_marker(data, COMPLETED)
-            elif code == 130:  # KeyboardInterrupt: what a cancel (SIGINT) does to a rank
-                self._on_rank_marker(data, CANCELED, "interrupted")
+    def _on_marker(self, marker: Marker) -> None:
+        if isinstance(marker, EndpointMarker):
+            self._on_endpoint(marker)
+        elif isinstance(marker, AttachedMarker):
+            self.attached = marker.attached
+            self._on_rank_marker(marker, ATTACHED if marker.attached else RUNNING)
+        elif isinstance(marker, DetachedMarker):
+            self.attached = False
+            self._on_rank_marker(marker, RUNNING)
+        elif isinstance(marker, PostMortemMarker):
+            self._on_rank_marker(marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
+                                 deadline=marker.deadline)
+        elif isinstance(marker, BreakpointMarker):
+            where = f"breakpoint() at {marker.file}:{marker.line}"
+            self._on_rank_marker(marker, ATTACHED if marker.attached else WAITING, where, deadline=marker.deadline)
+        elif isinstance(marker, ExitMarker):
+            if marker.code == 0:
+                self._on_rank_marker(marker, COMPLETED)
+            elif marker.code == 130:  # KeyboardInterrupt: what a cancel (SIGINT) does to a rank
+                self._on_rank_marker(marker, CANCELED, "interrupted")
             else:
-                self._on_rank_marker(data, FAILED, f"exit code {code}")
-        elif kind == "ERROR":
-            self._error = self.detail = str(data.get("message", ""))
+                self._on_rank_marker(marker, FAILED, f"exit code {marker.code}")
+        elif isinstance(marker, ErrorMarker):
+            self._error = self.detail = marker.message
+        for handler in self._handlers.get(type(marker), []):
+            try:
+                handler(marker)
+            except Exception:
+                pass
 
-    def _on_rank_marker(self, data: dict[str, Any], state: str, detail: str = "", run_detail: bool = False) -> None:
+    def _on_rank_marker(self, marker: Marker, state: str, detail: str = "", run_detail: bool = False,
+                        deadline: float | None = None) -> None:
         """A rank moved to ``state``; the run's state follows its ranks (while it runs)."""
-        rank = _rank_of(data)
+        rank = marker.rank
         with self._cond:
             self._rank_states[rank] = state
             if detail or state in (RUNNING, ATTACHED):
                 self._rank_details[rank] = detail
-            deadline = data.get("deadline")
             if state in (WAITING, CRASHED) and deadline:
-                self.attach_deadline = float(deadline)
+                self.attach_deadline = deadline
             if self.done or (state in TERMINAL and self.world_size == 1):
                 return  # a one-process run ends through its target, not through its EXIT line
             summed = self._summed_state()
-            changed = summed != self._state and (self._state in _DEBUG_STATES or summed != RUNNING)
+            changed = summed != self._state and (self._state in DEBUG_STATES or summed != RUNNING)
             if changed:
                 self._state = summed
             if run_detail and detail:
@@ -338,21 +437,21 @@ class DebugRun:
         live = {state for state in self._rank_states.values() if state not in TERMINAL}
         return next((state for state in (CRASHED, WAITING, ATTACHED) if state in live), RUNNING)
 
-    def _on_endpoint(self, data: dict[str, Any]) -> None:
-        parsed = endpoint_from(data)
+    def _on_endpoint(self, marker: EndpointMarker) -> None:
+        parsed = marker.endpoint()
         if parsed is None:
             return
         endpoint = self._handle.map_endpoint(parsed) if self._handle else parsed
+        waits = bool(marker.timeout)
         with self._cond:
             self._endpoints = [e for e in self._endpoints if e.rank != endpoint.rank] + [endpoint]
             self._endpoints.sort(key=lambda e: e.rank)
-            deadline = data.get("deadline")
-            self.attach_deadline = float(deadline) if deadline else None
-            self._rank_states[endpoint.rank] = WAITING if data.get("timeout") else RUNNING
+            self.attach_deadline = marker.deadline
+            self._rank_states[endpoint.rank] = WAITING if waits else RUNNING
             # State and endpoint change together: a waiter woken by one sees both.
-            if data.get("timeout") and not self.done:
+            if waits and not self.done:
                 self._state = WAITING
-            elif not self.done and self._state in _DEBUG_STATES:
+            elif not self.done and self._state in DEBUG_STATES:
                 self._state = self._summed_state()
             self._cond.notify_all()
         self._notify("endpoint")
@@ -376,12 +475,11 @@ class DebugRun:
         return mimebundle(self)
 
 
-
-def _rank_of(data: dict[str, Any]) -> int:
-    try:
-        return int(data.get("rank") or 0)
-    except (TypeError, ValueError):
-        return 0
+def _capped(text: str) -> str:
+    """A line no longer than MAX_LINE_BYTES (a target that did not cut it already)."""
+    if len(text) <= MAX_LINE_BYTES:
+        return text
+    return text[:MAX_LINE_BYTES] + " " + cut_note(len(text.encode("utf-8", "replace")) - MAX_LINE_BYTES)
 
 
 class _Events:
@@ -402,4 +500,4 @@ class _Events:
     def describe(self, text: str) -> None:
         """A new description (e.g. a service URL the target learned while the run goes on)."""
         self._run.description = text
-        self._run._notify("state")
+        self._run.notify("state")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import Canceled
+from .lifecycle import RunScope
+from .output import read_lines
+from .processes import ProcessGroup
 from .spec import EnvironmentSpec
 
 Log = Callable[[str], None]
@@ -48,8 +51,12 @@ def venv_python(directory: Path) -> Path:
 
 
 def ensure_venv(env: EnvironmentSpec, log: Log, python: str = sys.executable,
-                run: Callable[[list[str], Log], int] | None = None) -> Path:
-    """The interpreter of a venv with ``env``'s packages and debugpy; built if missing."""
+                run: Callable[[list[str], Log], int] | None = None, scope: RunScope | None = None) -> Path:
+    """The interpreter of a venv with ``env``'s packages and debugpy; built if missing.
+
+    The build's processes belong to ``scope`` (the run's): canceling the run stops them at
+    once and raises Canceled here; nothing half-built is ever used.
+    """
     target = venv_dir(env, python)
     if venv_python(target).exists():
         log(f"aml_magics: reusing environment {target.name} ({target})")
@@ -60,7 +67,7 @@ def ensure_venv(env: EnvironmentSpec, log: Log, python: str = sys.executable,
         if venv_python(target).exists():
             log(f"aml_magics: reusing environment {target.name} ({target})")
             return venv_python(target)
-        _build(env, target, python, log, run or _stream)
+        _build(env, target, python, log, run or _streamer(scope))
     return venv_python(target)
 
 
@@ -91,10 +98,28 @@ class EnvironmentBuildError(RuntimeError):
     pass
 
 
-def _stream(argv: list[str], log: Log) -> int:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, errors="replace")
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        log(line.rstrip("\n"))
-    return proc.wait()
+def _streamer(scope: RunScope | None) -> Callable[[list[str], Log], int]:
+    """Run a build step as a process of the run (stopped by its cancel), streaming its output."""
+
+    def stream(argv: list[str], log: Log) -> int:
+        if scope is not None:
+            scope.token.raise_if_canceled()
+        group = ProcessGroup(argv, text=False)
+        stop = scope.token.on_cancel(group.stop) if scope is not None else None
+        try:
+            assert group.process.stdout is not None
+            for line in read_lines(group.process.stdout):
+                log(line)
+            code = group.wait()
+        finally:
+            if scope is not None and stop is not None:
+                scope.token.forget(stop)
+            group.stop(grace=0.2)
+        if scope is not None:
+            scope.token.raise_if_canceled()
+        return code
+
+    return stream
+
+
+__all__ = ["Canceled", "EnvironmentBuildError", "ensure_venv", "venv_dir"]

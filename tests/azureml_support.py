@@ -77,7 +77,7 @@ def use_simulated_node(monkeypatch, project: Path, namespace, layout: str = "use
 
 def namespace_or_loopback():
     """For a fixture: a network-namespace node with its own address, or None (loopback) with the reason."""
-    from aml_magics.testing.azureml_simulator import NamespaceUnavailable, NodeNamespace
+    from aml_magics.azureml.simulator import NamespaceUnavailable, NodeNamespace
 
     namespace = NodeNamespace()
     try:

@@ -111,7 +111,7 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
 
 
 def _engine_problem(docker) -> str | None:
-    from aml_magics.targets import docker_images as images
+    from aml_magics import images
 
     try:
         client = docker.from_env(timeout=10)

@@ -27,10 +27,12 @@ from aml_magics import cli  # noqa: E402
 from aml_magics.azureml import settings  # noqa: E402
 from aml_magics.azureml.backend import AzureMLService, get_backend, service_errors  # noqa: E402
 from aml_magics.azureml.monitor import STATUS_STATES, followed_logs  # noqa: E402
-from aml_magics.azureml.submission import BOOTSTRAP_NAME, build_submission  # noqa: E402
+from aml_magics.azureml.submission import build_submission
+from aml_magics.errors import TargetError  # noqa: E402
+from aml_magics.invocation import BOOTSTRAP_NAME  # noqa: E402
 from aml_magics.options import OptionsError, build_request, parse_cli  # noqa: E402
 from aml_magics.spec import DebugOptions, EnvironmentSpec, RunSpec  # noqa: E402
-from aml_magics.targets import TargetError, make_target  # noqa: E402
+from aml_magics.targets import make_target  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -204,7 +206,7 @@ def test_missing_extra_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "azureml", None)
     with pytest.raises(TargetError, match=r"^target 'azureml' needs azureml-core: install aml-magics\[azureml\]"):
         make_target("azureml", compute="c", sdk="v1")  # without --sdk, an installed azure-ai-ml would be used
-    from aml_magics.azureml.pipeline import debug_pipeline
+    from aml_magics import debug_pipeline
 
     with pytest.raises(TargetError, match=r"install aml-magics\[azureml\]"):
         debug_pipeline([], "a")

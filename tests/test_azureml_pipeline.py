@@ -14,9 +14,9 @@ from azureml.pipeline.core import PipelineData, PipelineParameter  # noqa: E402
 from azureml.pipeline.steps import PythonScriptStep  # noqa: E402
 from azureml_support import namespace_or_loopback, use_simulator, wait_for, write_workspace_config  # noqa: E402
 
-from aml_magics.azureml.pipeline import debug_pipeline  # noqa: E402
-from aml_magics.targets import TargetError  # noqa: E402
-from aml_magics.testing.azureml_simulator import get_simulator  # noqa: E402
+from aml_magics import debug_pipeline  # noqa: E402
+from aml_magics.azureml.simulator import get_simulator  # noqa: E402
+from aml_magics.errors import TargetError  # noqa: E402
 from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")

@@ -9,7 +9,6 @@ pair, through the emitted launch.json, as VS Code would.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from azureml_support import (  # noqa: E402
 from conftest import port_is_listening  # noqa: E402
 
 from aml_magics import cli  # noqa: E402
-from aml_magics.testing.azureml_simulator import get_simulator  # noqa: E402
+from aml_magics.azureml.simulator import get_simulator  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -70,8 +69,12 @@ def _only_run(layout: str):
 
 
 def test_endpoint_from_the_run_tag_before_the_logs(project, monkeypatch):
-    """When the bootstrap could tag the run (azureml-core in the image), the tag is read first."""
+    """When the bootstrap could tag the run (azureml-core in the image), the tag is read first;
+    its value is the bootstrap's authenticated marker line (a forged one is ignored)."""
+    from test_markers import KEY, signed
+
     from aml_magics.azureml.monitor import RunMonitor
+    from aml_magics.protocol import MarkerReader
 
     events = _Recorder()
     data = {"host": "10.0.0.4", "port": 5678, "rank": 0, "cwd": "/mnt/azureml/cr/j/1/exe/wd", "timeout": 300}
@@ -87,14 +90,16 @@ def test_endpoint_from_the_run_tag_before_the_logs(project, monkeypatch):
             return {"status": "Running" if self.calls < 3 else "Completed", "logFiles": {}}
 
         def get_tags(self):
-            return {"aml_magics.endpoint.0": json.dumps(data)}
+            return {"aml_magics.endpoint.0": signed("ENDPOINT", data),  # as the bootstrap tags it
+                    "aml_magics.endpoint.1": signed("ENDPOINT", {**data, "rank": 1}, key=b"x" * 32)}  # forged
 
     backend = type("B", (), {"poll_seconds": 0.01, "read": lambda self, uri, offset: b""})()
-    monitor = RunMonitor(backend, TaggedRun(), events, poll=0.01).start()
+    monitor = RunMonitor(backend, TaggedRun(), events, reader=MarkerReader(KEY), poll=0.01).start()
     wait_for(monitor.is_done, 10, "monitor end")
-    tag_lines = [line for line in events.lines if "endpoint from run tag" in line]
-    assert len(tag_lines) == 1 and "AML_MAGICS_ENDPOINT" in tag_lines[0] and "10.0.0.4" in tag_lines[0]
-    assert events.end == ("completed", 0)
+    at = [i for i, line in enumerate(events.lines) if "endpoint from run tag" in line]
+    assert len(at) == 1 and "aml_magics.endpoint.0" in events.lines[at[0]]
+    assert events.lines[at[0] + 1] == signed("ENDPOINT", data)
+    assert monitor.endpoint_ranks == {0} and events.end == ("completed", 0)
 
 
 class _Recorder:

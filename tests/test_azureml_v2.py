@@ -44,12 +44,14 @@ from conftest import port_is_listening  # noqa: E402
 
 from aml_magics import cli  # noqa: E402
 from aml_magics.azureml import sdk, settings  # noqa: E402
-from aml_magics.azureml.submission import BOOTSTRAP_NAME, entry_arguments  # noqa: E402
 from aml_magics.azureml.v2.job import DEFAULT_IMAGE, VSCODE_SERVICE, build_environment, build_job  # noqa: E402
 from aml_magics.azureml.v2.service import MLClientBackend, get_v2_backend  # noqa: E402
+from aml_magics.azureml.v2.simulator import get_v2_simulator  # noqa: E402
+from aml_magics.errors import TargetError  # noqa: E402
+from aml_magics.invocation import BOOTSTRAP_NAME, entry_arguments  # noqa: E402
+from aml_magics.protocol import MarkerReader  # noqa: E402
 from aml_magics.spec import DebugOptions, DistributedSpec, EnvironmentSpec, RunSpec  # noqa: E402
-from aml_magics.targets import TargetError, make_target  # noqa: E402
-from aml_magics.testing.azureml_v2_simulator import get_v2_simulator  # noqa: E402
+from aml_magics.targets import make_target  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")
 V2 = ["--target", "azureml", "--sdk", "v2"]
@@ -206,7 +208,7 @@ def test_monitor_shows_each_nodes_vscode_service_in_the_description():
 
     run = DebugRun("r1", RunSpec(name="t", source_dir=Path("."), script="t.py"), "azureml", description="Azure ML")
     backend = type("B", (), {"poll_seconds": 0.01, "read": lambda self, uri, offset: b""})()
-    monitor = JobMonitor(backend, Job(), run.events, services=(VSCODE_SERVICE,), nodes=2, description="Azure ML",
+    monitor = JobMonitor(backend, Job(), run.events, reader=MarkerReader(None), services=(VSCODE_SERVICE,), nodes=2, description="Azure ML",
                          poll=0.01).start()
     wait_for(monitor.is_done, 10, "monitor end")
     assert run.state == "completed"

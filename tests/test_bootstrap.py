@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 from aml_magics import bootstrap
-from aml_magics.markers import parse_marker
+from aml_magics.protocol import MarkerReader
 
 BOOTSTRAP = Path(bootstrap.__file__)
 
@@ -23,11 +24,13 @@ def run_bootstrap(tmp_path: Path, body: str, *options: str, args: tuple[str, ...
 
 
 def markers(output: str) -> dict[str, dict]:
+    """The (unsigned: started by hand, no owner) markers of a bootstrap's output, by kind."""
     found = {}
+    reader = MarkerReader(None)
     for line in output.splitlines():
-        marker = parse_marker(line)
+        marker = reader.parse(line)
         if marker:
-            found[marker.kind] = marker.data
+            found[marker.kind] = dataclasses.asdict(marker)
     return found
 
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import DOCKER_BASE, busy_port, free_port, port_is_listening
 from IPython.core.error import UsageError
 
-from aml_magics.deploy import DebugDeployment, ScoringError, server_failure
+from aml_magics.deploy.handle import DebugDeployment, ScoringError, server_failure
 from aml_magics.engine import REGISTRY
 from aml_magics.testing.dap import attach_with_launch_config
 
@@ -232,7 +232,7 @@ def test_cli_deploy_prints_uri_endpoint_and_launch_json(workdir, model_dir):
         text = "".join(out)
         assert "aml-debug: debugpy listening at 127.0.0.1:" in text
         assert '"request": "attach"' in text and f'"remoteRoot": "{workdir}"' in text
-        from aml_magics.deploy import post_json
+        from aml_magics.deploy.handle import post_json
 
         assert post_json(uri, {"data": [4]}, timeout=30) == {"result": [12], "model": "triple"}
         proc.send_signal(signal.SIGINT)
@@ -352,12 +352,12 @@ def inference_image(engine) -> str:
 
     import docker
 
-    from aml_magics.deploy import server_requirement
+    from aml_magics import images
+    from aml_magics.deploy.request import server_requirement
     from aml_magics.spec import EnvironmentSpec
-    from aml_magics.targets import docker_images as images
 
     base_id = engine.images.get(DOCKER_BASE).id
-    key = images.EnvironmentSpec(pip=(server_requirement(),)).fingerprint(DOCKER_BASE, base_id, "stand-in 1")
+    key = EnvironmentSpec(pip=(server_requirement(),)).fingerprint(DOCKER_BASE, base_id, "stand-in 1")
     tag = f"aml-magics-test-inference:{key}"
     try:
         engine.images.get(tag)
@@ -367,19 +367,19 @@ def inference_image(engine) -> str:
     python = images.probe_python(engine, base_id)
     env = EnvironmentSpec(pip=(server_requirement(),))
     with tempfile.TemporaryDirectory() as tmp:
-        pip_wheel = images.download_wheels(env, python, Path(tmp) / "wheels", lambda _: None)
+        pip_wheel = images.wheels.download_wheels(env, python, Path(tmp) / "wheels", lambda _: None)
         venv = INFERENCE_PYTHON.rsplit("/bin/", 1)[0]
         recipe = "\n".join([
             f"FROM {base_id}",
             "COPY wheels /tmp/wheels",
-            images._run([python.executable, "-m", "venv", "--without-pip", venv]),
-            images._run([INFERENCE_PYTHON, f"/tmp/wheels/{pip_wheel}/pip", "install", "--no-index", "--find-links",
+            images.recipe._run([python.executable, "-m", "venv", "--without-pip", venv]),
+            images.recipe._run([INFERENCE_PYTHON, f"/tmp/wheels/{pip_wheel}/pip", "install", "--no-index", "--find-links",
                          "/tmp/wheels", "--no-cache-dir", "--disable-pip-version-check", server_requirement()]),
-            images._run(["rm", "-rf", "/tmp/wheels"]),
+            images.recipe._run(["rm", "-rf", "/tmp/wheels"]),
             "WORKDIR /var/azureml-app",
         ]) + "\n"
-        with images.build_context(recipe, EnvironmentSpec(), Path(tmp) / "wheels") as context:
-            images.run_build(engine, tag, context, "none", lambda _: None, lambda: False)
+        with images.build.build_context(recipe, EnvironmentSpec(), Path(tmp) / "wheels") as context:
+            images.run_build(engine, tag, context, "none", lambda _: None, None)
     return tag
 
 

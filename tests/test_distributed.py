@@ -128,7 +128,7 @@ def test_a_failing_rank_fails_the_run_and_is_named(workdir):
     assert run.state == "failed" and run.exit_code == 3
     assert run.detail.startswith("rank 1 failed (exit code 3)")
     assert [s.state for s in run.ranks] == ["completed", "failed", "completed"]
-    assert "[rank 1] AML_MAGICS_EXIT" in run.logs and run.logs.count("fine") == 2
+    assert "[rank 1] AML_MAGICS_EXIT" in run.raw_logs and run.logs.count("fine") == 2
 
 
 def test_cancel_ends_every_rank(workdir):
@@ -156,7 +156,7 @@ def test_distributed_option_mistakes(workdir, line, message):
 
 
 def test_spec_and_bootstrap_args_for_a_single_command_line(workdir):
-    from aml_magics.targets.local import bootstrap_args
+    from aml_magics.invocation import bootstrap_options as bootstrap_args
 
     (workdir / "x.py").write_text("print(1)\n")
     ns = make_parser("t").parse_args(

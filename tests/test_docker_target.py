@@ -21,11 +21,12 @@ from conftest import BREAK_LINE, CELL, DOCKER_BASE, busy_port, free_port
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
 
 import aml_magics  # noqa: E402
+from aml_magics import images  # noqa: E402
+from aml_magics.errors import TargetError  # noqa: E402
 from aml_magics.options import OptionsError  # noqa: E402
 from aml_magics.run import RunFailed  # noqa: E402
 from aml_magics.spec import EnvironmentSpec  # noqa: E402
-from aml_magics.targets import TargetError, make_target  # noqa: E402
-from aml_magics.targets import docker_images as images  # noqa: E402
+from aml_magics.targets import make_target  # noqa: E402
 from aml_magics.targets.docker import gpu_requests  # noqa: E402
 from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -199,6 +200,46 @@ def test_parse_jsonc_errors_name_file_line_and_column(text, line, col, words):
 def test_parse_jsonc_deep_nesting_is_an_error_not_a_crash():
     with pytest.raises(LaunchJsonError, match="nested too deeply"):
         parse_jsonc("[" * 5000 + "]" * 5000)
+
+
+LONG_INT = "7" * 5000  # more digits than Python converts to an int (sys.get_int_max_str_digits())
+
+
+@pytest.mark.parametrize("number", [LONG_INT, "-" + LONG_INT], ids=["positive", "negative"])
+def test_parse_jsonc_too_long_integer_is_one_line(number):
+    text = '{\n  "configurations": [{"name": "x", "port": ' + number + "}]\n}\n"
+    with pytest.raises(LaunchJsonError) as info:
+        parse_jsonc(text, "/ws/.vscode/launch.json")
+    message = str(info.value)
+    assert message.startswith("/ws/.vscode/launch.json:2:44: number too long (5000 digits; at most "), message
+    assert "\n" not in message
+
+
+def test_parse_jsonc_long_but_convertible_numbers_are_read():
+    assert parse_jsonc('{"a": 0.' + LONG_INT + ', "b": ' + LONG_INT[:4000] + "}") == {
+        "a": float("0." + LONG_INT), "b": int(LONG_INT[:4000])
+    }
+
+
+def test_merge_refuses_a_too_long_integer_and_leaves_the_file_untouched(tmp_path):
+    text = VSCODE_DEFAULT.replace('"version": "0.2.0"', f'"version": "0.2.0", "n": {LONG_INT}')
+    path = write(tmp_path, text)
+    with pytest.raises(LaunchJsonError, match=f"^{re.escape(str(path))}:5:30: number too long") as info:
+        merge_into_file(path, [cfg("job")])
+    assert "\n" not in str(info.value)
+    assert path.read_text() == text
+    assert sorted(p.name for p in path.parent.iterdir()) == ["launch.json"]
+
+
+def test_jsonc_is_its_own_module_and_launch_keeps_its_names():
+    from aml_magics import jsonc
+
+    assert launch.LaunchJsonError is jsonc.JsoncError
+    assert launch.parse_jsonc is jsonc.parse_jsonc
+    document = jsonc.parse_document('{"configurations": [1, 2,]} // end')
+    assert document.root.value == {"configurations": [1, 2]}
+    assert document.root.children[0].trailing_comma
+    assert [t.kind for t in document.tokens][-1] == "comment"
 
 
 # -- merge_into_file: real-world-shaped files ----------------------------------------------------
@@ -734,3 +775,60 @@ def test_merge_generated_documents(document, new_configs, new_compounds):
         if result.backup is not None:
             assert result.backup.read_bytes() == original
         assert {p.name for p in path.parent.iterdir()} <= {"launch.json", "launch.json.bak"}
+
+
+# -- where launch.json goes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A home folder with VS Code's own ~/.vscode in it (extensions), as every VS Code user has."""
+    folder = tmp_path / "home"
+    (folder / ".vscode" / "extensions").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(folder))
+    return folder
+
+
+def test_workspace_root_is_the_nearest_git_folder_above(home):
+    repo = home / "repo"
+    (repo / ".git").mkdir(parents=True)
+    notebooks = repo / "notebooks" / "week1"
+    notebooks.mkdir(parents=True)
+    assert launch.workspace_root(notebooks) == repo
+    assert launch.default_launch_json(notebooks) == repo / ".vscode" / "launch.json"
+
+
+def test_workspace_root_nearest_marker_wins_and_start_counts(home):
+    repo = home / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "sub" / ".vscode").mkdir(parents=True)
+    (repo / "sub" / "deep").mkdir()
+    assert launch.workspace_root(repo / "sub" / "deep") == repo / "sub"
+    assert launch.workspace_root(repo / "sub") == repo / "sub"
+    assert launch.workspace_root(repo) == repo
+
+
+def test_workspace_root_git_worktree_file_counts(home):
+    worktree = home / "wt"
+    worktree.mkdir()
+    (worktree / ".git").write_text("gitdir: /elsewhere/.git/worktrees/wt\n")
+    (worktree / "nb").mkdir()
+    assert launch.workspace_root(worktree / "nb") == worktree
+
+
+def test_workspace_root_ignores_a_vscode_file_and_the_home_vscode_folder(home):
+    project = home / "proj"
+    (project / "nb").mkdir(parents=True)
+    (project / ".vscode").write_text("not a folder")
+    start = project / "nb"
+    assert launch.workspace_root(start) == start  # neither proj/.vscode (a file) nor ~/.vscode (VS Code's own)
+    assert launch.default_launch_json(start) == start / ".vscode" / "launch.json"
+
+
+def test_workspace_root_of_a_relative_start_is_absolute(home, monkeypatch):
+    repo = home / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "nb").mkdir()
+    monkeypatch.chdir(repo / "nb")
+    assert launch.workspace_root(".") == repo
+    assert launch.default_launch_json(Path(".")).is_absolute()

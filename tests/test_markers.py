@@ -1,26 +1,54 @@
-from aml_magics.markers import Endpoint, endpoint_from, parse_marker
+"""The run protocol: only whole, authenticated marker lines move a run; the reader never dies."""
+
+from __future__ import annotations
+
+import json
+
+from aml_magics.bootstrap import marker_mac
+from aml_magics.protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader
+
+KEY = b"k" * 32
 
 
-def test_marker_anywhere_in_a_line():
-    line = '2026-11-24T07:00:00Z [rank 3] AML_MAGICS_ENDPOINT {"host": "10.0.0.4", "port": 5679, "rank": 3}\n'
-    marker = parse_marker(line)
-    assert marker is not None and marker.kind == "ENDPOINT"
-    assert endpoint_from(marker.data) == Endpoint("10.0.0.4", 5679, rank=3)
+def signed(kind: str, data: dict, key: bytes = KEY) -> str:
+    payload = json.dumps(data, sort_keys=True)
+    return f"AML_MAGICS_{kind} {payload} {marker_mac(key, kind, payload)}"
 
 
-def test_non_markers_and_broken_json_are_ignored():
-    assert parse_marker("ip_address: 10.0.0.4") is None
-    assert parse_marker("AML_MAGICS_ENDPOINT {not json}") is None
-    assert parse_marker("AML_MAGICS_ENDPOINT [1, 2]") is None
-    assert parse_marker("aml_magics_endpoint {}") is None
+def test_a_signed_whole_line_is_a_typed_marker():
+    reader = MarkerReader(KEY)
+    marker = reader.parse(signed("ENDPOINT", {"host": "10.0.0.4", "port": 5679, "rank": 3}) + "\n")
+    assert isinstance(marker, EndpointMarker)
+    assert marker.endpoint() == Endpoint("10.0.0.4", 5679, rank=3)
+    tagged = reader.parse("[rank 2] " + signed("EXIT", {"code": 1}))
+    assert isinstance(tagged, ExitMarker) and tagged.rank == 2 and tagged.code == 1
+
+
+def test_forged_mid_line_and_malformed_markers_are_output():
+    reader = MarkerReader(KEY)
+    forged = [
+        'AML_MAGICS_ENDPOINT {"host": "evil.example.com", "port": 4444}',  # no MAC
+        signed("ENDPOINT", {"host": "evil.example.com", "port": 4444}, key=b"x" * 32),  # wrong key
+        "processing row: x " + signed("ENDPOINT", {"host": "evil.example.com", "port": 4444}),  # mid-line
+        signed("ENDPOINT", {"host": "h", "port": 1, "rank": "x"}),  # wrong field type
+        signed("ENDPOINT", {"host": "h", "port": 10**40}),  # absurd number
+        signed("NOPE", {}),  # unknown kind
+        "AML_MAGICS_ENDPOINT {not json} " + "0" * 32,
+        "AML_MAGICS_ENDPOINT [1, 2]",
+    ]
+    for line in forged:
+        assert reader.parse(line) is None, line
+        assert not reader.is_marker(line)
+    assert reader.rejected == len(forged)
+    assert reader.parse("ip_address: 10.0.0.4") is None  # not even a candidate
+    assert reader.rejected == len(forged)
 
 
 def test_endpoint_validation():
-    assert endpoint_from({"host": "h"}) is None
-    assert endpoint_from({"host": "h", "port": "x"}) is None
-    assert endpoint_from({"host": "h", "port": 0}) is None
-    assert endpoint_from({"host": "", "port": 5}) is None
-    full = endpoint_from({"host": "127.0.0.1", "port": 5678, "pid": 7, "cwd": "/app", "script": "/app/t.py"})
+    assert EndpointMarker(host="h").endpoint() is None
+    assert EndpointMarker(host="h", port=0).endpoint() is None
+    assert EndpointMarker(host="", port=5).endpoint() is None
+    full = EndpointMarker(host="127.0.0.1", port=5678, pid=7, cwd="/app", script="/app/t.py").endpoint()
     assert full is not None and full.address == "127.0.0.1:5678" and full.cwd == "/app"
-    assert full.moved_to("127.0.0.1", 40000).address == "127.0.0.1:40000"
-    assert full.moved_to("127.0.0.1", 40000).cwd == "/app"
+    moved = full.moved_to("127.0.0.1", 40000)
+    assert moved.address == "127.0.0.1:40000" and moved.cwd == "/app" and moved.node_address == "127.0.0.1:5678"

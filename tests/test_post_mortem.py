@@ -80,11 +80,11 @@ def test_post_mortem_after_the_attach_window_closed_and_nobody_comes(workdir):
                             post_mortem=True, post_mortem_timeout=1)
     first = run.wait_for_endpoint(30)
     assert run.wait(30) == "failed" and run.exit_code == 1
-    markers = [line for line in run.logs.splitlines() if "AML_MAGICS_" in line]
+    markers = [line for line in run.raw_logs.splitlines() if "AML_MAGICS_" in line]
     kinds = [line.split()[0] for line in markers]
     assert kinds == ["AML_MAGICS_ENDPOINT", "AML_MAGICS_ATTACHED", "AML_MAGICS_ENDPOINT",
                      "AML_MAGICS_POST_MORTEM", "AML_MAGICS_ATTACHED", "AML_MAGICS_EXIT"]
-    post = json.loads(markers[3].split(" ", 1)[1])
+    post = json.loads(markers[3].split(" ", 1)[1].rsplit(" ", 1)[0])  # the JSON before the MAC
     assert post["type"] == "KeyError" and post["message"] == "'missing'" and post["line"] == 2
     assert post["port"] == first.port  # listening again on the same port
     assert "KeyError: 'missing'" in run.logs
@@ -106,7 +106,7 @@ def test_post_mortem_with_a_client_already_attached_stops_at_once(workdir):
         assert run.wait(30) == "failed"
     finally:
         client.close()
-    assert '"attached": true' in next(x for x in run.logs.splitlines() if "AML_MAGICS_POST_MORTEM" in x)
+    assert '"attached": true' in next(x for x in run.raw_logs.splitlines() if "AML_MAGICS_POST_MORTEM" in x)
 
 
 def test_post_mortem_of_one_rank_in_a_distributed_run(workdir):
@@ -165,7 +165,7 @@ def test_wait_on_breakpoint_reports_waits_and_pauses(workdir):
     run = aml_magics.submit(code=BREAKS, name="bp_wait", port=0, timeout=0, wait_on_breakpoint=True,
                             post_mortem_timeout=60)
     endpoint = run.wait_for_endpoint(30)
-    wait_for(lambda: "AML_MAGICS_BREAKPOINT" in run.logs, 10, "breakpoint marker")
+    wait_for(lambda: "AML_MAGICS_BREAKPOINT" in run.raw_logs, 10, "breakpoint marker")
     assert run.state == "waiting_for_debugger"
     (status,) = run.ranks
     assert status.detail == f"breakpoint() at {run.spec.script_path}:{BREAKPOINT_LINE}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ..targets.base import TargetError
+from ..errors import TargetError
 from .settings import WorkspaceRef
 
 BACKEND_ENV = "AML_MAGICS_AZUREML_BACKEND"
@@ -161,26 +161,68 @@ def read_file_uri(uri: str, offset: int) -> bytes:
         return b""
 
 
-_real: AzureMLService | None = None
+# The control planes, by SDK and name: "service" (the real one) and whatever registers itself
+# (the simulator does, in :mod:`.simulator` and :mod:`.v2.simulator`). A name maps to a factory,
+# or to the module that registers it when imported.
+_BACKENDS: dict[tuple[str, str], Any] = {
+    ("v1", "simulator"): "aml_magics.azureml.simulator",
+    ("v2", "simulator"): "aml_magics.azureml.v2.simulator",
+}
+_backends_lock = threading.Lock()
+
+
+def register_backend(sdk: str, name: str, factory: Any) -> None:
+    """Make a control plane available as ``AML_MAGICS_AZUREML_BACKEND=<name>`` for ``sdk``."""
+    with _backends_lock:
+        _BACKENDS[(sdk, name)] = factory
+
+
+def chosen_backend() -> str:
+    """The name ``AML_MAGICS_AZUREML_BACKEND`` asks for: "service" (the default) or a registered one."""
+    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if choice in ("", "azureml", "service", "real"):
+        return "service"
+    if choice in ("sim", "simulated"):
+        return "simulator"
+    known = sorted({name for _, name in _BACKENDS})
+    if choice not in known:
+        names = " or ".join(repr(name) for name in known)
+        raise TargetError(f"{BACKEND_ENV}={choice!r}: expected {names}, or nothing (the real service)")
+    return choice
 
 
 def simulator_chosen() -> bool:
-    """Whether ``AML_MAGICS_AZUREML_BACKEND`` asks for the simulator (default: the real service)."""
-    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
-    if choice in ("", "azureml", "service", "real"):
-        return False
-    if choice in ("simulator", "sim", "simulated"):
-        return True
-    raise TargetError(f"{BACKEND_ENV}={choice!r}: expected 'simulator' or nothing (the real service)")
+    return chosen_backend() == "simulator"
+
+
+def backend_for(sdk: str, service: Any) -> Any:
+    """The control plane for ``sdk``: ``service()`` for the real one, else a registered one."""
+    name = chosen_backend()
+    if name == "service":
+        return service()
+    with _backends_lock:
+        factory = _BACKENDS.get((sdk, name))
+    if isinstance(factory, str):
+        import importlib
+
+        importlib.import_module(factory)  # registers itself
+        with _backends_lock:
+            factory = _BACKENDS.get((sdk, name))
+    if not callable(factory):
+        raise TargetError(f"{BACKEND_ENV}={name!r} has no control plane for SDK {sdk}")
+    return factory()
+
+
+_real: AzureMLService | None = None
 
 
 def get_backend() -> Any:
-    """The control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
-    global _real
-    if simulator_chosen():
-        from ..testing.azureml_simulator import get_simulator
+    """The v1 control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
+    return backend_for("v1", _service)
 
-        return get_simulator()
+
+def _service() -> AzureMLService:
+    global _real
     if _real is None:
         _real = AzureMLService()
     return _real

@@ -8,14 +8,14 @@ tag the bootstrap sets when azureml-core is importable in the run.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from typing import Any
 
-from ..markers import Endpoint, parse_marker
-from ..targets.base import RunEvents
+from ..lifecycle import RunScope
+from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
+from ..target_base import RunEvents
 from .backend import first_line
 
 ENDPOINT_TAG = "aml_magics.endpoint"  # + ".<rank>"; the value is the ENDPOINT marker's JSON
@@ -75,11 +75,13 @@ class _Tail:
 class RunMonitor:
     """A RunHandle for one Azure ML run (a ScriptRun or a pipeline's step run)."""
 
-    def __init__(self, backend: Any, run: Any, events: RunEvents, *, poll: float | None = None,
-                 on_cancel: Any = None) -> None:
+    def __init__(self, backend: Any, run: Any, events: RunEvents, *, reader: MarkerReader,
+                 scope: RunScope | None = None, poll: float | None = None, on_cancel: Any = None) -> None:
         self.backend = backend
         self.run = run
         self.events = events
+        self.reader = reader
+        self.scope = scope  # the run's: its cancel requests the remote cancel; closed when the run ends
         self.poll = poll if poll is not None else backend.poll_seconds
         self.on_cancel = on_cancel  # what cancel() cancels (a pipeline run for a step), default the run
         self.status: str | None = None
@@ -96,6 +98,15 @@ class RunMonitor:
     def cancel(self) -> None:
         if self._done.is_set():
             return
+        if self.scope is not None:
+            self.scope.cancel()  # its callback: _request_cancel
+        else:
+            self._request_cancel()
+        self._done.wait(CANCEL_WAIT)
+
+    def _request_cancel(self) -> None:
+        if self._done.is_set() or self.cancel_requested:
+            return
         self.cancel_requested = True
         target = self.on_cancel or self.run
         try:
@@ -105,7 +116,6 @@ class RunMonitor:
             self.events.line(f"aml_magics: could not cancel Azure ML run {getattr(target, 'id', '?')}: "
                              f"{first_line(exc)}")
         self._wake.set()
-        self._done.wait(CANCEL_WAIT)
 
     def is_done(self) -> bool:
         return self._done.is_set()
@@ -115,6 +125,8 @@ class RunMonitor:
 
     # -- the loop --------------------------------------------------------------------
     def start(self) -> RunMonitor:
+        if self.scope is not None:
+            self.scope.token.on_cancel(self._request_cancel)
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"aml-azureml-{self.run.id}")
         self._thread.start()
         return self
@@ -143,9 +155,15 @@ class RunMonitor:
                 self._sleep(self.poll)
         except Exception as exc:  # never a thread traceback: the run shows the failure
             self.events.line(f"aml_magics: following Azure ML run {self.run.id} failed: {first_line(exc)}")
-            self.events.finished("failed", None, f"monitor error: {first_line(exc)}")
+            self._close()
+            self.events.finished(RunState.FAILED, None, f"monitor error: {first_line(exc)}")
         finally:
+            self._close()
             self._done.set()
+
+    def _close(self) -> None:
+        if self.scope is not None:
+            self.scope.close()
 
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -176,36 +194,29 @@ class RunMonitor:
                 self._line(line)
 
     def _line(self, text: str) -> None:
-        marker = parse_marker(text)
-        if marker is not None:
-            rank = _rank(marker.data)
-            if marker.kind == "ENDPOINT":
-                self.endpoint_ranks.add(rank)
-            elif marker.kind == "EXIT" and rank == 0:
-                try:
-                    self.exit_code = int(marker.data["code"])
-                except (KeyError, TypeError, ValueError):
-                    pass
+        marker = self.reader.parse(text)
+        if isinstance(marker, EndpointMarker):
+            self.endpoint_ranks.add(marker.rank)
+        elif isinstance(marker, ExitMarker) and marker.rank == 0:
+            self.exit_code = marker.code
         self.events.line(text)
 
     def _read_tags(self) -> None:
-        """The endpoint as a run tag: cheaper than logs, set by the bootstrap when it can."""
+        """The endpoint as a run tag: cheaper than logs, set by the bootstrap when it can. The tag's
+        value is the bootstrap's own authenticated marker line, read like any other."""
         try:
             tags = self.run.get_tags() or {}
         except Exception:
             return
         for key, value in sorted(tags.items()):
-            if not (key == ENDPOINT_TAG or key.startswith(ENDPOINT_TAG + ".")) or not value:
+            if not (key == ENDPOINT_TAG or key.startswith(ENDPOINT_TAG + ".")) or not isinstance(value, str):
                 continue
-            try:
-                data = json.loads(value)
-            except (TypeError, ValueError):
+            marker = self.reader.parse(value)
+            if not isinstance(marker, EndpointMarker) or marker.rank in self.endpoint_ranks:
                 continue
-            if not isinstance(data, dict) or _rank(data) in self.endpoint_ranks:
-                continue
-            self.endpoint_ranks.add(_rank(data))
-            self.events.line(f"aml_magics: endpoint from run tag {key}: AML_MAGICS_ENDPOINT "
-                             f"{json.dumps(data, sort_keys=True)}")
+            self.endpoint_ranks.add(marker.rank)
+            self.events.line(f"aml_magics: endpoint from run tag {key}")
+            self.events.line(value)
 
     def _read_final(self, details: dict) -> dict:
         """The last lines (the service may list logs only once the run ended)."""
@@ -230,6 +241,7 @@ class RunMonitor:
             detail = "canceled by user" if self.cancel_requested else "canceled in Azure ML"
         self.events.line(f"aml_magics: Azure ML run {self.run.id} {status}")
         code = self.exit_code if self.exit_code is not None else (0 if state == "completed" else None)
+        self._close()
         self.events.finished(state, code, detail)
 
 
@@ -241,13 +253,6 @@ def _error_message(details: dict) -> str:
         if message:
             return first_line(Exception(message))
     return ""
-
-
-def _rank(data: dict) -> int:
-    try:
-        return int(data.get("rank") or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 def wait_until(predicate, timeout: float, step: float = 0.1) -> bool:

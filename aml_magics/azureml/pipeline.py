@@ -15,22 +15,24 @@ are taken off the script's arguments so the script does not start a second debug
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
-import shlex
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
+from ..errors import TargetError
+from ..invocation import BOOTSTRAP_NAME, RUN_ENV, RunSecrets, entry_arguments
+from ..protocol import Endpoint, MarkerReader, RunState
 from ..spec import DEFAULT_PORT, DEFAULT_TIMEOUT, DebugOptions, RunSpec
-from ..targets.base import TargetError
+from ..target_base import RunContext
 from . import settings
 from .backend import get_backend, require_sdk, service_errors
 from .monitor import TERMINAL, RunMonitor
-from .submission import RUN_ENV_VARS, add_debugpy, entry_arguments, make_snapshot, pip_packages, snapshot_files
+from .submission import add_debugpy, make_snapshot, pip_packages, snapshot_files
 
 GUIDE_FLAGS = {"--remote_debug": 0, "--remote_debug_connection_timeout": 1, "--remote_debug_client_ip": 1,
                "--remote_debug_port": 1}
@@ -109,12 +111,15 @@ class StepPlan:
     notes: list[str] = field(default_factory=list)
     saved: dict[str, Any] = field(default_factory=dict)
 
-    def apply(self) -> None:
+    def apply(self, secrets: RunSecrets) -> None:
+        """Put the debugged version into the step object (restored after the submission)."""
         self.saved = {name: getattr(self.step, name) for name in _PATCHED}
-        self.step._script_name = "aml_magics_bootstrap.py"
+        runconfig = copy.deepcopy(self.runconfig)
+        runconfig.environment_variables = {**dict(runconfig.environment_variables or {}), **secrets.environment()}
+        self.step._script_name = BOOTSTRAP_NAME
         self.step._source_directory = str(self.snapshot)
         self.step._arguments = self.arguments
-        self.step._runconfig = self.runconfig
+        self.step._runconfig = runconfig
         self.step._allow_reuse = False  # a reused step would not run, and not wait for the debugger
 
     def restore(self) -> None:
@@ -129,7 +134,7 @@ class StepPlan:
             "compute": self.compute,
             "source_dir": str(self.spec.source_dir),
             "snapshot_files": snapshot_files(self.snapshot),
-            "entry_script": "aml_magics_bootstrap.py",
+            "entry_script": BOOTSTRAP_NAME,
             "arguments": [_show(a) for a in self.arguments],
             "user_script": self.spec.script,
             "pip_packages": pip_packages(environment),
@@ -144,7 +149,7 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else f"{value} ({type(value).__name__})"
 
 
-def _compute_name(step: Any) -> str | None:
+def compute_name(step: Any) -> str | None:
     compute = getattr(step, "_compute_target", None)
     if isinstance(compute, tuple):
         return compute[0]
@@ -186,11 +191,86 @@ def plan_step(step: Any, debug: DebugOptions, cwd: Path, explicit_port: bool, ex
     runconfig = copy.deepcopy(step._runconfig) if step._runconfig is not None else RunConfiguration()
     if not add_debugpy(runconfig.environment):
         notes.append(f"step {step.name}: its environment manages its own dependencies: debugpy must be in its image")
-    runconfig.environment_variables = {**RUN_ENV_VARS, **dict(runconfig.environment_variables or {})}
-    bootstrap = entry_arguments(spec, step_debug.bind or "node", port)[:-(len(spec.args) + 1)]
-    arguments = [*bootstrap, script, *user_args]
+    runconfig.environment_variables = {**RUN_ENV, **dict(runconfig.environment_variables or {})}
+    arguments = entry_arguments(spec, step_debug.bind or "node", port, args=user_args)
     snapshot = make_snapshot(source_dir)
-    return StepPlan(step, spec, snapshot, arguments, runconfig, _compute_name(step), notes)
+    return StepPlan(step, spec, snapshot, arguments, runconfig, compute_name(step), notes)
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class PipelinePlan:
+    """A pipeline with debugging on for chosen steps, built offline; submitted by the engine as a
+    group of runs (one per debugged step), see :meth:`submit`."""
+
+    all_steps: list
+    plans: list[StepPlan]
+    backend: Any
+    ref: settings.WorkspaceRef
+    experiment: str
+    parameters: dict
+
+    @property
+    def label(self) -> str:
+        return "simulated Azure ML" if getattr(self.backend, "simulated", False) else "Azure ML"
+
+    @property
+    def members(self) -> list[tuple[str, RunSpec]]:
+        """(step name, the step's RunSpec) of each debugged step."""
+        return [(plan.step.name, plan.spec) for plan in self.plans]
+
+    def describe(self) -> dict:
+        chosen = [plan.step for plan in self.plans]
+        return {"backend": self.label, "workspace": self.ref.to_dict(), "experiment": self.experiment,
+                "steps": [p.describe() for p in self.plans],
+                "other_steps": [s.name for s in self.all_steps if all(s is not c for c in chosen)],
+                "pipeline_parameters": dict(self.parameters), "submitted": False}
+
+    def cleanup(self) -> None:
+        for plan in self.plans:
+            shutil.rmtree(plan.snapshot, ignore_errors=True)
+
+    def submit(self, contexts: dict[str, RunContext]) -> PipelineHandle:
+        """Check the computes, submit the pipeline (each debugged step with its own run's secrets),
+        restore the step objects; the handle follows each step's child run."""
+        try:
+            with service_errors(f"open workspace {self.ref.workspace_name}"):
+                workspace = self.backend.open_workspace(self.ref)
+                computes = self.backend.compute_names(workspace)
+            for plan in self.plans:
+                if plan.compute and plan.compute not in computes:
+                    raise TargetError(f"step {plan.step.name}: compute {plan.compute!r} not found in workspace "
+                                      f"{self.ref.workspace_name} (computes: {', '.join(computes) or 'none'})")
+            for plan in self.plans:
+                plan.apply(contexts[plan.step.name].secrets)
+            try:
+                with service_errors(f"submit the pipeline to experiment {self.experiment}"):
+                    pipeline_run = self.backend.submit_pipeline(
+                        workspace, self.experiment, self.all_steps, self.parameters or None,
+                        f"aml_magics debug: {', '.join(p.step.name for p in self.plans)}",
+                        {"aml_magics": __version__, "aml_magics.debug": "true"})
+            finally:
+                for plan in self.plans:
+                    plan.restore()
+        finally:
+            self.cleanup()
+        detail = getattr(self.backend, "detail", "")
+        description = (f"{self.label}" + (f" ({detail})" if detail else "") +
+                       f": pipeline run {pipeline_run.id}, workspace {self.ref.workspace_name}, "
+                       f"experiment {self.experiment}")
+        handle = PipelineHandle(pipeline_run, self.backend, description)
+        for plan in self.plans:
+            ctx = contexts[plan.step.name]
+            for note in plan.notes:
+                ctx.events.line(f"aml_magics: {note}")
+            ctx.events.line(f"aml_magics: submitted pipeline run {pipeline_run.id}; "
+                            f"waiting for step {plan.step.name} to start")
+            ctx.events.state(RunState.QUEUED)
+            handle.steps[plan.step.name] = StepHandle(pipeline_run, ctx)
+        handle.start(self.backend.poll_seconds)
+        return handle
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -199,69 +279,76 @@ def plan_step(step: Any, debug: DebugOptions, cwd: Path, explicit_port: bool, ex
 class StepHandle:
     """The RunHandle of one debugged step: its child run's monitor once the step started."""
 
-    def __init__(self, pipeline_run: Any) -> None:
+    def __init__(self, pipeline_run: Any, ctx: RunContext) -> None:
         self.pipeline_run = pipeline_run
+        self.ctx = ctx
         self.monitor: RunMonitor | None = None
         self.done = threading.Event()
+        ctx.scope.token.on_cancel(self._cancel_pipeline)
+
+    def _cancel_pipeline(self) -> None:
+        if self.monitor is None:
+            try:
+                self.pipeline_run.cancel()
+            except Exception:
+                pass
+
+    def follow(self, child: Any, backend: Any, poll: float) -> None:
+        self.ctx.events.line(f"aml_magics: step started as child run {child.id}")
+        self.monitor = RunMonitor(backend, child, self.ctx.events, reader=MarkerReader(self.ctx.secrets.marker_key),
+                                  scope=self.ctx.scope, poll=poll, on_cancel=self.pipeline_run).start()
+
+    def never_ran(self, status: str) -> None:
+        state = RunState.CANCELED if status == "Canceled" else RunState.FAILED
+        self.ctx.scope.close()
+        self.ctx.events.finished(state, None, f"step did not run (pipeline {status})")
+        self.done.set()
 
     def cancel(self) -> None:
         monitor = self.monitor
         if monitor is not None:
             monitor.cancel()
             return
-        try:
-            self.pipeline_run.cancel()
-        except Exception:
-            pass
+        self.ctx.scope.cancel()
         self.done.wait(10)
 
     def is_done(self) -> bool:
         return self.done.is_set() or (self.monitor is not None and self.monitor.is_done())
 
-    def map_endpoint(self, endpoint):
+    def map_endpoint(self, endpoint: Endpoint) -> Endpoint:
         return endpoint
 
 
-class PipelineDebugRun:
-    """A submitted pipeline and one DebugRun per debugged step (``.steps[name]``)."""
+class PipelineHandle:
+    """A submitted pipeline: follows it, and starts each debugged step's monitor when it runs."""
 
-    def __init__(self, pipeline_run: Any, steps: dict, backend: Any, description: str) -> None:
+    def __init__(self, pipeline_run: Any, backend: Any, description: str) -> None:
         self.pipeline_run = pipeline_run
-        self.steps = steps  # step name → DebugRun
         self.backend = backend
         self.description = description
-        self._handles: dict[str, StepHandle] = {}
+        self.steps: dict[str, StepHandle] = {}
         self._done = threading.Event()
 
     @property
     def id(self) -> str:
         return self.pipeline_run.id
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set() and all(run.done for run in self.steps.values())
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def status(self) -> str:
+        return self.pipeline_run.get_status()
 
     def cancel(self) -> None:
         try:
             self.pipeline_run.cancel()
         except Exception:
             pass
-        for run in self.steps.values():
-            run.cancel()
 
-    def wait(self, timeout: float | None = None) -> str:
-        for run in self.steps.values():
-            run.wait(timeout)
-        self._done.wait(timeout)
-        return self.pipeline_run.get_status()
-
-    def launch_json(self, workspace_folder=None) -> dict:
-        from .. import launch
-
-        configs = [c for run in self.steps.values() for c in run.launch_configs(workspace_folder)]
-        return launch.fragment(configs)
-
-    def _start(self, poll: float) -> None:
+    def start(self, poll: float) -> None:
         threading.Thread(target=self._follow, args=(poll,), daemon=True, name=f"aml-pipeline-{self.id}").start()
 
     def _follow(self, poll: float) -> None:
@@ -273,67 +360,35 @@ class PipelineDebugRun:
                 except Exception:
                     wake.wait(poll)
                     continue
-                for name, handle in self._handles.items():
+                for name, handle in self.steps.items():
                     if handle.monitor is None:
                         try:
                             children = self.pipeline_run.find_step_run(name)
                         except Exception:
                             children = []
                         if children:
-                            run = self.steps[name]
-                            run.line(f"aml_magics: step {name} started as child run {children[0].id}")
-                            handle.monitor = RunMonitor(self.backend, children[0], run.events, poll=poll,
-                                                        on_cancel=self.pipeline_run).start()
+                            handle.follow(children[0], self.backend, poll)
                 if status in TERMINAL:
-                    for name, handle in self._handles.items():
+                    for handle in self.steps.values():
                         if handle.monitor is None:
-                            state = "canceled" if status == "Canceled" else "failed"
-                            self.steps[name].finished(state, None, f"step did not run (pipeline {status})")
-                            handle.done.set()
+                            handle.never_ran(status)
                     return
                 wake.wait(poll)
         finally:
             self._done.set()
 
-    def __repr__(self) -> str:
-        steps = ", ".join(f"{n}: {r.state}" for n, r in self.steps.items())
-        return f"<PipelineDebugRun {self.id} {steps}>"
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
-        from ..views import render_text, widget_frontend
+def plan_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, experiment: str | None = None,
+                  workspace_config: str | None = None, port: int | None = None, bind: str | None = None,
+                  timeout: float | None = None, stop_on_entry: bool = False,
+                  pipeline_parameters: dict | None = None, cwd: Path | None = None,
+                  default_port: int = DEFAULT_PORT, default_timeout: float = DEFAULT_TIMEOUT) -> PipelinePlan:
+    """The pipeline made of ``steps`` with debugging on for the steps named in ``debug_steps``
+    (default: those whose arguments carry the guide's ``--remote_debug``), built offline.
 
-        text = "\n\n".join(render_text(run) for run in self.steps.values())
-        text = f"pipeline run {self.id} ({self.description})\n{text}"
-        if not widget_frontend():
-            return {"text/plain": text}
-        import ipywidgets as widgets
-
-        from ..views.widget import widget_for
-
-        box = widgets.VBox([widgets.HTML(f"<b>pipeline run {self.id}</b> <i>{self.description}</i>")]
-                           + [widget_for(run) for run in self.steps.values()])
-        bundle = dict(box._repr_mimebundle_() or {})
-        bundle["text/plain"] = text
-        return bundle
-
-
-def debug_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, experiment: str | None = None,
-                   workspace_config: str | None = None, port: int | None = None, bind: str | None = None,
-                   timeout: float | None = None, stop_on_entry: bool = False,
-                   pipeline_parameters: dict | None = None, dry_run: bool = False,
-                   launch_json: str | Path | None = None, registry: Any = None, cwd: Path | None = None,
-                   default_port: int = DEFAULT_PORT, default_timeout: float = DEFAULT_TIMEOUT):
-    """Submit the pipeline made of ``steps`` with debugging on for the steps named in
-    ``debug_steps`` (default: those whose arguments carry the guide's ``--remote_debug``).
-
-    Returns a PipelineDebugRun (``.steps[name]`` is each step's DebugRun), or with
-    ``dry_run=True`` a dict of what would be submitted, built offline. TargetError (one
-    line) for every problem found before submitting; then nothing was submitted.
+    TargetError (one line) for every problem found before submitting; then nothing was submitted.
     """
     require_sdk(pipelines=True)
-    from ..engine import REGISTRY, _launch_json_writer
-    from ..run import DebugRun
-
     cwd = cwd or Path.cwd()
     if isinstance(debug_steps, str):
         debug_steps = [s.strip() for s in debug_steps.split(",") if s.strip()]
@@ -349,147 +404,8 @@ def debug_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, ex
     try:
         for step in chosen:
             plans.append(plan_step(step, debug, cwd, port is not None, timeout is not None))
-        label = "simulated Azure ML" if getattr(backend, "simulated", False) else "Azure ML"
-        if dry_run:
-            return {"backend": label, "workspace": ref.to_dict(), "experiment": experiment,
-                    "steps": [p.describe() for p in plans], "other_steps": [s.name for s in all_steps if s not in chosen],
-                    "pipeline_parameters": dict(pipeline_parameters or {}), "submitted": False}
-        with service_errors(f"open workspace {ref.workspace_name}"):
-            workspace = backend.open_workspace(ref)
-            computes = backend.compute_names(workspace)
+    except BaseException:
         for plan in plans:
-            if plan.compute and plan.compute not in computes:
-                raise TargetError(f"step {plan.step.name}: compute {plan.compute!r} not found in workspace "
-                                  f"{ref.workspace_name} (computes: {', '.join(computes) or 'none'})")
-        for plan in plans:
-            plan.apply()
-        try:
-            with service_errors(f"submit the pipeline to experiment {experiment}"):
-                pipeline_run = backend.submit_pipeline(workspace, experiment, all_steps, pipeline_parameters,
-                    f"aml_magics debug: {', '.join(p.step.name for p in plans)}",
-                    {"aml_magics": __version__, "aml_magics.debug": "true"})
-        finally:
-            for plan in plans:
-                plan.restore()
-    finally:
-        for plan in plans:
-            import shutil
-
             shutil.rmtree(plan.snapshot, ignore_errors=True)
-    registry = registry or REGISTRY
-    detail = getattr(backend, "detail", "")
-    description = (f"{label}" + (f" ({detail})" if detail else "") +
-                   f": pipeline run {pipeline_run.id}, workspace {ref.workspace_name}, experiment {experiment}")
-    runs: dict[str, DebugRun] = {}
-    result = PipelineDebugRun(pipeline_run, runs, backend, description)
-    for plan in plans:
-        run = DebugRun(registry.new_id(plan.spec.name), plan.spec, "azureml",
-                       description=f"{description}, step {plan.step.name}")
-        for note in plan.notes:
-            run.line(f"aml_magics: {note}")
-        run.line(f"aml_magics: submitted pipeline run {pipeline_run.id}; waiting for step {plan.step.name} to start")
-        run.set_state("queued")
-        if launch_json is not None:
-            run.subscribe(_launch_json_writer(Path(launch_json)))
-        handle = StepHandle(pipeline_run)
-        run.bind(handle)
-        result._handles[plan.step.name] = handle
-        registry.add(run)
-        runs[plan.step.name] = run
-    result._start(backend.poll_seconds)
-    return result
-
-
-# -- the magic ---------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    from ..options import _Parser, port_value, timeout_value
-
-    parser = _Parser(prog="%aml_debug_pipeline", add_help=False, allow_abbrev=False)
-    parser.add_argument("steps_expr", metavar="STEPS", help="the list of pipeline steps (a variable or expression)")
-    parser.add_argument("--steps", default=None, help="names of the steps to debug, comma-separated")
-    parser.add_argument("--experiment", default=None)
-    parser.add_argument("--workspace-config", default=None)
-    parser.add_argument("--port", type=port_value, default=None)
-    parser.add_argument("--bind", default=None)
-    parser.add_argument("--timeout", type=timeout_value, default=None)
-    parser.add_argument("--stop-on-entry", action="store_true")
-    parser.add_argument("--parameter", action="append", default=[], help="pipeline parameter NAME=VALUE (repeatable)")
-    parser.add_argument("--launch-json", default=None)
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--wait", action="store_true")
-    # the guide's own flags
-    parser.add_argument("--remote_debug", action="store_true", help="(the guide's flag) debugging on: the default")
-    parser.add_argument("--remote_debug_connection_timeout", type=timeout_value, default=None)
-    parser.add_argument("--remote_debug_port", type=port_value, default=None)
-    parser.add_argument("--remote_debug_client_ip", default=None, help="(the guide's flag) ignored: the node's "
-                        "own address is bound")
-    return parser
-
-
-USAGE = "usage: %aml_debug_pipeline STEPS [--steps a,b] [--experiment E] [--timeout S] [--port N] [--dry-run] [--wait]"
-
-
-def follow_steps(result: PipelineDebugRun, until_endpoint: bool, emit: Any = print) -> None:
-    """Print every step's lines as they come, until one step can be attached to (or all ended)."""
-    import time
-
-    seen = dict.fromkeys(result.steps, 0)
-    while True:
-        finished = all(run.done for run in result.steps.values())
-        for name, run in result.steps.items():
-            lines, seen[name] = run.lines_since(seen[name])
-            for text in lines:
-                emit(f"[{name}] {text}")
-        if finished or (until_endpoint and any(run.endpoints for run in result.steps.values())):
-            return
-        time.sleep(0.2)
-
-
-def pipeline_magic(magics: Any, line: str) -> Any:
-    """``%aml_debug_pipeline STEPS [--steps a,b] ...``: the implementation behind the magic."""
-    from IPython.core.error import UsageError
-
-    from ..options import OptionsError
-
-    if line.strip() in ("", "-h", "--help"):
-        print(_parser().format_help() if line.strip() else USAGE)
-        return None
-    try:
-        ns = _parser().parse_args(shlex.split(line))
-    except (OptionsError, ValueError) as exc:
-        raise UsageError(f"{exc}; {USAGE}") from None
-    try:
-        steps = magics.shell.ev(ns.steps_expr)
-    except Exception as exc:
-        raise UsageError(f"cannot evaluate {ns.steps_expr!r}: {type(exc).__name__}: {exc}") from None
-    parameters = {}
-    for item in ns.parameter:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--parameter takes NAME=VALUE, not {item!r}")
-        parameters[key] = value
-    port = ns.port if ns.port is not None else ns.remote_debug_port
-    timeout = ns.timeout if ns.timeout is not None else ns.remote_debug_connection_timeout
-    try:
-        result = debug_pipeline(
-            steps, ns.steps, experiment=ns.experiment or getattr(magics, "experiment", None),
-            workspace_config=ns.workspace_config or getattr(magics, "workspace_config", None),
-            port=None if port in (None, "auto") else int(port), bind=ns.bind, timeout=timeout,
-            stop_on_entry=ns.stop_on_entry, pipeline_parameters=parameters or None, dry_run=ns.dry_run,
-            launch_json=ns.launch_json, registry=getattr(magics, "registry", None),
-            default_port=getattr(magics, "port", DEFAULT_PORT), default_timeout=getattr(magics, "timeout", DEFAULT_TIMEOUT))
-    except TargetError as exc:
-        raise UsageError(str(exc)) from None
-    if ns.dry_run:
-        return result
-    from ..views import widget_frontend
-
-    try:
-        if ns.wait or not widget_frontend():
-            follow_steps(result, until_endpoint=not ns.wait)
-    except KeyboardInterrupt:
-        result.cancel()
-        print(f"aml_magics: pipeline run {result.id} canceled (interrupted)")
-    return result
+        raise
+    return PipelinePlan(all_steps, plans, backend, ref, experiment, dict(pipeline_parameters or {}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from ..targets.base import TargetError
+from ..errors import TargetError
 from .backend import MISSING_EXTRA as MISSING_V1
 
 SDK_ENV = "AML_MAGICS_AZUREML_SDK"

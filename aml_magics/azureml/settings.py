@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..targets.base import TargetError
+from ..errors import TargetError
 
 CONFIG_DIRS = (".azureml", "aml_config", None)  # the order Workspace.from_config() searches
 CONFIG_FILES = ("config.json", "project.json")

@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import TargetError
+from ..invocation import BOOTSTRAP_NAME, BOOTSTRAP_PATH, RUN_ENV, RunSecrets, entry_arguments, redact
 from ..spec import RunSpec
-from ..targets.base import TargetError
-from ..targets.local import BOOTSTRAP, bootstrap_args
 
-BOOTSTRAP_NAME = "aml_magics_bootstrap.py"
 DEBUGPY_REQUIREMENT = "debugpy>=1.8.1"  # listen(..., in_process_debug_adapter=True)
 SNAPSHOT_LIMIT = 300 * 1024 * 1024  # Azure ML refuses larger snapshots
 ALWAYS_IGNORED = {".git", "__pycache__", ".ipynb_checkpoints", ".aml_magics_snapshot"}
 IGNORED_BELOW_ROOT = {".aml_magics"}  # our own cell/cache folder inside a project
-RUN_ENV_VARS = {"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+RUN_ENV_VARS = RUN_ENV
 _REQ_UNSUPPORTED = re.compile(r"^(-r|--requirement|-c|--constraint|-e|--editable)\b")
 
 
@@ -85,7 +84,7 @@ def make_snapshot(source_dir: Path, script: str | None = None, script_text: str 
             target = dest / script
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(script_text if script_text.endswith("\n") else script_text + "\n")
-        shutil.copy2(BOOTSTRAP, dest / BOOTSTRAP_NAME)
+        shutil.copy2(BOOTSTRAP_PATH, dest / BOOTSTRAP_NAME)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -99,7 +98,7 @@ def snapshot_files(snapshot: Path) -> list[str]:
 # -- environment -----------------------------------------------------------------------
 
 
-def _requirement_lines(text: str, origin: str) -> tuple[list[str], list[str]]:
+def requirement_lines(text: str, origin: str) -> tuple[list[str], list[str]]:
     """Packages and pip options of a requirements text; unsupported lines are errors."""
     packages: list[str] = []
     options: list[str] = []
@@ -114,7 +113,7 @@ def _requirement_lines(text: str, origin: str) -> tuple[list[str], list[str]]:
     return packages, options
 
 
-def _is_debugpy(requirement: str) -> bool:
+def is_debugpy(requirement: str) -> bool:
     return re.match(r"^debugpy\b", requirement.strip(), re.IGNORECASE) is not None
 
 
@@ -124,7 +123,7 @@ def add_debugpy(environment: Any) -> bool:
     if python.user_managed_dependencies:
         return False
     deps = python.conda_dependencies
-    if not any(_is_debugpy(p) for p in deps.pip_packages):
+    if not any(is_debugpy(p) for p in deps.pip_packages):
         deps.add_pip_package(DEBUGPY_REQUIREMENT)
         python.conda_dependencies = deps
     return True
@@ -160,7 +159,7 @@ def build_environment(spec: RunSpec, registered: Any = None) -> tuple[Any, list[
     deps = environment.python.conda_dependencies
     packages = list(env_spec.pip)
     if env_spec.requirements.strip():
-        more, options = _requirement_lines(env_spec.requirements, env_spec.requirements_path or "--requirements")
+        more, options = requirement_lines(env_spec.requirements, env_spec.requirements_path or "--requirements")
         packages += more
         for option in options:
             deps.set_pip_option(option)
@@ -192,15 +191,6 @@ def conda_packages(environment: Any) -> list[str]:
 
 
 # -- the run ---------------------------------------------------------------------------
-
-
-def entry_arguments(spec: RunSpec, bind: str, port: int) -> list[str]:
-    """The bootstrap's options, ``--``, then the user's script and its arguments untouched.
-
-    One command line for every process of a distributed run: each reads its rank from the
-    launcher's environment (see ``bootstrap_args``).
-    """
-    return [*bootstrap_args(spec, bind, port), "--", spec.script, *spec.args]
 
 
 def port_notes(spec: RunSpec, port: int) -> list[str]:
@@ -272,7 +262,7 @@ class Submission:
                 "user_managed_dependencies": bool(env.python.user_managed_dependencies),
                 "base_image": env.docker.base_image,
             },
-            "environment_variables": dict(self.config.run_config.environment_variables or {}),
+            "environment_variables": redact(dict(self.config.run_config.environment_variables or {})),
             "distributed": distributed,
             "debug": describe_debug(self.spec, self.bind, self.port),
             "notes": list(self.notes),
@@ -294,8 +284,12 @@ def _quote(arg: str) -> str:
 
 
 def build_submission(spec: RunSpec, compute: str, experiment: str, *, registered: Any = None,
-                     registered_name: str | None = None, script_text: str | None = None) -> Submission:
-    """Snapshot + Environment + ScriptRunConfig for ``spec``; nothing is contacted."""
+                     registered_name: str | None = None, script_text: str | None = None,
+                     secrets: RunSecrets | None = None) -> Submission:
+    """Snapshot + Environment + ScriptRunConfig for ``spec``; nothing is contacted.
+
+    ``secrets`` travel in the run's environment variables (the only channel to a node);
+    a dry run builds without them and shows none."""
     from azureml.core import ScriptRunConfig
 
     bind = spec.debug.bind or "node"
@@ -314,7 +308,8 @@ def build_submission(spec: RunSpec, compute: str, experiment: str, *, registered
         config = ScriptRunConfig(source_directory=str(snapshot), script=BOOTSTRAP_NAME,
                                  arguments=entry_arguments(spec, bind, port), compute_target=compute,
                                  environment=environment, distributed_job_config=job_config)
-        config.run_config.environment_variables = {**RUN_ENV_VARS, **dict(spec.environment.env_vars)}
+        config.run_config.environment_variables = {**RUN_ENV_VARS, **dict(spec.environment.env_vars),
+                                                   **(secrets.environment() if secrets is not None else {})}
     except BaseException:
         shutil.rmtree(snapshot, ignore_errors=True)
         raise

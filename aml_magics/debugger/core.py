@@ -604,6 +604,12 @@ class Debugger(Model):
             self.close()
 
     # -- display ---------------------------------------------------------------------------
+    def panel(self) -> Any:
+        """This debugger's ipywidgets panel (one per debugger)."""
+        from .panel import panel_for
+
+        return panel_for(self)
+
     def __repr__(self) -> str:
         from .text import describe
 
@@ -613,13 +619,11 @@ class Debugger(Model):
         from .text import render
 
         text = render(self)
-        from ..views import widget_frontend
+        from .frontend import widget_frontend
 
         if not widget_frontend():
             return {"text/plain": text}
-        from .panel import panel_for
-
-        bundle = dict(panel_for(self)._repr_mimebundle_() or {})
+        bundle = dict(self.panel()._repr_mimebundle_() or {})
         bundle["text/plain"] = text
         return bundle
 

@@ -52,7 +52,6 @@ _STYLE = """<style>
 </style>"""
 
 _panels: weakref.WeakValueDictionary[int, DebuggerPanel] = weakref.WeakValueDictionary()
-_run_panels: dict[str, DebuggerPanel] = {}
 
 
 def panel_for(debugger: Debugger) -> DebuggerPanel:
@@ -60,22 +59,6 @@ def panel_for(debugger: Debugger) -> DebuggerPanel:
     if panel is None or panel.debugger is not debugger:
         panel = DebuggerPanel(debugger)
         _panels[id(debugger)] = panel
-    return panel
-
-
-def open_for_run(run: Any) -> DebuggerPanel:
-    """The panel the run panel's *Debug here* opens: not attached yet, so breakpoints set in it
-    are armed before the run is released (the run's script is shown to click them in)."""
-    for key, panel in list(_run_panels.items()):
-        if panel.debugger.ended and key != run.id:
-            del _run_panels[key]
-    existing = _run_panels.get(run.id)
-    if existing is not None and not existing.debugger.ended:
-        return existing
-    from .core import prepare
-
-    panel = panel_for(prepare(run))
-    _run_panels[run.id] = panel
     return panel
 
 

@@ -1,77 +1,61 @@
-"""Target registry: adding a target never touches the magic or the views."""
+"""Target registry: adding a target never touches the magic, the CLI or the views.
+
+A target registers a factory, the options it takes (composed into every parser by
+:mod:`..options`) and its capabilities (what the options layer checks before anything
+starts). The built-in targets are described here and imported only when used.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from .base import RunEvents, RunHandle, Target, TargetError
-
-TARGET_NAMES = ("local", "docker", "azureml")
-
-
-def _local(**options: Any) -> Target:
-    from .local import LocalTarget
-
-    return LocalTarget(**options)
+from ..errors import TargetError
+from ..target_base import Capabilities, Option, RunContext, RunEvents, RunHandle, Target
 
 
-def _docker(**options: Any) -> Target:
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    factory: Callable[..., Target]
+    options: tuple[Option, ...] = ()
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    listed: bool = True  # offered as --target NAME (a target for deployments only is not)
+
+
+_REGISTRY: dict[str, TargetInfo] = {}
+# Built-in targets whose module registers them when first asked for.
+_BUILT_IN = {"local": "aml_magics.targets.local", "docker": "aml_magics.targets.docker",
+             "azureml": "aml_magics.targets.azureml"}
+
+
+def register_target(name: str, factory: Callable[..., Target], *, options: tuple[Option, ...] = (),
+                    capabilities: Capabilities | None = None, listed: bool = True) -> None:
+    _REGISTRY[name] = TargetInfo(name, factory, tuple(options), capabilities or Capabilities(), listed)
+
+
+def target_info(name: str) -> TargetInfo:
+    if name not in _REGISTRY and name in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[name])
     try:
-        import docker  # noqa: F401 - the SDK is an extra
-    except ImportError:
-        raise TargetError("target 'docker' needs the docker SDK: install aml-magics[docker] "
-                          "(pip install 'aml-magics[docker]')") from None
-    from .docker import DockerTarget
-
-    return DockerTarget(**options)
+        return _REGISTRY[name]
+    except KeyError:
+        raise TargetError(f"unknown target '{name}' (known: {', '.join(target_names())})") from None
 
 
-def _azureml(**options: Any) -> Target:
-    """Lazy: the SDK (azureml-core v1 or azure-ai-ml v2, see azureml.sdk) is imported only when used."""
-    from ..azureml.sdk import choose_sdk, v1_options
-
-    if choose_sdk(options.pop("sdk", None)) == "v2":  # missing extras: one line naming them
-        from .azureml_v2 import AzureMLV2Target
-
-        return AzureMLV2Target(**options)
-    from ..azureml.backend import require_sdk
-
-    options = v1_options(options)
-    require_sdk()
-    from .azureml import AzureMLTarget
-
-    return AzureMLTarget(**options)
+def target_names() -> list[str]:
+    return sorted({*(n for n, i in _REGISTRY.items() if i.listed), *_BUILT_IN})
 
 
-def _not_yet(name: str, extra: str) -> Callable[..., Target]:
-    def factory(**options: Any) -> Target:
-        raise TargetError(
-            f"target '{name}' is not available yet in this version of aml_magics "
-            f"(it will need: pip install 'aml-magics[{extra}]'); use --target local"
-        )
-
-    return factory
-
-
-_FACTORIES: dict[str, Callable[..., Target]] = {
-    "local": _local,
-    "docker": _docker,
-    "azureml": _azureml,
-}
-
-
-def register_target(name: str, factory: Callable[..., Target]) -> None:
-    _FACTORIES[name] = factory
+def all_targets() -> list[TargetInfo]:
+    return [target_info(name) for name in target_names()]
 
 
 def make_target(name: str, **options: Any) -> Target:
-    try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        known = ", ".join(sorted(_FACTORIES))
-        raise TargetError(f"unknown target '{name}' (known: {known})") from None
-    return factory(**options)
+    return target_info(name).factory(**options)
 
 
-__all__ = ["RunEvents", "RunHandle", "Target", "TargetError", "make_target", "register_target"]
+__all__ = ["Capabilities", "Option", "RunContext", "RunEvents", "RunHandle", "Target", "TargetError", "TargetInfo",
+           "all_targets", "make_target", "register_target", "target_info", "target_names"]

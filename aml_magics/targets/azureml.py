@@ -5,7 +5,7 @@ The cell or script is submitted as a ScriptRunConfig whose entry script is the b
 debugpy added; on the node the bootstrap binds the node's own private address. The
 endpoint comes back through the run's logs (both layouts) or a run tag. The control
 plane is the real service or, with ``AML_MAGICS_AZUREML_BACKEND=simulator``, the
-simulator in :mod:`aml_magics.testing.azureml_simulator`.
+simulator in :mod:`aml_magics.azureml.simulator`.
 
 :class:`AzureMLTargetBase` is what this target and the SDK v2 one (:mod:`.azureml_v2`)
 share: the options, the settings decided offline, the order of the checks and of a
@@ -15,15 +15,18 @@ submission, and the words the views show.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from .. import __version__
+from .._version import __version__
 from ..azureml import settings
 from ..azureml.backend import get_backend, require_sdk, service_errors
 from ..azureml.monitor import RunMonitor
 from ..azureml.submission import Submission, build_submission
+from ..invocation import RunSecrets
+from ..protocol import MarkerReader, RunState
 from ..spec import RunSpec
-from .base import RunEvents, TargetError
+from ..target_base import Capabilities, RunContext, TargetError, option
+from . import register_target
 
 
 class AzureMLTargetBase:
@@ -31,6 +34,7 @@ class AzureMLTargetBase:
     (``_check_service``, ``_described``, ``_build``, ``_send``, ``_follow``) and its words."""
 
     name = "azureml"
+    capabilities: ClassVar[Capabilities] = Capabilities(dry_run=True)
     label = "Azure ML"  # the description's, for the real service and the simulator
     simulated_label = "simulated Azure ML"
     backend_label = "Azure ML"  # a dry run's "backend"
@@ -109,10 +113,11 @@ class AzureMLTargetBase:
         self._check_service()
         self._checked = spec
 
-    def submit(self, spec: RunSpec, events: RunEvents) -> RunMonitor:
+    def submit(self, spec: RunSpec, ctx: RunContext) -> RunMonitor:
         if self._checked != spec:
             self.check(spec)
-        submission = self._build(spec)
+        events = ctx.events
+        submission = self._build(spec, ctx.secrets)
         try:
             for note in submission.notes:
                 events.line(f"aml_magics: {note}")
@@ -126,8 +131,8 @@ class AzureMLTargetBase:
             url = None
         if url:
             events.line(f"aml_magics: {self.page_label}: {url}")
-        events.state("queued")
-        return self._follow(spec, run, events)
+        events.state(RunState.QUEUED)
+        return self._follow(spec, run, ctx)
 
     @staticmethod
     def _tags() -> dict[str, str]:
@@ -141,14 +146,14 @@ class AzureMLTargetBase:
         """The dry run's submission, described (everything built is deleted again)."""
         raise NotImplementedError
 
-    def _build(self, spec: RunSpec) -> Any:
+    def _build(self, spec: RunSpec, secrets: RunSecrets) -> Any:
         raise NotImplementedError
 
     def _send(self, submission: Any) -> Any:
         """Submit; the run (with ``id`` and ``get_portal_url``)."""
         raise NotImplementedError
 
-    def _follow(self, spec: RunSpec, run: Any, events: RunEvents) -> RunMonitor:
+    def _follow(self, spec: RunSpec, run: Any, ctx: RunContext) -> RunMonitor:
         raise NotImplementedError
 
 
@@ -193,16 +198,17 @@ class AzureMLTarget(AzureMLTargetBase):
             with service_errors(f"get environment {env_name}{':' + version if version else ''}"):
                 self.registered = self.backend.get_environment(self.workspace, env_name, version)
 
-    def _build(self, spec: RunSpec) -> Submission:
+    def _build(self, spec: RunSpec, secrets: RunSecrets) -> Submission:
         return build_submission(spec, self.compute or "", self.experiment or "", registered=self.registered,
-                                registered_name=self._environment_label())
+                                registered_name=self._environment_label(), secrets=secrets)
 
     def _send(self, submission: Submission) -> Any:
         with service_errors(f"submit to experiment {self.experiment}"):
             return self.backend.submit_run(self.workspace, self.experiment, submission.config, self._tags())
 
-    def _follow(self, spec: RunSpec, run: Any, events: RunEvents) -> RunMonitor:
-        return RunMonitor(self.backend, run, events).start()
+    def _follow(self, spec: RunSpec, run: Any, ctx: RunContext) -> RunMonitor:
+        return RunMonitor(self.backend, run, ctx.events, reader=MarkerReader(ctx.secrets.marker_key),
+                          scope=ctx.scope).start()
 
 
 def _placeholder_environment(name: str) -> Any:
@@ -212,3 +218,39 @@ def _placeholder_environment(name: str) -> Any:
     environment = Environment(name)
     environment.python.conda_dependencies = CondaDependencies.create()
     return environment
+
+
+OPTIONS = (
+    option("--compute", default=None, help="azureml: compute target name (default: %%config, or this compute instance)"),
+    option("--experiment", default=None, help="azureml: experiment name (default: the notebook's name)"),
+    option("--workspace-config", default=None,
+           help="azureml: workspace config.json, or a folder to search (default: Workspace.from_config() lookup)"),
+    option("--environment", default=None, metavar="NAME[:VERSION]",
+           help="azureml: an existing/curated Azure ML environment to use, with debugpy added"),
+    option("--sdk", choices=("v1", "v2"), default=None,
+           help="azureml: submit with azureml-core (v1) or azure-ai-ml (v2); default: %%config "
+                "AmlDebugMagics.azureml_sdk, else the one installed (v1 when both are)"),
+    option("--subscription", default=None, help="azureml: subscription id (with --resource-group, --workspace)"),
+    option("--resource-group", default=None, help="azureml: resource group of the workspace"),
+    option("--workspace", default=None, help="azureml: workspace name (instead of a config.json)"),
+    option("--vscode-service", action="store_true", default=None,
+           help="azureml v2: add a VS Code job service (reach the node from outside its network)"),
+    option("--distribution", choices=("pytorch", "mpi"), default=None,
+           help="azureml v2: launcher of a distributed job (--nodes/--procs-per-node; default pytorch)"),
+)
+
+
+def _factory(**options: Any) -> AzureMLTargetBase:
+    """Lazy: the SDK (azureml-core v1 or azure-ai-ml v2, see azureml.sdk) is imported only when used."""
+    from ..azureml.sdk import choose_sdk, v1_options
+
+    if choose_sdk(options.pop("sdk", None)) == "v2":  # missing extras: one line naming them
+        from .azureml_v2 import AzureMLV2Target
+
+        return AzureMLV2Target(**options)
+    options = v1_options(options)
+    require_sdk()
+    return AzureMLTarget(**options)
+
+
+register_target("azureml", _factory, options=OPTIONS, capabilities=AzureMLTargetBase.capabilities)

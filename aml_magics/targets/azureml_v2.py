@@ -5,7 +5,7 @@ this one shares): settings and every check before anything is submitted, each fa
 one line; the job runs the bootstrap with the user's script after ``--``; the endpoint
 comes back through the job's ``user_logs/std_log*.txt``. The control plane is an
 ``MLClient`` or, with ``AML_MAGICS_AZUREML_BACKEND=simulator``,
-:mod:`aml_magics.testing.azureml_v2_simulator`.
+:mod:`aml_magics.azureml.v2.simulator`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from ..azureml.sdk import require_v2
 from ..azureml.v2.job import VSCODE_SERVICE, JobSubmission, build_job
 from ..azureml.v2.monitor import JobMonitor
 from ..azureml.v2.service import JobRun, get_v2_backend
+from ..invocation import RunSecrets
+from ..protocol import MarkerReader
 from ..spec import RunSpec
+from ..target_base import RunContext
 from .azureml import AzureMLTargetBase
-from .base import RunEvents
 
 
 class AzureMLV2Target(AzureMLTargetBase):
@@ -76,18 +78,19 @@ class AzureMLV2Target(AzureMLTargetBase):
             env_name, version = self.environment_choice
             self.registered = self.backend.get_environment(self.client, env_name, version)
 
-    def _build(self, spec: RunSpec) -> JobSubmission:
+    def _build(self, spec: RunSpec, secrets: RunSecrets) -> JobSubmission:
         return build_job(spec, self.compute or "", self.experiment or "", registered=self.registered,
                          registered_name=self._environment_label(), vscode_service=self.vscode_service,
-                         distribution=self.distribution, tags=self._tags())
+                         distribution=self.distribution, tags=self._tags(), secrets=secrets)
 
     def _send(self, submission: JobSubmission) -> JobRun:
         job = self.backend.create_job(self.client, submission.job, self.experiment or "")
         return JobRun(self.backend, self.client, job)
 
-    def _follow(self, spec: RunSpec, run: Any, events: RunEvents) -> JobMonitor:
+    def _follow(self, spec: RunSpec, run: Any, ctx: RunContext) -> JobMonitor:
         services = (VSCODE_SERVICE,) if self.vscode_service else ()
-        monitor = JobMonitor(self.backend, run, events, services=services, nodes=spec.distributed.nodes,
+        monitor = JobMonitor(self.backend, run, ctx.events, reader=MarkerReader(ctx.secrets.marker_key),
+                             scope=ctx.scope, services=services, nodes=spec.distributed.nodes,
                              description=self.description)
         monitor.start()
         return monitor

@@ -20,40 +20,41 @@ Each debugged rank listens on 5678 + its local rank inside the container, each p
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import secrets
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
-from ..markers import Endpoint, parse_marker
-from ..processes import on_exit
+from .. import images
+from ..invocation import LOOPBACK, PYTHON_FLAGS, entry_arguments, rank_environment, run_environment
+from ..output import LineCutter
+from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
 from ..spec import DEFAULT_PORT, RunSpec
-from . import docker_images as images
-from .base import RunEvents, TargetError
-from .local import bootstrap_args
+from ..target_base import Capabilities, Outcome, RunContext, TargetError, ThreadedRun, option
+from . import register_target
 
 APP_DIR = "/app"
 CONTAINER_PORT = 5678
-LOOPBACK = "127.0.0.1"
 LOG_TAIL = 15
-_RANK_EXIT = re.compile(r"^aml_magics: rank (\d+) exited with code (-?\d+)$")
+MAX_PROCESSES = 64
 
-# The launcher of a container with several processes (argv: M, then the command every rank runs).
+# The launcher of a container with several processes: argv[1] is a JSON list of each rank's
+# environment (from invocation.rank_environment), the rest the command every rank runs. Lines
+# get a ``[rank i] `` tag; a rank that exits non-zero gets an authenticated EXIT marker (it may
+# have died without printing its own); the launcher exits with the first failing rank's code.
 LAUNCHER = r"""
-import os, signal, socket, subprocess, sys, threading
-n, cmd = int(sys.argv[1]), sys.argv[2:]
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    master = s.getsockname()[1]
+import hashlib, hmac, json, os, signal, subprocess, sys, threading
+envs, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+try:
+    key = bytes.fromhex(json.loads(os.environ.get("AML_MAGICS_SECRETS", "{}")).get("marker_key", ""))
+except ValueError:
+    key = b""
 out, lock, codes, procs = sys.stdout.buffer, threading.Lock(), {}, []
-for i in range(n):
-    env = dict(os.environ, RANK=str(i), LOCAL_RANK=str(i), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
-               NODE_RANK="0", GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master))
-    procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT))
+for env in envs:
+    procs.append(subprocess.Popen(cmd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
 def forward(signum, frame):
     for p in procs:
         if p.poll() is None:
@@ -64,6 +65,10 @@ def write(data):
     with lock:
         out.write(data)
         out.flush()
+def marker(kind, **data):
+    payload = json.dumps(data, sort_keys=True)
+    mac = hmac.new(key, ("%s %s" % (kind, payload)).encode(), hashlib.sha256).hexdigest()[:32] if key else ""
+    return ("AML_MAGICS_%s %s %s" % (kind, payload, mac)).rstrip().encode() + b"\n"
 def pump(i, p):
     prefix = b"[rank %d] " % i
     for line in p.stdout:
@@ -71,41 +76,15 @@ def pump(i, p):
     codes[i] = code = p.wait()
     if code:
         write(b"aml_magics: rank %d exited with code %d\n" % (i, code))
+        write(marker("EXIT", rank=i, code=code, pid=p.pid, source="launcher"))
 threads = [threading.Thread(target=pump, args=(i, p)) for i, p in enumerate(procs)]
 for t in threads:
     t.start()
 for t in threads:
     t.join()
-failed = [codes[i] for i in range(n) if codes[i]]
+failed = [codes[i] for i in range(len(procs)) if codes[i]]
 sys.exit(0 if not failed else failed[0] if failed[0] > 0 else 128 - failed[0])
 """
-
-_live: dict[str, Any] = {}  # container id → container, for cleanup at exit
-_live_lock = threading.Lock()
-_hook_registered = False
-
-
-def _register(container: Any) -> None:
-    global _hook_registered
-    with _live_lock:
-        _live[container.id] = container
-        if not _hook_registered:
-            on_exit(remove_live_containers)
-            _hook_registered = True
-
-
-def _unregister(container: Any) -> None:
-    with _live_lock:
-        _live.pop(container.id, None)
-
-
-def remove_live_containers() -> None:
-    """Remove every container this process started and has not removed yet."""
-    with _live_lock:
-        containers = list(_live.values())
-        _live.clear()
-    for container in containers:
-        _remove(container)
 
 
 def _remove(container: Any) -> None:
@@ -133,22 +112,6 @@ def gpu_requests(gpus: str | None) -> list[Any]:
     raise TargetError(f"--gpus {gpus!r}: use all, a number, or device=ID[,ID...]")
 
 
-class _LineSplitter:
-    """Whole lines from a stream that arrives in arbitrary chunks."""
-
-    def __init__(self) -> None:
-        self.pending = ""
-
-    def feed(self, data: bytes) -> list[str]:
-        self.pending += data.decode("utf-8", "replace")
-        *lines, self.pending = self.pending.split("\n")
-        return [line.rstrip("\r") for line in lines]
-
-    def rest(self) -> list[str]:
-        rest, self.pending = self.pending, ""
-        return [rest.rstrip("\r")] if rest else []
-
-
 def published_port(container: Any, port: int) -> int | None:
     """The host port ``port/tcp`` of a started (and reloaded) container is published on."""
     bindings = (container.ports or {}).get(f"{port}/tcp") or []
@@ -166,33 +129,20 @@ class ContainerExtras:
     mount_source: bool = True  # the source dir at app_dir (False: the subclass mounts what it needs)
 
 
-class DockerRun:
+class DockerRun(ThreadedRun):
     """A RunHandle for one container (and the image build before it)."""
 
-    def __init__(self, events: RunEvents, client_host: str) -> None:
-        self.events = events
+    def __init__(self, ctx: RunContext, name: str, client_host: str) -> None:
+        super().__init__(ctx, name)
         self.client_host = client_host
         self.container: Any = None
         self.host_port: int | None = None  # where the (rank 0) debug port is published
         self.host_ports: dict[int, int] = {}  # container debug port → host port
         self.failed_ranks: dict[int, int] = {}  # rank → exit code (a container with several processes)
         self.stream: Any = None  # the container's demultiplexed output
-        self.canceled = False
         self.endpoint_seen = False
         self.tail: list[str] = []
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-
-    def cancel(self) -> None:
-        with self._lock:
-            self.canceled = True
-            container = self.container
-        if container is not None:
-            _remove(container)  # ends the log stream; the run thread reports "canceled"
-        self._done.wait(15)
-
-    def is_done(self) -> bool:
-        return self._done.is_set()
+        self.reader = MarkerReader(ctx.secrets.marker_key)
 
     def map_endpoint(self, endpoint: Endpoint) -> Endpoint:
         host_port = self.host_ports.get(endpoint.port)
@@ -202,17 +152,17 @@ class DockerRun:
 
     def line(self, text: str) -> None:
         self.tail = (self.tail + [text])[-LOG_TAIL:]
-        exited = _RANK_EXIT.match(text)
-        if exited:
-            self.failed_ranks.setdefault(int(exited.group(1)), int(exited.group(2)))
-        marker = parse_marker(text)
-        if marker is not None and marker.kind == "ENDPOINT":
+        marker = self.reader.parse(text)
+        if isinstance(marker, ExitMarker) and marker.code:
+            self.failed_ranks.setdefault(marker.rank, marker.code)
+        elif isinstance(marker, EndpointMarker):
             self.endpoint_seen = True
         self.events.line(text)
 
 
 class DockerTarget:
     name = "docker"
+    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES)
     run_type = DockerRun
     app_dir = APP_DIR  # where the source dir is mounted; the run's working directory
     name_prefix = ""  # containers are named aml-magics-<prefix><run>-<hex>
@@ -239,68 +189,50 @@ class DockerTarget:
                               "machine; use --procs-per-node for several processes")
         self.client  # noqa: B018 - the daemon must answer before anything starts
 
-    def submit(self, spec: RunSpec, events: RunEvents) -> DockerRun:
+    def submit(self, spec: RunSpec, ctx: RunContext) -> DockerRun:
         self.check(spec)
         publish = spec.debug.bind or LOOPBACK
-        run = self.run_type(events, LOOPBACK if publish in ("0.0.0.0", "::", "") else publish)
-        thread = threading.Thread(target=self._run, args=(run, spec, publish), daemon=True,
-                                  name=f"aml-docker-{self.name_prefix}{spec.name}")
-        thread.start()
+        client_host = LOOPBACK if publish in ("0.0.0.0", "::", "") else publish
+        run = self.run_type(ctx, f"docker-{self.name_prefix}{spec.name}", client_host)
+        run.start(lambda: self._run_to_end(run, spec, publish))
         return run
 
     # -- the run thread ------------------------------------------------------------------
-    def _run(self, run: DockerRun, spec: RunSpec, publish: str) -> None:
-        outcome: tuple[str, int | None, str] = ("failed", None, "")
-        try:
-            outcome = self._run_to_end(run, spec, publish)
-        finally:
-            with run._lock:
-                container = run.container
-            if container is not None:  # removed before the run is reported ended
-                _remove(container)
-                _unregister(container)
-            if run.canceled:
-                outcome = ("canceled", outcome[1], "canceled by user")
-            run.events.finished(*outcome)
-            run._done.set()
-
-    def _run_to_end(self, run: DockerRun, spec: RunSpec, publish: str) -> tuple[str, int | None, str]:
-        """The run's final (state, exit code, detail); whatever happens, never raises."""
+    def _run_to_end(self, run: DockerRun, spec: RunSpec, publish: str) -> Outcome:
+        """The run's outcome; the container is removed when the run's scope closes."""
         try:
             tag, python = self.prepare_image(run, spec)
             self._start(run, spec, tag, python, publish)
             code = self._pump(run)
-        except images.Canceled:
-            return ("canceled", None, "canceled by user")
         except images.ImageBuildError as exc:
-            if run.canceled:
-                return ("canceled", None, "canceled by user")
+            run.scope.token.raise_if_canceled()
             run.events.line(f"aml_magics: {exc}")
-            return ("failed", None, str(exc) + ("; last lines of the build log:\n" + "\n".join(exc.tail)
-                                                if exc.tail else ""))
-        except Exception as exc:  # surfaced as the run's failure, not a thread traceback
-            if run.canceled:
-                return ("canceled", None, "canceled by user")
-            message = str(exc) if isinstance(exc, TargetError) else images.short_reason(exc)
+            return Outcome(RunState.FAILED, None, str(exc) + ("; last lines of the build log:\n" + "\n".join(exc.tail)
+                                                               if exc.tail else ""))
+        except TargetError:
+            raise
+        except Exception as exc:  # the docker SDK's errors, in one line
+            run.scope.token.raise_if_canceled()
+            message = images.short_reason(exc)
             explanation = getattr(exc, "explanation", None)
             if explanation and str(explanation) not in message:
                 message = str(explanation)
             run.events.line(f"aml_magics: {message}")
-            return ("failed", None, self._tail_detail(run, message))
-        if run.canceled:
-            return ("canceled", code, "canceled by user")
+            return Outcome(RunState.FAILED, None, self._tail_detail(run, message))
+        if code is None or run.canceled:
+            return Outcome(RunState.CANCELED, code)
         if code == 0:
-            return ("completed", code, "")
-        if run.failed_ranks:
+            return Outcome(RunState.COMPLETED, code)
+        if run.failed_ranks and self.processes(spec) > 1:
             first = min(run.failed_ranks)
             detail = f"rank {first} failed (exit code {run.failed_ranks[first]})"
             if len(run.failed_ranks) > 1:
                 detail += f"; ranks that failed: {', '.join(map(str, sorted(run.failed_ranks)))}"
-            return ("failed", code, self._tail_detail(run, detail))
+            return Outcome(RunState.FAILED, code, self._tail_detail(run, detail))
         if not run.endpoint_seen and spec.debug.listens_at_start:
-            return ("failed", code, self._tail_detail(
+            return Outcome(RunState.FAILED, code, self._tail_detail(
                 run, f"container exited with code {code} before reporting a debug endpoint"))
-        return ("failed", code, self._tail_detail(run, f"exit code {code}"))
+        return Outcome(RunState.FAILED, code, self._tail_detail(run, f"exit code {code}"))
 
     @staticmethod
     def _tail_detail(run: DockerRun, message: str) -> str:
@@ -309,24 +241,32 @@ class DockerTarget:
         return f"{message}; last lines of its log:\n" + "\n".join(run.tail)
 
     @staticmethod
-    def debug_ports(spec: RunSpec) -> list[int]:
+    def processes(spec: RunSpec) -> int:
+        return spec.distributed.procs_per_node if spec.distributed.world_size > 1 else 1
+
+    def debug_ports(self, spec: RunSpec) -> list[int]:
         """The container ports debugged ranks listen on: 5678 + local rank."""
-        procs = spec.distributed.procs_per_node if spec.distributed.world_size > 1 else 1
-        return [CONTAINER_PORT + rank for rank in range(procs) if spec.debug.debugs_rank(rank)]
+        return [CONTAINER_PORT + rank for rank in range(self.processes(spec)) if spec.debug.debugs_rank(rank)]
+
+    def _command(self, spec: RunSpec, python: str, script: str) -> tuple[list[str], list[str]]:
+        """(entrypoint, command): the bootstrap, or the launcher of several bootstraps."""
+        command = [str(a) for a in entry_arguments(spec, "0.0.0.0", CONTAINER_PORT, script=script)]
+        entrypoint = [python, *PYTHON_FLAGS, images.BOOTSTRAP_IN_IMAGE]
+        procs = self.processes(spec)
+        if procs > 1:
+            envs = [rank_environment(spec.distributed, rank) for rank in range(procs)]
+            entrypoint = [python, "-c", LAUNCHER, json.dumps(envs), *entrypoint]
+        return entrypoint, command
 
     def _start(self, run: DockerRun, spec: RunSpec, tag: str, python: str, publish: str) -> None:
         debug = spec.debug
         host_port = debug.port if debug.port not in (0, DEFAULT_PORT) and not debug.port_auto else None
         extras = self.container_extras(spec)
         script = extras.script or str(PurePosixPath(self.app_dir) / Path(spec.script).as_posix())
-        command = [*bootstrap_args(spec, "0.0.0.0", CONTAINER_PORT), "--", script, *spec.args]
-        entrypoint = [python, "-X", "frozen_modules=off", images.BOOTSTRAP_IN_IMAGE]
-        procs = spec.distributed.procs_per_node if spec.distributed.world_size > 1 else 1
-        if procs > 1:
-            entrypoint = [python, "-c", LAUNCHER, str(procs), *entrypoint]
+        entrypoint, command = self._command(spec, python, script)
         debug_ports = self.debug_ports(spec) if debug.enabled else []
-        environment = dict(spec.environment.env_vars)
-        environment.update({"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+        environment = run_environment(spec)
+        environment.update(run.ctx.secrets.environment())
         labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, f"{images.LABEL}.owner_pid": str(os.getpid()),
                   **extras.labels}
         volumes = {str(spec.source_dir.resolve()): {"bind": self.app_dir, "mode": "rw"}} if extras.mount_source else {}
@@ -334,9 +274,7 @@ class DockerTarget:
         ports: dict[str, Any] = {
             f"{port}/tcp": (publish, host_port + port - CONTAINER_PORT if host_port else None) for port in debug_ports}
         ports.update(extras.ports)
-        with run._lock:
-            if run.canceled:
-                raise images.Canceled
+        with run.scope.step():
             container = self.client.containers.create(
                 tag,
                 command=command,
@@ -351,8 +289,7 @@ class DockerTarget:
                 stdin_open=False,
                 tty=False,
             )
-            run.container = container
-            _register(container)
+            run.container = run.scope.owned(container, _remove)
         # Attach before start so not one line is lost; demultiplexed so stdout and stderr
         # never cut each other's lines.
         run.stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
@@ -374,7 +311,7 @@ class DockerTarget:
                     run.host_ports[port] = published
             run.host_port = run.host_ports.get(CONTAINER_PORT)
         self.on_started(run, spec, container, tag, publish)
-        run.events.state("running")
+        run.events.state(RunState.RUNNING)
 
     # -- what a subclass (deploy_docker) changes ------------------------------------------------
     def prepare_image(self, run: DockerRun, spec: RunSpec) -> tuple[str, str]:
@@ -383,8 +320,8 @@ class DockerTarget:
             self.client, spec.environment,
             base=spec.environment.base_image or images.default_base_image(),
             wheels=self.wheels, log=run.events.line,
-            on_build=lambda: run.events.state("building"),
-            cancel=lambda: run.canceled,
+            on_build=lambda: run.events.state(RunState.BUILDING),
+            token=run.scope.token,
         )
         return tag, images.VENV_PYTHON
 
@@ -406,12 +343,13 @@ class DockerTarget:
                                             for port, host in sorted(run.host_ports.items()))
 
     def _pump(self, run: DockerRun) -> int | None:
-        out, err = _LineSplitter(), _LineSplitter()
+        """Stream the container's output until it ends; its exit code (None: canceled)."""
+        out, err = LineCutter(), LineCutter()
         try:
             for stdout, stderr in run.stream:
-                for splitter, data in ((out, stdout), (err, stderr)):
+                for cutter, data in ((out, stdout), (err, stderr)):
                     if data:
-                        for text in splitter.feed(data):
+                        for text in cutter.feed(data):
                             run.line(text)
         except Exception:
             if not run.canceled:
@@ -426,3 +364,23 @@ class DockerTarget:
             if run.canceled:
                 return None
             raise
+
+
+
+OPTIONS = (
+    option("--gpus", default=None, help="docker: GPUs for the container (all, N, device=0,1); none unless asked"),
+    option("--wheels", choices=images.WHEELS_CHOICES, default=None,
+           help="docker: resolve wheels on the host (default; build needs no network) or in the build"),
+)
+
+
+def _factory(**options: Any) -> DockerTarget:
+    try:
+        import docker  # noqa: F401 - the SDK is an extra
+    except ImportError:
+        raise TargetError("target 'docker' needs the docker SDK: install aml-magics[docker] "
+                          "(pip install 'aml-magics[docker]')") from None
+    return DockerTarget(**options)
+
+
+register_target("docker", _factory, options=OPTIONS, capabilities=DockerTarget.capabilities)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .text import render_text
 
@@ -48,4 +48,24 @@ def mimebundle(run: "DebugRun") -> dict:
     return bundle
 
 
-__all__ = ["mimebundle", "render_text", "widget_frontend"]
+def group_mimebundle(group: Any) -> dict:
+    """Runs submitted together (a pipeline's debugged steps): one panel per run."""
+    runs = group.runs
+    text = "\n\n".join(render_text(run) for run in runs.values())
+    text = f"pipeline run {group.id} ({group.description})\n{text}"
+    if not widget_frontend():
+        return {"text/plain": text}
+    import html
+
+    import ipywidgets as widgets
+
+    from .widget import widget_for
+
+    title = widgets.HTML(f"<b>pipeline run {html.escape(group.id)}</b> <i>{html.escape(group.description)}</i>")
+    box = widgets.VBox([title] + [widget_for(run) for run in runs.values()])
+    bundle = dict(box._repr_mimebundle_() or {})
+    bundle["text/plain"] = text
+    return bundle
+
+
+__all__ = ["group_mimebundle", "mimebundle", "render_text", "widget_frontend"]

@@ -37,7 +37,7 @@ def state_label(run: "DebugRun") -> str:
 def rank_state_label(status) -> str:
     """One rank's state (a RankStatus), with what it crashed with or waits at."""
     label = STATE_LABELS.get(status.state, status.state)
-    detail = getattr(status, "detail", "")
+    detail = status.detail
     if detail and status.state in ("crashed_waiting_for_debugger", "waiting_for_debugger", "failed"):
         label += f": {detail}"
     return label
@@ -47,9 +47,7 @@ def rank_address(run: "DebugRun", status) -> str:
     """Where a rank's debugger listens, or why it has none."""
     if status.endpoint is not None:
         return status.endpoint.address
-    debug = run.spec.debug
-    debugs = getattr(debug, "debugs_rank", None)
-    if not debug.enabled or (debugs is not None and not debugs(status.rank)):
+    if not run.spec.debug.debugs_rank(status.rank):
         return "no debugger"
     return "not known yet"
 
@@ -58,17 +56,13 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
     lines = [f"aml_magics run {run.id} ({run.name}) on {run.target}: {state_label(run)}"]
     if run.description:
         lines.append(run.description)
-    scoring_uri = getattr(run, "scoring_uri", None)  # deployments
-    if scoring_uri:
-        lines.append(f"scoring URI: POST {scoring_uri}")
-    server_traceback = getattr(run, "traceback", None)
-    if server_traceback and run.state == "failed":
-        lines.append(server_traceback)
+    for facet in run.facets:  # e.g. a deployment's scoring URI
+        lines.extend(facet.text_lines())
     endpoints = run.endpoints
     for endpoint in endpoints:
         rank = f" rank {endpoint.rank}" if len(endpoints) > 1 else ""
         lines.append(f"debugpy listening{rank} at {endpoint.address}")
-    ranks = getattr(run, "ranks", [])
+    ranks = run.ranks
     if len(ranks) > 1:
         lines.append("ranks:")
         lines.extend(f"  rank {s.rank}: {rank_address(run, s)} — {rank_state_label(s)}" for s in ranks)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from ..markers import is_marker
 from .text import rank_address, rank_state_label, state_label
 
 if TYPE_CHECKING:
@@ -41,29 +40,27 @@ def widget_for(run: "DebugRun") -> "DebugRunPanel":
     return panel
 
 
-def _deployment_html(run: "DebugRun") -> str:
-    """A deployment's scoring URL, and the server's traceback when it failed to start."""
-    parts = []
-    scoring_uri = getattr(run, "scoring_uri", None)
-    if scoring_uri:
-        parts.append(f"<br>scoring URL: POST <code class='aml-scoring-uri'>{html.escape(scoring_uri)}</code>")
-    server_traceback = getattr(run, "traceback", None)
-    if server_traceback and run.state == "failed":
-        parts.append(f"<pre class='aml-traceback' style='margin:0'>{html.escape(server_traceback)}</pre>")
-    return "".join(parts)
+def _shown(path: Path) -> str:
+    """A path as short as it can be said: relative to the kernel's folder when inside it."""
+    try:
+        return str(Path(path).absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class DebugRunPanel(widgets.VBox):
-    def __init__(self, run: "DebugRun", launch_json_path: Path = DEFAULT_LAUNCH_JSON) -> None:
+    def __init__(self, run: "DebugRun", launch_json_path: Path | None = None) -> None:
         self.run = run
-        self.launch_json_path = launch_json_path
+        # --launch-json / %config AmlDebugMagics.launch_json, else the workspace's .vscode/launch.json
+        self.launch_json_path = launch_json_path or run.launch_json_path or DEFAULT_LAUNCH_JSON
         self.area_id = f"aml-launch-{run.id}"
         self.header_html = widgets.HTML()
         self.endpoints_html = widgets.HTML()
         self.launch_html = widgets.HTML()
         self.copy_button = widgets.HTML(_COPY_BUTTON.format(area=self.area_id))
-        self.write_button = widgets.Button(description=f"Write to {launch_json_path}", icon="save",
-                                    layout=widgets.Layout(width="auto"))
+        self.write_button = widgets.Button(description=f"Write to {_shown(self.launch_json_path)}", icon="save",
+                                           tooltip=str(Path(self.launch_json_path).absolute()),
+                                           layout=widgets.Layout(width="auto"))
         self.cancel_button = widgets.Button(description="Cancel run", icon="stop", button_style="danger")
         self.debug_button = widgets.Button(description="Debug here", icon="bug", tooltip="open the in-notebook debugger")
         self.debug_button.add_class("aml-debug-here")
@@ -93,20 +90,19 @@ class DebugRunPanel(widgets.VBox):
         self.copy_button.layout.display = None if has_endpoint else "none"
         self.endpoints_html.value = self._endpoints_html()
         self.launch_html.value = self._launch_json_html() if has_endpoint else ""
-        tail = "\n".join(line for line in run.log_tail(LOG_TAIL + 8) if not is_marker(line))
-        tail = "\n".join(tail.splitlines()[-LOG_TAIL:])
+        tail = "\n".join(run.log_tail(LOG_TAIL))
         self.log_html.value = f"<pre class='aml-log' style='max-height:14em;overflow:auto;margin:0'>{html.escape(tail)}</pre>"
         self.header_html.value = (
             f"<b>{html.escape(run.name)}</b> <span class='aml-run-id'>({html.escape(run.id)})</span> "
             f"on <b>{html.escape(run.target)}</b> — state: "
             f"<span class='aml-state' data-state='{run.state}'>{html.escape(state_label(run))}</span>"
             + (f"<br><i>{html.escape(run.description)}</i>" if run.description else "")
-            + _deployment_html(run)
+            + "".join(facet.html() for facet in run.facets)
         )
 
     def _endpoints_html(self) -> str:
         endpoints = self.run.endpoints
-        ranks = getattr(self.run, "ranks", [])
+        ranks = self.run.ranks
         if not endpoints and len(ranks) <= 1:
             return "<span class='aml-endpoint'>debug endpoint: not known yet</span>" if self.run.spec.debug.enabled \
                 else "<span>debugger off (--no-debug)</span>"
@@ -154,13 +150,13 @@ class DebugRunPanel(widgets.VBox):
                               f"{html.escape(str(result.path))}</span>")
 
     def _on_debug_here(self, _button: widgets.Button) -> None:
-        """Open the debugger panel (aml_magics.debugger) under this one, not attached yet."""
-        from ..debugger.panel import open_for_run
-
-        panel = open_for_run(self.run)
+        """Open the in-notebook debugger's panel under this one, not attached yet (the run makes it)."""
         shown = tuple(self.children)  # type: ignore[has-type]
-        if panel not in shown:
-            self.children = (*shown, panel)
+        current = getattr(self, "debugger_panel", None)
+        if current is not None and not current.debugger.ended and current in shown:
+            return
+        self.debugger_panel = self.run.attach(connect=False).panel()
+        self.children = (*(w for w in shown if w is not current), self.debugger_panel)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self.cancel_button.disabled = True

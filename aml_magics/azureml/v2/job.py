@@ -36,19 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import TargetError
+from ...invocation import BOOTSTRAP_NAME, RunSecrets, entry_arguments, redact
 from ...spec import RunSpec
-from ...targets.base import TargetError
 from ..submission import (
-    BOOTSTRAP_NAME,
     DEBUGPY_REQUIREMENT,
     RUN_ENV_VARS,
-    _is_debugpy,
-    _requirement_lines,
     check_snapshot,
     describe_debug,
-    entry_arguments,
+    is_debugpy,
     make_snapshot,
     port_notes,
+    requirement_lines,
     snapshot_files,
 )
 
@@ -92,9 +91,9 @@ class EnvironmentPlan:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
-        pip = _pip_list(self.conda_file) if self.conda_file else []
+        pip = pip_list(self.conda_file) if self.conda_file else []
         if self.dockerfile:
-            pip = _dockerfile_packages(self.dockerfile)
+            pip = dockerfile_packages(self.dockerfile)
         name = self.environment if isinstance(self.environment, str) else getattr(self.environment, "name", None)
         if name == ANONYMOUS_ENVIRONMENT:
             name = "anonymous (the service versions it by a hash of its content)"
@@ -130,7 +129,7 @@ def _load_conda(text: str) -> dict:
     return data
 
 
-def _pip_list(conda: dict) -> list[str]:
+def pip_list(conda: dict) -> list[str]:
     for dep in conda.get("dependencies") or []:
         if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
             return [str(p) for p in dep["pip"]]
@@ -165,10 +164,10 @@ def _python_version(conda: dict) -> str | None:
 
 
 def _has_debugpy(conda: dict) -> bool:
-    return any(_is_debugpy(p) for p in _pip_list(conda)) or any(_is_debugpy(d) for d in _conda_list(conda))
+    return any(is_debugpy(p) for p in pip_list(conda)) or any(is_debugpy(d) for d in _conda_list(conda))
 
 
-def _dockerfile_packages(text: str) -> list[str]:
+def dockerfile_packages(text: str) -> list[str]:
     packages: list[str] = []
     for line in text.splitlines():
         if "pip install" in line:
@@ -182,7 +181,7 @@ def _user_packages(spec: RunSpec) -> tuple[list[str], list[str]]:
     packages = list(env.pip)
     options: list[str] = []
     if env.requirements.strip():
-        more, options = _requirement_lines(env.requirements, env.requirements_path or "--requirements")
+        more, options = requirement_lines(env.requirements, env.requirements_path or "--requirements")
         packages += more
     return packages, options
 
@@ -319,7 +318,7 @@ class JobSubmission:
             "user_script": self.spec.script,
             "user_arguments": list(self.spec.args),
             "environment": self.environment.describe(),
-            "environment_variables": dict(job.environment_variables or {}),
+            "environment_variables": redact(dict(job.environment_variables or {})),
             "distributed": distribution,
             "services": {name: service.type for name, service in (job.services or {}).items()},
             "debug": describe_debug(self.spec, self.bind, self.port),
@@ -331,8 +330,10 @@ class JobSubmission:
 
 def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any = None,
               registered_name: str | None = None, script_text: str | None = None, vscode_service: bool = False,
-              distribution: str | None = None, tags: dict[str, str] | None = None) -> JobSubmission:
-    """Snapshot + Environment + ``command()`` job for ``spec``; nothing is contacted."""
+              distribution: str | None = None, tags: dict[str, str] | None = None,
+              secrets: RunSecrets | None = None) -> JobSubmission:
+    """Snapshot + Environment + ``command()`` job for ``spec``; nothing is contacted (``secrets``
+    travel in the job's environment variables; a dry run has none)."""
     from azure.ai.ml import command
     from azure.ai.ml.entities import VsCodeJobService
 
@@ -367,7 +368,8 @@ def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any =
                 code=str(snapshot), command=cmd, environment=plan.environment, compute=compute,
                 experiment_name=experiment, display_name=spec.name,
                 description=f"aml_magics debug run of {spec.script}",
-                environment_variables={**RUN_ENV_VARS, **dict(spec.environment.env_vars)},
+                environment_variables={**RUN_ENV_VARS, **dict(spec.environment.env_vars),
+                                       **(secrets.environment() if secrets is not None else {})},
                 tags=dict(tags or {}), **options)
     except BaseException:
         submission.cleanup()

@@ -17,9 +17,10 @@ SERVICE_STATES = {"Running", "Finalizing"}
 
 
 class JobMonitor(RunMonitor):
-    def __init__(self, backend: Any, run: Any, events: Any, *, services: tuple[str, ...] = (), nodes: int = 1,
-                 description: str = "", poll: float | None = None) -> None:
-        super().__init__(backend, run, events, poll=poll)
+    def __init__(self, backend: Any, run: Any, events: Any, *, reader: Any, scope: Any = None,
+                 services: tuple[str, ...] = (), nodes: int = 1, description: str = "",
+                 poll: float | None = None) -> None:
+        super().__init__(backend, run, events, reader=reader, scope=scope, poll=poll)
         self.services = services
         self.nodes = max(1, nodes)
         self.description = description

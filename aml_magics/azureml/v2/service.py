@@ -6,7 +6,7 @@ only what an ``MLClient`` offers: ``compute.get``/``list``, ``environments.get``
 details ``jobs.stream`` itself reads (status and the SAS URLs of ``user_logs/std_log*.txt``;
 ``jobs.stream`` backs off to a minute between polls, too slow for an attach window, and
 ``jobs.download`` waits for the end). The simulator
-(:mod:`aml_magics.testing.azureml_v2_simulator`) hands this same class its own client.
+(:mod:`aml_magics.azureml.v2.simulator`) hands this same class its own client.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ...targets.base import TargetError
+from ...errors import TargetError
 from ..backend import (
     DEFAULT_POLL,
     AzureMLService,
+    backend_for,
     poll_interval,
     read_file_uri,
     service_errors,
-    simulator_chosen,
 )
 from ..settings import WorkspaceRef
 from .job import quiet_sdk
@@ -176,11 +176,11 @@ _real: MLClientBackend | None = None
 
 def get_v2_backend() -> Any:
     """The v2 control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
-    global _real
-    if simulator_chosen():
-        from ...testing.azureml_v2_simulator import get_v2_simulator
+    return backend_for("v2", _service)
 
-        return get_v2_simulator()
+
+def _service() -> MLClientBackend:
+    global _real
     if _real is None:
         _real = MLClientBackend()
     return _real

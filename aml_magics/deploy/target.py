@@ -12,7 +12,7 @@ launch.json maps the local folder to ``/var/azureml-app``.
 
 ``--image IMAGE`` (an existing inference image, e.g. one from ``Model.package``): no environment
 is built; a thin image FROM it adds only debugpy (in ``/aml_magics/site``), the bootstrap and
-the server script (docker_images.ensure_inference_image, cached by the image id, debugpy and
+the server script (images.ensure_inference_image, cached by the image id, debugpy and
 our files), and the server runs with the image's own Python that has
 ``azureml_inference_server_http``. Only score.py itself is mounted at
 ``/var/azureml-app/<score.py>``, so what the image keeps there (a packaged model under
@@ -25,16 +25,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .spec import RunSpec
-from .targets import TargetError, register_target
-from .targets import docker as docker_target
-from .targets import docker_images as images
-from .targets.base import RunEvents
+from .. import images
+from ..spec import RunSpec
+from ..target_base import RunContext
+from ..targets import TargetError, register_target
+from ..targets import docker as docker_target
 
 APP_ROOT = "/var/azureml-app"
 MODELS_ROOT = f"{APP_ROOT}/azureml-models"
-SERVER_FILE = Path(__file__).resolve().parent / "deploy_server.py"
-SERVER_IN_CONTAINER = f"{images.ROOT}/{SERVER_FILE.name}"
+SERVER_FILE = Path(__file__).resolve().parent / "server.py"
+SERVER_NAME = "deploy_server.py"  # its name in images and containers
+SERVER_IN_CONTAINER = f"{images.ROOT}/{SERVER_NAME}"
 HTTP_PORT_IN_CONTAINER = 5001
 LOOPBACK = "127.0.0.1"
 TARGET_KEY = "docker-deploy"  # registry key; the target still calls itself "docker"
@@ -54,8 +55,8 @@ def container_args(score_relative: str, http_port: int = HTTP_PORT_IN_CONTAINER)
 class DeployDockerRun(docker_target.DockerRun):
     """A docker run handle that also knows where the scoring port is published."""
 
-    def __init__(self, events: RunEvents, client_host: str) -> None:
-        super().__init__(events, client_host)
+    def __init__(self, ctx: RunContext, name: str, client_host: str) -> None:
+        super().__init__(ctx, name, client_host)
         self.http_host_port: int | None = None
 
     def map_scoring_uri(self, uri: str) -> str:
@@ -86,8 +87,8 @@ class DockerDeployTarget(docker_target.DockerTarget):
         if not self.image:
             return super().prepare_image(run, spec)
         return images.ensure_inference_image(
-            self.client, self.image, files={SERVER_FILE.name: SERVER_FILE.read_bytes()}, log=run.events.line,
-            on_build=lambda: run.events.state("building"), cancel=lambda: run.canceled)
+            self.client, self.image, files={SERVER_NAME: SERVER_FILE.read_bytes()}, log=run.events.line,
+            on_build=lambda: run.events.state("building"), token=run.scope.token)
 
     @staticmethod
     def score_in_container(spec: RunSpec) -> str:
@@ -133,4 +134,4 @@ def _factory(**options: Any) -> DockerDeployTarget:
     return DockerDeployTarget(**options)
 
 
-register_target(TARGET_KEY, _factory)
+register_target(TARGET_KEY, _factory, capabilities=docker_target.DockerTarget.capabilities, listed=False)

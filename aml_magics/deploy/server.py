@@ -30,6 +30,7 @@ import os
 import sys
 
 SERVING_MARKER = "AML_MAGICS_SERVING"
+BOOTSTRAP_RUNTIME = "_aml_magics_bootstrap"  # bootstrap.RUNTIME_MODULE (this file is standalone)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -71,7 +72,12 @@ def _configure(entry_script: str, port: int) -> None:
 
 
 def _emit(**data: object) -> None:
-    # Written to the stream directly: the server replaces builtins.print with a logger.
+    """The SERVING marker, authenticated by the bootstrap that runs this server (it holds the run's
+    key); written to the stream directly: the server replaces builtins.print with a logger."""
+    bootstrap = sys.modules.get(BOOTSTRAP_RUNTIME)
+    if bootstrap is not None:
+        bootstrap.emit("SERVING", **data)
+        return
     sys.stdout.write(f"{SERVING_MARKER} {json.dumps(data, sort_keys=True)}\n")
     sys.stdout.flush()
 

@@ -1,0 +1,78 @@
+"""Output lines from any source, with a bounded cost.
+
+A run's output is untrusted and unbounded: a script may print a 20 MB line, or millions of
+them. Lines are cut at :data:`MAX_LINE_BYTES` (with a visible ``… [N bytes cut]``) while they
+are read, before they are ever held whole, and a run keeps at most :data:`MAX_KEPT_BYTES` and
+:data:`MAX_KEPT_LINES` of them (the oldest go first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO
+
+MAX_LINE_BYTES = 16 * 1024
+MAX_KEPT_BYTES = 8 * 1024 * 1024
+MAX_KEPT_LINES = 20_000
+_CHUNK = 64 * 1024
+
+
+def cut_note(cut: int) -> str:
+    return f"… [{cut} bytes cut]"
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8", "replace").rstrip("\r")
+
+
+class LineCutter:
+    """Whole, capped lines from bytes that arrive in arbitrary chunks."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self.limit = limit
+        self._pending = bytearray()
+        self._cut = 0  # bytes dropped from the line being assembled
+
+    def feed(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            self._take(piece)
+            if end < 0:
+                return lines
+            lines.append(self._finish())
+            start = end + 1
+
+    def rest(self) -> list[str]:
+        if not self._pending and not self._cut:
+            return []
+        return [self._finish()]
+
+    def _take(self, piece: bytes) -> None:
+        room = self.limit - len(self._pending)
+        if len(piece) <= room:
+            self._pending += piece
+        else:
+            self._pending += piece[:max(0, room)]
+            self._cut += len(piece) - max(0, room)
+
+    def _finish(self) -> str:
+        text = decode(bytes(self._pending))
+        if self._cut:
+            text += " " + cut_note(self._cut)
+        self._pending.clear()
+        self._cut = 0
+        return text
+
+
+def read_lines(stream: IO[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """Capped lines of a binary stream until EOF (never more than ``limit`` + one chunk in memory)."""
+    cutter = LineCutter(limit)
+    while True:
+        data = stream.read1(_CHUNK) if hasattr(stream, "read1") else stream.read(_CHUNK)
+        if not data:
+            break
+        yield from cutter.feed(data)
+    yield from cutter.rest()
