@@ -265,6 +265,24 @@ class AmlDebugMagics(Magics):
         except (ScoringError, RunFailed) as exc:
             raise UsageError(str(exc)) from None
 
+    # -- the in-notebook debugger (aml_magics.debugger) ----------------------------------------
+    @line_magic
+    def aml_attach(self, line: str = "") -> Any:
+        """Attach the in-notebook debugger to a run; returns it (its display is the panel):
+        %aml_attach RUN [--rank R] [--break FILE:LINE ...] [--timeout S]"""
+        from .debugger.magics import attach_magic
+
+        return attach_magic(self, line)
+
+    @line_magic
+    @no_var_expand
+    def aml_dbg(self, line: str = "") -> None:
+        """Drive the attached debugger: %aml_dbg break FILE:LINE [if COND] | clear | where | up | down |
+        locals | p EXPR | next | step | return | continue | pause | detach"""
+        from .debugger.magics import dbg_magic
+
+        dbg_magic(line)
+
     # -- pipelines ------------------------------------------------------------------------------
     @line_magic
     def aml_debug_pipeline(self, line: str = "") -> Any:
