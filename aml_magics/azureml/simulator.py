@@ -62,11 +62,13 @@ from ..spec import DistributedSpec
 from .backend import poll_interval, read_file_uri, register_backend
 from .pipeline import compute_name
 from .settings import WorkspaceRef
-from .simnet import BridgeCluster, NamespaceUnavailable, NodeNamespace, unavailable_reason
+from .simnet import (  # NamespaceUnavailable, NodeNamespace: re-exported (their home before simnet)
+    BridgeCluster,
+    NamespaceUnavailable,  # noqa: F401
+    NodeNamespace,  # noqa: F401
+    unavailable_reason,
+)
 from .submission import distribution
-
-__all__ = ["NamespaceUnavailable", "NodeNamespace", "Simulator", "SimRun", "Submitted", "Shape", "get_simulator",
-           "simulated_azureml"]
 
 DEFAULT_COMPUTES = "cpu-cluster,gpu-cluster"
 CURATED_ENVIRONMENTS = {  # name → (version, pip packages)
@@ -87,6 +89,11 @@ def _state_seconds() -> float:
         return max(0.0, float(_env("AML_MAGICS_SIM_STATE_SECONDS", "0.2")))
     except ValueError:
         return 0.2
+
+
+def node_python() -> str:
+    """The interpreter the nodes run: the "image" (``AML_MAGICS_SIM_PYTHON``, default this one)."""
+    return _env("AML_MAGICS_SIM_PYTHON").strip() or sys.executable
 
 
 def sim_root() -> Path:
@@ -355,7 +362,7 @@ class SimRun:
         path = self.dir / "azureml-logs" / "20_image_build_log.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"simulated image build for run {self.id}: pip packages {submitted.pip_packages}",
-                 f"(simulated Azure ML: the node runs {sys.executable}; nothing is installed)"]
+                 f"(simulated Azure ML: the nodes run {node_python()}; nothing is installed)"]
         lines += submitted.notes
         path.write_text("\n".join(lines) + "\n")
 
@@ -416,7 +423,7 @@ class SimRun:
 
     def _start_and_wait(self, submitted: Submitted, nodes: list[SimNode], master: str) -> list[int] | None:
         shape = submitted.shape
-        python = _env("AML_MAGICS_SIM_PYTHON").strip() or sys.executable
+        python = node_python()
         logs = []
         try:
             with self._lock:
