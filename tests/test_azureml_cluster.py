@@ -173,6 +173,11 @@ def test_two_nodes_attach_a_rank_on_node_1_and_rendezvous(shell, project, sdk):
         node, local = run.spec.distributed.placement(rank)
         assert (endpoint.host, endpoint.port) == (addresses[node], 5678 + local)  # every node: 5678, 5679
         assert f"/node-{node}/exe/wd" in endpoint.cwd and Path(endpoint.cwd, "rdv.py").is_file()
+        own_log = (sim_run.dir / "user_logs" / f"std_log_process_{rank}.txt").read_text()  # where it was read from
+        marker = json.loads(next(line for line in own_log.splitlines()
+                                 if line.startswith("AML_MAGICS_ENDPOINT ")).split(" ", 1)[1].rsplit(" ", 1)[0])
+        assert (marker["rank"], marker["host"], marker["port"]) == (rank, endpoint.host, endpoint.port)
+    assert "endpoint from run tag" not in run.logs
 
     fragment, clients = _attach_all(run, project, {3: [BREAK_LINE]})
     try:
@@ -267,7 +272,9 @@ def test_launcher_variables():
     assert launcher_environment(Shape(2, 2, "mpi"), 2, "10.213.9.10") == {
         "OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
         "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_COMM_WORLD_NODE_RANK": "1",
-        "AZ_BATCH_MASTER_NODE": "10.213.9.10:29500", "AZ_BATCHAI_MPI_MASTER_NODE": "10.213.9.10"}
+        "AZ_BATCHAI_MPI_MASTER_NODE": "10.213.9.10", "AZ_BATCH_MASTER_NODE": "10.213.9.10:29500"}
+    one_node = launcher_environment(Shape(1, 2, "mpi"), 1, "127.0.0.1")  # Azure ML: no AZ_BATCH_MASTER_NODE there
+    assert one_node["AZ_BATCHAI_MPI_MASTER_NODE"] == "127.0.0.1" and "AZ_BATCH_MASTER_NODE" not in one_node
     assert launcher_environment(Shape(), 0, "127.0.0.1") == {}
 
 

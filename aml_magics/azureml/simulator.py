@@ -161,17 +161,19 @@ def launcher_environment(shape: Shape, rank: int, master_addr: str, master_port:
     """What the service's launcher sets for one process of a distributed run (none for one process).
 
     PyTorch: torchrun's variables (:func:`aml_magics.invocation.rank_environment`). MPI: what
-    Open MPI's mpirun sets, plus Azure ML's ``AZ_BATCH_MASTER_NODE`` (``addr:port``) and
-    ``AZ_BATCHAI_MPI_MASTER_NODE`` (the address)."""
+    Open MPI's mpirun sets, plus Azure ML's ``AZ_BATCHAI_MPI_MASTER_NODE`` (the address) and, on
+    a job of several nodes, ``AZ_BATCH_MASTER_NODE`` (``address:port``)."""
     if shape.world <= 1:
         return {}
     if shape.launcher != "mpi":
         return rank_environment(shape.distributed, rank, master_port, master_addr)
     node, local = shape.distributed.placement(rank)
-    return {"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(shape.world),
-            "OMPI_COMM_WORLD_LOCAL_RANK": str(local), "OMPI_COMM_WORLD_LOCAL_SIZE": str(shape.per_node),
-            "OMPI_COMM_WORLD_NODE_RANK": str(node),
-            "AZ_BATCH_MASTER_NODE": f"{master_addr}:{master_port}", "AZ_BATCHAI_MPI_MASTER_NODE": master_addr}
+    env = {"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(shape.world),
+           "OMPI_COMM_WORLD_LOCAL_RANK": str(local), "OMPI_COMM_WORLD_LOCAL_SIZE": str(shape.per_node),
+           "OMPI_COMM_WORLD_NODE_RANK": str(node), "AZ_BATCHAI_MPI_MASTER_NODE": master_addr}
+    if shape.nodes > 1:
+        env["AZ_BATCH_MASTER_NODE"] = f"{master_addr}:{master_port}"
+    return env
 
 
 def shape_error(nodes: int, what: str) -> str | None:
