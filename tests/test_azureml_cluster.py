@@ -275,6 +275,7 @@ def test_launcher_variables():
     one_node = launcher_environment(Shape(1, 2, "mpi"), 1, "127.0.0.1")  # Azure ML: no AZ_BATCH_MASTER_NODE there
     assert one_node["AZ_BATCHAI_MPI_MASTER_NODE"] == "127.0.0.1" and "AZ_BATCH_MASTER_NODE" not in one_node
     assert launcher_environment(Shape(), 0, "127.0.0.1") == {}
+    assert launcher_environment(Shape(2, 1, None), 1, "10.213.9.10") == {}  # no launcher: the command on each node
 
 
 # -- torch.distributed: a real collective across the nodes --------------------------------------------

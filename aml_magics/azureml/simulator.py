@@ -163,9 +163,9 @@ def launcher_environment(shape: Shape, rank: int, master_addr: str, master_port:
     PyTorch: torchrun's variables (:func:`aml_magics.invocation.rank_environment`). MPI: what
     Open MPI's mpirun sets, plus Azure ML's ``AZ_BATCHAI_MPI_MASTER_NODE`` (the address) and, on
     a job of several nodes, ``AZ_BATCH_MASTER_NODE`` (``address:port``)."""
-    if shape.world <= 1:
+    if shape.world <= 1 or shape.launcher is None:  # no launcher: the command itself on every node
         return {}
-    if shape.launcher != "mpi":
+    if shape.launcher == "pytorch":
         return rank_environment(shape.distributed, rank, master_port, master_addr)
     node, local = shape.distributed.placement(rank)
     env = {"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(shape.world),

@@ -279,7 +279,7 @@ class SimV2Backend(MLClientBackend):
         distribution = job.distribution
         processes = getattr(distribution, "process_count_per_instance", None) or 1
         kind = getattr(distribution, "type", None)
-        shape = Shape(instances, int(processes), "mpi" if kind == "mpi" else "pytorch" if distribution else None)
+        shape = Shape(instances, int(processes), kind if kind in ("pytorch", "mpi") else None)
         code = job.code
         if not code or not Path(str(code)).is_dir():
             raise ValueError(f"the simulator needs the job's code as a local folder, not {code!r}")
