@@ -64,8 +64,9 @@ def use_simulator(monkeypatch, root: Path, layout: str = "user_logs", netns: str
     monkeypatch.setenv("AML_MAGICS_SIM_NETNS", netns)
     monkeypatch.setenv("AML_MAGICS_SIM_STATE_SECONDS", "0.05")
     monkeypatch.setenv("AML_MAGICS_AZUREML_POLL_SECONDS", "0.2")
-    for name in ("AML_MAGICS_SIM_AUTH", "AML_MAGICS_SIM_COMPUTES", "AML_MAGICS_COMPUTE", "AML_MAGICS_EXPERIMENT",
-                 "AML_MAGICS_WORKSPACE_CONFIG", "CI_NAME", "CI_RESOURCE_GROUP", "CI_WORKSPACE", "JPY_SESSION_NAME"):
+    for name in ("AML_MAGICS_SIM_AUTH", "AML_MAGICS_SIM_COMPUTES", "AML_MAGICS_SIM_NETWORK", "AML_MAGICS_SIM_PYTHON",
+                 "AML_MAGICS_COMPUTE", "AML_MAGICS_EXPERIMENT", "AML_MAGICS_WORKSPACE_CONFIG", "CI_NAME",
+                 "CI_RESOURCE_GROUP", "CI_WORKSPACE", "JPY_SESSION_NAME"):
         monkeypatch.delenv(name, raising=False)
 
 
