@@ -154,6 +154,12 @@ def _assert_rendezvous(run, addresses: list[str], world: int = 4, per_node: int 
             in run.logs
 
 
+def _far(endpoint) -> tuple[str, int]:
+    """(node address, port) of a rank's relay on its node (the endpoint itself is the forwarder)."""
+    host, port = endpoint.node_address.rsplit(":", 1)
+    return host, int(port)
+
+
 # -- 2 nodes x 2 processes, debugged --------------------------------------------------------------------
 
 
@@ -166,16 +172,17 @@ def test_two_nodes_attach_a_rank_on_node_1_and_rendezvous(shell, project, sdk):
     assert sorted(sim_run.get_details()["logFiles"])[-4:] == [f"user_logs/std_log_process_{r}.txt" for r in range(4)]
 
     endpoints = {e.rank: e for e in run.endpoints}
-    addresses = [endpoints[0].host, endpoints[2].host]
+    assert all(e.tunnelled and e.host == "127.0.0.1" for e in endpoints.values())  # each through a forwarder
+    addresses = [_far(endpoints[0])[0], _far(endpoints[2])[0]]
     assert len(set(addresses)) == 2 and all(a.startswith(simnet.CLUSTER_NET + ".") for a in addresses)
     for rank, endpoint in endpoints.items():
         node, local = run.spec.distributed.placement(rank)
-        assert (endpoint.host, endpoint.port) == (addresses[node], 5678 + local)  # every node: 5678, 5679
+        assert _far(endpoint) == (addresses[node], 5678 + local)  # every node: its relays on 5678, 5679
         assert f"/node-{node}/exe/wd" in endpoint.cwd and Path(endpoint.cwd, "rdv.py").is_file()
         own_log = (sim_run.dir / "user_logs" / f"std_log_process_{rank}.txt").read_text()  # where it was read from
         marker = json.loads(next(line for line in own_log.splitlines()
                                  if line.startswith("AML_MAGICS_ENDPOINT ")).split(" ", 1)[1].rsplit(" ", 1)[0])
-        assert (marker["rank"], marker["host"], marker["port"]) == (rank, endpoint.host, endpoint.port)
+        assert (marker["rank"], marker["host"], marker["port"]) == (rank, *_far(endpoint))
     assert "endpoint from run tag" not in run.logs
 
     fragment, clients = _attach_all(run, project, {3: [BREAK_LINE]})
@@ -184,7 +191,7 @@ def test_two_nodes_attach_a_rank_on_node_1_and_rendezvous(shell, project, sdk):
         assert fragment["compounds"] == [{"name": f"{run.name} (all ranks)",
                                           "configurations": [f"{run.name} rank {r}" for r in range(4)]}]
         rank3 = fragment["configurations"][3]
-        assert rank3["connect"] == {"host": addresses[1], "port": 5679}
+        assert rank3["connect"] == {"host": "127.0.0.1", "port": endpoints[3].port}
 
         stop = clients[3].wait_stopped(30)
         assert stop.reason == "breakpoint" and Path(stop.path) == project / "proj" / "rdv.py"
@@ -209,7 +216,7 @@ def test_debug_ranks_across_nodes(project):
                             procs_per_node=2, debug_ranks="1,2", timeout=90)
     run.wait_for(lambda: len(run.endpoints) == 2, 60, "2 endpoints in {timeout:g}s")
     endpoints = {e.rank: e for e in run.endpoints}
-    assert sorted(endpoints) == [1, 2] and endpoints[1].host != endpoints[2].host  # one on each node
+    assert sorted(endpoints) == [1, 2] and _far(endpoints[1])[0] != _far(endpoints[2])[0]  # one on each node
     fragment, clients = _attach_all(run, project, {2: [BREAK_LINE]})
     try:
         assert fragment["compounds"][0]["configurations"] == [f"{run.name} rank 1", f"{run.name} rank 2"]
@@ -224,7 +231,7 @@ def test_debug_ranks_across_nodes(project):
     ranks = {status.rank: status for status in run.ranks}
     assert ranks[0].endpoint is None and ranks[3].endpoint is None  # no debugger, no port
     assert "[rank 0] Timeout for debug connection" not in run.logs and "[rank 3] Timeout" not in run.logs
-    _assert_rendezvous(run, [endpoints[1].host, endpoints[2].host])  # rank 1 is on node 0, rank 2 on node 1
+    _assert_rendezvous(run, [_far(endpoints[1])[0], _far(endpoints[2])[0]])  # rank 1 on node 0, rank 2 on node 1
 
 
 # -- MPI: Open MPI's variables on every node (SDK v2 MpiDistribution, SDK v1 MpiConfiguration) --------
