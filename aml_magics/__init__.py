@@ -39,13 +39,6 @@ def debug_pipeline(steps: Any, debug_steps: Any = None, **options: Any) -> Any:
     return _debug_pipeline(steps, debug_steps, **options)
 
 
-def deploy(score_path: str | None = None, *, code: str | None = None, **options: Any) -> Any:
-    """Serve a scoring script with debugpy listening (the options of %aml_debug_deploy)."""
-    from .deploy.request import deploy as _deploy
-
-    return _deploy(score_path, code=code, **options)
-
-
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import AmlDebugMagics
 

@@ -154,7 +154,7 @@ def test_azureml_node_run(shell, project, monkeypatch, node_namespace):
     endpoint, _config = wait_for_the_debugger(run, node)
     dbg = shell.run_line_magic("aml_attach", f"{run.id} --break train.py:{BREAK_LINE}")
     try:
-        assert dbg.address == (node, endpoint.port)
+        assert endpoint.tunnelled and dbg.address == ("127.0.0.1", endpoint.port)  # the owner's forwarder
         stop = dbg.wait_stopped(30)
         assert (Path(stop.path), stop.line) == (project / "proj" / "train.py", BREAK_LINE)
         assert dbg.locals()["total"] == "10"
@@ -176,7 +176,7 @@ def test_azureml_node_held_by_another_client_is_refused_from_the_runs_own_report
     node = use_simulated_node(monkeypatch, project, node_namespace)
     run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --experiment held "
                                "--port 0 --timeout 60 proj/train.py")
-    _endpoint, config = wait_for_the_debugger(run, node)
+    endpoint, config = wait_for_the_debugger(run, node)
     local = project / "proj" / "train.py"
     other = attach_with_launch_config(config, {str(local): [BREAK_LINE]}, workspace_folder=str(project))
     try:
@@ -184,10 +184,10 @@ def test_azureml_node_held_by_another_client_is_refused_from_the_runs_own_report
         with pytest.raises(aml_magics.DebuggerError) as refused:
             run.attach()
         message = str(refused.value)
-        if node_namespace is not None:  # the node is not this machine: the run's own report decides
-            assert "the run reports a debugger attached" in message
-        else:
+        if endpoint.tunnelled or node_namespace is None:  # the holder is a client of this machine's forwarder
             assert "already being debugged by pid" in message
+        else:  # the node is not this machine: the run's own report decides
+            assert "the run reports a debugger attached" in message
         stop = other.wait_stopped(30)
         other.continue_(stop.thread_id)
         assert run.wait(60) == "completed"

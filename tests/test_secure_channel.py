@@ -248,7 +248,9 @@ SCORE = textwrap.dedent("""
 
 @pytest.mark.docker
 def test_a_docker_deployment_is_tunnelled(engine, workdir, no_container_left):
-    dep = aml_magics.deploy(code=SCORE, target="docker", base_image=DOCKER_BASE, name="tscore", port=0, timeout=120)
+    from aml_magics.deploy.request import deploy
+
+    dep = deploy(code=SCORE, target="docker", base_image=DOCKER_BASE, name="tscore", port=0, timeout=120)
     endpoint = dep.wait_for_endpoint(600)
     assert endpoint.tunnelled
     assert_strangers_refused("127.0.0.1", int(endpoint.node_address.rsplit(":", 1)[1]))
