@@ -32,13 +32,17 @@ import hmac
 import json
 import os
 import runpy
+import select
 import signal
 import socket
+import ssl
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 BOOTSTRAP_VERSION = "2"
 MARKER_PREFIX = "AML_MAGICS_"
@@ -57,6 +61,16 @@ LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRA
 
 _marker_key: bytes | None = None
 _out_lock = threading.Lock()
+
+
+def service_thread(target, *args: object, name: str) -> threading.Thread:
+    """A thread of ours, started: invisible to the debugger (never traced, never suspended when a
+    breakpoint stops "all threads" — a relay frozen at a breakpoint would freeze the session)."""
+    thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+    thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    thread.start()
+    return thread
 
 
 def marker_mac(key: bytes, kind: str, payload: str) -> str:
@@ -164,7 +178,7 @@ def watch_owner(fd: int) -> None:
             pass
         end_tree(OWNER_GONE_EXIT, "the owner of this run is gone")
 
-    threading.Thread(target=wait_for_eof, daemon=True, name="aml-magics-owner").start()
+    service_thread(wait_for_eof, name="aml-magics-owner")
 
 
 def adopt_orphans() -> None:
@@ -322,6 +336,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds to wait for a debugger after a crash or at breakpoint() (default 600)")
     parser.add_argument("--wait-on-breakpoint", action="store_true",
                         help="breakpoint() with no debugger attached reports itself and waits for one")
+    parser.add_argument("--reattach", action="store_true",
+                        help="keep listening after a client detaches (default: one attach per window)")
     parser.add_argument("script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER)
     if "--" in argv:
@@ -391,14 +407,164 @@ def hand_to_pydevd(sock: socket.socket) -> None:
     pydevd.create_server_socket = create_server_socket
 
 
+# -- the tunnel's node side: TLS 1.3 with pinned per-run certificates, in front of debugpy -------------
+
+RELAY_HANDSHAKE_TIMEOUT = 10.0
+DETACH_POLL = 0.25  # how often a direct (untunnelled) session is checked for a client that left
+
+
+def relay_context(tunnel: dict) -> tuple[ssl.SSLContext, bytes]:
+    """The relay's TLS context: this node's certificate, and only the run's client certificate
+    accepted (pinned; no CA). Returns the context and the client certificate's DER bytes."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.num_tickets = 0  # no resumption: each connection authenticates in full
+    context.load_verify_locations(cadata=tunnel["peer"])
+    folder = tempfile.mkdtemp(prefix="aml-magics-relay-")
+    try:  # the ssl module loads keys from files only: one that lives for a moment, 0600 in a 0700 folder
+        path = os.path.join(folder, "node.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(tunnel["key"] + tunnel["cert"])
+        context.load_cert_chain(path)
+    finally:
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+    return context, ssl.PEM_cert_to_DER_cert(tunnel["peer"])
+
+
+def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
+    """Copy bytes both ways until either side closes. One thread, non-blocking sockets: a TLS
+    socket is never read and written from two threads at once, and a TLS record that carries no
+    data (a session ticket) never blocks the other direction."""
+    for sock in (a, b):
+        sock.setblocking(False)
+    pair = [a, b]
+    while True:
+        ready: list[socket.socket] = [s for s in pair if isinstance(s, ssl.SSLSocket) and s.pending()]
+        if not ready:
+            ready, _, _ = select.select(pair, [], [])
+        for source in ready:
+            try:
+                data = source.recv(chunk)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                continue
+            except (OSError, ValueError):
+                return
+            if not data or not _send_all(b if source is a else a, data):
+                return
+
+
+def _send_all(sock: socket.socket, data: bytes) -> bool:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            select.select([sock], [sock], [], 1.0)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class Relay:
+    """The node's listener when the port leaves the machine: a connection that does not present
+    the run's client certificate is closed during the TLS handshake, before one byte reaches
+    debugpy (which listens on loopback only). One session at a time; ``on_session_end`` when it
+    ends."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, peer_der: bytes, target_port: int,
+                 on_session_end) -> None:
+        self.sock = sock
+        self.context = context
+        self.peer_der = peer_der
+        self.target_port = target_port
+        self.on_session_end = on_session_end
+        self.port = sock.getsockname()[1]
+        self._lock = threading.Lock()
+        self._active = False
+        self._closed = False
+        self.refused = 0
+
+    def start(self) -> Relay:
+        service_thread(self._accept, name="aml-magics-relay")
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        _close(self.sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            service_thread(self._serve, conn, name="aml-magics-relay-conn")
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(RELAY_HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+            authentic = tls.getpeercert(binary_form=True) == self.peer_der
+        except (OSError, ValueError):
+            self.refused += 1
+            _close(conn)
+            return
+        with self._lock:
+            admitted = authentic and not self._active and not self._closed
+            self._active = self._active or admitted
+        if not admitted:
+            self.refused += 1
+            _close(tls)
+            return
+        upstream = None
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            tls.settimeout(None)
+            upstream.settimeout(None)
+            pump(tls, upstream)
+        except OSError:
+            pass
+        finally:
+            _close(upstream)
+            _close(tls)
+            with self._lock:
+                self._active = False
+            self.on_session_end()
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 
-    def __init__(self, debugpy_module, options: argparse.Namespace) -> None:
+    def __init__(self, debugpy_module, options: argparse.Namespace, tunnel: dict | None = None) -> None:
         self.debugpy = debugpy_module
         self.options = options
         self.switched_off = False
         self.port: int | None = None  # the port bound last; a new listen() reuses it
+        self.tunnel = tunnel  # the node side of the run's TLS tunnel (secrets), or None: direct
+        self.relay: Relay | None = None
+        self.on_detached: Callable[[], None] | None = None  # called (from a thread) when a client left
+
+    @property
+    def tunnelled(self) -> bool:
+        return self.tunnel is not None
 
     def listen(self) -> tuple[str, int]:
         bind = resolve_bind(self.options.bind)
@@ -419,6 +585,8 @@ class Debugger:
         return host, port
 
     def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
+        if self.tunnel is not None:
+            return self._listen_tunnelled(bind, port)
         if in_process or not self.options.separate_adapter:
             sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
@@ -428,6 +596,40 @@ class Debugger:
         if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
             bind_listener(bind, port).close()
         return self.debugpy.listen((bind, port))
+
+    def _listen_tunnelled(self, bind: str, port: int) -> tuple[str, int]:
+        """debugpy on a loopback port of its own; the relay on the run's address and port."""
+        assert self.tunnel is not None
+        relay_sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
+        try:
+            context, peer = relay_context(self.tunnel)
+            inner = bind_listener(LOOPBACK, 0)
+            import debugpy.server.api  # noqa: F401 - puts pydevd on the path
+
+            hand_to_pydevd(inner)
+            _, inner_port = self.debugpy.listen((LOOPBACK, inner.getsockname()[1]), in_process_debug_adapter=True)
+        except BaseException:
+            relay_sock.close()
+            raise
+        self.relay = Relay(relay_sock, context, peer, inner_port, self._session_ended).start()
+        return bind, self.relay.port
+
+    def _session_ended(self) -> None:
+        if self.on_detached is not None:
+            self.on_detached()
+
+    def watch_detach(self) -> None:
+        """A direct session: notice the client leaving (the relay notices it itself)."""
+        if self.tunnel is not None:
+            return
+
+        def poll() -> None:
+            while not self.switched_off and self.debugpy.is_client_connected():
+                time.sleep(DETACH_POLL)
+            if not self.switched_off:
+                self._session_ended()
+
+        service_thread(poll, name="aml-magics-detach")
 
     @staticmethod
     def _allow_listen_again() -> None:
@@ -459,6 +661,9 @@ class Debugger:
 
     def switch_off(self) -> None:
         """Stop tracing and close the port: an idle listener slows Python code 2-7x."""
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         try:
             import pydevd  # vendored by debugpy, importable once debugpy listened
 
@@ -557,7 +762,7 @@ def tag_azureml_run(endpoint: dict, line: str) -> None:
         except Exception:
             pass  # azureml-core absent or no run context: the log line is enough
 
-    threading.Thread(target=tag, daemon=True, name="aml-magics-run-tag").start()
+    service_thread(tag, name="aml-magics-run-tag")
 
 
 class DebugSession:
@@ -569,9 +774,10 @@ class DebugSession:
     and waits at most ``--post-mortem-timeout`` seconds; nobody came means off again.
     """
 
-    def __init__(self, options: argparse.Namespace, script_path: str) -> None:
+    def __init__(self, options: argparse.Namespace, script_path: str, tunnel: dict | None = None) -> None:
         self.options = options
         self.script_path = script_path
+        self.tunnel = tunnel  # the node side of the run's TLS tunnel: the port is the relay's
         self.enabled = bool(getattr(options, "debug_this_rank", not options.no_debug))
         self.debugger: Debugger | None = None
         self.listening = False
@@ -589,7 +795,8 @@ class DebugSession:
             if self.debugger is None:
                 import debugpy
 
-                self.debugger = Debugger(debugpy, self.options)
+                self.debugger = Debugger(debugpy, self.options, self.tunnel)
+                self.debugger.on_detached = self._detached
             started = time.time()
             bound_host, port = self.debugger.listen()
             self.listening = True
@@ -601,7 +808,7 @@ class DebugSession:
             endpoint = dict(host=host, port=port, bind=bound_host, rank=self.options.rank, pid=os.getpid(),
                             cwd=os.getcwd(), script=self.script_path, timeout=timeout,
                             deadline=started + timeout if timeout > 0 else None, reason=reason,
-                            version=BOOTSTRAP_VERSION)
+                            version=BOOTSTRAP_VERSION, tunnel=self.debugger.tunnelled)
             tag_azureml_run(endpoint, emit("ENDPOINT", **endpoint))
             return host, port
 
@@ -615,7 +822,28 @@ class DebugSession:
             if not attached:
                 self.debugger.switch_off()
                 self.listening = False
+            else:
+                self.debugger.watch_detach()
             return attached
+
+    def _detached(self) -> None:
+        """The client left: one attach per window — stop listening, tracing off, as after a
+        timeout (``--reattach`` keeps the listener open until the run ends)."""
+        if not self._lock.acquire(timeout=5):
+            return
+        try:
+            if not self.listening or self.debugger is None:
+                return
+            if self.options.reattach:
+                emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; listening again")
+                return
+            self.debugger.switch_off()
+            self.listening = False
+            print("aml_magics: the debugger detached; the run goes on without it (--reattach keeps it listening)",
+                  file=sys.stderr, flush=True)
+            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; debugger off")
+        finally:
+            self._lock.release()
 
     def client_connected(self) -> bool:
         return self.listening and self.debugger is not None and self.debugger.client_connected()
@@ -722,14 +950,6 @@ def _short(exc: object, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def start_debugger(options: argparse.Namespace, script_path: str) -> DebugSession:
-    """Listen, report, wait for a client at most ``--timeout``; the session, for later."""
-    session = DebugSession(options, script_path)
-    install_breakpointhook(session)
-    session.start()
-    return session
-
-
 def line_buffer_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -777,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     sys.modules.setdefault(RUNTIME_MODULE, sys.modules[__name__])
     channel = owner_channel()
-    load_secrets(read_first_line(channel) if channel is not None else "")
+    secrets = load_secrets(read_first_line(channel) if channel is not None else "")
     if channel is not None:
         watch_owner(channel)
     adopt_orphans()
@@ -786,12 +1006,16 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(script_path):
         print(f"aml_magics: script not found: {script_path}", file=sys.stderr, flush=True)
         return 2
-    session = DebugSession(options, script_path)
+    session = DebugSession(options, script_path, secrets.get("tunnel"))
     install_breakpointhook(session)
     if not session.enabled and not options.no_debug:
         print(f"aml_magics: rank {options.rank} runs without a debugger (not in --debug-ranks)", flush=True)
     try:
         session.start()
+    except KeyboardInterrupt:  # canceled while waiting for a debugger: one line, not pydevd's traceback
+        print("aml_magics: canceled while waiting for a debugger", file=sys.stderr, flush=True)
+        emit("EXIT", code=130, rank=options.rank, pid=os.getpid())
+        return 130
     except ListenError as exc:
         print(f"aml_magics: {exc}", file=sys.stderr, flush=True)
         emit("ERROR", message=str(exc), rank=options.rank, pid=os.getpid())

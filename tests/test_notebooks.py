@@ -177,7 +177,8 @@ def test_azureml_notebook_against_the_simulator(notebook_env: Path, monkeypatch,
     assert re.search(r"debugpy listening at (\S+):5678 on the node", text).group(1) == node
     assert re.search(r"step train: debugpy listening at (\S+):5678", text).group(1) == node
     config = _launch_config(notebook_env, "train")
-    assert config["connect"] == {"host": node, "port": 5678}
+    assert config["connect"]["host"] == "127.0.0.1"  # the owner's forwarder into the authenticated tunnel
+    assert "reached through the authenticated tunnel: attach at 127.0.0.1:" in text
     assert config["pathMappings"][0]["localRoot"] == "${workspaceFolder}/src"
 
 

@@ -62,11 +62,14 @@ class DebugRunPanel(widgets.VBox):
                                            tooltip=str(Path(self.launch_json_path).absolute()),
                                            layout=widgets.Layout(width="auto"))
         self.cancel_button = widgets.Button(description="Cancel run", icon="stop", button_style="danger")
+        self.debug_button = widgets.Button(description="Debug here", icon="bug", tooltip="open the in-notebook debugger")
+        self.debug_button.add_class("aml-debug-here")
+        self.debug_button.on_click(self._on_debug_here)
         self.message_html = widgets.HTML()
         self.log_html = widgets.HTML()
         self.write_button.on_click(self._on_write)
         self.cancel_button.on_click(self._on_cancel)
-        buttons = widgets.HBox([self.copy_button, self.write_button, self.cancel_button])
+        buttons = widgets.HBox([self.copy_button, self.write_button, self.debug_button, self.cancel_button])
         super().__init__([self.header_html, self.endpoints_html, self.launch_html, buttons, self.message_html, self.log_html])
         self.add_class("aml-debug-run")
         self._dirty = threading.Event()
@@ -82,6 +85,7 @@ class DebugRunPanel(widgets.VBox):
         # sees a new state in the header finds everything else already matching it.
         has_endpoint = bool(run.endpoints)
         self.cancel_button.disabled = run.done
+        self.debug_button.disabled = run.done or not has_endpoint
         self.write_button.disabled = not has_endpoint
         self.copy_button.layout.display = None if has_endpoint else "none"
         self.endpoints_html.value = self._endpoints_html()
@@ -144,6 +148,15 @@ class DebugRunPanel(widgets.VBox):
         names = ", ".join(result.added + result.replaced)
         self.message_html.value = (f"<span class='aml-message'>wrote {html.escape(names)} to "
                               f"{html.escape(str(result.path))}</span>")
+
+    def _on_debug_here(self, _button: widgets.Button) -> None:
+        """Open the in-notebook debugger's panel under this one, not attached yet (the run makes it)."""
+        shown = tuple(self.children)  # type: ignore[has-type]
+        current = getattr(self, "debugger_panel", None)
+        if current is not None and not current.debugger.ended and current in shown:
+            return
+        self.debugger_panel = self.run.attach(connect=False).panel()
+        self.children = (*(w for w in shown if w is not current), self.debugger_panel)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self.cancel_button.disabled = True
