@@ -145,11 +145,20 @@ sys.exit(0 if not failed else failed[0] if failed[0] > 0 else 128 - failed[0])
 """
 
 
+REMOVAL_WAIT = 10  # seconds a removal the daemon has in progress (auto-remove) may take
+
+
 def _remove(container: Any) -> None:
+    """Remove the container, and return only once it is gone: the daemon may be removing it
+    already (it exited: auto-remove), which a second removal does not wait for."""
     try:
         container.remove(force=True)
     except Exception:
-        pass  # already gone (or the daemon is): nothing left to remove
+        pass  # already gone, or being removed (or the daemon is gone): wait below
+    try:
+        container.client.api.wait(container.id, timeout=REMOVAL_WAIT, condition="removed")
+    except Exception:
+        pass  # gone (404) — or the daemon is: nothing left to wait for
 
 
 def gpu_requests(gpus: str | None) -> list[Any]:
