@@ -907,21 +907,32 @@ class UserDebugpy:
         if not session.enabled or session.client_connected():
             return
         self._canceled.clear()
-        if session.listening:  # a window another thread opened (breakpoint(), post-mortem): wait within it
-            while session.listening and not session.client_connected() and not self._canceled.is_set():
-                self._canceled.wait(0.1)
+        if not self._within_another_window():
             return
-        if self._reopen_pending:
-            self._reopen_pending, self._reopened = False, True
-            timeout = session.options.timeout
-            try:
-                session.listen(timeout, GUIDE_REASON)
-                session.wait(timeout, GUIDE_REASON)
-            except Exception as exc:  # never let the debugger kill the user's run
-                print(f"aml_magics: could not reopen this run's debugger: {exc}", file=sys.stderr, flush=True)
-            return
+        with session._lock:  # as breakpoint() and post-mortem: one window at a time
+            if session.client_connected():
+                return
+            if self._reopen_pending:
+                self._reopen_pending, self._reopened = False, True
+                timeout = session.options.timeout
+                try:
+                    session.listen(timeout, GUIDE_REASON)
+                    session.wait(timeout, GUIDE_REASON)
+                except Exception as exc:  # never let the debugger kill the user's run
+                    print(f"aml_magics: could not reopen this run's debugger: {exc}", file=sys.stderr, flush=True)
+                return
         self.say("wait_for_client", "debugpy.wait_for_client() returns at once: no client is attached and this "
                                     "run's attach window is closed")
+
+    def _within_another_window(self) -> bool:
+        """While another thread waits for a client (breakpoint(), post-mortem: it holds the session's
+        lock), wait within that window. False when this wait is over (attached, or canceled)."""
+        lock = self.session._lock
+        while not lock.acquire(timeout=0.1):
+            if self._canceled.is_set() or self.session.client_connected():
+                return False
+        lock.release()
+        return not self.session.client_connected()
 
     def cancel_wait(self) -> None:
         """``debugpy.wait_for_client.cancel()``: end a wait in progress (from another thread)."""
@@ -983,7 +994,8 @@ class _PatchingLoader:
         self._loader, self._patch = loader, patch
 
     def create_module(self, spec):
-        return self._loader.create_module(spec)
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)

@@ -280,6 +280,69 @@ def test_debugpy_breakpoint_waits_with_wait_on_breakpoint(workdir):
     assert "done paused here" in run.logs
 
 
+AFTER_A_CLIENT_LEFT = """\
+import os, time, debugpy
+while not os.path.exists("go"):
+    time.sleep(0.05)
+debugpy.listen(("0.0.0.0", 5699))
+debugpy.wait_for_client()
+print("past the block, connected", debugpy.is_client_connected())
+"""
+
+
+def test_a_client_that_left_is_not_waited_for_again(workdir):
+    (workdir / "left.py").write_text(AFTER_A_CLIENT_LEFT)
+    run = aml_magics.submit(str(workdir / "left.py"), port=0, timeout=60)
+    run.wait_for_endpoint(30)
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir))
+    wait_for(lambda: run.state == "attached", 30, "attached state")
+    client.disconnect()
+    (workdir / "go").write_text("")
+    assert run.wait(30) == "completed", run.logs  # the window was used: the guide's wait does not wait again
+    assert "past the block, connected False" in run.logs
+    assert "debugpy.wait_for_client() returns at once" in run.logs
+
+
+WAITS_WITH_A_BREAKPOINT = """\
+import os, threading, time, debugpy
+
+
+def work():
+    breakpoint()
+    print("worker resumed")
+
+
+worker = threading.Thread(target=work, name="worker")
+worker.start()
+while not os.path.exists("go"):
+    time.sleep(0.05)
+print("main calls wait_for_client", flush=True)
+debugpy.wait_for_client()
+print("main past wait_for_client, connected", debugpy.is_client_connected())
+worker.join()
+"""
+
+
+def test_wait_for_client_waits_within_another_threads_window(workdir):
+    script = workdir / "waits.py"
+    script.write_text(WAITS_WITH_A_BREAKPOINT)
+    run = aml_magics.submit(str(script), port=0, timeout=0, wait_on_breakpoint=True, post_mortem_timeout=60)
+    wait_for(lambda: run.state == "waiting_for_debugger", 30, "breakpoint() in the worker waiting")
+    (workdir / "go").write_text("")
+    wait_for(lambda: "main calls wait_for_client" in run.logs, 30, "main thread in wait_for_client()")
+    assert "main past wait_for_client" not in run.logs  # it waits within the worker's window, not at once
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir))
+    try:
+        stop = client.wait_stopped(30)
+        assert Path(stop.path) == script and stop.line == 6  # the worker, after its breakpoint()
+        wait_for(lambda: "main past wait_for_client, connected True" in run.logs, 30, "main thread released")
+        client.continue_(stop.thread_id)
+        assert run.wait(30) == "completed", run.logs
+    finally:
+        client.close()
+    assert "worker resumed" in run.logs
+
+
 # -- docker ----------------------------------------------------------------------------------------
 
 
