@@ -225,7 +225,7 @@ def test_sdk_choice(monkeypatch):
     monkeypatch.delenv(sdk.SDK_ENV, raising=False)
     installed = {"azureml.core": True, "azure.ai.ml": True, "azure.identity": True}
     monkeypatch.setattr(sdk, "installed", lambda module: installed[module])
-    assert sdk.choose_sdk(None) == "v1"  # both: v1, what the target did before
+    assert sdk.choose_sdk(None) == "v2"  # both: v2 (SDK v1 reached end of support on 2026-06-30)
     assert sdk.choose_sdk("v2") == "v2"
     monkeypatch.setenv(sdk.SDK_ENV, "v2")
     assert sdk.choose_sdk(None) == "v2"
