@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import fileio, launch
+from . import failure, fileio, launch
 from .errors import OptionsError, RunFailed, TargetError
 from .invocation import RunSecrets
 from .lifecycle import RunScope
@@ -87,6 +87,7 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
     """A run handle with its scope and secrets, and the context its target is given."""
     secrets = RunSecrets.new()
     run = make_run(registry.new_id(spec.name), spec, target, reader=MarkerReader(secrets.marker_key), **extra)
+    failure.watch(run)  # a failure's exception and a cancel's time, in the run's detail
     scope = RunScope(run.id)
     run.bind(_Unstarted(scope), scope)
     return run, RunContext(run.events, scope, secrets)
