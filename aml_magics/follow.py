@@ -3,12 +3,14 @@ run waits for a debugger (the wait can last minutes, and the output is silent me
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
 from .failure import FrameFilter
 from .run import DebugRun
+from .views.text import listening_endpoints
 
 Print = Callable[[str], None]
 R = TypeVar("R", bound=DebugRun)
@@ -70,14 +72,12 @@ def follow_group(group: Any, until_endpoint: bool, emit: Print = print, poll: fl
 
 def waiting_text(run: DebugRun, left: float) -> str:
     """``waiting for a debugger at 127.0.0.1:5678 — 27 s left — Ctrl-C cancels``."""
-    from .views.text import listening_endpoints
-
     listening = listening_endpoints(run)
     where = f" at {listening[0].address}" if listening else ""
     if len(listening) > 1:
         where += f" and {len(listening) - 1} more rank(s)"
     crashed = f"crashed ({run.detail}) — " if run.state == "crashed_waiting_for_debugger" and run.detail else ""
-    return f"{crashed}waiting for a debugger{where} — {left:.0f} s left — Ctrl-C cancels"
+    return f"{crashed}waiting for a debugger{where} — {math.ceil(left)} s left — Ctrl-C cancels"
 
 
 class AttachWait:
