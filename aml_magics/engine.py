@@ -214,6 +214,7 @@ def start_group(plan: GroupPlan, target: str, registry: RunRegistry = REGISTRY,
     for name, spec in plan.members:
         run, ctx = _new_run(registry, spec, target)
         runs[name], contexts[name] = run, ctx
+        run.launch_json_path = launch_json or launch.default_launch_json(Path.cwd())
         if launch_json is not None:
             run.subscribe(launch_json_writer(launch_json))
     try:
