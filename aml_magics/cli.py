@@ -20,7 +20,7 @@ from .errors import OptionsError
 from .follow import AttachWait, follow
 from .options import Defaults, build_request, make_parser, parse_cli
 from .run import DebugRun
-from .views.text import LISTENING, attach_hint, can_attach, endpoint_now
+from .views.text import LISTENING, attach_hint, can_attach, endpoint_now, shown_launch_json
 
 PROG = "aml-debug run"
 RUN_USAGE = f"{PROG} [options] SCRIPT [-- ARGS ...]"
@@ -109,7 +109,7 @@ def announce(run: DebugRun) -> None:
              else f"aml-debug: debugpy at {status.endpoint.address} (rank {status.rank}): {now.words}")
     if can_attach(run):
         _say("aml-debug: launch.json attach configuration:")
-        _say(json.dumps(run.launch_json(), indent=4))
+        _say(json.dumps(shown_launch_json(run), indent=4))
         _say(f"aml-debug: {attach_hint(run)}")
 
 

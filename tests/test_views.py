@@ -53,7 +53,8 @@ def test_widget_panel_updates_live_and_its_buttons_work(workdir, monkeypatch):
     wait_for(lambda: "data-endpoint='listening'" in panel.endpoints_html.value)
     assert "<table" not in panel.endpoints_html.value  # one process: one line, no rank table
     wait_for(lambda: "data-state='waiting_for_debugger'" in panel.header_html.value)
-    assert "left to attach" in panel.header_html.value
+    assert re.search(r"listening, \d+ s left", panel.endpoints_html.value)  # the countdown, said once
+    assert "s left" not in panel.header_html.value
     assert "Run and Debug → &quot;widgety&quot; → F5" in panel.hint_html.value
     assert "notebooks/.aml_magics/cells/widgety.py" in panel.hint_html.value  # relative to the workspace root
     # The launch.json is folded away until asked for; Copy and Write are there meanwhile.
@@ -83,6 +84,7 @@ def test_widget_panel_updates_live_and_its_buttons_work(workdir, monkeypatch):
     wait_for(lambda: "done 1" in panel.log_html.value)
     assert "closed (run ended)" in panel.endpoints_html.value and "listening" not in panel.endpoints_html.value
     assert panel.cancel_button.disabled is True and panel.write_button.disabled is True
+    assert panel.actions.layout.display == "none"  # the run is over: no actions left
     assert "disabled" in panel.copy_button.value and panel.hint_html.value == ""
 
 

@@ -38,15 +38,11 @@ LISTENING, ATTACHED, CLOSED = "listening", "attached", "closed"
 
 
 def state_detail(run: "DebugRun") -> str:
-    """What goes beside the state: the seconds left to attach, why it failed or crashed, when it was
-    canceled."""
-    parts = []
-    left = run.seconds_left_to_attach()
-    if left is not None:
-        parts.append(f"{left:.0f}s left to attach")
+    """What goes beside the state badge: why it failed or crashed, when it was canceled (the seconds
+    left to attach are the endpoint's, beside it)."""
     if run.state in ("failed", "crashed_waiting_for_debugger", "canceled") and run.detail:
-        parts.append(run.detail)
-    return " — ".join(parts)
+        return run.detail
+    return ""
 
 
 def state_label(run: "DebugRun") -> str:
@@ -158,12 +154,22 @@ def attach_hint(run: "DebugRun") -> str:
     return f'open {file_to_open(run)} in VS Code, Run and Debug → "{name}" → F5'
 
 
+def workspace_of(run: "DebugRun") -> Path:
+    """The folder VS Code opens for this run: the one of the launch.json Write writes (--launch-json,
+    else the workspace root's), so a copied configuration and a written one are the same."""
+    return launch.workspace_folder_for(run.launch_json_path or launch.default_launch_json(Path.cwd()))
+
+
+def shown_launch_json(run: "DebugRun") -> dict:
+    """The launch.json fragment as the views show it (paths relative to :func:`workspace_of`)."""
+    return run.launch_json(workspace_of(run))
+
+
 def file_to_open(run: "DebugRun") -> str:
     """The file to set breakpoints in (the cell's file, the script, score.py), relative to the
     folder VS Code opens (the launch.json's workspace) when inside it."""
     path = Path(getattr(run, "score_path", None) or run.spec.mapped_local_root / run.spec.script)
-    target = run.launch_json_path or launch.default_launch_json(Path.cwd())
-    workspace = launch.workspace_folder_for(target)
+    workspace = workspace_of(run)
     try:
         return str(Path(os.path.abspath(path)).relative_to(workspace))
     except ValueError:
@@ -196,7 +202,7 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
     if can_attach(run):
         lines.append(attach_hint(run))
         lines.append("launch.json:")
-        lines.append(json.dumps(run.launch_json(), indent=4))
+        lines.append(json.dumps(shown_launch_json(run), indent=4))
     if log_lines:
         lines.extend(user_lines(run.log_tail(log_lines)))
     return "\n".join(lines)

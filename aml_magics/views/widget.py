@@ -105,6 +105,7 @@ class DebugRunPanel(widgets.VBox):
         self.launch_toggle = widgets.ToggleButton(value=False, description="launch.json", icon="chevron-right",
                                                   tooltip="Show the VS Code attach configuration",
                                                   layout=widgets.Layout(width="auto"))
+        self.launch_toggle.add_class("aml-launch-toggle")
         self.copy_button = widgets.HTML()
         self.write_button = widgets.Button(description=f"Write to {_shown(self.launch_json_path)}", icon="save",
                                            tooltip=f"Merge it into {os.path.abspath(self.launch_json_path)}",
@@ -148,6 +149,7 @@ class DebugRunPanel(widgets.VBox):
         attachable = can_attach(run)
         has_endpoint = bool(run.endpoints)
         self.cancel_button.disabled = run.done
+        self.actions.layout.display = "none" if run.done else None  # nothing left to do with the run
         self.write_button.disabled = not attachable
         self.copy_button.value = _COPY_BUTTON.format(area=self.area_id, disabled="" if attachable else "disabled")
         self.launch_toggle.layout.display = None if has_endpoint else "none"
@@ -186,8 +188,11 @@ class DebugRunPanel(widgets.VBox):
                 now = endpoint_now(run, status)
                 return (f"<span class='aml-endpoint'>debugpy <code>{html.escape(status.endpoint.address)}</code></span>"
                         f" — <span class='aml-endpoint-state' data-endpoint='{now.kind}'>{html.escape(now.words)}</span>")
-            return ("<span class='aml-endpoint-pending'>debug endpoint: not known yet</span>" if run.spec.debug.enabled
-                    else "<span>debugger off (--no-debug)</span>")
+            if not run.spec.debug.enabled:
+                return "<span>debugger off (--no-debug)</span>"
+            return ("<span class='aml-endpoint-pending'>" + ("no debug endpoint: the run ended before one was known"
+                                                               if run.done else "debug endpoint: not known yet")
+                    + "</span>")
         grouped = by_node(run)
         rows = []
         for node, host, statuses in grouped:
@@ -211,7 +216,7 @@ class DebugRunPanel(widgets.VBox):
                 f"<td class='aml-rank-state' data-state='{status.state}'>{html.escape(rank_state_label(status))}</td></tr>")
 
     def _launch_json_html(self) -> str:
-        text = json.dumps(self.run.launch_json(), indent=4)
+        text = json.dumps(self.run.launch_json(launch.workspace_folder_for(self.launch_json_path)), indent=4)
         rows = min(24, text.count("\n") + 1)
         return (f"<textarea id='{self.area_id}' class='aml-launch-json' readonly rows='{rows}'>"
                 f"{html.escape(text)}</textarea>")
