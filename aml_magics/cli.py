@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_parser():  # noqa: ANN201 - an argparse parser
-    return make_parser(PROG, usage=RUN_USAGE, epilog=EPILOG)
+    return make_parser(PROG, usage="%(prog)s [options] SCRIPT [-- ARGS ...]", epilog=EPILOG)
 
 
 def print_plan(request, output: str) -> int:

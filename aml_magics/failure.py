@@ -25,6 +25,7 @@ TRACEBACK_HEADER = "Traceback (most recent call last):"
 _PREFIX = re.compile(r"^\[rank \d+\] ")
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+, in \S+')
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(: .*)?$")  # KeyError: 'b', pkg.mod.Custom, StopIteration
+_NAMES_EXCEPTION = re.compile(r"\b\w*(Error|Exception|Interrupt)\b: ")
 CANCELED_BY_USER = "canceled by user"
 
 
@@ -104,9 +105,9 @@ def last_failure(lines: Iterable[str]) -> Failure | None:
 
 def explain(run: Any, state: str, detail: str) -> str:
     """A finish hook (``run.on_finish``): a failure's exception, a cancel's time, first in the detail."""
-    if state == "failed":
+    if state == "failed" and not _NAMES_EXCEPTION.search(detail):  # e.g. a deployment's own "init() failed: ..."
         failure = last_failure(run.log_tail(500))
-        if failure is not None and failure.exception not in detail:
+        if failure is not None:
             return with_failure(detail, failure)
     elif state == "canceled" and detail.startswith(CANCELED_BY_USER):
         said = canceled_line(time.time() - run.created)

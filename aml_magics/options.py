@@ -53,6 +53,8 @@ class _Parser(argparse.ArgumentParser):
         if not self.takes_script_args:
             return message
         extra = message.removeprefix("unrecognized arguments: ")
+        if self.prog.startswith("aml_magics."):  # the Python API: keywords, not flags
+            return f"{message} (not an option of {self.prog}; the script's own arguments go in args=[...])"
         return f"{message} ({SCRIPT_ARGS_HINT.format(prog=self.prog, args=extra)})"
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
@@ -238,9 +240,13 @@ SCRIPT_HELP = ("the Python script to run, e.g. examples/train.py (the cell form 
 
 
 def make_parser(prog: str, usage: str | None = None, epilog: str | None = None) -> _Parser:
-    """The options of a run; ``usage`` defaults to ``PROG [options] [SCRIPT] [-- ARGS ...]``."""
-    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False, epilog=epilog,
-                     usage=usage or f"{prog} [options] [SCRIPT] [-- ARGS ...]",
+    """The options of a run; ``usage`` (``%(prog)s`` for the name) defaults to
+    ``PROG [options] [SCRIPT] [-- ARGS ...]`` (a magic's also names its cell form)."""
+    if usage is None:
+        usage = "%(prog)s [options] [SCRIPT] [-- ARGS ...]"
+        if prog.startswith("%"):
+            usage += "\n       %%%(prog)s [options]   (the cell is the script)"
+    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False, epilog=epilog, usage=usage,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.takes_script_args = True
     parser.add_argument("script_path", nargs="?", default=None, metavar="SCRIPT", help=SCRIPT_HELP)

@@ -147,6 +147,14 @@ def test_cli_help_shows_the_script_the_args_and_the_defaults(tmp_path):
     assert "%%%%" not in text
 
 
+def test_the_magics_help_names_both_forms(shell, capsys):
+    shell.run_line_magic("aml_debug_run", "--help")
+    text = capsys.readouterr().out
+    assert text.startswith("usage: %aml_debug_run [options] [SCRIPT] [-- ARGS ...]\n"
+                           "       %%aml_debug_run [options]   (the cell is the script)\n"), text[:300]
+    assert "(default: 300)" in " ".join(text.split())
+
+
 def test_cli_a_scripts_own_help_goes_to_the_script(tmp_path):
     (tmp_path / "tool.py").write_text("import sys\nprint('script got', sys.argv[1:])\n")
     out = _cli(tmp_path, "run", "tool.py", "--no-debug", "--", "--help")
