@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from .debugger import Debugger as Debugger
+    from .debugger import DebuggerError as DebuggerError
     from .run import DebugRun
+
+
+def __getattr__(name: str) -> Any:
+    """``Debugger`` and ``DebuggerError`` load with their package, on first use."""
+    if name in ("Debugger", "DebuggerError"):
+        from . import debugger
+
+        return getattr(debugger, name)
+    raise AttributeError(f"module 'aml_magics' has no attribute {name!r}")
 
 
 def submit(script: str | None = None, *, code: str | None = None, **options: Any) -> "DebugRun":
@@ -26,13 +37,6 @@ def debug_pipeline(steps: Any, debug_steps: Any = None, **options: Any) -> Any:
     from .api import debug_pipeline as _debug_pipeline
 
     return _debug_pipeline(steps, debug_steps, **options)
-
-
-def deploy(score_path: str | None = None, *, code: str | None = None, **options: Any) -> Any:
-    """Serve a scoring script with debugpy listening (the options of %aml_debug_deploy)."""
-    from .deploy.request import deploy as _deploy
-
-    return _deploy(score_path, code=code, **options)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -32,13 +32,17 @@ import hmac
 import json
 import os
 import runpy
+import select
 import signal
 import socket
+import ssl
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 BOOTSTRAP_VERSION = "2"
 MARKER_PREFIX = "AML_MAGICS_"
@@ -57,6 +61,16 @@ LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRA
 
 _marker_key: bytes | None = None
 _out_lock = threading.Lock()
+
+
+def service_thread(target, *args: object, name: str) -> threading.Thread:
+    """A thread of ours, started: invisible to the debugger (never traced, never suspended when a
+    breakpoint stops "all threads" — a relay frozen at a breakpoint would freeze the session)."""
+    thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+    thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    thread.start()
+    return thread
 
 
 def marker_mac(key: bytes, kind: str, payload: str) -> str:
@@ -164,7 +178,7 @@ def watch_owner(fd: int) -> None:
             pass
         end_tree(OWNER_GONE_EXIT, "the owner of this run is gone")
 
-    threading.Thread(target=wait_for_eof, daemon=True, name="aml-magics-owner").start()
+    service_thread(wait_for_eof, name="aml-magics-owner")
 
 
 def adopt_orphans() -> None:
@@ -322,6 +336,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds to wait for a debugger after a crash or at breakpoint() (default 600)")
     parser.add_argument("--wait-on-breakpoint", action="store_true",
                         help="breakpoint() with no debugger attached reports itself and waits for one")
+    parser.add_argument("--reattach", action="store_true",
+                        help="keep listening after a client detaches (default: one attach per window)")
     parser.add_argument("script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER)
     if "--" in argv:
@@ -391,14 +407,164 @@ def hand_to_pydevd(sock: socket.socket) -> None:
     pydevd.create_server_socket = create_server_socket
 
 
+# -- the tunnel's node side: TLS 1.3 with pinned per-run certificates, in front of debugpy -------------
+
+RELAY_HANDSHAKE_TIMEOUT = 10.0
+DETACH_POLL = 0.25  # how often a direct (untunnelled) session is checked for a client that left
+
+
+def relay_context(tunnel: dict) -> tuple[ssl.SSLContext, bytes]:
+    """The relay's TLS context: this node's certificate, and only the run's client certificate
+    accepted (pinned; no CA). Returns the context and the client certificate's DER bytes."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.num_tickets = 0  # no resumption: each connection authenticates in full
+    context.load_verify_locations(cadata=tunnel["peer"])
+    folder = tempfile.mkdtemp(prefix="aml-magics-relay-")
+    try:  # the ssl module loads keys from files only: one that lives for a moment, 0600 in a 0700 folder
+        path = os.path.join(folder, "node.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(tunnel["key"] + tunnel["cert"])
+        context.load_cert_chain(path)
+    finally:
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+    return context, ssl.PEM_cert_to_DER_cert(tunnel["peer"])
+
+
+def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
+    """Copy bytes both ways until either side closes. One thread, non-blocking sockets: a TLS
+    socket is never read and written from two threads at once, and a TLS record that carries no
+    data (a session ticket) never blocks the other direction."""
+    for sock in (a, b):
+        sock.setblocking(False)
+    pair = [a, b]
+    while True:
+        ready: list[socket.socket] = [s for s in pair if isinstance(s, ssl.SSLSocket) and s.pending()]
+        if not ready:
+            ready, _, _ = select.select(pair, [], [])
+        for source in ready:
+            try:
+                data = source.recv(chunk)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                continue
+            except (OSError, ValueError):
+                return
+            if not data or not _send_all(b if source is a else a, data):
+                return
+
+
+def _send_all(sock: socket.socket, data: bytes) -> bool:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            select.select([sock], [sock], [], 1.0)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class Relay:
+    """The node's listener when the port leaves the machine: a connection that does not present
+    the run's client certificate is closed during the TLS handshake, before one byte reaches
+    debugpy (which listens on loopback only). One session at a time; ``on_session_end`` when it
+    ends."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, peer_der: bytes, target_port: int,
+                 on_session_end) -> None:
+        self.sock = sock
+        self.context = context
+        self.peer_der = peer_der
+        self.target_port = target_port
+        self.on_session_end = on_session_end
+        self.port = sock.getsockname()[1]
+        self._lock = threading.Lock()
+        self._active = False
+        self._closed = False
+        self.refused = 0
+
+    def start(self) -> Relay:
+        service_thread(self._accept, name="aml-magics-relay")
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        _close(self.sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            service_thread(self._serve, conn, name="aml-magics-relay-conn")
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(RELAY_HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+            authentic = tls.getpeercert(binary_form=True) == self.peer_der
+        except (OSError, ValueError):
+            self.refused += 1
+            _close(conn)
+            return
+        with self._lock:
+            admitted = authentic and not self._active and not self._closed
+            self._active = self._active or admitted
+        if not admitted:
+            self.refused += 1
+            _close(tls)
+            return
+        upstream = None
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            tls.settimeout(None)
+            upstream.settimeout(None)
+            pump(tls, upstream)
+        except OSError:
+            pass
+        finally:
+            _close(upstream)
+            _close(tls)
+            with self._lock:
+                self._active = False
+            self.on_session_end()
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 
-    def __init__(self, debugpy_module, options: argparse.Namespace) -> None:
+    def __init__(self, debugpy_module, options: argparse.Namespace, tunnel: dict | None = None) -> None:
         self.debugpy = debugpy_module
         self.options = options
         self.switched_off = False
         self.port: int | None = None  # the port bound last; a new listen() reuses it
+        self.tunnel = tunnel  # the node side of the run's TLS tunnel (secrets), or None: direct
+        self.relay: Relay | None = None
+        self.on_detached: Callable[[], None] | None = None  # called (from a thread) when a client left
+
+    @property
+    def tunnelled(self) -> bool:
+        return self.tunnel is not None
 
     def listen(self) -> tuple[str, int]:
         bind = resolve_bind(self.options.bind)
@@ -419,6 +585,8 @@ class Debugger:
         return host, port
 
     def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
+        if self.tunnel is not None:
+            return self._listen_tunnelled(bind, port)
         if in_process or not self.options.separate_adapter:
             sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
@@ -428,6 +596,40 @@ class Debugger:
         if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
             bind_listener(bind, port).close()
         return self.debugpy.listen((bind, port))
+
+    def _listen_tunnelled(self, bind: str, port: int) -> tuple[str, int]:
+        """debugpy on a loopback port of its own; the relay on the run's address and port."""
+        assert self.tunnel is not None
+        relay_sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
+        try:
+            context, peer = relay_context(self.tunnel)
+            inner = bind_listener(LOOPBACK, 0)
+            import debugpy.server.api  # noqa: F401 - puts pydevd on the path
+
+            hand_to_pydevd(inner)
+            _, inner_port = self.debugpy.listen((LOOPBACK, inner.getsockname()[1]), in_process_debug_adapter=True)
+        except BaseException:
+            relay_sock.close()
+            raise
+        self.relay = Relay(relay_sock, context, peer, inner_port, self._session_ended).start()
+        return bind, self.relay.port
+
+    def _session_ended(self) -> None:
+        if self.on_detached is not None:
+            self.on_detached()
+
+    def watch_detach(self) -> None:
+        """A direct session: notice the client leaving (the relay notices it itself)."""
+        if self.tunnel is not None:
+            return
+
+        def poll() -> None:
+            while not self.switched_off and self.debugpy.is_client_connected():
+                time.sleep(DETACH_POLL)
+            if not self.switched_off:
+                self._session_ended()
+
+        service_thread(poll, name="aml-magics-detach")
 
     @staticmethod
     def _allow_listen_again() -> None:
@@ -459,6 +661,9 @@ class Debugger:
 
     def switch_off(self) -> None:
         """Stop tracing and close the port: an idle listener slows Python code 2-7x."""
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         try:
             import pydevd  # vendored by debugpy, importable once debugpy listened
 
@@ -557,7 +762,7 @@ def tag_azureml_run(endpoint: dict, line: str) -> None:
         except Exception:
             pass  # azureml-core absent or no run context: the log line is enough
 
-    threading.Thread(target=tag, daemon=True, name="aml-magics-run-tag").start()
+    service_thread(tag, name="aml-magics-run-tag")
 
 
 class DebugSession:
@@ -569,9 +774,10 @@ class DebugSession:
     and waits at most ``--post-mortem-timeout`` seconds; nobody came means off again.
     """
 
-    def __init__(self, options: argparse.Namespace, script_path: str) -> None:
+    def __init__(self, options: argparse.Namespace, script_path: str, tunnel: dict | None = None) -> None:
         self.options = options
         self.script_path = script_path
+        self.tunnel = tunnel  # the node side of the run's TLS tunnel: the port is the relay's
         self.enabled = bool(getattr(options, "debug_this_rank", not options.no_debug))
         self.debugger: Debugger | None = None
         self.listening = False
@@ -589,7 +795,8 @@ class DebugSession:
             if self.debugger is None:
                 import debugpy
 
-                self.debugger = Debugger(debugpy, self.options)
+                self.use_debugpy(debugpy)
+            assert self.debugger is not None
             started = time.time()
             bound_host, port = self.debugger.listen()
             self.listening = True
@@ -601,9 +808,15 @@ class DebugSession:
             endpoint = dict(host=host, port=port, bind=bound_host, rank=self.options.rank, pid=os.getpid(),
                             cwd=os.getcwd(), script=self.script_path, timeout=timeout,
                             deadline=started + timeout if timeout > 0 else None, reason=reason,
-                            version=BOOTSTRAP_VERSION)
+                            version=BOOTSTRAP_VERSION, tunnel=self.debugger.tunnelled)
             tag_azureml_run(endpoint, emit("ENDPOINT", **endpoint))
             return host, port
+
+    def use_debugpy(self, debugpy_module: object) -> None:
+        """The debugger of this run, driving ``debugpy_module`` (debugpy itself, or its real
+        functions kept aside when the user's own ``import debugpy`` is patched)."""
+        self.debugger = Debugger(debugpy_module, self.options, self.tunnel)
+        self.debugger.on_detached = self._detached
 
     def wait(self, timeout: float, reason: str) -> bool:
         """Wait at most ``timeout`` for a client; switch the debugger off if none came."""
@@ -615,7 +828,28 @@ class DebugSession:
             if not attached:
                 self.debugger.switch_off()
                 self.listening = False
+            else:
+                self.debugger.watch_detach()
             return attached
+
+    def _detached(self) -> None:
+        """The client left: one attach per window — stop listening, tracing off, as after a
+        timeout (``--reattach`` keeps the listener open until the run ends)."""
+        if not self._lock.acquire(timeout=5):
+            return
+        try:
+            if not self.listening or self.debugger is None:
+                return
+            if self.options.reattach:
+                emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; listening again")
+                return
+            self.debugger.switch_off()
+            self.listening = False
+            print("aml_magics: the debugger detached; the run goes on without it (--reattach keeps it listening)",
+                  file=sys.stderr, flush=True)
+            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; debugger off")
+        finally:
+            self._lock.release()
 
     def client_connected(self) -> bool:
         return self.listening and self.debugger is not None and self.debugger.client_connected()
@@ -722,14 +956,6 @@ def _short(exc: object, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def start_debugger(options: argparse.Namespace, script_path: str) -> DebugSession:
-    """Listen, report, wait for a client at most ``--timeout``; the session, for later."""
-    session = DebugSession(options, script_path)
-    install_breakpointhook(session)
-    session.start()
-    return session
-
-
 def line_buffer_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -773,11 +999,275 @@ def run_user_script(script_path: str, script_args: list[str], on_crash=None) -> 
     return 0
 
 
+# -- the user's own debugpy calls (scripts written the way Microsoft's guide says) ------------------
+#
+# Scripts written after Microsoft's guide call debugpy themselves: ``debugpy.listen(('0.0.0.0', 5678))``
+# then ``debugpy.wait_for_client()``. Under the bootstrap the real calls would raise (listen() twice),
+# bind all interfaces, or wait forever. So the ``debugpy`` module the user imports gets functions that
+# cooperate with this run's debugger: listen() answers with the run's own endpoint (never a second
+# listener, never the user's address), wait_for_client() waits only within the run's attach window,
+# and everything is a no-op where the run has no debugger. The bootstrap's Debugger keeps debugpy's
+# real functions. The module is patched when it is first imported (by anyone), so a run that never
+# imports debugpy pays nothing.
+
+GUIDE_REASON = "debugpy.wait_for_client"  # the ENDPOINT/ATTACHED reason of a window the user's calls reopened
+
+
+def _user_endpoint(address: object) -> tuple[object, int]:
+    """``(host, port)`` of what the user passed, checked as debugpy checks it."""
+    try:
+        host, port = address  # type: ignore[misc]
+    except (TypeError, ValueError):
+        host, port = LOOPBACK, address
+    try:
+        port = port.__index__()  # type: ignore[attr-defined]
+    except Exception:
+        raise ValueError("expected port or (host, port)") from None
+    if not 0 <= port < 65536:
+        raise ValueError("invalid port number")
+    return host, port
+
+
+class UserDebugpy:
+    """What the user's ``debugpy.listen/wait_for_client/...`` do inside a run.
+
+    listen() returns the run's endpoint (host and port as reported) and opens nothing. If the
+    run's debugger is off then (its attach window closed with nobody attached), the next
+    wait_for_client() reopens it once on that endpoint for one more ``--timeout`` window,
+    reported like the first, in the calling thread (as breakpoint() and post-mortem do: the
+    thread that starts tracing is the one that stops it). wait_for_client() returns at once when
+    a client is attached and never waits past the window. ``--timeout 0`` means no waiting at
+    all, here too. With no debugger for this process (``--no-debug``, a rank outside
+    ``--debug-ranks``) every call returns at once.
+    """
+
+    PATCHED = ("listen", "wait_for_client", "is_client_connected", "breakpoint", "configure", "log_to", "connect",
+               "debug_this_thread", "trace_this_thread", "trigger_exception_handler")
+
+    def __init__(self, session: DebugSession) -> None:
+        self.session = session
+        self.originals: dict[str, object] = {}
+        self._said: set[str] = set()
+        self._reopen_pending = False  # listen() found the debugger off: the next wait_for_client() reopens it
+        self._reopened = False  # once per process, as debugpy listens once per process
+        self._canceled = threading.Event()
+
+    # -- installing ----------------------------------------------------------------------
+    def patch(self, module: object) -> None:
+        """Replace the public functions of the imported ``debugpy`` module; keep debugpy's own."""
+        if getattr(module, "_aml_magics_cooperating", False):
+            return
+        for name in self.PATCHED:
+            if name not in self.originals:
+                self.originals[name] = getattr(module, name, None)
+            setattr(module, name, self._public(name))
+        module._aml_magics_cooperating = True  # type: ignore[attr-defined]
+
+    def _public(self, name: str):
+        method = getattr(self, name)
+
+        def function(*args: object, **kwargs: object) -> object:
+            return method(*args, **kwargs)
+
+        function.__name__ = name
+        function.__qualname__ = name
+        function.__module__ = "debugpy"
+        function.__doc__ = f"debugpy.{name}, cooperating with the aml_magics run's debugger. " + (method.__doc__ or "")
+        if name == "wait_for_client":
+            function.cancel = self.cancel_wait  # type: ignore[attr-defined]
+        return function
+
+    def original(self, name: str) -> object:
+        """debugpy's own function ``name`` (for the bootstrap's Debugger), importing debugpy if needed."""
+        if name not in self.originals:
+            import debugpy  # noqa: F401 - the import hook patches it and keeps the originals
+
+            if name not in self.originals:  # debugpy was already imported unpatched
+                self.patch(debugpy)
+        found = self.originals.get(name)
+        if found is None:
+            raise AttributeError(f"debugpy has no {name}")
+        return found
+
+    # -- telling the user, once per call kind ----------------------------------------------
+    def say(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            print(f"aml_magics: {text}", file=sys.stderr, flush=True)
+
+    def _off_reason(self) -> str:
+        options = self.session.options
+        if options.no_debug:
+            return "this run has no debugger (--no-debug)"
+        return f"rank {options.rank} has no debugger (not in --debug-ranks)"
+
+    # -- the public functions ------------------------------------------------------------
+    def listen(self, address: object = None, *, in_process_debug_adapter: bool = False, **_: object) -> tuple:
+        """Returns the run's endpoint; opens no listener of its own, whatever the address."""
+        asked = _user_endpoint(address)
+        call = f"debugpy.listen({address!r})"
+        session = self.session
+        if not session.enabled:
+            self.say("listen", f"{call} ignored: {self._off_reason()}; nothing listens")
+            return asked
+        if session.host is None or session.port is None:  # lazy (--timeout 0 with --post-mortem/...)
+            self.say("listen", f"{call} ignored: this run's debugger starts only for a crash or a breakpoint() "
+                               "(--timeout 0); nothing listens")
+            return asked
+        where = f"this run's debugger at {session.host}:{session.port} (bound to {resolve_bind(session.options.bind)} " \
+                "by the run's options)"
+        if session.listening or session.client_connected():
+            self.say("listen", f"{call} uses {where}; no second listener")
+        elif session.options.timeout > 0 and not self._reopened:
+            self._reopen_pending = True
+            self.say("listen", f"{call} uses {where}, off now (its attach window closed with nobody attached): "
+                               f"debugpy.wait_for_client() reopens it for up to {session.options.timeout:g}s")
+        else:
+            why = "--timeout 0" if session.options.timeout <= 0 else "its attach window closed with nobody attached"
+            self.say("listen", f"{call} ignored: {where} is off ({why}); nothing listens")
+        return session.host, session.port
+
+    def wait_for_client(self) -> None:
+        """Returns when a client is attached, or when the run's attach window ends (never unbounded)."""
+        session = self.session
+        if not session.enabled or session.client_connected():
+            return
+        self._canceled.clear()
+        if not self._within_another_window():
+            return
+        with session._lock:  # as breakpoint() and post-mortem: one window at a time
+            if session.client_connected():
+                return
+            if self._reopen_pending:
+                self._reopen_pending, self._reopened = False, True
+                timeout = session.options.timeout
+                try:
+                    session.listen(timeout, GUIDE_REASON)
+                    session.wait(timeout, GUIDE_REASON)
+                except Exception as exc:  # never let the debugger kill the user's run
+                    print(f"aml_magics: could not reopen this run's debugger: {exc}", file=sys.stderr, flush=True)
+                return
+        self.say("wait_for_client", "debugpy.wait_for_client() returns at once: no client is attached and this "
+                                    "run's attach window is closed")
+
+    def _within_another_window(self) -> bool:
+        """While another thread waits for a client (breakpoint(), post-mortem: it holds the session's
+        lock), wait within that window. False when this wait is over (attached, or canceled)."""
+        lock = self.session._lock
+        while not lock.acquire(timeout=0.1):
+            if self._canceled.is_set() or self.session.client_connected():
+                return False
+        lock.release()
+        return not self.session.client_connected()
+
+    def cancel_wait(self) -> None:
+        """``debugpy.wait_for_client.cancel()``: end a wait in progress (from another thread)."""
+        self._canceled.set()
+        cancel = getattr(self.originals.get("wait_for_client"), "cancel", None)
+        if cancel is not None and self.session.listening:
+            cancel()
+
+    def is_client_connected(self) -> bool:
+        return bool(self.session.enabled and self.session.client_connected())
+
+    def breakpoint(self) -> None:
+        """Like ``breakpoint()`` under the bootstrap: pause when attached, ``--wait-on-breakpoint`` rules."""
+        self.session.on_breakpoint(sys._getframe(2))  # the user's frame (under the public function)
+
+    def configure(self, properties: object = None, **kwargs: object) -> None:
+        self.say("configure", f"debugpy.configure({properties or kwargs!r}) ignored: this run's debugger is "
+                              "set up by aml_magics")
+
+    def log_to(self, path: object) -> None:
+        self.say("log_to", f"debugpy.log_to({path!r}) ignored: this run's debugger is set up by aml_magics")
+
+    def connect(self, address: object = None, **_: object) -> None:
+        self.say("connect", f"debugpy.connect({address!r}) ignored: aml_magics does not connect out; attach "
+                            "with the run's launch.json configuration to its endpoint instead")
+
+    def _live(self, name: str, *args: object, **kwargs: object) -> None:
+        """Pass to debugpy only while this run's debugger is live (otherwise there is nothing to tell)."""
+        if self.session.enabled and self.session.listening:
+            real = self.originals.get(name)
+            if callable(real):
+                real(*args, **kwargs)
+
+    def debug_this_thread(self) -> None:
+        self._live("debug_this_thread")
+
+    def trace_this_thread(self, should_trace: bool) -> None:
+        self._live("trace_this_thread", should_trace)
+
+    def trigger_exception_handler(self, excinfo: object = None, as_uncaught: bool = True) -> None:
+        if self.is_client_connected():
+            self._live("trigger_exception_handler", excinfo, as_uncaught=as_uncaught)
+
+
+class _OriginalDebugpy:
+    """debugpy's own functions, for the bootstrap's Debugger (the module itself cooperates now)."""
+
+    def __init__(self, user: UserDebugpy) -> None:
+        self._user = user
+
+    def __getattr__(self, name: str) -> object:
+        return self._user.original(name)
+
+
+class _PatchingLoader:
+    """debugpy's own loader, plus the patch once the module has run."""
+
+    def __init__(self, loader, patch) -> None:
+        self._loader, self._patch = loader, patch
+
+    def create_module(self, spec):
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        self._patch(module)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._loader, name)
+
+
+class _PatchDebugpyOnImport:
+    """A meta path finder: ``import debugpy`` (the first, by anyone) yields the cooperating module."""
+
+    def __init__(self, patch) -> None:
+        self._patch = patch
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name != "debugpy":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _PatchingLoader(spec.loader, self._patch)
+                return spec
+        return None
+
+
+def cooperate_with_user_debugpy(session: DebugSession) -> UserDebugpy:
+    """Before the user's code runs: its ``import debugpy`` gets functions that cooperate with ``session``."""
+    user = UserDebugpy(session)
+    if session.enabled and session.debugger is None:
+        session.use_debugpy(_OriginalDebugpy(user))
+    if "debugpy" in sys.modules:
+        user.patch(sys.modules["debugpy"])
+    sys.meta_path.insert(0, _PatchDebugpyOnImport(user.patch))
+    return user
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     sys.modules.setdefault(RUNTIME_MODULE, sys.modules[__name__])
     channel = owner_channel()
-    load_secrets(read_first_line(channel) if channel is not None else "")
+    secrets = load_secrets(read_first_line(channel) if channel is not None else "")
     if channel is not None:
         watch_owner(channel)
     adopt_orphans()
@@ -786,12 +1276,17 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(script_path):
         print(f"aml_magics: script not found: {script_path}", file=sys.stderr, flush=True)
         return 2
-    session = DebugSession(options, script_path)
+    session = DebugSession(options, script_path, secrets.get("tunnel"))
     install_breakpointhook(session)
+    cooperate_with_user_debugpy(session)  # the script's own debugpy calls use this run's debugger
     if not session.enabled and not options.no_debug:
         print(f"aml_magics: rank {options.rank} runs without a debugger (not in --debug-ranks)", flush=True)
     try:
         session.start()
+    except KeyboardInterrupt:  # canceled while waiting for a debugger: one line, not pydevd's traceback
+        print("aml_magics: canceled while waiting for a debugger", file=sys.stderr, flush=True)
+        emit("EXIT", code=130, rank=options.rank, pid=os.getpid())
+        return 130
     except ListenError as exc:
         print(f"aml_magics: {exc}", file=sys.stderr, flush=True)
         emit("ERROR", message=str(exc), rank=options.rank, pid=os.getpid())

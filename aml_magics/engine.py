@@ -20,11 +20,12 @@ from .errors import OptionsError, RunFailed, TargetError
 from .invocation import RunSecrets
 from .lifecycle import RunScope
 from .options import RunRequest, check_script_file, check_syntax
-from .protocol import MarkerReader
+from .protocol import Endpoint, MarkerReader
 from .run import DebugRun
 from .spec import RunSpec
 from .target_base import RunContext, RunHandle
 from .targets import make_target
+from .tunnel import TunnelCredentials, TunnelledHandle
 
 MakeRun = Callable[..., DebugRun]
 
@@ -83,14 +84,33 @@ REGISTRY = RunRegistry()
 
 
 def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRun = DebugRun,
-             **extra: Any) -> tuple[DebugRun, RunContext]:
-    """A run handle with its scope and secrets, and the context its target is given."""
+             **extra: Any) -> tuple[DebugRun, RunContext, _HandleSlot]:
+    """A run handle with its scope and secrets (a tunnel's certificates when its debug port leaves
+    this machine), and the context its target is given."""
     secrets = RunSecrets.new()
+    if needs_tunnel(spec, target):
+        secrets.tunnel = TunnelCredentials.new()
     run = make_run(registry.new_id(spec.name), spec, target, reader=MarkerReader(secrets.marker_key), **extra)
     failure.watch(run)  # a failure's exception and a cancel's time, in the run's detail
     scope = RunScope(run.id)
-    run.bind(_Unstarted(scope), scope)
-    return run, RunContext(run.events, scope, secrets)
+    slot = _HandleSlot(scope, secrets.tunnel, run.line)
+    run.bind(slot, scope)
+    if spec.debug.enabled and not spec.debug.secure and target != "local":
+        run.line("aml_magics: WARNING --insecure: the debug port is reached directly, without authentication; "
+                 "whoever reaches it can run any code in the run")
+    return run, RunContext(run.events, scope, secrets), slot
+
+
+def needs_tunnel(spec: RunSpec, target: str) -> bool:
+    """Whether the run's debug port leaves this machine (then the tunnel is on, unless --insecure):
+    every remote or container target; a local run bound to anything but loopback."""
+    debug = spec.debug
+    if not debug.enabled or not debug.secure:
+        return False
+    if target != "local":
+        return True
+    bind = debug.bind or "127.0.0.1"
+    return not (bind.startswith("127.") or bind == "localhost")
 
 
 def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run: MakeRun = DebugRun) -> DebugRun:
@@ -112,20 +132,19 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run: MakeR
         target.check(request.spec)
     except TargetError as exc:
         raise OptionsError(str(exc)) from None
-    run, ctx = _new_run(registry, request.spec, target.name, make_run)
+    run, ctx, slot = _new_run(registry, request.spec, target.name, make_run)
     run.description = run.description or getattr(target, "description", "")  # e.g. "simulated Azure ML"
     run.launch_json_path = request.launch_json or launch.default_launch_json(Path.cwd())
     if request.launch_json is not None:
         run.subscribe(launch_json_writer(request.launch_json))
     try:
-        handle = target.submit(request.spec, ctx)
+        slot.fill(target.submit(request.spec, ctx))
     except TargetError as exc:
         ctx.scope.close()
         raise OptionsError(str(exc)) from None
     except BaseException:
         ctx.scope.close()
         raise
-    run.bind(handle, ctx.scope)
     registry.add(run)
     return run
 
@@ -211,9 +230,10 @@ def start_group(plan: GroupPlan, target: str, registry: RunRegistry = REGISTRY,
     """Submit a group of runs (each with its own scope and secrets); returns at once."""
     runs: dict[str, DebugRun] = {}
     contexts: dict[str, RunContext] = {}
+    slots: dict[str, _HandleSlot] = {}
     for name, spec in plan.members:
-        run, ctx = _new_run(registry, spec, target)
-        runs[name], contexts[name] = run, ctx
+        run, ctx, slot = _new_run(registry, spec, target)
+        runs[name], contexts[name], slots[name] = run, ctx, slot
         run.launch_json_path = launch_json or launch.default_launch_json(Path.cwd())
         if launch_json is not None:
             run.subscribe(launch_json_writer(launch_json))
@@ -224,7 +244,7 @@ def start_group(plan: GroupPlan, target: str, registry: RunRegistry = REGISTRY,
         raise
     for name, run in runs.items():
         run.description = f"{handle.description}, step {name}"
-        run.bind(handle.steps[name], contexts[name].scope)
+        slots[name].fill(handle.steps[name])
         registry.add(run)
     return RunGroup(handle, runs)
 
@@ -234,20 +254,39 @@ def _close_all(contexts: dict[str, RunContext]) -> None:
         ctx.scope.close()
 
 
-class _Unstarted:
-    """The handle of a run whose target has not answered yet: cancel is its scope's."""
+class _HandleSlot:
+    """A run's handle from before its target answered: one object, so a marker that arrives
+    before ``submit()`` returned is still mapped by the real handle (and, for a tunnelled run,
+    reached through its forwarder); cancel before then is the scope's."""
 
-    def __init__(self, scope: RunScope) -> None:
+    def __init__(self, scope: RunScope, tunnel: TunnelCredentials | None, say: Callable[[str], None]) -> None:
         self.scope = scope
+        self.tunnel = tunnel
+        self.say = say
+        self._inner: Any = None
+        self._ready = threading.Event()
+
+    def fill(self, handle: RunHandle) -> None:
+        self._inner = TunnelledHandle(handle, self.tunnel, self.scope, self.say) if self.tunnel else handle
+        self._ready.set()
+
+    def __getattr__(self, name: str) -> Any:  # the target's extras (e.g. map_scoring_uri, group)
+        if name.startswith("_") or self._inner is None:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
     def cancel(self) -> None:
-        self.scope.cancel()
+        if self._inner is not None:
+            self._inner.cancel()
+        else:
+            self.scope.cancel()
 
     def is_done(self) -> bool:
-        return self.scope.closed
+        return self._inner.is_done() if self._inner is not None else self.scope.closed
 
-    def map_endpoint(self, endpoint):  # noqa: ANN001, ANN201 - RunHandle
-        return endpoint
+    def map_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        self._ready.wait(30)  # the target reports before submit() returned: a moment
+        return self._inner.map_endpoint(endpoint) if self._inner is not None else endpoint
 
 
 # -- helpers -------------------------------------------------------------------------------------

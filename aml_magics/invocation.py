@@ -56,6 +56,8 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
         args.append("--port-auto")
     if debug.stop_on_entry:
         args.append("--stop-on-entry")
+    if debug.reattach:
+        args.append("--reattach")
     if debug.post_mortem:
         args.append("--post-mortem")
     if debug.wait_on_breakpoint:

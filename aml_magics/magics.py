@@ -69,6 +69,8 @@ class AmlDebugMagics(Magics):
     bind = Unicode(None, allow_none=True, help="Default address debugpy binds").tag(config=True)
     timeout = Float(300.0, help="Default seconds to wait for a debugger to attach").tag(config=True)
     wait = Bool(False, help="Block until the run ends by default").tag(config=True)
+    secure = Bool(True, help="Ports that leave this machine go through the authenticated TLS tunnel "
+                             "(False: today's direct, unauthenticated endpoint, with a warning)").tag(config=True)
     launch_json = Unicode(None, allow_none=True, help="Default --launch-json path").tag(config=True)
     cell_dir = Unicode(".aml_magics/cells", help="Where cell scripts are written").tag(config=True)
     compute = Unicode(None, allow_none=True, help="Default --compute (azureml)").tag(config=True)
@@ -104,7 +106,7 @@ class AmlDebugMagics(Magics):
         """The options' fallbacks, from the traits (one source: the traits' own values)."""
         configured = {option: getattr(self, trait) for trait, option in self.TARGET_TRAITS.items()}
         return Defaults(target=self.target, port=self.port, bind=self.bind, timeout=self.timeout,
-                        wait=self.wait, launch_json=self.launch_json, cell_dir=self.cell_dir,
+                        wait=self.wait, launch_json=self.launch_json, cell_dir=self.cell_dir, secure=self.secure,
                         target_options={k: v for k, v in configured.items() if v})
 
     # -- runs ---------------------------------------------------------------------------------
@@ -269,6 +271,24 @@ class AmlDebugMagics(Magics):
             return run.score(payload)
         except (ScoringError, RunFailed) as exc:
             raise UsageError(str(exc)) from None
+
+    # -- the in-notebook debugger (aml_magics.debugger) ----------------------------------------
+    @line_magic
+    def aml_attach(self, line: str = "") -> Any:
+        """Attach the in-notebook debugger to a run; returns it (its display is the panel):
+        %aml_attach RUN [--rank R] [--break FILE:LINE ...] [--timeout S]"""
+        from .debugger.magics import attach_magic
+
+        return attach_magic(self, line)
+
+    @line_magic
+    @no_var_expand
+    def aml_dbg(self, line: str = "") -> None:
+        """Drive the attached debugger: %aml_dbg break FILE:LINE [if COND] | clear | where | up | down |
+        locals | p EXPR | next | step | return | continue | pause | detach"""
+        from .debugger.magics import dbg_magic
+
+        dbg_magic(line)
 
     # -- pipelines ------------------------------------------------------------------------------
     @line_magic

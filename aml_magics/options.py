@@ -184,6 +184,11 @@ COMMON_OPTIONS: tuple[Option, ...] = (
            help=f"seconds to wait for a debugger to attach; 0: don't wait (default: {DEFAULT_TIMEOUT:g})"),
     option("--no-debug", action="store_true", help="run without the debugger"),
     option("--stop-on-entry", action="store_true", help="once attached, pause at the script's first line"),
+    option("--insecure", action="store_true", default=None,
+           help="a debug port that leaves this machine is reached directly, without the authenticated TLS "
+                "tunnel (anyone who reaches it owns the process)"),
+    option("--reattach", action="store_true",
+           help="keep listening after the debugger detaches (default: one attach per window)"),
     option("--nodes", type=count_value, default=None, metavar="N", help="distributed: number of nodes (default: 1)"),
     option("--procs-per-node", type=count_value, default=None, metavar="M",
            help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default: 1)"),
@@ -310,6 +315,7 @@ class Defaults:
     wait: bool = False
     launch_json: str | None = None
     cell_dir: str = DEFAULT_CELL_DIR
+    secure: bool = True
     target_options: dict[str, Any] = field(default_factory=dict)  # e.g. compute, sdk (%config)
 
 
@@ -356,6 +362,8 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         bind=ns.bind if ns.bind is not None else defaults.bind,
         timeout=ns.timeout if ns.timeout is not None else defaults.timeout,
         stop_on_entry=ns.stop_on_entry,
+        secure=not getattr(ns, "insecure", None) and defaults.secure,
+        reattach=bool(getattr(ns, "reattach", False)),
         **_debug_extras(ns),
     )
     distributed = _distributed(ns, info, debug)

@@ -75,7 +75,7 @@ class Endpoint:
     cwd: str | None = None  # the run's working directory, as the run sees it
     script: str | None = None  # the entry script's path, as the run sees it
     node_address: str | None = None  # the far side ("host:port" on the node), when it differs
-    tunnelled: bool = False  # reached through the owner's authenticated TLS forwarder
+    tunnelled: bool = False  # an authenticated TLS relay (reached through the owner's forwarder once mapped)
 
     @property
     def address(self) -> str:
@@ -117,7 +117,8 @@ class EndpointMarker(Marker):
     def endpoint(self) -> Endpoint | None:
         if not self.host or not 0 < self.port < 65536:
             return None
-        return Endpoint(self.host, self.port, rank=self.rank, pid=self.pid, cwd=self.cwd, script=self.script)
+        return Endpoint(self.host, self.port, rank=self.rank, pid=self.pid, cwd=self.cwd, script=self.script,
+                        tunnelled=self.tunnel)
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,25 @@ class DebugRun:
             workspace_folder=workspace_folder if workspace_folder is not None else Path.cwd(),
         )
 
+    # -- the in-notebook debugger (aml_magics.debugger) -------------------------
+    def attach(self, breakpoints: Any = (), rank: int | None = None, timeout: float = 30.0,
+               connect: bool = True) -> Any:
+        """A debugger attached from this kernel (an ``aml_magics.Debugger``), breakpoints armed first.
+
+        ``connect=False``: not attached yet (set breakpoints, then ``.connect()``), for every rank
+        that waits unless ``rank`` is given — what the run panel's *Debug here* opens.
+        """
+        from . import debugger
+
+        if not connect:
+            return debugger.prepare(self, rank)
+        try:
+            self.wait_for_endpoint(timeout, rank=rank)
+        except (TimeoutError, RunFailed) as exc:
+            raise debugger.DebuggerError(str(exc)) from None
+        config = self.launch_config(rank=rank, workspace_folder=Path.cwd())
+        return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
+
     # -- control ---------------------------------------------------------------
     def cancel(self) -> None:
         handle = self._handle

@@ -31,6 +31,8 @@ class DebugOptions:
     post_mortem_timeout: float = DEFAULT_POST_MORTEM_TIMEOUT  # that wait, and --wait-on-breakpoint's
     wait_on_breakpoint: bool = False  # breakpoint() with no client attached waits for one
     debug_ranks: tuple[int, ...] | None = None  # None: every rank; else only these get a debugger
+    secure: bool = True  # a port that leaves the machine goes through the authenticated TLS tunnel
+    reattach: bool = False  # keep listening after a client detaches (default: one attach per window)
 
     @property
     def listens_at_start(self) -> bool:

@@ -64,8 +64,9 @@ def use_simulator(monkeypatch, root: Path, layout: str = "user_logs", netns: str
     monkeypatch.setenv("AML_MAGICS_SIM_NETNS", netns)
     monkeypatch.setenv("AML_MAGICS_SIM_STATE_SECONDS", "0.05")
     monkeypatch.setenv("AML_MAGICS_AZUREML_POLL_SECONDS", "0.2")
-    for name in ("AML_MAGICS_SIM_AUTH", "AML_MAGICS_SIM_COMPUTES", "AML_MAGICS_COMPUTE", "AML_MAGICS_EXPERIMENT",
-                 "AML_MAGICS_WORKSPACE_CONFIG", "CI_NAME", "CI_RESOURCE_GROUP", "CI_WORKSPACE", "JPY_SESSION_NAME"):
+    for name in ("AML_MAGICS_SIM_AUTH", "AML_MAGICS_SIM_COMPUTES", "AML_MAGICS_SIM_NETWORK", "AML_MAGICS_SIM_PYTHON",
+                 "AML_MAGICS_COMPUTE", "AML_MAGICS_EXPERIMENT", "AML_MAGICS_WORKSPACE_CONFIG", "CI_NAME",
+                 "CI_RESOURCE_GROUP", "CI_WORKSPACE", "JPY_SESSION_NAME"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -93,13 +94,15 @@ def namespace_or_loopback():
 
 
 def wait_for_the_debugger(run, node: str):
-    """The run waits for a debugger at the node's address, and its launch.json connects there.
+    """The run waits for a debugger at the node's address — its authenticated relay there, reached
+    through this process's TLS forwarder on loopback, which the launch.json connects to.
     Returns the endpoint and the launch configuration."""
     endpoint = run.wait_for_endpoint(60)
-    assert endpoint.host == node  # the node's own private address (10.211.x.2 in a namespace)
+    assert endpoint.tunnelled and endpoint.host == "127.0.0.1"
+    assert endpoint.node_address.rsplit(":", 1)[0] == node  # the node's own private address (10.211.x.2)
     assert run.state == "waiting_for_debugger"
     config = run.launch_config()
-    assert config["connect"] == {"host": node, "port": endpoint.port}
+    assert config["connect"] == {"host": "127.0.0.1", "port": endpoint.port}
     assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}/proj", "remoteRoot": endpoint.cwd}]
     return endpoint, config
 

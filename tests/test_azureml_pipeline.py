@@ -95,7 +95,7 @@ def test_pipeline_step_breakpoint_through_launch_json(steps, tmp_path, monkeypat
     assert "simulated Azure ML" in result.description
     run = result.steps["train"]
     endpoint = run.wait_for_endpoint(60)
-    assert endpoint.host == node
+    assert endpoint.tunnelled and endpoint.node_address.rsplit(":", 1)[0] == node  # its relay, on the node
     config = run.launch_config()
     assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}/step1", "remoteRoot": endpoint.cwd}]
     assert train._script_name == "train.py" and train._source_directory == "step1"  # restored after submit

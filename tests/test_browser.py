@@ -384,3 +384,106 @@ def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     expect(log).to_contain_text("failing.py")
     expect(log).not_to_contain_text("bootstrap.py")
     expect(panel.locator(".aml-log-line").last).to_have_text("KeyError: 'b'")
+
+
+# -- the in-notebook debugger (aml_magics.debugger) ---------------------------------------------
+DEBUG_NOTEBOOK = "debugger.ipynb"
+DEBUG_CELL = """%%aml_debug_run --name nbdbg --port 0 --timeout 120
+weights = [0.5, 1.5, 2.5]
+total = 0.0
+for w in weights:
+    total += w
+scaled = total * 2
+print("scaled", scaled)
+"""
+DEBUG_SCREENSHOT = REPO / "docs" / "debugger.png"
+
+
+def _write_debug_notebook(root: Path) -> None:
+    def cell(source: str) -> dict:
+        return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+
+    notebook = {"cells": [cell("%load_ext aml_magics"), cell(DEBUG_CELL)], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                            "name": "python3"}, "language_info": {"name": "python"}}}
+    (root / DEBUG_NOTEBOOK).write_text(json.dumps(notebook))
+
+
+def _wait_for_idle(lab: Lab, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sessions = [s for s in lab.api("/api/sessions") or [] if s.get("path", "").endswith(name)]
+        if sessions and (sessions[0].get("kernel") or {}).get("execution_state") == "idle":
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no idle kernel for {name} after {timeout}s:\n{lab.log_tail()}")
+
+
+def test_debugger_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path):
+    """Debug here → click a line number → Attach: the run stops there (armed before release), the
+    stop line is highlighted, a variable expands, an expression evaluates, a step moves the
+    highlight, Continue runs the cell to its end."""
+    _write_debug_notebook(lab.root)
+    page.goto(f"{lab.url}/lab/tree/{DEBUG_NOTEBOOK}?reset")
+    cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+    expect(cells).to_have_count(2, timeout=WAIT_MS)
+    _wait_for_idle(lab, DEBUG_NOTEBOOK)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible(timeout=WAIT_MS)
+    cells.nth(0).click()
+    for _ in range(2):
+        page.keyboard.press("Shift+Enter")
+        time.sleep(0.2)
+
+    run_panel = _panel(page, "nbdbg-1")
+    run_state = run_panel.locator("span.aml-state")
+    expect(run_state).to_have_attribute("data-state", "waiting_for_debugger", timeout=WAIT_MS)
+    run_panel.get_by_role("button", name="Debug here").click()
+    dbg = run_panel.locator(".aml-dbg")
+    expect(dbg).to_be_visible(timeout=WAIT_MS)
+    state = dbg.locator(".aml-dbg-state")
+    expect(state).to_have_attribute("data-state", "armed", timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-file")).to_have_text("nbdbg.py", timeout=WAIT_MS)  # relative to the run's local root
+
+    # 1. click the line number of `scaled = total * 2`: a breakpoint, not sent anywhere yet
+    line = 5
+    row = dbg.locator(f".aml-dbg-line-{line}")
+    row.locator(".aml-dbg-lineno").click()
+    expect(row).to_have_class(re.compile(r"\baml-dbg-bp\b"), timeout=WAIT_MS)
+    assert run_state.get_attribute("data-state") == "waiting_for_debugger"
+
+    # 2. Attach: armed before release, so the run stops there; the stop line is highlighted
+    dbg.get_by_role("button", name="Attach").click()
+    expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
+    expect(state).to_contain_text(f"stopped (breakpoint) at nbdbg.py:{line}")
+    expect(row).to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)
+    expect(run_state).to_have_attribute("data-state", "attached", timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-stack select option").first).to_contain_text(f"<module> — nbdbg.py:{line}")
+
+    # 3. expand a variable: its children come from the run
+    expect(dbg.locator(".aml-dbg-var-total")).to_contain_text("total = 4.5", timeout=WAIT_MS)
+    dbg.locator(".aml-dbg-var-weights .aml-dbg-toggle").click()
+    expect(dbg.locator(".aml-dbg-var-2")).to_contain_text("2 = 2.5", timeout=WAIT_MS)
+
+    # 4. evaluate an expression in the stopped frame
+    box = dbg.locator(".aml-dbg-expression input")
+    box.fill("total * 10")
+    box.press("Enter")
+    expect(dbg.locator(".aml-dbg-history")).to_contain_text("45.0", timeout=WAIT_MS)
+
+    dbg.screenshot(path=str(tmp_path / "debugger.png"))
+    if os.environ.get("AML_MAGICS_UPDATE_SCREENSHOT"):
+        DEBUG_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "debugger.png", DEBUG_SCREENSHOT)
+
+    # 5. step over: the highlight moves to the next line
+    dbg.get_by_role("button", name="Step over").click()
+    expect(dbg.locator(f".aml-dbg-line-{line + 1}")).to_have_class(re.compile(r"\baml-dbg-current\b"),
+                                                                    timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-var-scaled")).to_contain_text("scaled = 9.0", timeout=WAIT_MS)
+
+    # 6. continue: the cell's process runs to its end, and both panels say so
+    dbg.get_by_role("button", name="Continue").click()
+    expect(run_state).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
+    expect(state).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(state).to_contain_text("the run ended (completed)")
+    expect(run_panel.locator("pre.aml-log")).to_contain_text("scaled 9.0", timeout=WAIT_MS)

@@ -41,7 +41,8 @@ def _attach_and_finish(run, script: Path, workdir: Path) -> None:
     endpoint = run.wait_for_endpoint(120)
     assert endpoint.host == "127.0.0.1" and endpoint.cwd == "/app"
     container = run._handle.container
-    assert endpoint.port == int(container.ports["5678/tcp"][0]["HostPort"])
+    # the container's relay, published on loopback, reached through the owner's TLS forwarder
+    assert endpoint.tunnelled and endpoint.node_address == f"127.0.0.1:{container.ports['5678/tcp'][0]['HostPort']}"
     assert container.ports["5678/tcp"][0]["HostIp"] == "127.0.0.1"  # never all interfaces
     assert container.attrs["HostConfig"]["DeviceRequests"] in (None, [])  # no --gpus unless asked
     assert container.labels["aml_magics"] == "1"
@@ -241,7 +242,7 @@ def test_explicit_host_port_is_used_and_a_busy_one_is_named(engine, workdir, no_
     free = free_port()
     run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0, port=free)
     assert run.wait(120) == "completed", run.detail
-    assert run.endpoints[0].address == f"127.0.0.1:{free}"
+    assert run.endpoints[0].node_address == f"127.0.0.1:{free}"
 
 
 @pytest.mark.docker
@@ -302,7 +303,9 @@ def test_two_processes_in_one_container_each_rank_debugged(engine, workdir, no_c
     for rank in (0, 1):
         (binding,) = container.ports[f"{5678 + rank}/tcp"]
         assert binding["HostIp"] == "127.0.0.1"  # each rank's port on loopback only
-        assert run.launch_config(rank=rank)["connect"] == {"host": "127.0.0.1", "port": int(binding["HostPort"])}
+        endpoint = next(e for e in run.endpoints if e.rank == rank)
+        assert endpoint.node_address == f"127.0.0.1:{binding['HostPort']}"  # through its own forwarder
+        assert run.launch_config(rank=rank)["connect"] == {"host": "127.0.0.1", "port": endpoint.port}
     fragment = run.launch_json()
     configs = {c["name"]: c for c in fragment["configurations"]}
     (compound,) = fragment["compounds"]

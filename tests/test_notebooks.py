@@ -40,6 +40,8 @@ EXPECTED: dict[str, list[str]] = {
         r"done: w=3\.00 b=1\.00",
         r"run quickstart-1: completed",
         r"quickstart-1\s+local\s+completed\s+127\.0\.0\.1:\d+ closed \(nobody attached in 3 s\)",
+        r"aml_magics: wrote guide to /\S+/\.vscode/launch\.json",
+        r"Argument 1: abc",
     ],
     "02-docker.ipynb": [
         r"debugpy listening at 127\.0\.0\.1:\d+ \(the container's port, published on loopback\)",
@@ -208,7 +210,8 @@ def test_azureml_notebook_against_the_simulator(notebook_env: Path, monkeypatch,
     assert re.search(r"debugpy listening at (\S+):5678 on the node", text).group(1) == node
     assert re.search(r"step train: debugpy listening at (\S+):5678", text).group(1) == node
     config = _launch_config(notebook_env, "train")
-    assert config["connect"] == {"host": node, "port": 5678}
+    assert config["connect"]["host"] == "127.0.0.1"  # the owner's forwarder into the authenticated tunnel
+    assert "reached through the authenticated tunnel: attach at 127.0.0.1:" in text
     assert config["pathMappings"][0]["localRoot"] == "${workspaceFolder}/src"
 
 

@@ -4,6 +4,12 @@ Polls about every 2 s (the SDK's own streaming backs off to 60 s, too slow for a
 debugger's attach window). Reads both log layouts, ``azureml-logs/70_driver_log*.txt``
 (older runtime) and ``user_logs/std_log*.txt`` (newer), incrementally, and the endpoint
 tag the bootstrap sets when azureml-core is importable in the run.
+
+A distributed run has one log per process of the whole job, whichever node it ran on,
+numbered by global rank (``std_log_process_3.txt``, or zero-padded ``std_log_process_03.txt``;
+``70_driver_log_3.txt``); each appears when its node starts, and every one is followed from
+then on, its lines prefixed ``[rank N] ``. Each rank's endpoint comes from its own log (the
+marker names the rank and the address of the node it listens on).
 """
 
 from __future__ import annotations
@@ -41,15 +47,17 @@ _BUILD_LOG = re.compile(r"^azureml-logs/20_image_build_log.*\.txt$")
 
 
 def followed_logs(names: list[str]) -> list[tuple[str, str]]:
-    """(log name, line prefix) to follow: the newer layout if present, else the older one."""
+    """(log name, line prefix) to follow: the newer layout if present, else the older one.
+
+    A per-process log's prefix comes from its own name, so it is the same from the first
+    poll on, even while the other nodes' logs have not appeared yet."""
     user = [(n, _USER_LOG.match(n)) for n in names]
     driver = [(n, _DRIVER_LOG.match(n)) for n in names]
     chosen = [(n, m) for n, m in user if m] or [(n, m) for n, m in driver if m]
-    several = len(chosen) > 1
     result = [(n, "[image build] ") for n in sorted(names) if _BUILD_LOG.match(n)]
-    for name, match in sorted(chosen, key=lambda item: int(item[1].group(1) or 0)):
+    for name, match in sorted(chosen, key=lambda item: (int(item[1].group(1) or 0), item[0])):
         rank = match.group(1)
-        result.append((name, f"[rank {rank}] " if several and rank is not None else ""))
+        result.append((name, f"[rank {int(rank)}] " if rank is not None else ""))
     return result
 
 

@@ -4,23 +4,36 @@ Switched on with ``AML_MAGICS_AZUREML_BACKEND=simulator`` (the CLI, notebooks, a
 the tests reach it the same way). It replaces only the service the azureml target talks
 to; what it is given is azureml-core's real ScriptRunConfig / PythonScriptStep objects,
 and it executes exactly what was submitted: the snapshot of the source directory, the
-entry script, the arguments and the environment variables (plus the ones Azure ML sets,
-such as ``AZUREML_RUN_ID``), in a separate process on a simulated node. It writes the
-run's logs under either layout (``user_logs/std_log.txt`` or
-``azureml-logs/70_driver_log.txt``), moves through the run states, honours cancel, and
-runs pipeline steps as child runs.
+entry script, the arguments and the environment variables (passed through unchanged,
+plus the ones Azure ML sets, such as ``AZUREML_RUN_ID``), in separate processes on
+simulated nodes. It writes the run's logs under either layout (``user_logs/std_log.txt``
+or ``azureml-logs/70_driver_log.txt``; one log per process, ``std_log_process_<rank>.txt``,
+for a distributed run), moves through the run states, honours cancel, and runs pipeline
+steps as child runs.
+
+Where the nodes are (:mod:`.simnet`):
+
+- ``AML_MAGICS_SIM_NETWORK=bridge``: a cluster. Every node of a job runs in its own network
+  namespace on a private bridge, with its own address; what the service would start on
+  each node is started there — the PyTorch launcher's processes (``RANK``, ``LOCAL_RANK``,
+  ``WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR`` = node 0's address, ``MASTER_PORT``) or
+  mpirun's (Open MPI's ``OMPI_COMM_WORLD_*``, Azure ML's ``AZ_BATCH_MASTER_NODE``), so ranks
+  reach each other as on real nodes. The namespaces go when the job ends or is canceled.
+- ``AML_MAGICS_SIM_NETNS=NAME``: the one node of a job runs in that (existing) namespace.
+- neither: the one node is this machine's loopback. A job of several nodes is then refused
+  ("not simulated").
 
 What it does not do: build the environment's image (the node runs this machine's
-interpreter, so the declared packages must already be importable here), authenticate,
-or schedule on real machines. The node runs in its own network namespace when
-``AML_MAGICS_SIM_NETNS`` names one (see :class:`NodeNamespace`), so the endpoint it
-reports is the node's own private address; otherwise on loopback.
+interpreter, or ``AML_MAGICS_SIM_PYTHON``, so the declared packages must already be
+importable there), authenticate, or schedule on real machines.
 
 Settings (environment variables, read at each use):
 
 ``AML_MAGICS_SIM_ROOT``            where runs, node folders and logs are kept
 ``AML_MAGICS_SIM_LOG_LAYOUT``      ``user_logs`` (default) or ``driver``
-``AML_MAGICS_SIM_NETNS``           network namespace the node runs in
+``AML_MAGICS_SIM_NETWORK``         ``bridge``: each node of a job in its own namespace, on a bridge
+``AML_MAGICS_SIM_NETNS``           network namespace a one-node job runs in
+``AML_MAGICS_SIM_PYTHON``          the interpreter the nodes run (default this one): the "image's"
 ``AML_MAGICS_SIM_COMPUTES``        compute names in the workspace (default cpu-cluster,gpu-cluster)
 ``AML_MAGICS_SIM_AUTH``            ``fail``: opening a workspace fails as an expired login does
 ``AML_MAGICS_SIM_STATE_SECONDS``   time spent in each state before Running (default 0.2)
@@ -33,7 +46,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,12 +56,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..invocation import rank_environment
+from ..invocation import DEFAULT_MASTER_PORT, LOOPBACK, rank_environment
 from ..processes import ProcessGroup
 from ..spec import DistributedSpec
 from .backend import poll_interval, read_file_uri, register_backend
 from .pipeline import compute_name
 from .settings import WorkspaceRef
+from .simnet import (  # NamespaceUnavailable, NodeNamespace: re-exported (their home before simnet)
+    BridgeCluster,
+    NamespaceUnavailable,  # noqa: F401
+    NodeNamespace,  # noqa: F401
+    unavailable_reason,
+)
 from .submission import distribution
 
 DEFAULT_COMPUTES = "cpu-cluster,gpu-cluster"
@@ -58,6 +76,7 @@ CURATED_ENVIRONMENTS = {  # name → (version, pip packages)
     "AzureML-pytorch-2.2-cuda12": ("3", ["torch==2.2.2", "azureml-core"]),
 }
 TERMINAL = {"Completed", "Failed", "Canceled"}
+NETWORKS = ("", "bridge")
 _ids = itertools.count(1)
 
 
@@ -70,6 +89,11 @@ def _state_seconds() -> float:
         return max(0.0, float(_env("AML_MAGICS_SIM_STATE_SECONDS", "0.2")))
     except ValueError:
         return 0.2
+
+
+def node_python() -> str:
+    """The interpreter the nodes run: the "image" (``AML_MAGICS_SIM_PYTHON``, default this one)."""
+    return _env("AML_MAGICS_SIM_PYTHON").strip() or sys.executable
 
 
 def sim_root() -> Path:
@@ -100,6 +124,24 @@ def compute_names() -> list[str]:
 # -- a step or script as submitted ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How many nodes, how many processes on each, and the launcher that starts them
+    (``pytorch``: Azure ML's PyTorch launcher, torchrun's variables; ``mpi``: mpirun)."""
+
+    nodes: int = 1
+    per_node: int = 1
+    launcher: str | None = None
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.per_node
+
+    @property
+    def distributed(self) -> DistributedSpec:
+        return DistributedSpec(self.nodes, self.per_node)
+
+
 @dataclass
 class Submitted:
     """What the service received, captured at submit (the client deletes its snapshot after)."""
@@ -109,9 +151,43 @@ class Submitted:
     arguments: list[str]
     environment_variables: dict[str, str]
     compute: str
-    process_count: int = 1
+    shape: Shape = field(default_factory=Shape)
     notes: list[str] = field(default_factory=list)
     pip_packages: list[str] = field(default_factory=list)
+
+
+def launcher_environment(shape: Shape, rank: int, master_addr: str, master_port: int = DEFAULT_MASTER_PORT
+                         ) -> dict[str, str]:
+    """What the service's launcher sets for one process of a distributed run (none for one process).
+
+    PyTorch: torchrun's variables (:func:`aml_magics.invocation.rank_environment`). MPI: what
+    Open MPI's mpirun sets, plus Azure ML's ``AZ_BATCHAI_MPI_MASTER_NODE`` (the address) and, on
+    a job of several nodes, ``AZ_BATCH_MASTER_NODE`` (``address:port``)."""
+    if shape.world <= 1 or shape.launcher is None:  # no launcher: the command itself on every node
+        return {}
+    if shape.launcher == "pytorch":
+        return rank_environment(shape.distributed, rank, master_port, master_addr)
+    node, local = shape.distributed.placement(rank)
+    env = {"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(shape.world),
+           "OMPI_COMM_WORLD_LOCAL_RANK": str(local), "OMPI_COMM_WORLD_LOCAL_SIZE": str(shape.per_node),
+           "OMPI_COMM_WORLD_NODE_RANK": str(node), "AZ_BATCHAI_MPI_MASTER_NODE": master_addr}
+    if shape.nodes > 1:
+        env["AZ_BATCH_MASTER_NODE"] = f"{master_addr}:{master_port}"
+    return env
+
+
+def shape_error(nodes: int, what: str) -> str | None:
+    """Why a job of ``nodes`` nodes cannot be simulated here (None: it can)."""
+    network = _env("AML_MAGICS_SIM_NETWORK").strip()
+    if network not in NETWORKS:
+        return f"AML_MAGICS_SIM_NETWORK={network!r}: expected bridge (or unset)"
+    if network == "bridge":
+        reason = unavailable_reason()
+        return f"AML_MAGICS_SIM_NETWORK=bridge: {reason}" if reason else None
+    if nodes > 1:
+        return (f"the simulator runs one node; {what} {nodes} is not simulated "
+                "(AML_MAGICS_SIM_NETWORK=bridge simulates a cluster)")
+    return None
 
 
 def _packages(environment: Any) -> tuple[list[str], bool]:
@@ -128,6 +204,18 @@ def _capture(source_dir: str | os.PathLike, dest: Path) -> Path:
 
 
 # -- runs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimNode:
+    """One node of a run: how to run a program there, its copy of the snapshot, its address
+    (None: the namespace's own, found by the bootstrap), and whether it is only loopback."""
+
+    index: int
+    prefix: list[str]
+    workdir: Path
+    address: str | None
+    loopback: bool = False
 
 
 class SimRun:
@@ -226,11 +314,14 @@ class SimRun:
         self._done.set()
 
     def _log_path(self, rank: int, world: int) -> Path:
+        """Where a process's output goes, as the service lays it out: one log per process of
+        the whole job (every node's), numbered by global rank."""
         if self.layout == "driver":
-            name = "70_driver_log.txt" if world == 1 else f"70_driver_log_{rank}.txt"
-            return self.dir / "azureml-logs" / name
-        name = "std_log.txt" if world == 1 else f"std_log_process_{rank}.txt"
-        return self.dir / "user_logs" / name
+            path = self.dir / "azureml-logs" / ("70_driver_log.txt" if world == 1 else f"70_driver_log_{rank}.txt")
+        else:
+            path = self.dir / "user_logs" / ("std_log.txt" if world == 1 else f"std_log_process_{rank}.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _pause(self) -> bool:
         return not self._cancel.wait(_state_seconds())
@@ -273,11 +364,13 @@ class SimRun:
         path = self.dir / "azureml-logs" / "20_image_build_log.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"simulated image build for run {self.id}: pip packages {submitted.pip_packages}",
-                 f"(simulated Azure ML: the node runs {sys.executable}; nothing is installed)"]
+                 f"(simulated Azure ML: the nodes run {node_python()}; nothing is installed)"]
         lines += submitted.notes
         path.write_text("\n".join(lines) + "\n")
 
-    def _node_env(self, rank: int, world: int) -> dict[str, str]:
+    def _node_env(self, rank: int, node: SimNode, master_addr: str) -> dict[str, str]:
+        """The process's environment: this machine's (less our own settings), the submitted
+        variables unchanged, what Azure ML sets, and what the launcher sets for ``rank``."""
         submitted = self.submitted
         assert submitted is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("AML_MAGICS_")}
@@ -291,39 +384,64 @@ class SimRun:
             "AZUREML_ARM_WORKSPACE_NAME": ws.name,
             "AZUREML_ARM_PROJECT_NAME": self.experiment,
             "AZUREML_EXPERIMENT_NAME": self.experiment,
-            "AZUREML_CR_EXECUTION_WORKING_DIR_PATH": str(self.node_dir / "exe" / "wd"),
+            "AZUREML_CR_EXECUTION_WORKING_DIR_PATH": str(node.workdir),
             "PYTHONUNBUFFERED": "1",
         })
-        if world > 1:
-            env.update(rank_environment(DistributedSpec(1, world), rank))
+        env.update(launcher_environment(submitted.shape, rank, master_addr))
         env.pop("AZUREML_SERVICE_ENDPOINT", None)  # no run-history service to reach: Run.get_context() is offline
-        if not self.simulator.netns:
-            env["AML_MAGICS_NODE_ADDRESS"] = "127.0.0.1"  # no namespace: the "node" is this machine's loopback
+        if node.loopback:
+            env["AML_MAGICS_NODE_ADDRESS"] = LOOPBACK  # no namespace: the "node" is this machine's loopback
         return env
 
+    def _nodes(self, shape: Shape, cluster: BridgeCluster | None) -> list[SimNode]:
+        """Where each node runs: a namespace of the cluster, the AML_MAGICS_SIM_NETNS one, or loopback;
+        each with its own copy of the snapshot (node 0 of a one-node job: ``exe/wd`` as before)."""
+        if cluster is not None:
+            return [SimNode(i, cluster.exec_prefix(i), self._workdir(i, shape.nodes), cluster.node_address(i))
+                    for i in range(shape.nodes)]
+        netns = self.simulator.netns
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        return [SimNode(0, prefix, self._workdir(0, 1), None, loopback=not netns)]
+
+    def _workdir(self, node: int, nodes: int) -> Path:
+        return self.node_dir / ("" if nodes == 1 else f"node-{node}") / "exe" / "wd"
+
     def _run_processes(self, submitted: Submitted) -> list[int] | None:
-        workdir = self.node_dir / "exe" / "wd"
-        if workdir.exists():
-            shutil.rmtree(workdir)
-        shutil.copytree(submitted.snapshot, workdir)
-        world = max(1, submitted.process_count)
-        prefix = ["ip", "netns", "exec", self.simulator.netns] if self.simulator.netns else []
-        logs = []
-        with self._lock:
-            if self._cancel.is_set():
-                return None
-            for rank in range(world):
-                log_path = self._log_path(rank, world)
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                log = open(log_path, "ab")
-                logs.append(log)
-                if self.layout == "driver":
-                    log.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] Entering context manager injector.\n"
-                              .encode())
-                    log.flush()
-                argv = [*prefix, sys.executable, submitted.script, *submitted.arguments]
-                self._processes.append(ProcessGroup(argv, cwd=workdir, env=self._node_env(rank, world), stdout=log))
+        shape = submitted.shape
+        cluster = BridgeCluster(shape.nodes) if self.simulator.network == "bridge" else None
         try:
+            if cluster is not None:
+                cluster.create()
+            nodes = self._nodes(shape, cluster)
+            master = nodes[0].address or LOOPBACK
+            for node in nodes:
+                if node.workdir.exists():
+                    shutil.rmtree(node.workdir)
+                shutil.copytree(submitted.snapshot, node.workdir)
+            return self._start_and_wait(submitted, nodes, master)
+        finally:
+            if cluster is not None:
+                cluster.remove()  # with whatever still runs on its nodes
+
+    def _start_and_wait(self, submitted: Submitted, nodes: list[SimNode], master: str) -> list[int] | None:
+        shape = submitted.shape
+        python = node_python()
+        logs = []
+        try:
+            with self._lock:
+                if self._cancel.is_set():
+                    return None
+                for rank in range(shape.world):
+                    node = nodes[shape.distributed.placement(rank)[0]]
+                    log = open(self._log_path(rank, shape.world), "ab")
+                    logs.append(log)
+                    if self.layout == "driver":
+                        log.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] Entering context manager injector.\n"
+                                  .encode())
+                        log.flush()
+                    argv = [*node.prefix, python, submitted.script, *submitted.arguments]
+                    self._processes.append(ProcessGroup(argv, cwd=node.workdir, env=self._node_env(rank, node, master),
+                                                        stdout=log))
             codes = [p.wait() for p in self._processes]
         finally:
             for log in logs:
@@ -403,7 +521,13 @@ class Simulator:
         return _env("AML_MAGICS_SIM_NETNS").strip()
 
     @property
+    def network(self) -> str:
+        return _env("AML_MAGICS_SIM_NETWORK").strip()
+
+    @property
     def detail(self) -> str:
+        if self.network == "bridge":
+            return "each node in its own network namespace, on a private bridge"
         ns = self.netns
         return f"node in network namespace {ns}" if ns else "node on loopback, no network namespace"
 
@@ -450,24 +574,28 @@ class Simulator:
 
         compute = config.run_config.target
         self._check_compute(workspace, compute)
-        distributed = distribution(config.run_config) or {}
-        nodes = distributed.get("node_count") or 1
-        if nodes > 1:
-            raise UserErrorException(f"the simulator runs one node; node_count {nodes} is not simulated")
+        shape = _v1_shape(distribution(config.run_config))
+        problem = shape_error(shape.nodes, "node_count")
+        if problem:
+            raise UserErrorException(problem)
         run_id = self._new_id(experiment)
         staged = _capture(config.source_directory, sim_root() / "snapshots" / run_id)
         packages, user_managed = _packages(config.run_config.environment)
         variables = dict(getattr(config.run_config.environment, "environment_variables", None) or {})
         variables.update(config.run_config.environment_variables or {})
         submitted = Submitted(staged, config.script, [str(a) for a in (config.arguments or [])], variables,
-                              compute, int(distributed.get("process_count") or 1),
-                              _debugpy_notes(packages, user_managed), packages)
+                              compute, shape, _debugpy_notes(packages, user_managed), packages)
         run = SimRun(self, workspace, experiment, run_id, submitted, tags)
         self.runs[run_id] = run
         return run.start()
 
     def submit_pipeline(self, workspace: SimWorkspace, experiment: str, steps: list, parameters: dict | None,
                         description: str, tags: dict[str, str]) -> SimPipelineRun:
+        problem = shape_error(1, "node_count")
+        if problem:
+            from azureml.exceptions import UserErrorException
+
+            raise UserErrorException(problem)
         run_id = self._new_id(experiment)
         data_root = sim_root() / "datastore" / run_id
         captured = []
@@ -481,7 +609,7 @@ class Simulator:
             packages, user_managed = _packages(runconfig.environment) if runconfig is not None else ([], False)
             variables = dict(runconfig.environment_variables or {}) if runconfig is not None else {}
             arguments = [_resolve_argument(a, data_root, parameters or {}) for a in (step._arguments or [])]
-            captured.append((step.name, Submitted(staged, step._script_name, arguments, variables, compute or "", 1,
+            captured.append((step.name, Submitted(staged, step._script_name, arguments, variables, compute or "", Shape(),
                                                   _debugpy_notes(packages, user_managed), packages)))
         run = SimPipelineRun(self, workspace, experiment, run_id, captured, tags)
         self.runs[run_id] = run
@@ -494,6 +622,22 @@ class Simulator:
     def cancel_all(self) -> None:
         for run in list(self.runs.values()):
             run.cancel()
+
+
+def _v1_shape(distributed: dict | None) -> Shape:
+    """Nodes and processes of a v1 run configuration (PyTorchConfiguration counts processes in
+    all, MpiConfiguration per node)."""
+    from azureml.exceptions import UserErrorException
+
+    if not distributed:
+        return Shape()
+    nodes = int(distributed.get("node_count") or 1)
+    if distributed.get("type") == "MpiConfiguration":
+        return Shape(nodes, int(distributed.get("process_count_per_node") or 1), "mpi")
+    total = int(distributed.get("process_count") or nodes)
+    if total % nodes:
+        raise UserErrorException(f"process_count {total} is not a multiple of node_count {nodes}")
+    return Shape(nodes, total // nodes, "pytorch")
 
 
 def _debugpy_notes(packages: list[str], user_managed: bool) -> list[str]:
@@ -549,73 +693,6 @@ def get_simulator() -> Simulator:
 
 
 register_backend("v1", "simulator", get_simulator)
-
-
-# -- a node with its own address ----------------------------------------------------------------
-
-
-class NamespaceUnavailable(RuntimeError):
-    """Network namespaces cannot be made here (not root, no iproute2, no CAP_NET_ADMIN)."""
-
-
-class NodeNamespace:
-    """A network namespace "node" joined to this machine by a veth pair, on a /30 of 10.211.0.0/16.
-
-    The node's address is ``10.211.N.2``, this machine's end ``10.211.N.1``: traffic between
-    them never leaves the machine. Use as a context manager; everything is removed on exit.
-    """
-
-    _counter = itertools.count(1)
-
-    def __init__(self, index: int | None = None) -> None:
-        n = index if index is not None else (os.getpid() + next(self._counter)) % 250 + 1
-        self.index = n
-        self.name = f"amlsim{os.getpid()}x{n}"
-        self.host_if = f"amlh{n}x{os.getpid() % 10000}"[:15]
-        self.node_if = f"amln{n}x{os.getpid() % 10000}"[:15]
-        self.host_address = f"10.211.{n}.1"
-        self.node_address = f"10.211.{n}.2"
-
-    @staticmethod
-    def unavailable_reason() -> str | None:
-        if os.geteuid() != 0:
-            return "network namespaces need root"
-        if shutil.which("ip") is None:
-            return "iproute2 ('ip') is not installed (apt-get install -y iproute2)"
-        return None
-
-    def _ip(self, *args: str) -> None:
-        result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-        if result.returncode != 0:
-            raise NamespaceUnavailable(f"ip {' '.join(args)}: {result.stderr.strip() or result.returncode}")
-
-    def create(self) -> NodeNamespace:
-        reason = self.unavailable_reason()
-        if reason:
-            raise NamespaceUnavailable(reason)
-        try:
-            self._ip("netns", "add", self.name)
-            self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.node_if)
-            self._ip("link", "set", self.node_if, "netns", self.name)
-            self._ip("addr", "add", f"{self.host_address}/30", "dev", self.host_if)
-            self._ip("link", "set", self.host_if, "up")
-            self._ip("-n", self.name, "addr", "add", f"{self.node_address}/30", "dev", self.node_if)
-            self._ip("-n", self.name, "link", "set", self.node_if, "up")
-            self._ip("-n", self.name, "link", "set", "lo", "up")
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        for args in (["netns", "del", self.name], ["link", "del", self.host_if]):
-            subprocess.run(["ip", *args], capture_output=True, timeout=20)
-
-    def __enter__(self) -> NodeNamespace:
-        return self.create()
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 @contextlib.contextmanager

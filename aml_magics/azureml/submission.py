@@ -268,12 +268,18 @@ class Submission:
         }
 
 
+MPI_COMMUNICATORS = ("IntelMpi", "Mpi", "OpenMpi")  # what an MpiConfiguration sets (azureml-core: IntelMpi)
+
+
 def distribution(run_config: Any) -> dict | None:
-    """A run configuration's distributed settings (PyTorch launcher), None for one process."""
-    if run_config.framework != "PyTorch":
-        return None
-    return {"type": "PyTorchConfiguration", "node_count": run_config.node_count,
-            "process_count": run_config.pytorch.process_count}
+    """A run configuration's distributed settings (PyTorch launcher or mpirun), None for one process."""
+    if run_config.framework == "PyTorch":
+        return {"type": "PyTorchConfiguration", "node_count": run_config.node_count,
+                "process_count": run_config.pytorch.process_count}
+    if run_config.communicator in MPI_COMMUNICATORS:
+        return {"type": "MpiConfiguration", "node_count": run_config.node_count,
+                "process_count_per_node": run_config.mpi.process_count_per_node}
+    return None
 
 
 def _quote(arg: str) -> str:

@@ -57,7 +57,7 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_NAME = "score"
 # The run options a deployment takes (the rest make no sense for a server).
 RUN_OPTIONS = ("target", "name", "port", "bind", "timeout", "no_debug", "wait", "launch_json", "source_dir", "script",
-               "pip", "requirements", "env_var", "base_image")
+               "pip", "requirements", "env_var", "base_image", "insecure", "reattach")
 
 
 def http_port_value(text: str) -> int:

@@ -114,12 +114,18 @@ def rank_address(run: "DebugRun", status: "RankStatus") -> str:
     return "not known yet"
 
 
+def node_host(endpoint: "Endpoint") -> str:
+    """The address of the machine a debugger runs on (its far side when reached through a tunnel)."""
+    far = getattr(endpoint, "node_address", None)
+    return far.rsplit(":", 1)[0] if far else endpoint.host
+
+
 def by_node(run: "DebugRun") -> list[tuple[int, str, list["RankStatus"]]]:
     """The ranks grouped by node: (node index, the node's address or "", its ranks)."""
     nodes: dict[int, list[RankStatus]] = {}
     for status in run.ranks:
         nodes.setdefault(run.spec.distributed.placement(status.rank)[0], []).append(status)
-    return [(node, next((s.endpoint.host for s in ranks if s.endpoint is not None), ""), ranks)
+    return [(node, next((node_host(s.endpoint) for s in ranks if s.endpoint is not None), ""), ranks)
             for node, ranks in sorted(nodes.items())]
 
 

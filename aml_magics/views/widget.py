@@ -112,6 +112,10 @@ class DebugRunPanel(widgets.VBox):
                                            layout=widgets.Layout(width="auto"))
         self.cancel_button = widgets.Button(description="Cancel run", icon="stop", button_style="danger",
                                             layout=widgets.Layout(width="auto"))
+        self.debug_button = widgets.Button(description="Debug here", icon="bug", tooltip="open the in-notebook debugger",
+                                           layout=widgets.Layout(width="auto"))
+        self.debug_button.add_class("aml-debug-here")
+        self.debug_button.on_click(self._on_debug_here)
         self.message_html = widgets.HTML()
         self.launch_html = widgets.HTML(layout=widgets.Layout(display="none"))
         self.log_html = widgets.HTML()
@@ -123,9 +127,10 @@ class DebugRunPanel(widgets.VBox):
         self.write_button.on_click(self._on_write)
         self.cancel_button.on_click(self._on_cancel)
         self.launch_toggle.observe(self._on_toggle, names="value")
-        # The launch.json actions; more buttons go in with add_action() (before the message).
-        self.actions = widgets.HBox([self.launch_toggle, self.copy_button, self.write_button, self.cancel_button,
-                                     self.message_html], layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
+        # The run's actions: the launch.json ones, the in-notebook debugger, cancel; add_action() adds one more.
+        self.actions = widgets.HBox([self.launch_toggle, self.copy_button, self.write_button, self.debug_button,
+                                     self.cancel_button, self.message_html],
+                                    layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
         super().__init__([self.header_html, self.endpoints_html, self.hint_html, self.actions, self.launch_html,
                           self.log_box])
         self.add_class("aml-debug-run")
@@ -136,7 +141,7 @@ class DebugRunPanel(widgets.VBox):
         self._thread.start()
 
     def add_action(self, widget: widgets.Widget) -> None:
-        """One more button beside the launch.json ones (before Cancel)."""
+        """One more button beside the others (before Cancel)."""
         children = list(self.actions.children)
         children.insert(children.index(self.cancel_button), widget)
         self.actions.children = tuple(children)
@@ -151,6 +156,7 @@ class DebugRunPanel(widgets.VBox):
         self.cancel_button.disabled = run.done
         self.actions.layout.display = "none" if run.done else None  # nothing left to do with the run
         self.write_button.disabled = not attachable
+        self.debug_button.disabled = not attachable  # the in-notebook debugger attaches like VS Code
         self.copy_button.value = _COPY_BUTTON.format(area=self.area_id, disabled="" if attachable else "disabled")
         self.launch_toggle.layout.display = None if has_endpoint else "none"
         self.copy_button.layout.display = self.write_button.layout.display = None if has_endpoint else "none"
@@ -254,6 +260,15 @@ class DebugRunPanel(widgets.VBox):
         names = ", ".join(result.added + result.replaced)
         self.message_html.value = (f"<span class='aml-message' data-n='{self._writes}'>wrote {html.escape(names)} "
                                    f"to {html.escape(os.path.abspath(result.path))}</span>")
+
+    def _on_debug_here(self, _button: widgets.Button) -> None:
+        """Open the in-notebook debugger's panel under this one, not attached yet (the run makes it)."""
+        shown = tuple(self.children)  # type: ignore[has-type]
+        current = getattr(self, "debugger_panel", None)
+        if current is not None and not current.debugger.ended and current in shown:
+            return
+        self.debugger_panel = self.run.attach(connect=False).panel()
+        self.children = (*(w for w in shown if w is not current), self.debugger_panel)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self.cancel_button.disabled = True

@@ -11,15 +11,17 @@ the client it is handed is this one, with the operations it calls:
   conda-file one);
 - ``jobs.create_or_update`` takes the real ``command()`` job and executes exactly what it
   holds: its ``code`` folder (captured at submit, as the upload would), its ``command``
-  (``python SCRIPT ARGS``), environment variables, distribution (PyTorch or MPI ranks,
-  with the variables each launcher sets), on a simulated node (the v1 simulator's process
-  and network-namespace machinery); ``jobs.get``, ``jobs.begin_cancel``,
+  (``python SCRIPT ARGS``), environment variables (unchanged), ``instance_count`` nodes and
+  its distribution (``process_count_per_instance`` PyTorch or MPI processes on every node,
+  with the variables each launcher sets), on simulated nodes (the v1 simulator's process
+  and network machinery: a cluster on a private bridge with ``AML_MAGICS_SIM_NETWORK=bridge``,
+  else one node); ``jobs.get``, ``jobs.begin_cancel``,
   ``jobs.show_services`` (the VS Code service's URL once running) and the run-history
   details ``jobs.stream`` reads (status, ``user_logs/std_log*.txt`` URLs, tags, error).
 
 With ``AML_MAGICS_SIM_AUTH=fail`` the first call fails the way ``DefaultAzureCredential``
 does without a login (azure-core's ``ClientAuthenticationError``). What it does not do:
-build images (the node runs this machine's interpreter), authenticate, several nodes.
+build images (the nodes run this machine's interpreter), authenticate, schedule.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from ..backend import poll_interval, register_backend
 from ..settings import WorkspaceRef
 from ..simulator import (
+    Shape,
     SimRun,
     SimWorkspace,
     Submitted,
@@ -43,6 +46,7 @@ from ..simulator import (
     _env,
     compute_names,
     get_simulator,
+    shape_error,
     sim_root,
 )
 from .job import DEFAULT_IMAGE, dockerfile_packages, pip_list
@@ -85,16 +89,6 @@ class SimJobRun(SimRun):
         self.distribution = distribution
         self.services = dict(services or {})
         self.command: str = ""
-
-    def _node_env(self, rank: int, world: int) -> dict[str, str]:
-        env = super()._node_env(rank, world)
-        if world > 1 and self.distribution == "mpi":  # mpirun sets Open MPI's variables, not torchrun's
-            for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR",
-                        "MASTER_PORT"):
-                env.pop(key, None)
-            env.update({"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_LOCAL_RANK": str(rank),
-                        "OMPI_COMM_WORLD_SIZE": str(world), "OMPI_COMM_WORLD_LOCAL_SIZE": str(world)})
-        return env
 
     def service_url(self, service: str, node: int) -> str:
         return f"https://{self.id.replace('_', '-')}-{node}.{service.replace('_', '-')}.simulated.invalid/"
@@ -279,10 +273,13 @@ class SimV2Backend(MLClientBackend):
         if len(argv) < 2 or argv[0] not in ("python", "python3"):
             raise ValueError(f"the simulator runs 'python SCRIPT ARGS' commands only, not {job.command!r}")
         instances = (job.resources.instance_count if job.resources is not None else None) or 1
-        if instances > 1:
-            raise ValueError(f"the simulator runs one node; instance_count {instances} is not simulated")
+        problem = shape_error(instances, "instance_count")
+        if problem:
+            raise ValueError(problem)
         distribution = job.distribution
         processes = getattr(distribution, "process_count_per_instance", None) or 1
+        kind = getattr(distribution, "type", None)
+        shape = Shape(instances, int(processes), kind if kind in ("pytorch", "mpi") else None)
         code = job.code
         if not code or not Path(str(code)).is_dir():
             raise ValueError(f"the simulator needs the job's code as a local folder, not {code!r}")
@@ -291,11 +288,11 @@ class SimV2Backend(MLClientBackend):
         packages = _environment_packages(job.environment)
         submitted = Submitted(staged, argv[1], argv[2:], {str(k): str(v) for k, v in
                                                           (job.environment_variables or {}).items()},
-                              compute, int(processes), _debugpy_notes(packages, False), packages)
+                              compute, shape, _debugpy_notes(packages, False), packages)
         experiment = experiment_name or job.experiment_name or "Default"
         workspace = SimWorkspace(client.workspace_name, client.resource_group_name, client.subscription_id)
         run = SimJobRun(get_simulator(), workspace, experiment, name, submitted, dict(job.tags or {}),
-                        name=job.display_name or name, distribution=getattr(distribution, "type", None),
+                        name=job.display_name or name, distribution=kind,
                         services=dict(job.services or {}))
         run.command = job.command
         with self._runs_lock:

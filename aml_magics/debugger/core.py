@@ -1,0 +1,740 @@
+"""The in-notebook debugger: a DAP client session to a run, as a Python object.
+
+:class:`Debugger` is the service the panel, the ``%aml_dbg`` commands and user code share.
+It sits on :mod:`aml_magics.dap` (one :class:`~aml_magics.dap.DebugService` per debugged
+process: the run's rank, and each child process debugpy announces) and adds what is about
+*runs*: local paths for breakpoints and stops, the one-client rule, the run ending while
+attached, a choice among the processes that are paused, and frames of our own bootstrap
+hidden from the stack.
+
+Lifecycle: *armed* (breakpoints can be set; nothing is connected) → :meth:`Debugger.connect`
+arms them before the run is released → *running* / *stopped* → *ended* (detached, the run
+ended, or another client took the session).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from ..dap import DapError, DebugService, RequestFailed, address_of
+from ..dap.models import BreakpointsModel, BreakpointState, Model, StackFrame, Variable
+from ..dap.service import ENDED, STOPPED
+from . import holders
+from .errors import DebuggerError
+from .paths import is_bootstrap, is_launcher, local_path, parse_breakpoint, source_line
+
+ARMED = "armed"
+CONNECTING = "connecting"
+RUNNING = "running"
+STOPPED_STATE = "stopped"
+ENDED_STATE = "ended"
+STEP_TIMEOUT = 30.0
+_GROUPS = frozenset({"special variables", "function variables", "class variables", "protected variables"})
+
+# An attach configuration, several (one per rank), or what makes them at connect time.
+ConfigSource = Union[dict, Sequence[dict], Callable[[], Union[dict, Sequence[dict]]]]
+
+_current_lock = threading.Lock()
+_current: Debugger | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Where a process stopped: ``reason`` as DAP says it, the local path and line, the line's text."""
+
+    reason: str
+    path: str | None
+    line: int
+    thread_id: int
+    text: str
+    pid: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Frame:
+    name: str
+    path: str | None
+    line: int
+
+
+@dataclass(frozen=True)
+class ExceptionInfo:
+    type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Process:
+    """One debugged process (the rank, or a child debugpy announced) and whether it is paused."""
+
+    pid: int | None
+    name: str
+    state: str
+    stop: Stop | None
+    rank: int | None = None
+
+    @property
+    def label(self) -> str:
+        where = f" at {os.path.basename(self.stop.path or '?')}:{self.stop.line}" if self.stop else ""
+        rank = f"rank {self.rank} · " if self.rank is not None else ""
+        return f"{rank}pid {self.pid or '?'} {os.path.basename(self.name)} — {self.state}{where}"
+
+
+class Debugger(Model):
+    """A debug session to a run (or any debugpy attach configuration). See the module docstring.
+
+    Subscribers (``callback(debugger, change)``) hear ``"state"``, ``"breakpoints"``, ``"frame"``,
+    ``"processes"`` and the models' own changes; they are called from the session's threads.
+    """
+
+    def __init__(self, config: ConfigSource, *, run: Any = None, rank: int | None = None,
+                 local_root: str | os.PathLike | None = None, exception_filters: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._config_source = config
+        self.run = run
+        self.rank = rank
+        self.local_root = Path(local_root) if local_root is not None else _local_root(run, config)
+        self.exception_filters = tuple(exception_filters)
+        self.breakpoints = BreakpointsModel()
+        self.breakpoints.subscribe(lambda _model, _change: self._emit("breakpoints"))
+        self.roots: list[DebugService] = []  # one per rank attached; children hang below them
+        self.addresses: list[tuple[str, int]] = []
+        self.ranks: list[int | None] = []
+        self._state = ARMED
+        self.end_reason = ""
+        self.frame_index = 0
+        self._selected: DebugService | None = None
+        self._seen_stop: object = None
+        self._services: list[DebugService] = []
+        self._cond = threading.Condition()
+        self._own_sockets: set[tuple[str, int]] = set()
+        self._rank_of_service: dict[int, int | None] = {}
+        self._leaving = ""
+        self._run_listener: Callable[[Any, str], None] | None = None
+
+    # -- identity and state ----------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        if self.run is not None:
+            if len(self.ranks) > 1:
+                return f"run {self.run.id} ranks {','.join(str(r) for r in self.ranks)}"
+            return f"run {self.run.id}{f' rank {self.rank}' if self.rank is not None else ''}"
+        return f"{self.address[0]}:{self.address[1]}" if self.address else "debugger"
+
+    @property
+    def root(self) -> DebugService | None:
+        """The first rank's session (``roots`` has them all)."""
+        return self.roots[0] if self.roots else None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self.addresses[0] if self.addresses else None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def ended(self) -> bool:
+        return self._state == ENDED_STATE
+
+    @property
+    def attached(self) -> bool:
+        return self._state in (RUNNING, STOPPED_STATE)
+
+    # -- attaching -------------------------------------------------------------------------
+    def connect(self, timeout: float = 30.0) -> Debugger:
+        """Attach, with every breakpoint set so far armed before the run is released."""
+        with self._cond:
+            if self._state != ARMED:
+                raise DebuggerError(f"{self.label}: already {self._state}")
+            self._state = CONNECTING
+        self._emit("state")
+        opened: list[tuple[DebugService, int | None]] = []
+        try:
+            targets = self._targets()
+            for _config, address, rank in targets:
+                what = self._what(address, rank)
+                holders.check_listening(self.run, rank, what)
+                holders.check_free(address, self.run, rank, what)
+            for _config, address, _rank in targets:
+                holders.claim(address, self)
+            for config, address, rank in targets:
+                opened.append((self._open(config, address, rank, timeout), rank))
+        except BaseException:
+            for service, _rank in opened:
+                service.close()
+            for address in self.addresses:
+                holders.release(address, self, attached=False)
+            with self._cond:
+                self._state = ARMED
+                self._cond.notify_all()
+            self._emit("state")
+            raise
+        with self._cond:
+            self.roots = [service for service, _rank in opened]
+            self._selected = self.roots[0]
+            self._state = RUNNING
+        for service, rank in opened:
+            self._own_sockets.add(_socket_name(service) or ("", 0))
+            self._adopt(service, rank)
+        if self.run is not None and hasattr(self.run, "subscribe"):
+            self._run_listener = self._on_run
+            self.run.subscribe(self._run_listener)
+        _set_current(self)
+        self._update()
+        return self
+
+    def _targets(self) -> list[tuple[dict, tuple[str, int], int | None]]:
+        """(config, address, rank) of every rank to attach to."""
+        configs = self._config()
+        targets = []
+        for config in configs:
+            rank = self.rank if len(configs) == 1 and self.rank is not None else _rank_of(self.run, config)
+            targets.append((config, address_of(config), rank))
+        self.addresses = [address for _config, address, _rank in targets]
+        self.ranks = [rank for _config, _address, rank in targets]
+        if self.rank is None and len(targets) == 1:
+            self.rank = targets[0][2]
+        return targets
+
+    def _what(self, address: tuple[str, int], rank: int | None) -> str:
+        who = f"run {self.run.id}{f' rank {rank}' if rank is not None else ''}" if self.run is not None else "debugpy"
+        return f"{who} ({address[0]}:{address[1]})"
+
+    def _open(self, config: dict, address: tuple[str, int], rank: int | None, timeout: float) -> DebugService:
+        what = self._what(address, rank)
+        try:
+            return DebugService.open(config, self.breakpoints, timeout, name=f"dap-{what}",
+                                     exception_filters=self.exception_filters)
+        except RequestFailed as exc:
+            raise DebuggerError(f"{what}: debugpy refused the attach: {exc.adapter_message}") from None
+        except DapError as exc:
+            raise DebuggerError(f"{what}: cannot attach: {_first_line(exc)}") from None
+
+    def _config(self) -> list[dict]:
+        """The attach configuration(s): one, or one per rank."""
+        source = self._config_source
+        try:
+            config = source() if callable(source) else source
+        except Exception as exc:  # e.g. the run has no endpoint yet
+            raise DebuggerError(f"{self.label}: nothing to attach to yet: {_first_line(exc)}") from None
+        configs = list(config) if isinstance(config, (list, tuple)) else [config]
+        if not configs:
+            raise DebuggerError(f"{self.label}: nothing to attach to")
+        return [_resolve_workspace_folder(dict(c)) for c in configs]
+
+    # -- processes -------------------------------------------------------------------------
+    @property
+    def processes(self) -> list[Process]:
+        return [self._process(service) for service in self._all_services()]
+
+    @property
+    def paused(self) -> list[Process]:
+        """The processes stopped right now (what the panel's selector lists)."""
+        return [p for p in self.processes if p.state == STOPPED]
+
+    def select(self, pid: int) -> Process:
+        """Make the process with ``pid`` the one the other calls talk to."""
+        for service in self._all_services():
+            if _pid(service) == pid:
+                with self._cond:
+                    self._selected = service
+                    self.frame_index = 0
+                self._emit("processes")
+                return self._process(service)
+        raise DebuggerError(f"{self.label}: no debugged process with pid {pid}")
+
+    @property
+    def service(self) -> DebugService:
+        """The selected process's service (its models are what the panel shows)."""
+        service = self._selected
+        if service is None:
+            raise DebuggerError(f"{self.label}: not attached (call .connect() or use run.attach())")
+        return service
+
+    # -- breakpoints -----------------------------------------------------------------------
+    def break_at(self, path: str | os.PathLike, line: int, condition: str | None = None) -> BreakpointState | None:
+        """Set (or replace) a breakpoint at a local file's line; armed at once when attached."""
+        _path, line, _cond = parse_breakpoint((os.fspath(path), line, condition))
+        local = local_path(path, self.local_root)
+        wanted = [b for b in self.breakpoints.requested(local) if b["line"] != line]
+        wanted.append({"line": line, **({"condition": condition} if condition else {})})
+        wanted.sort(key=lambda b: b["line"])
+        self._apply(local, wanted)
+        return next((s for s in self.breakpoints.by_path.get(local, ()) if s.line == line), None)
+
+    def clear(self, path: str | os.PathLike | None = None, line: int | None = None) -> None:
+        """Remove one breakpoint, one file's, or (no arguments) all of them."""
+        if path is None:
+            if line is not None:
+                raise DebuggerError("clear(line=...) needs the path too")
+            for known in list(self.breakpoints.by_path):
+                self._apply(known, [])
+            return
+        local = local_path(path, self.local_root)
+        wanted = [b for b in self.breakpoints.requested(local) if line is not None and b["line"] != line]
+        self._apply(local, wanted)
+
+    def _apply(self, path: str, wanted: list[dict]) -> None:
+        live = [service for service in self.roots if service.state != ENDED]
+        for service in live:
+            try:
+                service.set_breakpoints(path, wanted)
+            except DapError as exc:
+                raise DebuggerError(f"{self.label}: setBreakpoints failed: {_first_line(exc)}") from None
+        if not live:
+            self.breakpoints.set(path, wanted, None)
+
+    # -- waiting and stepping --------------------------------------------------------------
+    def wait_stopped(self, timeout: float = 30.0) -> Stop | None:
+        """The stop of a paused process (the selected one first); ``None`` when the run ended."""
+        with self._cond:
+            if self._state == ARMED:
+                raise DebuggerError(f"{self.label}: not attached")
+            if not self._cond.wait_for(lambda: self._stopped_service() is not None
+                                       or self._state in (ENDED_STATE, ARMED), timeout):
+                raise DebuggerError(f"{self.label}: not stopped after {timeout:g}s (still {self._state})")
+            if self._state == ARMED:
+                raise DebuggerError(f"{self.label}: the attach failed")
+            service = self._stopped_service()
+            if service is None:
+                return None
+            if self._selected is not service:
+                self._selected, self.frame_index = service, 0
+        return self._stop_of(service)
+
+    def _wait_on(self, service: DebugService, timeout: float) -> Stop | None:
+        """The next stop of this process, or ``None`` once it (or the session) ended."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: service.state in (STOPPED, ENDED), timeout):
+                raise DebuggerError(f"{self.label}: not stopped after {timeout:g}s (still running)")
+        return self._stop_of(service) if service.state == STOPPED else None
+
+    def step_over(self, timeout: float = STEP_TIMEOUT) -> Stop | None:
+        return self._step("next", timeout)
+
+    def step_in(self, timeout: float = STEP_TIMEOUT) -> Stop | None:
+        return self._step("stepIn", timeout)
+
+    def step_out(self, timeout: float = STEP_TIMEOUT) -> Stop | None:
+        return self._step("stepOut", timeout)
+
+    def _step(self, command: str, timeout: float) -> Stop | None:
+        service = self._stopped_or_raise()
+        self._resume(service, command)
+        return self._wait_on(service, timeout)
+
+    def continue_(self) -> None:
+        """Resume the selected process (all its threads, as debugpy does)."""
+        service = self._stopped_or_raise()
+        self._resume(service, "continue")
+
+    def pause(self, timeout: float = STEP_TIMEOUT) -> Stop | None:
+        """Pause the selected process; its stop (reason ``pause``)."""
+        service = self._live_or_raise()
+        if service.state == STOPPED:
+            return self._stop_of(service)
+        try:
+            service.pause()
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: pause failed: {_first_line(exc)}") from None
+        return self._wait_on(service, timeout)
+
+    def _resume(self, service: DebugService, command: str) -> None:
+        try:
+            service.resume(command)
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: {command} failed: {_first_line(exc)}") from None
+
+    def detach(self) -> None:
+        """Leave: the run goes on with its debugger off, as after a timeout (nobody is left attached)."""
+        if self._state in (ARMED, ENDED_STATE):
+            self._finish("detached before attaching" if self._state == ARMED else self.end_reason)
+            return
+        self._leaving = "detached (the run goes on)"
+        for root in self.roots:
+            try:
+                root.detach()
+            except DapError:
+                root.close()
+        self._finish(self._leaving)
+
+    def close(self) -> None:
+        """Drop the connection without a disconnect request (the adapter resumes the run)."""
+        self._leaving = self._leaving or "closed"
+        for root in self.roots:
+            root.close()
+        self._finish(self._leaving)
+
+    # -- inspection ------------------------------------------------------------------------
+    def stack(self, thread_id: int | None = None) -> list[Frame]:
+        """Frames of the stopped thread (or ``thread_id``), innermost first, bootstrap frames hidden."""
+        service = self._stopped_or_raise()
+        try:
+            frames = service.stack(thread_id)
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: stackTrace failed: {_first_line(exc)}") from None
+        return [Frame(f.name, f.path, f.line) for _i, f in visible_frames(frames)]
+
+    def select_frame(self, index: int) -> Frame:
+        """Make frame ``index`` (0: innermost) the selected one; the variables model follows."""
+        service = self._stopped_or_raise()
+        position, frame = self._frame_at(service, index)
+        try:
+            service.select_frame(position)
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: cannot read frame {index}: {_first_line(exc)}") from None
+        self.frame_index = index
+        self._emit("frame")
+        return Frame(frame.name, frame.path, frame.line)
+
+    def locals(self, frame: int | None = None) -> dict[str, str]:
+        """``name -> value`` as debugpy displays them (long values cut), of the selected frame or ``frame``."""
+        return {v.name: v.value for v in self._frame_variables(frame) if v.name not in _GROUPS}
+
+    def variables(self, reference: int | None = None, start: int = 0, frame: int | None = None) -> list[Variable]:
+        """Children of ``reference`` (≤ 100 from ``start``), or a frame's locals (with their references)."""
+        if reference is None:
+            return self._frame_variables(frame)
+        service = self._stopped_or_raise()
+        try:
+            return list(service.load_children(reference, start).variables)
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: variables failed: {_first_line(exc)}") from None
+
+    def evaluate(self, expression: str, frame: int | None = None) -> str:
+        """The value of ``expression`` in a frame, as debugpy displays it; its error as a DebuggerError."""
+        return self.inspect(expression, frame, limit=1 << 30).value
+
+    def inspect(self, expression: str, frame: int | None = None, limit: int | None = None) -> Variable:
+        """Like :meth:`evaluate`, as a variable (its ``reference`` expands it; value cut at ``limit``)."""
+        service = self._stopped_or_raise()
+        _position, chosen = self._frame_at(service, self.frame_index if frame is None else frame)
+        try:
+            return service.evaluate(expression, chosen.id, limit=limit)
+        except RequestFailed as exc:
+            raise DebuggerError(_last_line(exc.adapter_message)) from None
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: evaluate failed: {_first_line(exc)}") from None
+
+    def exception(self) -> ExceptionInfo:
+        """Type, message and traceback text of the exception the selected process stopped at."""
+        service = self._stopped_or_raise()
+        stop = service.stop
+        info = dict(stop.exception) if stop is not None and stop.exception else {}
+        if not info:
+            if stop is None or stop.reason != "exception":
+                raise DebuggerError(f"{self.label}: not stopped at an exception (stopped: "
+                                    f"{stop.reason if stop else 'no'})")
+            try:
+                info = service.exception_info()
+            except DapError as exc:
+                raise DebuggerError(f"{self.label}: exceptionInfo failed: {_first_line(exc)}") from None
+        details = info.get("details") or {}
+        # pydevd may append a note to the type ("ZeroDivisionError   (note: ...)"): the name is the first word
+        kind = (str(info.get("exceptionId") or details.get("typeName") or "").split() or [""])[0]
+        return ExceptionInfo(type=kind.rsplit(".", 1)[-1] if kind.startswith("builtins.") else kind,
+                             message=str(info.get("description") or details.get("message") or ""),
+                             traceback=str(details.get("stackTrace") or ""))
+
+    # -- internals -------------------------------------------------------------------------
+    def _all_services(self) -> list[DebugService]:
+        with self._cond:
+            return list(self._services)
+
+    def _stopped_service(self) -> DebugService | None:
+        selected = self._selected
+        if selected is not None and selected.state == STOPPED:
+            return selected
+        return next((s for s in self._services if s.state == STOPPED), None)
+
+    def _stopped_or_raise(self) -> DebugService:
+        service = self._live_or_raise()
+        if service.state != STOPPED:
+            other = self._stopped_service()
+            if other is None:
+                raise DebuggerError(f"{self.label}: not stopped (the run is {service.state}; "
+                                    f"wait_stopped() or pause() first)")
+            return other
+        return service
+
+    def _live_or_raise(self) -> DebugService:
+        if self._state == ARMED:
+            raise DebuggerError(f"{self.label}: not attached (call .connect() or use run.attach())")
+        services = self._all_services()
+        if self._state == ENDED_STATE or (services and all(s.state == ENDED for s in services)):
+            with self._cond:  # every session ended: the reason follows in a moment
+                self._cond.wait_for(lambda: self._state == ENDED_STATE, 5.0)
+            raise DebuggerError(f"{self.label}: the debug session ended: {self.end_reason or 'ending'}")
+        return self.service
+
+    def _visible(self, service: DebugService) -> list[tuple[int, StackFrame]]:
+        return visible_frames(service.callstack.frames)
+
+    def _frame_at(self, service: DebugService, index: int) -> tuple[int, StackFrame]:
+        visible = self._visible(service)
+        if not 0 <= index < len(visible):
+            raise DebuggerError(f"{self.label}: no frame {index} (the stack has {len(visible)})")
+        return visible[index]
+
+    def _frame_variables(self, frame: int | None) -> list[Variable]:
+        service = self._stopped_or_raise()
+        position, chosen = self._frame_at(service, self.frame_index if frame is None else frame)
+        model = service.variables
+        page = model.locals
+        if model.frame_id == chosen.id and page is not None and not page.more:
+            return list(page.variables)
+        try:
+            return service.frame_variables(chosen.id)
+        except DapError as exc:
+            raise DebuggerError(f"{self.label}: cannot read frame {frame}: {_first_line(exc)}") from None
+
+    def _stop_of(self, service: DebugService) -> Stop | None:
+        stop = service.stop
+        if stop is None:
+            return None
+        visible = self._visible(service)
+        top = visible[0][1] if visible else (service.callstack.frames[0] if service.callstack.frames else None)
+        path, line = (top.path, top.line) if top is not None else (None, 0)
+        return Stop(stop.reason, path, line, stop.thread_id, source_line(path, line) or stop.text or stop.description,
+                    _pid(service), stop.description)
+
+    def _process(self, service: DebugService) -> Process:
+        return Process(_pid(service), str(service.process.get("name") or service.name), service.state,
+                       self._stop_of(service) if service.state == STOPPED else None,
+                       self._rank_of_service.get(id(service)) if len(self.roots) > 1 else None)
+
+    def _adopt(self, service: DebugService, rank: int | None) -> None:
+        with self._cond:
+            self._services.append(service)
+            self._rank_of_service[id(service)] = rank
+        service.subscribe(self._on_service)
+        service.callstack.subscribe(lambda _m, change: self._emit(f"callstack.{change}"))
+        service.variables.subscribe(lambda _m, change: self._emit(f"variables.{change}"))
+        for child in list(service.children):
+            if child not in self._services:
+                self._adopt(child, rank)
+
+    def _on_service(self, service: Model, change: str) -> None:
+        assert isinstance(service, DebugService)
+        if change == "child":
+            rank = self._rank_of_service.get(id(service))
+            for child in list(service.children):
+                if child not in self._all_services():
+                    self._adopt(child, rank)
+            self._emit("processes")
+        self._update()
+
+    def _update(self) -> None:
+        """Recompute the debugger's state from its processes'; wake waiters; tell subscribers."""
+        with self._cond:
+            if self._state in (ARMED, CONNECTING, ENDED_STATE):
+                return
+            services = list(self._services)
+            stopped = self._stopped_service()
+            if stopped is not None and self._selected is not stopped and (
+                    self._selected is None or self._selected.state != STOPPED):
+                self._selected = stopped
+            selected = self._selected
+            stop = selected.stop if selected is not None else None
+            if stop is not self._seen_stop:
+                self._seen_stop, self.frame_index = stop, 0
+            all_ended = bool(services) and all(s.state == ENDED for s in services)
+            self._state = STOPPED_STATE if stopped is not None else RUNNING
+            self._cond.notify_all()
+        if all_ended:
+            self._finish(self._end_reason())
+        else:
+            self._emit("state")
+
+    def _end_reason(self) -> str:
+        if self._leaving:
+            return self._leaving
+        run = self.run
+        if run is not None and getattr(run, "done", False):
+            return f"the run ended ({run.state})"
+        for address in self.addresses:
+            other = holders.taken_over_by(address, self._own_sockets)
+            if other is not None:
+                return (f"another client ({other}) connected to {address[0]}:{address[1]} and debugpy "
+                        f"handed it the session (one client at a time)")
+        reason = self.root.end_reason if self.root is not None else ""
+        if run is not None and reason == "the debuggee ended":
+            try:  # the target reports the exit a moment after debugpy does
+                return f"the run ended ({run.wait(3)})"
+            except TimeoutError:
+                pass
+        return "the debugged process ended" if reason == "the debuggee ended" else (reason or "the session ended")
+
+    def _finish(self, reason: str) -> None:
+        with self._cond:
+            if self._state == ENDED_STATE:
+                return
+            attached = self._state != ARMED
+            self._state, self.end_reason = ENDED_STATE, reason
+            self._cond.notify_all()
+        for service in self._all_services():
+            if service.state != ENDED:
+                service.close()
+        for address in self.addresses:
+            holders.release(address, self, attached=attached)
+        if self.run is not None and self._run_listener is not None:
+            self.run.unsubscribe(self._run_listener)
+        self._emit("state")
+
+    def _on_run(self, run: Any, what: str) -> None:
+        """The run ended while attached: give the socket a moment to close by itself, then close it."""
+        if what != "state" or not run.done or self._state == ENDED_STATE:
+            return
+        timer = threading.Timer(2.0, self._run_ended)
+        timer.daemon = True
+        timer.start()
+
+    def _run_ended(self) -> None:
+        if self._state != ENDED_STATE:
+            self._leaving = f"the run ended ({self.run.state})"
+            self.close()
+
+    # -- display ---------------------------------------------------------------------------
+    def panel(self) -> Any:
+        """This debugger's ipywidgets panel (one per debugger)."""
+        from .panel import panel_for
+
+        return panel_for(self)
+
+    def __repr__(self) -> str:
+        from .text import describe
+
+        return describe(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        from .text import render
+
+        text = render(self)
+        from .frontend import widget_frontend
+
+        if not widget_frontend():
+            return {"text/plain": text}
+        bundle = dict(self.panel()._repr_mimebundle_() or {})
+        bundle["text/plain"] = text
+        return bundle
+
+
+# -- module functions ---------------------------------------------------------------------
+def attach(config: ConfigSource, breakpoints: Iterable[Any] = (), timeout: float = 30.0,
+           run: Any = None, rank: int | None = None) -> Debugger:
+    """Attach to a debugpy attach configuration (``run``: the run it belongs to), breakpoints armed first."""
+    debugger = Debugger(config, run=run, rank=rank if rank is not None else _rank_of(run, config))
+    for spec in breakpoints:
+        path, line, condition = parse_breakpoint(spec)
+        debugger.break_at(path, line, condition)
+    return debugger.connect(timeout)
+
+
+def prepare(run: Any, rank: int | None = None) -> Debugger:
+    """A debugger for ``run``, not attached yet: set breakpoints, then :meth:`Debugger.connect`.
+
+    The attach configurations are read from the run at connect time (its endpoints may come
+    later): ``rank``'s, or every rank that waits for a debugger (one session each, one
+    selector of the paused processes, as VS Code's compound configuration does).
+    """
+    def configs() -> list[dict]:
+        folder = Path.cwd()
+        if rank is not None:
+            return [run.launch_config(rank=rank, workspace_folder=folder)]
+        waiting = [s.rank for s in run.ranks if s.endpoint is not None and s.state in holders.USABLE_RANK_STATES]
+        if len(waiting) <= 1:
+            return [run.launch_config(rank=waiting[0] if waiting else None, workspace_folder=folder)]
+        return [run.launch_config(rank=r, workspace_folder=folder) for r in waiting]
+
+    return Debugger(configs, run=run, rank=rank)
+
+
+def current() -> Debugger | None:
+    """The debugger attached last in this kernel (what ``%aml_dbg`` talks to)."""
+    with _current_lock:
+        return _current
+
+
+def _set_current(debugger: Debugger) -> None:
+    global _current
+    with _current_lock:
+        _current = debugger
+
+
+def _rank_of(run: Any, config: ConfigSource) -> int | None:
+    if run is None or not isinstance(config, dict):
+        return None
+    try:
+        host, port = address_of(config)
+    except DapError:
+        return None
+    return next((e.rank for e in getattr(run, "endpoints", []) if e.port == port), None)
+
+
+def _local_root(run: Any, config: ConfigSource) -> Path:
+    if run is not None:
+        return Path(run.spec.mapped_local_root).resolve()
+    if isinstance(config, dict):
+        mappings = config.get("pathMappings") or []
+        if mappings and "${" not in str(mappings[0].get("localRoot", "${")):
+            return Path(mappings[0]["localRoot"]).resolve()
+    return Path.cwd()
+
+
+def _resolve_workspace_folder(config: dict) -> dict:
+    """``${workspaceFolder}`` (as in a launch.json) is the kernel's working directory."""
+    folder = os.getcwd()
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("${workspaceFolder}", folder)
+        if isinstance(value, dict):
+            return {k: sub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v) for v in value]
+        return value
+
+    return sub(config)
+
+
+def visible_frames(frames: Sequence[StackFrame]) -> list[tuple[int, StackFrame]]:
+    """(position, frame) of the frames a user wants: the bootstrap's hidden, and the runpy
+    frames it runs the script through when nothing but launcher frames lies beyond them."""
+    kept = [(i, f) for i, f in enumerate(frames) if not is_bootstrap(f.path)]
+    while len(kept) > 1 and is_launcher(kept[-1][1].path):
+        kept.pop()
+    return kept
+
+
+def _pid(service: DebugService) -> int | None:
+    pid = service.process.get("systemProcessId")
+    return int(pid) if isinstance(pid, int) else None
+
+
+def _socket_name(service: DebugService) -> tuple[str, int] | None:
+    sock = service.session.channel.stream.socket
+    try:
+        name = sock.getsockname() if sock is not None else None
+    except OSError:
+        return None
+    return (name[0], name[1]) if name else None
+
+
+def _last_line(text: str) -> str:
+    """debugpy's evaluate errors are a whole traceback; its last line says what went wrong."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,231 @@
+"""The owner's side of the secure debug channel: per-run certificates and a local forwarder.
+
+debugpy has no authentication: whoever reaches its port owns the process. Wherever a run's
+debug port leaves this machine (a container, an Azure ML node, a non-loopback bind), the
+bootstrap listens with debugpy on the node's loopback only and fronts it with a relay that
+speaks TLS 1.3 with mutual authentication by **pinned per-run certificates** (no CA): the
+owner makes both key pairs for the run here; the node gets its own key and the client's
+certificate (with the run's secrets, never in a spec or a dry run); the client key never
+leaves this process. The owner runs a forwarder on ``127.0.0.1:<free port>`` that opens the
+TLS connection, so VS Code and the in-notebook debugger attach to loopback as always. A
+connection without the run's client certificate is closed during the handshake: not one byte
+reaches debugpy.
+
+The forwarder lives as long as the run (its scope closes it), accepts a new connection each
+time a client (re)attaches, and dies with the owner.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bootstrap import pump
+from .lifecycle import RunScope
+from .protocol import Endpoint
+from .target_base import RunHandle
+
+LOOPBACK = "127.0.0.1"
+CONNECT_TIMEOUT = 15.0
+VALIDITY = datetime.timedelta(days=30)
+
+
+@dataclass(frozen=True, repr=False)
+class TunnelCredentials:
+    """Both sides' certificates for one run (PEM). ``repr`` shows nothing; never serialised."""
+
+    node_cert: str
+    node_key: str
+    client_cert: str
+    client_key: str
+
+    @classmethod
+    def new(cls) -> TunnelCredentials:
+        node_key, node_cert = _self_signed("aml-magics node")
+        client_key, client_cert = _self_signed("aml-magics client")
+        return cls(node_cert, node_key, client_cert, client_key)
+
+    def node_side(self) -> dict:
+        """What travels to the node: its own key and certificate, and the client's certificate."""
+        return {"cert": self.node_cert, "key": self.node_key, "peer": self.client_cert}
+
+    def client_context(self) -> ssl.SSLContext:
+        """The forwarder's TLS context: the run's client certificate; only the node's accepted."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.check_hostname = False  # pinned instead: the node's address is not known ahead
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=self.node_cert)
+        with tempfile.TemporaryDirectory(prefix="aml-magics-tunnel-") as folder:
+            path = Path(folder) / "client.pem"
+            path.touch(mode=0o600)
+            path.write_text(self.client_key + self.client_cert)
+            context.load_cert_chain(str(path))
+        return context
+
+    @property
+    def node_der(self) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(self.node_cert)
+
+    def __repr__(self) -> str:
+        return "<TunnelCredentials (hidden)>"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("tunnel credentials are never serialised")
+
+
+def _self_signed(name: str) -> tuple[str, str]:
+    """An EC P-256 key and a self-signed certificate for it (PEM), valid from a day ago (node
+    clocks drift) for VALIDITY."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=True,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("aml-magics")]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode("ascii")
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+class Forwarder:
+    """``127.0.0.1:<port>`` here → TLS (the run's client certificate) → the node's relay."""
+
+    def __init__(self, node_host: str, node_port: int, credentials: TunnelCredentials,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.node = (node_host, node_port)
+        self.on_error = on_error
+        self.credentials = credentials
+        self.context = credentials.client_context()
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.bind((LOOPBACK, 0))
+        self._server.listen(4)
+        self.port = self._server.getsockname()[1]
+        self._closed = False
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self.failures: list[str] = []
+
+    def start(self) -> Forwarder:
+        threading.Thread(target=self._accept, daemon=True, name=f"aml-magics-forward-{self.port}").start()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections)
+        for sock in [self._server, *connections]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                local, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(local,), daemon=True, name="aml-magics-forward-conn").start()
+
+    def _serve(self, local: socket.socket) -> None:
+        remote = None
+        try:
+            raw = socket.create_connection(self.node, timeout=CONNECT_TIMEOUT)
+            remote = self.context.wrap_socket(raw, server_hostname=None)
+            if remote.getpeercert(binary_form=True) != self.credentials.node_der:
+                raise ssl.SSLError("the node presented another certificate")
+            remote.settimeout(None)
+            with self._lock:
+                if self._closed:
+                    return
+                self._connections.update((local, remote))
+            pump(local, remote)
+        except (OSError, ValueError) as exc:
+            what = f"tunnel to {self.node[0]}:{self.node[1]} failed: {exc.strerror or exc}" \
+                if isinstance(exc, OSError) and exc.strerror else f"tunnel to {self.node[0]}:{self.node[1]} failed: {exc}"
+            self.failures.append(what)
+            if self.on_error is not None:
+                self.on_error(f"aml_magics: {what}")
+        finally:
+            with self._lock:
+                self._connections.discard(local)
+                if remote is not None:
+                    self._connections.discard(remote)
+            for sock in (local, remote):
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+
+
+class TunnelledHandle:
+    """A target's RunHandle, with every relay endpoint it reports reached through a forwarder."""
+
+    def __init__(self, inner: RunHandle, credentials: TunnelCredentials, scope: RunScope,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.inner = inner
+        self.credentials = credentials
+        self.scope = scope
+        self.on_error = on_error
+        self._forwarders: dict[tuple[str, int], Forwarder] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - the inner handle's extras (e.g. map_scoring_uri)
+        return getattr(self.inner, name)
+
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def is_done(self) -> bool:
+        return self.inner.is_done()
+
+    def map_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        seen = self.inner.map_endpoint(endpoint)  # e.g. a container's published port
+        if not endpoint.tunnelled:
+            return seen
+        key = (seen.host, seen.port)
+        with self._lock:
+            forwarder = self._forwarders.get(key)
+            if forwarder is None:
+                forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error).start()
+                self.scope.callback(forwarder.close)
+                self._forwarders[key] = forwarder
+        return Endpoint(LOOPBACK, forwarder.port, rank=seen.rank, pid=seen.pid, cwd=seen.cwd, script=seen.script,
+                        node_address=seen.address, tunnelled=True)
+
+
+def fingerprint(pem: str) -> str:
+    """SHA-256 of a certificate, as the panel and logs may show it."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()

@@ -1,0 +1,291 @@
+"""The in-notebook debugger (aml_magics.Debugger) on real runs of the local target: a real
+bootstrap with debugpy, attached from the test process as a kernel would, through
+``run.attach(...)`` and the ``%aml_attach`` / ``%aml_dbg`` magics.
+
+Breakpoints are armed before the run is released, a stop is reported in local paths with
+the line's text, locals are read, expressions evaluated (and debugpy's error raised as
+DebuggerError), steps move the line, continue runs to completion; post-mortem stops at the
+exception with its type and message; two ranks are debugged one after the other; the
+one-client rule gives one clear line and never wedges the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import port_is_listening, wait_for
+from IPython.core.error import UsageError
+
+import aml_magics
+from aml_magics.testing.dap import attach_with_launch_config
+
+SCRIPT = """\
+import os
+def scale(value, factor):
+    scaled = value * factor
+    return scaled
+total = 0
+for i in range(5):
+    total += i
+result = scale(total, 3)
+print("result", result, flush=True)
+"""
+CALL_LINE = 8  # result = scale(total, 3)
+INNER_LINE = 3  # scaled = value * factor
+
+
+def _script(workdir: Path, name: str) -> Path:
+    return workdir / ".aml_magics" / "cells" / f"{name}.py"
+
+
+def test_attach_stop_inspect_step_continue(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="dbg", port=0, timeout=60)
+    dbg = run.attach(breakpoints=[f"dbg.py:{CALL_LINE}"])  # relative to the run's local root
+    assert isinstance(dbg, aml_magics.Debugger)
+    try:
+        stop = dbg.wait_stopped(30)
+        assert stop.reason == "breakpoint"
+        assert (Path(stop.path), stop.line) == (_script(workdir, "dbg"), CALL_LINE)
+        assert stop.text == "result = scale(total, 3)"
+        wait_for(lambda: run.state == "attached", 10, "attached state")
+        assert dbg.locals()["total"] == "10"
+        assert dbg.evaluate("total * 2 + i") == "24"
+        with pytest.raises(aml_magics.DebuggerError, match=r"^NameError: name 'nope' is not defined$"):
+            dbg.evaluate("nope + 1")
+        assert [f.name for f in dbg.stack()] == ["<module>"]  # the bootstrap's own frames are hidden
+
+        inner = dbg.step_in()
+        assert (inner.reason, inner.line) == ("step", INNER_LINE)
+        assert [(f.name, f.line) for f in dbg.stack()] == [("scale", INNER_LINE), ("<module>", CALL_LINE)]
+        assert dbg.locals() == {"value": "10", "factor": "3"}
+        assert dbg.locals(frame=1)["total"] == "10"
+        after = dbg.step_over()
+        assert after.line == INNER_LINE + 1 and dbg.locals()["scaled"] == "30"
+        back = dbg.step_out()
+        assert back.line == CALL_LINE and back.path == stop.path
+        over = dbg.step_over()
+        assert over.line == CALL_LINE + 1 and dbg.locals()["result"] == "30"
+
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+        assert run.wait(30) == "completed"
+        assert dbg.state == "ended" and dbg.end_reason == "the run ended (completed)"
+    finally:
+        dbg.detach()
+    assert "result 30" in run.logs
+    assert not port_is_listening("127.0.0.1", run.endpoints[0].port)
+
+
+def test_break_at_clear_and_conditions_while_attached(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="cond", port=0, timeout=60)
+    script = _script(workdir, "cond")
+    dbg = run.attach(breakpoints=[(str(script), 7)])  # an absolute path
+    try:
+        first = dbg.wait_stopped(30)
+        assert first.line == 7 and dbg.locals()["i"] == "0"
+        state = dbg.break_at(script, 7, condition="i == 3")
+        assert state.verified is True and state.condition == "i == 3"
+        dbg.continue_()
+        assert dbg.wait_stopped(30).line == 7 and dbg.locals()["i"] == "3"
+        dbg.clear(script, 7)
+        assert dbg.breakpoints.lines(str(script)) == []
+        dbg.break_at("cond.py", INNER_LINE)
+        dbg.continue_()
+        stop = dbg.wait_stopped(30)
+        assert stop.line == INNER_LINE and dbg.locals()["value"] == "10"
+        dbg.clear()
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "completed"
+
+
+def test_bad_breakpoints_are_one_clear_line(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="badbp", port=0, timeout=60)
+    try:
+        with pytest.raises(aml_magics.DebuggerError, match=r"no such file: .*missing\.py"):
+            run.attach(breakpoints=["missing.py:3"])
+        with pytest.raises(aml_magics.DebuggerError, match="a breakpoint is FILE:LINE"):
+            run.attach(breakpoints=["badbp.py"])
+        with pytest.raises(aml_magics.DebuggerError, match="is not a number"):
+            run.attach(breakpoints=["badbp.py:x"])
+        assert run.state == "waiting_for_debugger"  # nothing connected: the run still waits
+        dbg = run.attach()
+        dbg.detach()
+        assert run.wait(30) == "completed"
+    finally:
+        run.cancel()
+
+
+def test_detach_lets_the_run_go_on(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="leave", port=0, timeout=60)
+    dbg = run.attach(breakpoints=[f"leave.py:{CALL_LINE}"])
+    assert dbg.wait_stopped(30).line == CALL_LINE
+    dbg.detach()
+    assert dbg.state == "ended" and dbg.end_reason == "detached (the run goes on)"
+    assert run.wait(30) == "completed"
+    assert "result 30" in run.logs
+    with pytest.raises(aml_magics.DebuggerError, match="the debug session ended: detached"):
+        dbg.locals()
+
+
+def test_post_mortem_stop_with_exception_type_and_message(workdir):
+    crash = "def average(values):\n    total = sum(values)\n    return total / len(values)\nprint(average([]))\n"
+    run = aml_magics.submit(code=crash, name="pm", port=0, timeout=0, post_mortem=True)
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 30, "crashed state")
+    dbg = run.attach()
+    try:
+        stop = dbg.wait_stopped(30)
+        assert stop.reason == "exception"
+        assert (Path(stop.path), stop.line) == (_script(workdir, "pm"), 3)
+        assert stop.text == "return total / len(values)"
+        info = dbg.exception()
+        assert (info.type, info.message) == ("ZeroDivisionError", "division by zero")
+        assert "return total / len(values)" in info.traceback and "average" in info.traceback
+        assert dbg.locals()["total"] == "0"
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "failed"
+
+
+def test_two_ranks_one_after_the_other(workdir):
+    code = "import os\nrank = int(os.environ['RANK'])\nvalue = rank * 10\nprint('rank', rank, value)\n"
+    run = aml_magics.submit(code=code, name="ranks", port=0, timeout=60, procs_per_node=2)
+    for rank in (0, 1):
+        dbg = run.attach(breakpoints=["ranks.py:4"], rank=rank)
+        try:
+            assert dbg.label == f"run {run.id} rank {rank}"
+            stop = dbg.wait_stopped(30)
+            assert stop.line == 4
+            assert dbg.locals()["value"] == str(rank * 10)
+            assert dbg.evaluate("os.environ['RANK']") == repr(str(rank))
+            dbg.continue_()
+            assert dbg.wait_stopped(30) is None
+        finally:
+            dbg.detach()
+    assert run.wait(30) == "completed"
+    assert [s.state for s in run.ranks] == ["completed", "completed"]
+
+
+def test_one_client_at_a_time_a_held_port_is_refused_and_the_run_goes_on(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="held", port=0, timeout=60)
+    run.wait_for_endpoint(30)
+    script = _script(workdir, "held")
+    vscode = attach_with_launch_config(run.launch_config(), {str(script): [CALL_LINE]}, workspace_folder=str(workdir))
+    try:
+        with pytest.raises(aml_magics.DebuggerError) as refused:
+            run.attach()
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"run {run.id} rank 0" in message and "already being debugged by pid" in message
+        assert "one client at a time" in message
+        # the first client still owns the session: the run was not disturbed
+        stop = vscode.wait_stopped(30)
+        assert stop.line == CALL_LINE and vscode.variables_of(stop.frame_id)["total"] == "10"
+        vscode.continue_(stop.thread_id)
+        assert run.wait(30) == "completed"
+    finally:
+        vscode.close()
+
+
+def test_one_client_at_a_time_our_session_taken_over_says_so(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="taken", port=0, timeout=60)
+    dbg = run.attach(breakpoints=[f"taken.py:{CALL_LINE}"])
+    try:
+        assert dbg.wait_stopped(30).line == CALL_LINE
+        with pytest.raises(aml_magics.DebuggerError, match="already being debugged from this kernel"):
+            run.attach()
+        other = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir))
+        try:
+            wait_for(lambda: dbg.ended, 15, "our session ended")
+            assert "another client (pid" in dbg.end_reason and "handed it the session" in dbg.end_reason
+            assert dbg.wait_stopped(1) is None
+            # the paused thread went to the new client with the session; it resumes the run
+            other.continue_()
+            assert run.wait(30) == "completed"  # never wedged
+        finally:
+            other.close()
+    finally:
+        dbg.detach()
+
+
+def test_attaching_to_an_ended_run_or_a_switched_off_debugger(workdir):
+    done = aml_magics.submit(code="print(1)\n", name="done", port=0, timeout=0, wait=True)
+    with pytest.raises(aml_magics.DebuggerError, match="the run already ended"):
+        done.attach()
+    off = aml_magics.submit(code="import time\ntime.sleep(30)\n", name="off", port=0, timeout=0.2)
+    try:
+        off.wait_for_endpoint(30)
+        wait_for(lambda: "Debugger attached = False" in off.logs, 20, "debugger switched off")
+        with pytest.raises(aml_magics.DebuggerError, match="the debugger of this rank is off"):
+            off.attach(timeout=5)
+    finally:
+        off.cancel()
+
+
+def test_magics_attach_and_dbg(shell, workdir, capsys):
+    run = shell.run_cell_magic("aml_debug_run", "--name mag --port 0 --timeout 60", SCRIPT)
+    dbg = shell.run_line_magic("aml_attach", f"{run.id} --break mag.py:{CALL_LINE}")
+    assert isinstance(dbg, aml_magics.Debugger)
+    try:
+        dbg.wait_stopped(30)
+        capsys.readouterr()
+
+        def dbg_says(command: str) -> str:
+            shell.run_line_magic("aml_dbg", command)
+            return capsys.readouterr().out
+
+        assert f"#0 <module> at mag.py:{CALL_LINE}" in dbg_says("where")
+        assert "total" in dbg_says("locals") and "= 10" in dbg_says("locals")
+        assert dbg_says("p total * 3").strip() == "30"
+        assert f"at mag.py:{INNER_LINE}" in dbg_says("step")
+        assert "#1 <module>" in dbg_says("up")
+        assert "i " in dbg_says("locals")
+        assert "#0 scale" in dbg_says("down")
+        assert "breakpoint at mag.py:4 if scaled > 0 (verified)" in dbg_says("break mag.py:4 if scaled > 0")
+        shown = dbg_says("next")  # the step lands on the new breakpoint: debugpy says "breakpoint"
+        assert "stopped (breakpoint) at mag.py:4" in shown and "●    4 ->     return scaled" in shown
+        assert f"at mag.py:{CALL_LINE}" in dbg_says("return")
+        assert "cleared every breakpoint" in dbg_says("clear")
+        with pytest.raises(UsageError, match="NameError: name 'nope' is not defined"):
+            shell.run_line_magic("aml_dbg", "p nope")
+        with pytest.raises(UsageError, match="unknown command 'jump'"):
+            shell.run_line_magic("aml_dbg", "jump 3")
+        with pytest.raises(UsageError, match="a breakpoint is FILE:LINE"):
+            shell.run_line_magic("aml_dbg", "break mag.py")
+        assert "running" in dbg_says("continue")
+        assert run.wait(30) == "completed"
+        with pytest.raises(UsageError, match="the debug session ended"):
+            shell.run_line_magic("aml_dbg", "where")
+    finally:
+        dbg.detach()
+    with pytest.raises(UsageError, match="usage: %aml_attach"):
+        shell.run_line_magic("aml_attach", "")
+    with pytest.raises(UsageError, match="argument --rank: invalid int value"):
+        shell.run_line_magic("aml_attach", f"{run.id} --rank x")
+    with pytest.raises(UsageError, match="the run already ended"):
+        shell.run_line_magic("aml_attach", run.id)
+
+
+def test_a_run_canceled_while_stopped_ends_the_session_and_nothing_hangs(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="cancelled", port=0, timeout=60)
+    dbg = run.attach(breakpoints=[f"cancelled.py:{CALL_LINE}"])
+    try:
+        assert dbg.wait_stopped(30).line == CALL_LINE
+        seen: list[str] = []
+        dbg.subscribe(lambda _d, change: seen.append(dbg.state) if change == "state" else None)
+        run.cancel()
+        assert run.wait(30) == "canceled"
+        assert dbg.wait_stopped(30) is None  # woken by the end, not by a timeout
+        assert dbg.end_reason == "the run ended (canceled)"
+        assert seen[-1] == "ended"
+        with pytest.raises(aml_magics.DebuggerError, match=r"the debug session ended: the run ended \(canceled\)"):
+            dbg.step_over()
+        assert dbg.root.session.closed
+    finally:
+        dbg.detach()
+    assert "(canceled)" in repr(dbg)

@@ -1,0 +1,77 @@
+"""Child processes in the in-notebook debugger: debugpy announces each child with a
+``debugpyAttach`` event, the Debugger attaches a session to it with the same breakpoints (as
+VS Code does), and its process selector lists the processes that are paused. A real debugpy
+with its separate adapter (what follows subprocesses), started as in test_dap_client.py."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+import test_dap_client
+from conftest import wait_for
+from test_dap_client import _config, _finish
+
+import aml_magics
+from aml_magics import debugger
+
+pytest.importorskip("debugpy")
+debuggee = test_dap_client.debuggee  # the fixture: a real debugpy waiting for a client
+
+PARENT = textwrap.dedent(
+    """\
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.Popen([sys.executable, os.path.join(here, "child.py")])
+    waiting_for = child.pid
+    code = child.wait()
+    print("parent: child exited", code)
+    """
+)
+PARENT_BREAK = 6  # waiting_for = child.pid
+CHILD = textwrap.dedent(
+    """\
+    import os
+    secret = "from-child-%d" % (6 * 7)
+    print("child says", secret)
+    """
+)
+CHILD_BREAK = 3
+
+
+def test_paused_processes_are_listed_and_each_can_be_debugged(tmp_path, debuggee):
+    (tmp_path / "parent.py").write_text(PARENT)
+    (tmp_path / "child.py").write_text(CHILD)
+    proc, port = debuggee(tmp_path / "parent.py")
+    dbg = debugger.attach(_config(port), breakpoints=[(str(tmp_path / "parent.py"), PARENT_BREAK),
+                                                      (str(tmp_path / "child.py"), CHILD_BREAK)])
+    try:
+        wait_for(lambda: len(dbg.paused) == 2, 30, "both processes paused")
+        by_line = {p.stop.line: p for p in dbg.paused}
+        parent, child = by_line[PARENT_BREAK], by_line[CHILD_BREAK]
+        assert parent.pid == proc.pid and child.pid not in (None, proc.pid)
+        assert "child.py" in child.label and f"child.py:{CHILD_BREAK}" in child.label
+
+        dbg.select(child.pid)
+        stop = dbg.wait_stopped(5)
+        assert (stop.pid, os.path.basename(stop.path), stop.line) == (child.pid, "child.py", CHILD_BREAK)
+        assert dbg.locals()["secret"] == "'from-child-42'"
+        dbg.continue_()
+        wait_for(lambda: [p.pid for p in dbg.paused] == [parent.pid], 30, "only the parent paused")
+
+        stop = dbg.wait_stopped(5)  # the paused one: the parent
+        assert stop.pid == parent.pid and stop.line == PARENT_BREAK
+        assert dbg.evaluate("child.pid") == str(child.pid) and "waiting_for" not in dbg.locals()
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+        assert dbg.state == "ended"
+        with pytest.raises(aml_magics.DebuggerError, match="no debugged process with pid 1"):
+            dbg.select(1)
+    finally:
+        dbg.detach()
+    assert proc.wait(15) == 0
+    out = _finish(proc)
+    assert "child says from-child-42" in out and "parent: child exited 0" in out
