@@ -1,10 +1,12 @@
 """``aml-debug``: the same runs from a terminal.
 
-    aml-debug run SCRIPT [options] [-- script args]
-    aml-debug deploy SCORE_PY [options]      (a scoring script served with debugpy: see deploy.py)
+    aml-debug run [options] SCRIPT [-- ARGS ...]
+    aml-debug deploy [options] SCORE_PY      (a scoring script served with debugpy: see deploy/)
 
 Streams the run's output, prints the endpoint and the launch.json fragment as soon
-as they are known, exits with the run's exit code, and cancels the run on Ctrl-C.
+as they are known, shows the attach countdown while the run waits for a debugger (a live
+line on a terminal, one plain line in a log), exits with the run's exit code, and cancels
+the run on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ from collections.abc import Sequence
 
 from . import engine
 from .errors import OptionsError
-from .follow import follow
+from .follow import AttachWait, follow
 from .options import Defaults, build_request, make_parser, parse_cli
 from .run import DebugRun
+from .views.text import LISTENING, attach_hint, can_attach, endpoint_now, shown_launch_json
 
-USAGE = ("usage: aml-debug run SCRIPT [options] [-- script args]   (aml-debug run --help)\n"
-         "       aml-debug deploy SCORE_PY [options]              (aml-debug deploy --help)")
+PROG = "aml-debug run"
+RUN_USAGE = f"{PROG} [options] SCRIPT [-- ARGS ...]"
+USAGE = (f"usage: {RUN_USAGE}   (aml-debug run --help)\n"
+         "       aml-debug deploy [options] SCORE_PY         (aml-debug deploy --help)")
+EPILOG = """examples:
+  aml-debug run examples/train.py --timeout 30 -- --epochs 5
+  aml-debug run train.py --target docker --pip torch -- --lr 0.1
+
+Everything after -- goes to the script untouched. Ctrl-C cancels the run (its whole process
+tree, container or Azure ML run)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,11 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command != "run":
         print(f"aml-debug: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
-    if "-h" in rest or "--help" in rest:
-        print(make_parser("aml-debug run").format_help())
+    ours = rest[:rest.index("--")] if "--" in rest else rest  # a script's own --help is the script's
+    if "-h" in ours or "--help" in ours:
+        print(run_parser().format_help())
         return 0
     try:
-        ns = parse_cli(rest, "aml-debug run")
+        ns = parse_cli(rest, PROG)
+        if not ns.script_path and not ns.script:
+            raise OptionsError(f"no script to run: {RUN_USAGE}  (e.g. aml-debug run examples/train.py)")
         request = build_request(ns, None, Defaults())
         if request.dry_run:
             return print_plan(request, getattr(ns, "output", None) or "text")
@@ -49,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aml-debug: {exc}", file=sys.stderr)
         return 2
     return follow_run(run)
+
+
+def run_parser():  # noqa: ANN201 - an argparse parser
+    return make_parser(PROG, usage="%(prog)s [options] SCRIPT [-- ARGS ...]", epilog=EPILOG)
 
 
 def print_plan(request, output: str) -> int:
@@ -61,23 +79,42 @@ def print_plan(request, output: str) -> int:
 
 
 def follow_run(run: DebugRun) -> int:
+    wait = AttachWait(sys.stderr)
     try:
-        follow(run, emit=lambda text: print(text, flush=True), on_endpoint=announce)
+        follow(run, emit=wait.emit(_say), on_endpoint=announce, on_update=wait.update)
     except KeyboardInterrupt:
+        wait.clear()
         run.cancel()
-        print(f"aml-debug: run {run.id} canceled", file=sys.stderr)
+        try:
+            run.wait(10)
+        except TimeoutError:
+            pass
+        print(f"aml-debug: run {run.id} " + (run.detail if run.detail.startswith("canceled") else "canceled"),
+              file=sys.stderr)
         return 130
-    print(f"aml-debug: run {run.id} {run.state}" + (f" ({run.detail})" if run.detail else ""), file=sys.stderr)
+    wait.clear()
+    print(f"aml-debug: run {run.id} {run.state}" + (f": {run.detail}" if run.detail else ""), file=sys.stderr)
     if run.state == "completed":
         return 0
     return run.exit_code if run.exit_code else 1
 
 
 def announce(run: DebugRun) -> None:
-    for endpoint in run.endpoints:
-        print(f"aml-debug: debugpy listening at {endpoint.address} (rank {endpoint.rank})", flush=True)
-    print("aml-debug: launch.json attach configuration:", flush=True)
-    print(json.dumps(run.launch_json(), indent=4), flush=True)
+    """The endpoints as they are now; while a client could attach, the configuration and how."""
+    for status in run.ranks:
+        if status.endpoint is None:
+            continue
+        now = endpoint_now(run, status)
+        _say(f"aml-debug: debugpy listening at {status.endpoint.address} (rank {status.rank})" if now.kind == LISTENING
+             else f"aml-debug: debugpy at {status.endpoint.address} (rank {status.rank}): {now.words}")
+    if can_attach(run):
+        _say("aml-debug: launch.json attach configuration:")
+        _say(json.dumps(shown_launch_json(run), indent=4))
+        _say(f"aml-debug: {attach_hint(run)}")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 if __name__ == "__main__":

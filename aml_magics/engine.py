@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import fileio, launch
+from . import failure, fileio, launch
 from .errors import OptionsError, RunFailed, TargetError
 from .invocation import RunSecrets
 from .lifecycle import RunScope
@@ -91,6 +91,7 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
     if needs_tunnel(spec, target):
         secrets.tunnel = TunnelCredentials.new()
     run = make_run(registry.new_id(spec.name), spec, target, reader=MarkerReader(secrets.marker_key), **extra)
+    failure.watch(run)  # a failure's exception and a cancel's time, in the run's detail
     scope = RunScope(run.id)
     slot = _HandleSlot(scope, secrets.tunnel, run.line)
     run.bind(slot, scope)
@@ -233,6 +234,7 @@ def start_group(plan: GroupPlan, target: str, registry: RunRegistry = REGISTRY,
     for name, spec in plan.members:
         run, ctx, slot = _new_run(registry, spec, target)
         runs[name], contexts[name], slots[name] = run, ctx, slot
+        run.launch_json_path = launch_json or launch.default_launch_json(Path.cwd())
         if launch_json is not None:
             run.subscribe(launch_json_writer(launch_json))
     try:

@@ -32,6 +32,7 @@ from .options import (
     timeout_value,
 )
 from .run import DebugRun
+from .spec import DEFAULT_PORT_CHOICE
 from .views import widget_frontend
 
 _log = logging.getLogger("aml_magics")
@@ -63,8 +64,8 @@ class AmlDebugMagics(Magics):
     """Run code with debugpy listening, on a target of your choice. Configure with %config."""
 
     target = Unicode("local", help="Default --target").tag(config=True)
-    port = Union([IntTrait(), Unicode()], default_value=5678,
-                 help="Default debug port (0: any free port; 'auto': the next free one)").tag(config=True)
+    port = Union([IntTrait(), Unicode()], default_value=DEFAULT_PORT_CHOICE,
+                 help="Default debug port ('auto': 5678 or the next free one; 0: any free port)").tag(config=True)
     bind = Unicode(None, allow_none=True, help="Default address debugpy binds").tag(config=True)
     timeout = Float(300.0, help="Default seconds to wait for a debugger to attach").tag(config=True)
     wait = Bool(False, help="Block until the run ends by default").tag(config=True)
@@ -141,13 +142,19 @@ class AmlDebugMagics(Magics):
 
     @line_magic
     def aml_runs(self, line: str = "") -> None:
-        """List this kernel's runs: id, target, state, endpoints."""
+        """List this kernel's runs: id, target, state, and each debugger as it is now (listening,
+        attached, closed); a distributed run's ranks one line per node."""
+        from .views.text import endpoint_summary
+
         runs = self.registry.all()
         if not runs:
             print("no aml_magics runs in this session")
             return
-        rows = [("id", "target", "state", "endpoints")]
-        rows += [(r.id, r.target, r.state, ", ".join(e.address for e in r.endpoints) or "-") for r in runs]
+        rows = [("id", "target", "state", "debugger")]
+        for r in runs:
+            first, *more = endpoint_summary(r)
+            rows.append((r.id, r.target, r.state, first))
+            rows += [("", "", "", extra) for extra in more]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import OptionsError, TargetError
 from .spec import (
     DEFAULT_PORT,
+    DEFAULT_PORT_CHOICE,
     DEFAULT_POST_MORTEM_TIMEOUT,
     DEFAULT_TIMEOUT,
     DebugOptions,
@@ -38,12 +39,37 @@ __all__ = ["OptionsError", "Defaults", "RunRequest", "build_request", "make_pars
            "options_argv", "port_value", "timeout_value", "check_syntax", "check_script_file"]
 
 
+SCRIPT_ARGS_HINT = "the script's own arguments go after --: {prog} [options] SCRIPT -- {args}"
+
+
 class _Parser(argparse.ArgumentParser):
+    takes_script_args = False  # a parser of runs: unknown arguments are probably the script's
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise OptionsError(message)
+        raise OptionsError(_one_mention(message, self) if not message.startswith("unrecognized arguments: ")
+                           else self._unrecognized(message))
+
+    def _unrecognized(self, message: str) -> str:
+        if not self.takes_script_args:
+            return message
+        extra = message.removeprefix("unrecognized arguments: ")
+        if self.prog.startswith("aml_magics."):  # the Python API: keywords, not flags
+            return f"{message} (not an option of {self.prog}; the script's own arguments go in args=[...])"
+        return f"{message} ({SCRIPT_ARGS_HINT.format(prog=self.prog, args=extra)})"
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         raise OptionsError(message or "invalid options")
+
+
+def _one_mention(message: str, parser: argparse.ArgumentParser) -> str:
+    """argparse's ``argument --port: --port must be ...`` → ``--port must be ...`` (a value checker's
+    message already names its flag)."""
+    head, sep, rest = message.partition(": ")
+    if sep and head.startswith("argument "):
+        flags = head.removeprefix("argument ").split("/")
+        if any(flag in rest for flag in flags):
+            return rest
+    return message
 
 
 # -- values (the same checks for flags and for %config traits) ------------------------------------
@@ -140,47 +166,62 @@ def bind_value(text: str) -> str:
 # -- the options every run takes --------------------------------------------------------------------
 
 COMMON_OPTIONS: tuple[Option, ...] = (
-    option("-t", "--target", default=None, help="where to run: local (default), docker, azureml"),
-    option("--name", type=name_value, default=None, help="run name (also the launch.json configuration name)"),
-    option("--source-dir", default=None, help="directory the run sees as its working directory"),
-    option("--script", default=None, help="entry script, relative to --source-dir"),
-    option("--args", default=None, help='script arguments as one string: --args "--lr 0.1"'),
-    option("--port", type=port_value, default=None, help="debug port (default 5678; 0 any; auto next free)"),
-    option("--bind", type=bind_value, default=None, help="address debugpy binds (default: loopback locally)"),
-    option("--timeout", type=timeout_value, default=None, help="seconds to wait for a debugger (0: don't)"),
+    option("-t", "--target", default=None, metavar="TARGET",
+           help="where the run executes: local, docker, azureml (default: local)"),
+    option("--name", type=name_value, default=None,
+           help="run name, also the launch.json configuration name (default: the script's name; a cell: cell)"),
+    option("--source-dir", default=None, metavar="DIR",
+           help="the run's working directory (default: the script's folder; a cell: .aml_magics/cells)"),
+    option("--script", default=None, metavar="FILE",
+           help="entry script relative to --source-dir (a cell: the file it is written to, default NAME.py)"),
+    option("--args", default=None, metavar='"ARGS"',
+           help='the script\'s arguments as one string: --args "--lr 0.1" (or after --)'),
+    option("--port", type=port_value, default=None, metavar="PORT",
+           help=f"debug port: auto (the default: {DEFAULT_PORT} or the next free one), a number, or 0 (any free one)"),
+    option("--bind", type=bind_value, default=None, metavar="ADDRESS",
+           help="address debugpy binds (default: 127.0.0.1 locally, the node's own address remotely)"),
+    option("--timeout", type=timeout_value, default=None, metavar="SECONDS",
+           help=f"seconds to wait for a debugger to attach; 0: don't wait (default: {DEFAULT_TIMEOUT:g})"),
     option("--no-debug", action="store_true", help="run without the debugger"),
-    option("--stop-on-entry", action="store_true", help="pause at the script's first line once attached"),
+    option("--stop-on-entry", action="store_true", help="once attached, pause at the script's first line"),
     option("--insecure", action="store_true", default=None,
            help="a debug port that leaves this machine is reached directly, without the authenticated TLS "
                 "tunnel (anyone who reaches it owns the process)"),
     option("--reattach", action="store_true",
            help="keep listening after the debugger detaches (default: one attach per window)"),
-    option("--nodes", type=count_value, default=None, help="distributed: number of nodes (default 1)"),
-    option("--procs-per-node", type=count_value, default=None,
-           help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default 1)"),
-    option("--debug-ranks", type=ranks_value, action="append", default=None,
-           help="debug only these ranks (0,3); the others run with no debugger"),
+    option("--nodes", type=count_value, default=None, metavar="N", help="distributed: number of nodes (default: 1)"),
+    option("--procs-per-node", type=count_value, default=None, metavar="M",
+           help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default: 1)"),
+    option("--debug-ranks", type=ranks_value, action="append", default=None, metavar="RANKS",
+           help="debug only these ranks, e.g. 0,3; the others run with no debugger (default: all)"),
     option("--post-mortem", action="store_true",
            help="an uncaught exception waits for a debugger, which stops where it was raised"),
-    option("--post-mortem-timeout", type=post_mortem_timeout_value, default=None,
-           help="seconds a crash (or --wait-on-breakpoint) waits for a debugger (default 600)"),
+    option("--post-mortem-timeout", type=post_mortem_timeout_value, default=None, metavar="SECONDS",
+           help=f"seconds a crash (or --wait-on-breakpoint) waits for a debugger "
+                f"(default: {DEFAULT_POST_MORTEM_TIMEOUT:g})"),
     option("--wait-on-breakpoint", action="store_true",
            help="breakpoint() with no debugger attached waits for one (else it is a no-op)"),
-    option("--wait", action="store_true", default=None, help="block until the run ends"),
-    option("--launch-json", default=None, help="merge the attach configuration into this launch.json"),
-    option("--local-root", default=None, help="local folder mapped to the run's working directory"),
-    option("--pip", action="append", default=[], help="pip requirement (repeatable)"),
-    option("--requirements", default=None, help="requirements file for the run's environment"),
-    option("--env-var", action="append", type=env_var_value, default=[], help="KEY=VALUE (repeatable)"),
-    option("--base-image", default=None, help="docker/azureml: image to build on (default python:<kernel's X.Y>-slim)"),
-    option("--conda", default=None, help="conda environment file (docker: created in the image)"),
+    option("--wait", action="store_true", default=None, help="block until the run ends (default: return at once)"),
+    option("--launch-json", default=None, metavar="PATH",
+           help="merge the attach configuration into this launch.json as soon as the endpoint is known "
+                "(default: only on request; the panel writes WORKSPACE/.vscode/launch.json)"),
+    option("--local-root", default=None, metavar="DIR",
+           help="local folder launch.json maps onto the run's working directory (default: --source-dir)"),
+    option("--pip", action="append", default=[], metavar="PKG",
+           help="a pip requirement for the run's environment (repeatable)"),
+    option("--requirements", default=None, metavar="FILE", help="a requirements file for the run's environment"),
+    option("--env-var", action="append", type=env_var_value, default=[], metavar="KEY=VALUE",
+           help="KEY=VALUE in the run's environment (repeatable)"),
+    option("--base-image", default=None, metavar="IMAGE",
+           help="docker/azureml: image to build on (default: python:<this Python's X.Y>-slim)"),
+    option("--conda", default=None, metavar="FILE", help="conda environment file (docker: created in the image)"),
     option("--dry-run", action="store_true",
            help="build what would be submitted and show it; contact no service, start nothing"),
-    option("--output", choices=("text", "json"), default=None, help="CLI: --dry-run output format"),
+    option("--output", choices=("text", "json"), default=None, help="--dry-run output format (default: text)"),
 )
 
 
-def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+def add_options(parser: "argparse._ActionsContainer", options: Iterable[Option]) -> None:
     """Add each option once (several targets may declare the same one)."""
     seen = {action.dest for action in parser._actions}
     for item in options:
@@ -190,16 +231,31 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> N
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options every run takes, then every target's own, in the magic and the CLI alike."""
-    add_options(parser, COMMON_OPTIONS)
+    """The options every run takes, then every target's own (a help section each), in the magic
+    and the CLI alike."""
+    add_options(parser.add_argument_group("options"), COMMON_OPTIONS)
     for info in all_targets():
-        add_options(parser, info.options)
+        fresh = [item for item in info.options if item.dest not in {a.dest for a in parser._actions}]
+        if fresh:
+            add_options(parser.add_argument_group(f"{info.name} target"), fresh)
 
 
-def make_parser(prog: str) -> _Parser:
-    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False)
+SCRIPT_HELP = ("the Python script to run, e.g. examples/train.py (the cell form %%%%aml_debug_run takes none); "
+               "ARGS after -- are passed to it untouched")
+
+
+def make_parser(prog: str, usage: str | None = None, epilog: str | None = None) -> _Parser:
+    """The options of a run; ``usage`` (``%(prog)s`` for the name) defaults to
+    ``PROG [options] [SCRIPT] [-- ARGS ...]`` (a magic's also names its cell form)."""
+    if usage is None:
+        usage = "%(prog)s [options] [SCRIPT] [-- ARGS ...]"
+        if prog.startswith("%"):
+            usage += "\n       %%%(prog)s [options]   (the cell is the script)"
+    parser = _Parser(prog=prog, add_help=False, allow_abbrev=False, epilog=epilog, usage=usage,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.takes_script_args = True
+    parser.add_argument("script_path", nargs="?", default=None, metavar="SCRIPT", help=SCRIPT_HELP)
     add_run_options(parser)
-    parser.add_argument("script_path", nargs="?", default=None)
     return parser
 
 
@@ -253,7 +309,7 @@ class Defaults:
     """What an option falls back to when not given (traitlets on the magic)."""
 
     target: str = "local"
-    port: int | str = DEFAULT_PORT
+    port: int | str = DEFAULT_PORT_CHOICE
     bind: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     wait: bool = False
@@ -419,6 +475,8 @@ def _locate_script(ns: argparse.Namespace, cell: str | None, defaults: Defaults,
     else:
         candidate = _resolve(given, cwd)
         source_dir = candidate.parent
+    if candidate.is_dir():
+        raise OptionsError(_folder_message(given, candidate))
     if not candidate.is_file():
         raise OptionsError(f"script not found: {candidate}")
     try:
@@ -426,6 +484,13 @@ def _locate_script(ns: argparse.Namespace, cell: str | None, defaults: Defaults,
     except ValueError:
         raise OptionsError(f"script {candidate} is not inside --source-dir {source_dir}") from None
     return source_dir.resolve(), script, None
+
+
+def _folder_message(given: str, folder: Path) -> str:
+    """A folder given where a script belongs: name the scripts in it."""
+    scripts = sorted(p.name for p in folder.glob("*.py"))[:6]
+    inside = f"e.g. {Path(given) / scripts[0]} (there: {', '.join(scripts)})" if scripts else "it has no .py file"
+    return f"{given} is a folder, not a script: give the script to run, {inside}"
 
 
 def _check_relative(script: str) -> None:

@@ -39,8 +39,8 @@ def holder(port: int) -> str | None:
     try:
         for conn in psutil.net_connections(kind="inet"):
             if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid is None:
-                    return "another process"
+                if conn.pid is None:  # another user's socket: the OS does not say whose
+                    return None
                 try:
                     proc = psutil.Process(conn.pid)
                     return f"pid {conn.pid} ({' '.join(proc.cmdline()[:3]) or proc.name()})"
@@ -61,5 +61,6 @@ def choose_port(host: str, port: int, auto: bool) -> int:
                 return candidate
         raise PortBusy(f"no free port in {port}..{port + 199} on {host}")
     who = holder(port)
-    held = f" (held by {who})" if who else ""
-    raise PortBusy(f"port {port} on {host} is already in use{held}; pick another with --port N, or --port auto / --port 0")
+    held = f" (held by {who})" if who else " (the OS does not say by which process: another user's, or no permission)"
+    raise PortBusy(f"port {port} on {host} is already in use{held}; pick another with --port N, "
+                   "or leave --port out (auto: the next free one)")

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import launch
 from .errors import RunFailed
+from .failure import user_lines
 from .lifecycle import RunScope
 from .output import MAX_KEPT_BYTES, MAX_KEPT_LINES, MAX_LINE_BYTES, cut_note
 from .protocol import (
@@ -128,9 +129,11 @@ class DebugRun:
 
     @property
     def logs(self) -> str:
-        """The run's output (the machine-readable marker lines left out: see ``raw_logs``)."""
+        """The run's output: the machine-readable marker lines and the bootstrap's own traceback
+        frames left out (see ``raw_logs``)."""
         with self._cond:
-            return "\n".join(text for text, marker in self._lines if not marker)
+            lines = [text for text, marker in self._lines if not marker]
+        return "\n".join(user_lines(lines))
 
     @property
     def raw_logs(self) -> str:

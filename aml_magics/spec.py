@@ -11,7 +11,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_PORT = 5678
+DEFAULT_PORT = 5678  # the first port tried
+# What --port means when not given, everywhere (CLI, magics, %config, Python API): 5678, or the
+# next free one, so a busy 5678 on a shared machine is no error.
+DEFAULT_PORT_CHOICE = "auto"
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_POST_MORTEM_TIMEOUT = 600.0
 

@@ -1,26 +1,88 @@
 """Execute a notebook top to bottom with nbclient, as CI does; also a small command line.
 
-    python tests/notebook_exec.py NOTEBOOK WORKDIR [--extra-cell CODE ...]
+    python tests/notebook_exec.py NOTEBOOK WORKDIR [--parameter NAME=VALUE ...] [--extra-cell CODE ...]
 
 copies nothing: the kernel runs in WORKDIR (where the notebook's files appear) and the executed
 notebook's text outputs are printed as JSON ``{"cells": [...], "errors": [...]}``. The test of the
 Binder setup runs this file with a fresh virtual environment's interpreter.
+
+Parameters follow papermill's convention: each notebook keeps the values a reader would use in
+one cell tagged ``parameters``; CI's values go into a cell inserted right after it (tagged
+``injected-parameters``), so the notebooks themselves carry no CI plumbing. The command line also
+takes them from the environment variables CI sets (``AML_MAGICS_NOTEBOOK_TIMEOUT`` → ATTACH_TIMEOUT,
+``AML_MAGICS_NOTEBOOK_BASE_IMAGE`` → BASE_IMAGE, ``AML_MAGICS_COMPUTE`` → COMPUTE).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
 
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+ENVIRONMENT = {"ATTACH_TIMEOUT": "AML_MAGICS_NOTEBOOK_TIMEOUT", "BASE_IMAGE": "AML_MAGICS_NOTEBOOK_BASE_IMAGE",
+               "COMPUTE": "AML_MAGICS_COMPUTE"}
 
-def execute(path: Path, workdir: Path, timeout: float = 180, extra_cells: tuple[str, ...] = ()):
+
+def inject_parameters(nb, parameters: dict[str, Any]):
+    """A cell assigning ``parameters`` right after the notebook's ``parameters`` cell (papermill's way)."""
+    if not parameters:
+        return nb
+    index = next((i for i, cell in enumerate(nb.cells) if PARAMETERS_TAG in cell.get("metadata", {}).get("tags", [])),
+                 None)
+    if index is None:
+        raise ValueError("the notebook has no cell tagged 'parameters' to override")
+    declared = _assigned(nb.cells[index].source)
+    unknown = sorted(set(parameters) - declared)
+    if unknown:
+        raise ValueError(f"not parameters of this notebook: {', '.join(unknown)} (it has: {', '.join(sorted(declared))})")
+    source = "# Injected parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})
+    nb.cells.insert(index + 1, cell)
+    return nb
+
+
+def _assigned(source: str) -> set[str]:
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def parameters_from_environment(nb) -> dict[str, Any]:
+    """CI's values from its environment variables, for the parameters this notebook declares."""
+    cell = next((c for c in nb.cells if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])), None)
+    declared = _assigned(cell.source) if cell is not None else set()
+    found: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT.items():
+        if name in declared and os.environ.get(variable):
+            found[name] = _value(os.environ[variable])
+    return found
+
+
+def _value(text: str) -> Any:
+    """``3`` → 3, ``True`` → True, anything else stays text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def execute(path: Path, workdir: Path, timeout: float = 180, extra_cells: tuple[str, ...] = (),
+            parameters: dict[str, Any] | None = None):
     """The executed notebook (outputs filled in). Cell errors are kept as outputs, not raised."""
     nb = nbformat.read(path, as_version=4)
+    inject_parameters(nb, parameters or {})
     for code in extra_cells:
         nb.cells.append(nbformat.v4.new_code_cell(code))
     client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
@@ -72,14 +134,24 @@ def summary(nb) -> dict:
     }
 
 
+def _parameter(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"--parameter takes NAME=VALUE, not {text!r}")
+    return name, _value(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("notebook", type=Path)
     parser.add_argument("workdir", type=Path)
+    parser.add_argument("--parameter", action="append", type=_parameter, default=[])
     parser.add_argument("--extra-cell", action="append", default=[])
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args(argv)
-    nb = execute(args.notebook, args.workdir, args.timeout, tuple(args.extra_cell))
+    parameters = parameters_from_environment(nbformat.read(args.notebook, as_version=4))
+    parameters.update(dict(args.parameter))
+    nb = execute(args.notebook, args.workdir, args.timeout, tuple(args.extra_cell), parameters)
     json.dump(summary(nb), sys.stdout)
     return 0
 

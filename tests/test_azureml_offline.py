@@ -109,8 +109,8 @@ def test_dry_run_json_from_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_workspace_config(tmp_path)
     write_project(tmp_path / "proj")
-    code = cli.main(["run", "proj/train.py", "--target", "azureml", "--compute", "gpu-cluster", "--experiment", "exp1",
-                     "--pip", "torch", "--dry-run", "--output", "json", "--", "--epochs", "2"])
+    code = cli.main(["run", "proj/train.py", "--target", "azureml", "--sdk", "v1", "--compute", "gpu-cluster",
+                     "--experiment", "exp1", "--pip", "torch", "--dry-run", "--output", "json", "--", "--epochs", "2"])
     out = capsys.readouterr().out
     assert code == 0
     plan = json.loads(out)

@@ -1,4 +1,5 @@
-"""The azureml target end to end against the simulated Azure ML control plane.
+"""The azureml target with SDK v1 (``--sdk v1``: v2 is the default when both are installed) end to
+end against the simulated Azure ML control plane.
 
 The simulator executes exactly what was submitted (snapshot, bootstrap entry script,
 arguments, environment variables) in a separate process; where this machine allows, that
@@ -48,7 +49,7 @@ def project(tmp_path, monkeypatch):
 @pytest.mark.parametrize("layout", ["user_logs", "driver"])
 def test_breakpoint_through_launch_json_across_the_node_address(shell, project, monkeypatch, node_namespace, layout):
     node = use_simulated_node(monkeypatch, project, node_namespace, layout)
-    run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --experiment e2e "
+    run = shell.run_line_magic("aml_debug_run", "--target azureml --sdk v1 --compute cpu-cluster --experiment e2e "
                                "--port 0 --timeout 60 proj/train.py -- --lr 0.1")
     assert run.target == "azureml" and "simulated Azure ML" in run.description
     endpoint, config = wait_for_the_debugger(run, node)
@@ -118,13 +119,13 @@ class _Recorder:
 
 def test_cancel_while_waiting_for_the_debugger(shell, project, monkeypatch, node_namespace):
     use_simulated_node(monkeypatch, project, node_namespace, "user_logs")
-    run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --port 0 --timeout 120 "
-                               "proj/train.py")
+    run = shell.run_line_magic("aml_debug_run", "--target azureml --sdk v1 --compute cpu-cluster --port 0 "
+                               "--timeout 120 proj/train.py")
     run.wait_for_endpoint(60)
     sim_run = _only_run("user_logs")
     shell.run_line_magic("aml_cancel", run.id)
     assert run.wait(20) == "canceled"
-    assert run.detail == "canceled by user"
+    assert run.detail.startswith("canceled by user after ")
     assert sim_run.get_status() == "Canceled" and "CancelRequested" in sim_run.history
     assert all(p.poll() is not None for p in sim_run._processes)
 
@@ -133,7 +134,8 @@ def test_failed_run_reports_the_service_error_and_exit_code(project, monkeypatch
     use_simulated_node(monkeypatch, project, node_namespace, "driver")
     write_project(project / "proj", "import os, sys\nprint('run id', os.environ['AZUREML_RUN_ID'])\nsys.exit(3)\n",
                   name="fail.py")
-    code = cli.main(["run", "proj/fail.py", "--target", "azureml", "--compute", "cpu-cluster", "--no-debug"])
+    code = cli.main(["run", "proj/fail.py", "--target", "azureml", "--sdk", "v1", "--compute", "cpu-cluster",
+                     "--no-debug"])
     assert code == 3
     run = _only_run("driver")
     log = (run.dir / "azureml-logs" / "70_driver_log.txt").read_text()
@@ -148,7 +150,7 @@ def test_failed_run_reports_the_service_error_and_exit_code(project, monkeypatch
 ])
 def test_service_errors_are_one_line_and_nothing_is_submitted(project, monkeypatch, capsys, setup, message):
     use_simulator(monkeypatch, project / "sim")
-    argv = ["run", "proj/train.py", "--target", "azureml", "--compute", "cpu-cluster"]
+    argv = ["run", "proj/train.py", "--target", "azureml", "--sdk", "v1", "--compute", "cpu-cluster"]
     for key, value in setup.items():
         if key.startswith("AML_"):
             monkeypatch.setenv(key, value)
@@ -165,8 +167,8 @@ def test_service_errors_are_one_line_and_nothing_is_submitted(project, monkeypat
 
 def test_registered_environment_gets_debugpy(project, monkeypatch):
     use_simulator(monkeypatch, project / "sim")
-    code = cli.main(["run", "proj/train.py", "--target", "azureml", "--compute", "cpu-cluster", "--environment",
-                     "AzureML-sklearn-1.5:1", "--port", "0", "--timeout", "0"])
+    code = cli.main(["run", "proj/train.py", "--target", "azureml", "--sdk", "v1", "--compute", "cpu-cluster",
+                     "--environment", "AzureML-sklearn-1.5:1", "--port", "0", "--timeout", "0"])
     assert code == 0
     run = list(get_simulator().runs.values())[-1]
     assert run.submitted.pip_packages[-1] == "debugpy>=1.8.1" and "scikit-learn==1.5.1" in run.submitted.pip_packages
@@ -178,7 +180,8 @@ def test_text_view_says_simulated(project, monkeypatch):
     use_simulator(monkeypatch, project / "sim")
     import aml_magics
 
-    run = aml_magics.submit("proj/train.py", target="azureml", compute="cpu-cluster", no_debug=True, wait=True)
+    run = aml_magics.submit("proj/train.py", target="azureml", sdk="v1", compute="cpu-cluster", no_debug=True,
+                            wait=True)
     assert run.state == "completed"
     assert "simulated Azure ML" in render_text(run)
     assert SCRIPT  # the script ran as written
@@ -188,8 +191,8 @@ def test_distributed_run_reports_an_endpoint_per_rank(project, monkeypatch):
     use_simulator(monkeypatch, project / "sim")
     import aml_magics
 
-    run = aml_magics.submit("proj/train.py", target="azureml", compute="cpu-cluster", procs_per_node=2, port=0,
-                            timeout=1, wait=True)
+    run = aml_magics.submit("proj/train.py", target="azureml", sdk="v1", compute="cpu-cluster", procs_per_node=2,
+                            port=0, timeout=1, wait=True)
     assert run.state == "completed"
     assert sorted(e.rank for e in run.endpoints) == [0, 1]
     sim_run = list(get_simulator().runs.values())[-1]

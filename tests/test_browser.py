@@ -1,14 +1,18 @@
 """The widget as a user sees it: JupyterLab in headless Chromium, driven by Playwright.
 
-A real JupyterLab server (loopback, no token, a temporary root holding a copy of the quickstart
-notebook) and the distribution's Chromium (Playwright's own browser download is not possible
-here). The test runs the notebook's cells with the keyboard, then asserts in the page: the
-widget renders, the state reaches "waiting for debugger", the endpoint is shown, the copy button
-puts the launch.json on the clipboard, the Write button creates .vscode/launch.json, a real DAP
-client attached to the endpoint *the page shows* stops at a breakpoint in the cell, and on a
-second run the Cancel button ends the run and the page says "canceled".
+A real JupyterLab server (loopback, no token) rooted in a temporary repository (a ``.git`` folder)
+holding the quickstart notebook in ``notebooks/``, as a user's project would, and the
+distribution's Chromium (Playwright's own browser download is not possible here). The test runs
+the notebook's cells with the keyboard, then asserts in the page: the widget renders, the state
+reaches "waiting for debugger", the endpoint is shown as listening with how to attach, the
+launch.json is folded behind its toggle, the copy button puts it on the clipboard, the Write button
+creates ``.vscode/launch.json`` in the repository's root (not in ``notebooks/``), a real DAP client
+attached to the endpoint *the page shows* stops at a breakpoint in the cell, and the endpoint then
+says attached, then closed. Cells added to the copy: a second run canceled with the Cancel button
+(one line says so), a 30-line run whose last line is in view in the log box and whose endpoint
+(``--timeout 0``) is never shown listening, and a failing cell whose header says ``KeyError: 'b'``.
 
-AML_MAGICS_UPDATE_SCREENSHOT=1 also saves the widget's screenshot to docs/widget.png.
+Each run saves the panel's screenshot to docs/widget.png (commit it when it changes).
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ NOTEBOOK = REPO / "notebooks" / "01-quickstart-local.ipynb"
 SCREENSHOT = REPO / "docs" / "widget.png"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Long enough for a DAP client to attach at leisure; the runs end through the test anyway.
-ATTACH_TIMEOUT = "120"
-WAIT_MS = 60_000
+WAIT_MS = 60_000  # the notebook's own attach timeout (120 s) leaves a DAP client time to attach
+# Cells the test adds to its copy of the quickstart notebook (after the notebook's own).
+LONG_CELL = "%%aml_debug_run --name long --timeout 0\nfor i in range(1, 31):\n    print(f'line {i} of 30')\n"
+FAILING_CELL = "%%aml_debug_run --name failing --timeout 0\nd = {'a': 1}\nprint(d['b'])\n"
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -79,12 +84,23 @@ class Lab:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
 
 
+def _notebook_with_extra_cells() -> dict:
+    nb = json.loads(NOTEBOOK.read_text())
+    for index, source in enumerate((LONG_CELL, FAILING_CELL)):
+        nb["cells"].append({"cell_type": "code", "execution_count": None, "id": f"extra-{index}", "metadata": {},
+                            "outputs": [], "source": source.splitlines(keepends=True)})
+    return nb
+
+
 @pytest.fixture
 def lab(tmp_path: Path):
-    """JupyterLab on 127.0.0.1, no token, rooted in a temporary folder with the quickstart notebook."""
-    # A short root path keeps the launch.json in the screenshot readable.
+    """JupyterLab on 127.0.0.1, no token, rooted in a temporary repository with the quickstart
+    notebook (plus the test's cells) in notebooks/."""
+    # A short root path keeps the paths in the screenshot readable.
     root = Path(tempfile.mkdtemp(prefix="aml-lab-"))
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    (root / ".git").mkdir()  # a repository: VS Code's workspace, where launch.json belongs
+    (root / "notebooks").mkdir()
+    (root / "notebooks" / NOTEBOOK.name).write_text(json.dumps(_notebook_with_extra_cells(), indent=1))
     jupyter = tmp_path / "jupyter"
     settings = jupyter / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -93,7 +109,6 @@ def lab(tmp_path: Path):
     env = dict(os.environ)
     env.update({
         "AML_MAGICS_VIEW": "widget",  # the kernel must not inherit the test suite's text view
-        "AML_MAGICS_NOTEBOOK_TIMEOUT": ATTACH_TIMEOUT,
         "AML_MAGICS_CACHE_DIR": str(tmp_path / "cache"),
         "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
         "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
@@ -185,11 +200,15 @@ def _wait_for_idle_kernel(lab: Lab, timeout: float = 60) -> None:
 
 
 def _notebook_cells() -> list[dict]:
-    return json.loads(NOTEBOOK.read_text())["cells"]
+    return _notebook_with_extra_cells()["cells"]
+
+
+def _cell_index(start: str) -> int:
+    return next(i for i, c in enumerate(_notebook_cells()) if "".join(c["source"]).startswith(start))
 
 
 def _debug_cell_index() -> int:
-    return next(i for i, c in enumerate(_notebook_cells()) if "".join(c["source"]).startswith("%%aml_debug_run"))
+    return _cell_index("%%aml_debug_run --name quickstart")
 
 
 def _breakpoint_line() -> int:
@@ -208,13 +227,32 @@ def _shown_endpoint(panel) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
+def _run_cell(page, notebook_cells, index: int) -> None:
+    notebook_cells.nth(index).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+
+
+# Records every text a panel of the given run ever showed with "listening" in it.
+_WATCH_LISTENING = """runId => {
+  window.__amlListening = [];
+  const check = () => document.querySelectorAll('.aml-debug-run').forEach(p => {
+    const id = p.querySelector('.aml-run-id');
+    if (id && id.textContent.includes('(' + runId + ')')
+        && (p.querySelector('[data-endpoint=listening]') || p.innerText.includes('listening')))
+      window.__amlListening.push(p.innerText);
+  });
+  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                      attributes: true});
+}"""
+
+
 def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     cells = _notebook_cells()
     debug_index = _debug_cell_index()
-    cell_file = lab.root / ".aml_magics" / "cells" / "quickstart.py"
-    launch_json = lab.root / ".vscode" / "launch.json"
+    cell_file = lab.root / "notebooks" / ".aml_magics" / "cells" / "quickstart.py"
+    launch_json = lab.root / ".vscode" / "launch.json"  # the repository's root: VS Code's workspace
 
-    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?reset")
+    page.goto(f"{lab.url}/lab/tree/notebooks/{NOTEBOOK.name}?reset")
     notebook_cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
     expect(notebook_cells).to_have_count(len(cells), timeout=WAIT_MS)
     _wait_for_idle_kernel(lab)
@@ -226,18 +264,36 @@ def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
         page.keyboard.press("Shift+Enter")
         time.sleep(0.2)
 
-    # 1. The widget renders, and the run reaches "waiting for debugger" with its endpoint shown.
+    # 1. The widget renders; the run waits for a debugger, its endpoint listening, and it says how to attach.
     panel = _panel(page, "quickstart-1")
     expect(panel).to_be_visible(timeout=WAIT_MS)
     state = panel.locator("span.aml-state")
+    detail = panel.locator(".aml-header .aml-detail")
+    endpoint_state = panel.locator(".aml-endpoint-state")
     expect(state).to_have_attribute("data-state", "waiting_for_debugger", timeout=WAIT_MS)
-    expect(state).to_contain_text("waiting for debugger")
-    expect(state).to_contain_text("s left to attach")
+    expect(state).to_have_text("waiting for debugger")
+    expect(detail).to_have_count(0)  # the countdown is the endpoint's: said once
+    expect(endpoint_state).to_have_attribute("data-endpoint", "listening")
+    expect(endpoint_state).to_contain_text(re.compile(r"listening, \d+ s left"))
+    expect(panel.locator(".aml-hint")).to_have_text(
+        'open notebooks/.aml_magics/cells/quickstart.py in VS Code, Run and Debug → "quickstart" → F5')
     host, port = _shown_endpoint(panel)
     assert port_is_listening(host, port), f"the page shows {host}:{port} but nothing listens there"
-    shown_json = json.loads(panel.locator("textarea.aml-launch-json").input_value())
 
-    # 2. The copy button puts the launch.json fragment on the clipboard.
+    # 2. The launch.json is folded behind its toggle; the toggle shows it.
+    textarea = panel.locator("textarea.aml-launch-json")
+    toggle = panel.locator("button.aml-launch-toggle")
+    expect(toggle).to_have_text(re.compile(r"launch\.json$"))
+    expect(textarea).to_be_hidden()
+    toggle.click()
+    expect(textarea).to_be_visible()
+    box, area = panel.bounding_box(), textarea.bounding_box()
+    assert area["x"] + area["width"] <= box["x"] + box["width"] + 0.5, (area, box)  # no overflow out of the panel
+    shown_json = json.loads(textarea.input_value())
+    toggle.click()
+    expect(textarea).to_be_hidden()
+
+    # 3. The copy button puts the launch.json fragment on the clipboard.
     copy = panel.locator("button.aml-copy")
     copy.click()
     expect(copy).to_have_text("Copied", timeout=10_000)
@@ -247,20 +303,20 @@ def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     assert config["name"] == "quickstart" and config["type"] == "debugpy" and config["request"] == "attach"
     assert config["connect"] == {"host": host, "port": port}
 
-    # 3. The Write button merges it into .vscode/launch.json in the notebook's folder.
+    # 4. The Write button merges it into the workspace root's .vscode/launch.json and says where.
     assert not launch_json.exists()
-    panel.get_by_role("button", name="Write to .vscode/launch.json").click()
-    expect(panel.locator(".aml-message")).to_contain_text("wrote quickstart", timeout=WAIT_MS)
+    panel.get_by_role("button", name="Write to ../.vscode/launch.json").click()
+    expect(panel.locator(".aml-message")).to_have_text(f"wrote quickstart to {launch_json}", timeout=WAIT_MS)
     written = json.loads(launch_json.read_text())
     assert [c for c in written["configurations"] if c["name"] == "quickstart"] == [config]
+    assert not (lab.root / "notebooks" / ".vscode").exists()
 
-    expect(copy).to_have_text("Copy launch.json", timeout=10_000)  # the button's label comes back
+    expect(copy).to_have_text("Copy", timeout=10_000)  # the button's label comes back
     panel.screenshot(path=str(tmp_path / "widget.png"))
-    if os.environ.get("AML_MAGICS_UPDATE_SCREENSHOT"):
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copy(tmp_path / "widget.png", SCREENSHOT)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "widget.png", SCREENSHOT)  # regenerated on every run: commit it when it changes
 
-    # 4. The page tells the truth: a real DAP client, configured from the clipboard, stops in the cell.
+    # 5. The page tells the truth: a real DAP client, configured from the clipboard, stops in the cell.
     line = _breakpoint_line()
     client = attach_with_launch_config(config, {str(cell_file): [line]}, workspace_folder=str(lab.root))
     try:
@@ -270,18 +326,23 @@ def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
         local_vars = client.variables_of(stop.frame_id)
         assert local_vars["w"] == "0.0" and local_vars["epoch"] == "0"
         expect(state).to_have_attribute("data-state", "attached", timeout=WAIT_MS)
-        expect(state).to_contain_text("debugger attached")
+        expect(state).to_have_text("debugger attached")
+        expect(endpoint_state).to_have_attribute("data-endpoint", "attached")
+        expect(panel.get_by_role("button", name="Write to ../.vscode/launch.json")).to_be_disabled()
+        expect(copy).to_be_disabled()  # nobody else can attach now
         client.request("setBreakpoints", {"source": {"path": str(cell_file)}, "breakpoints": [], "lines": []})
         client.continue_(stop.thread_id)
         expect(state).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
     finally:
         client.close()
     expect(panel.locator("pre.aml-log")).to_contain_text("done: w=3.00 b=1.00", timeout=WAIT_MS)
-    expect(panel.get_by_role("button", name="Cancel run")).to_be_disabled()
+    expect(endpoint_state).to_have_text("closed (run ended)")
+    expect(panel.get_by_role("button", name="Cancel run")).to_be_hidden()  # the run is over: no actions
+    expect(copy).to_be_hidden()
+    expect(panel.locator(".aml-hint")).to_have_count(0)
 
-    # 5. Run the cell again; the Cancel button ends that run and the page says so.
-    notebook_cells.nth(debug_index).locator(".jp-InputPrompt").click()
-    page.keyboard.press("Shift+Enter")
+    # 6. Run the cell again; the Cancel button ends that run and one line says so.
+    _run_cell(page, notebook_cells, debug_index)
     panel = _panel(page, "quickstart-2")
     state = panel.locator("span.aml-state")
     expect(state).to_have_attribute("data-state", "waiting_for_debugger", timeout=WAIT_MS)
@@ -290,10 +351,39 @@ def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     panel.get_by_role("button", name="Cancel run").click()
     expect(state).to_have_attribute("data-state", "canceled", timeout=WAIT_MS)
     expect(state).to_have_text("canceled")
+    canceled = re.compile(r"^canceled by user after \d+(\.\d)? s$")
+    expect(panel.locator(".aml-header .aml-detail")).to_have_text(canceled)
+    expect(panel.locator(".aml-log-line").last).to_have_text(canceled, timeout=WAIT_MS)
+    expect(panel.locator(".aml-endpoint-state")).to_have_text("closed (run canceled)")
     deadline = time.monotonic() + 10
     while port_is_listening(host, port) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not port_is_listening(host, port), f"{host}:{port} still listening after cancel"
+
+    # 7. A 30-line run (--timeout 0): its last line is in view in the log box, its first scrolled away,
+    #    and its endpoint, closed from the start, is never shown listening.
+    page.evaluate(_WATCH_LISTENING, "long-3")
+    _run_cell(page, notebook_cells, _cell_index("%%aml_debug_run --name long"))
+    panel = _panel(page, "long-3")
+    expect(panel.locator("span.aml-state")).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
+    last = panel.locator(".aml-log-line", has_text="line 30 of 30")
+    expect(last).to_have_count(1, timeout=WAIT_MS)
+    panel.locator(".aml-log-box").scroll_into_view_if_needed()
+    expect(last).to_be_in_viewport()
+    expect(panel.locator(".aml-log-line", has_text="line 1 of 30")).not_to_be_in_viewport()
+    expect(panel.locator(".aml-endpoint-state")).to_have_text("closed (--timeout 0: no wait)")
+    assert page.evaluate("() => window.__amlListening") == []
+    expect(panel.locator("button.aml-copy")).to_be_hidden()
+
+    # 8. A failing cell: the header says why; the log shows the user's frames, not the bootstrap's.
+    _run_cell(page, notebook_cells, _cell_index("%%aml_debug_run --name failing"))
+    panel = _panel(page, "failing-4")
+    expect(panel.locator("span.aml-state")).to_have_attribute("data-state", "failed", timeout=WAIT_MS)
+    expect(panel.locator(".aml-header .aml-detail")).to_have_text("KeyError: 'b' (exit code 1)")
+    log = panel.locator("pre.aml-log")
+    expect(log).to_contain_text("failing.py")
+    expect(log).not_to_contain_text("bootstrap.py")
+    expect(panel.locator(".aml-log-line").last).to_have_text("KeyError: 'b'")
 
 
 # -- the in-notebook debugger (aml_magics.debugger) ---------------------------------------------

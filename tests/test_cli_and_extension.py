@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+from conftest import busy_port
 
 import aml_magics
 from aml_magics.testing.dap import attach_with_launch_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_import_and_load_ext_stay_light():
@@ -103,11 +113,184 @@ def test_cli_ctrl_c_cancels_the_run(tmp_path):
             proc.wait()
 
 
+def _cli(cwd, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aml_magics.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _one_line_error(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, out
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("aml-debug: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return out.stderr.strip()
+
+
 def test_cli_bad_option_is_one_line_exit_2(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "aml_magics.cli", "run", "x.py", "--port", "-3"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("aml-debug: ")
+    _one_line_error(_cli(tmp_path, "run", "x.py", "--port", "-3"))
+    message = _one_line_error(_cli(tmp_path, "run", "x.py", "--port", "abc"))
+    assert message == "aml-debug: --port must be a number 0-65535 or 'auto', not 'abc'"  # --port named once
+
+
+def test_cli_help_shows_the_script_the_args_and_the_defaults(tmp_path):
+    out = _cli(tmp_path, "run", "--help")
+    assert out.returncode == 0 and out.stderr == ""
+    text = out.stdout
+    assert text.startswith("usage: aml-debug run [options] SCRIPT [-- ARGS ...]\n")
+    assert re.search(r"\n  SCRIPT\s+the Python script to run, e\.g\. examples/train\.py", text)
+    assert "[script_path]" not in text and "script_path" not in text
+    flat = " ".join(text.split())
+    assert "ARGS after -- are passed to it untouched" in flat
+    for default in ("(default: local)", "(the default: 5678 or the next free one)", "(default: 300)",
+                    "(default: 600)", "(default: text)"):
+        assert default in flat, default
+    assert "aml-debug run examples/train.py --timeout 30 -- --epochs 5" in text  # an example
+    assert "%%%%" not in text
+
+
+def test_the_magics_help_names_both_forms(shell, capsys):
+    shell.run_line_magic("aml_debug_run", "--help")
+    text = capsys.readouterr().out
+    assert text.startswith("usage: %aml_debug_run [options] [SCRIPT] [-- ARGS ...]\n"
+                           "       %%aml_debug_run [options]   (the cell is the script)\n"), text[:300]
+    assert "(default: 300)" in " ".join(text.split())
+
+
+def test_cli_a_scripts_own_help_goes_to_the_script(tmp_path):
+    (tmp_path / "tool.py").write_text("import sys\nprint('script got', sys.argv[1:])\n")
+    out = _cli(tmp_path, "run", "tool.py", "--no-debug", "--", "--help")
+    assert out.returncode == 0 and "script got ['--help']" in out.stdout and "usage:" not in out.stdout
+
+
+def test_cli_script_arguments_before_the_separator_get_a_hint(tmp_path):
+    (tmp_path / "train.py").write_text("print('never')\n")
+    message = _one_line_error(_cli(tmp_path, "run", "train.py", "--epochs", "3"))
+    assert "unrecognized arguments: --epochs 3" in message
+    assert "the script's own arguments go after --: aml-debug run [options] SCRIPT -- --epochs 3" in message
+
+
+def test_cli_a_folder_is_not_a_script_and_no_script_is_said_in_terminal_words(tmp_path):
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "train.py").write_text("print(1)\n")
+    message = _one_line_error(_cli(tmp_path, "run", "examples/"))
+    assert "examples/ is a folder, not a script" in message and "examples/train.py" in message
+    assert "not found" not in message
+    message = _one_line_error(_cli(tmp_path, "run", "--timeout", "3"))
+    assert message.startswith("aml-debug: no script to run: aml-debug run [options] SCRIPT [-- ARGS ...]")
+    assert "%%" not in message and "cell" not in message
+
+
+def test_cli_default_port_is_auto_when_5678_is_taken(tmp_path):
+    """The README's main job on a shared machine: 5678 busy (held here, or by someone else) is no error."""
+    (tmp_path / "job.py").write_text("print('ran')\n")
+    holder = socket.socket()
+    try:
+        deadline = time.monotonic() + 60  # other runs on a shared machine take 5678 for moments at a time
+        while True:
+            try:
+                holder.bind(("127.0.0.1", 5678))
+                holder.listen(1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # held by a long-lived process of someone else: the same situation
+                time.sleep(0.2)
+        out = _cli(tmp_path, "run", "job.py", "--timeout", "0")
+    finally:
+        holder.close()
+    assert out.returncode == 0, out.stderr
+    port = int(re.search(r"aml-debug: debugpy at 127\.0\.0\.1:(\d+) \(rank 0\): closed \(--timeout 0: no wait\)",
+                         out.stdout).group(1))
+    assert port != 5678 and "ran" in out.stdout
+
+
+def test_a_busy_fixed_port_names_its_holder_or_says_the_os_does_not(tmp_path):
+    from aml_magics.ports import PortBusy, choose_port
+
+    with busy_port() as port:
+        with pytest.raises(PortBusy, match=rf"port {port} on 127\.0\.0\.1 is already in use \(held by pid {os.getpid()} "):
+            choose_port("127.0.0.1", port, auto=False)
+        # Another user (nobody) asks: Linux hides whose socket it is from them.
+        python = "/usr/bin/python3"
+        if not os.access(python, os.X_OK) or os.geteuid() != 0:
+            pytest.skip("needs root and the system Python to ask as another user")
+        import psutil as psutil_module
+
+        readable = Path(tempfile.mkdtemp(prefix="aml-nobody-"))  # under /tmp: others may enter
+        try:
+            shutil.copytree(Path(psutil_module.__file__).parent, readable / "psutil")
+            shutil.copytree(REPO / "aml_magics", readable / "aml_magics",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            for path in [readable, *readable.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            code = ("from aml_magics.ports import PortBusy, choose_port\n"
+                    f"try:\n    choose_port('127.0.0.1', {port}, auto=False)\n"
+                    "except PortBusy as exc:\n    print(exc)\n")
+            out = subprocess.run([python, "-c", code], user="nobody", env={"PYTHONPATH": str(readable)}, cwd="/",
+                                 capture_output=True, text=True, timeout=60)
+        finally:
+            shutil.rmtree(readable, ignore_errors=True)
+    assert out.returncode == 0, out.stderr
+    assert f"port {port} on 127.0.0.1 is already in use (the OS does not say by which process" in out.stdout
+
+
+def _read_pty(fd: int, until, timeout: float = 60) -> str:
+    """Read the terminal's output until ``until(text)``."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the other side closed
+                break
+            if not chunk:
+                break
+            text += chunk.decode("utf-8", "replace")
+            if until(text):
+                return text
+    raise AssertionError(f"not seen in the terminal; got: {text!r}")
+
+
+def test_cli_counts_down_on_a_terminal_and_ctrl_c_cancels(tmp_path):
+    """Under a real pseudo-terminal (the CLI's controlling TTY): a live line, rewritten in place."""
+    (tmp_path / "slow.py").write_text("print('working')\n")
+    argv = [sys.executable, "-m", "aml_magics.cli", "run", "slow.py", "--port", "0", "--timeout", "120"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes aml-debug in the terminal
+        try:
+            os.chdir(tmp_path)
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)
+    try:
+        countdown = re.compile(r"\r\x1b\[Kwaiting for a debugger at 127\.0\.0\.1:(\d+) — (\d+) s left — Ctrl-C cancels")
+        text = _read_pty(fd, lambda t: len({m.group(2) for m in countdown.finditer(t)}) >= 2)
+        shown = list(countdown.finditer(text))
+        assert len({m.group(1) for m in shown}) == 1  # the same endpoint, the seconds going down
+        assert int(shown[-1].group(2)) < int(shown[0].group(2)) <= 120
+        assert f"aml-debug: debugpy listening at 127.0.0.1:{shown[0].group(1)} (rank 0)" in text
+        os.write(fd, b"\x03")  # Ctrl-C, through the terminal
+        text += _read_pty(fd, lambda t: "canceled by user after" in t and t.endswith("\n"))
+        assert re.search(r"aml-debug: run slow-1 canceled by user after \d+(\.\d)? s", text), text
+        assert "Traceback" not in text
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 130
+
+
+def test_cli_says_the_wait_in_one_plain_line_when_not_a_terminal(tmp_path):
+    (tmp_path / "quick.py").write_text("print('ran')\n")
+    out = _cli(tmp_path, "run", "quick.py", "--port", "0", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr and "\x1b" not in out.stderr
+    assert re.search(r"^aml-debug: waiting for a debugger at 127\.0\.0\.1:\d+ — 1 s to attach — Ctrl-C cancels$",
+                     out.stderr, re.M), out.stderr
+    assert "aml-debug: nobody attached in time: the debugger is off and the script runs on (--timeout 1)" in out.stderr
+    assert out.stderr.count("waiting for a debugger") == 1
 
 
 def test_cli_exit_code_follows_the_script(tmp_path):

@@ -1,11 +1,12 @@
 """Every notebook in notebooks/ executes top to bottom in a real kernel, as CI runs them.
 
-The kernel gets the widget view a Jupyter user gets (AML_MAGICS_VIEW unset), the notebooks' attach
-timeouts are shortened through the environment variable they read (AML_MAGICS_NOTEBOOK_TIMEOUT),
-and each runs in a temporary folder (its .aml_magics/, .vscode/, src/ land there, not in the
-repository). The Docker notebook uses CI's Docker engine and locally built base image; the Azure ML
-one, written for a real workspace, runs against the simulator (AML_MAGICS_AZUREML_BACKEND=simulator),
-on a network-namespace node where the machine allows it.
+The kernel gets the widget view a Jupyter user gets (AML_MAGICS_VIEW unset). CI's values (a short
+attach timeout, the locally built Docker base image, the simulator) go into each notebook's one
+tagged ``parameters`` cell the papermill way (notebook_exec.py inserts a cell after it), so a reader
+sees plain values and no CI plumbing. Each notebook runs in a temporary folder (its .aml_magics/,
+.vscode/, src/ land there, not in the repository). The Docker notebook uses CI's Docker engine and
+locally built base image; the Azure ML one, written for a real workspace, runs against the
+simulator, on a network-namespace node where the machine allows it.
 """
 
 from __future__ import annotations
@@ -28,20 +29,24 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 DOCKER_BASE = os.environ.get("AML_MAGICS_TEST_BASE", "aml-magics-test-base:bookworm-py3")
 
 # What each notebook must print (with the attach timeout at 3 s); a new notebook needs an entry.
+CI_TIMEOUT = 3  # seconds; the attach timeout every notebook's ATTACH_TIMEOUT parameter gets here
+# What each notebook must print (with the attach timeout at 3 s); a new notebook needs an entry.
 EXPECTED: dict[str, list[str]] = {
     "01-quickstart-local.ipynb": [
         r"debugpy listening at 127\.0\.0\.1:\d+",
-        r"wrote quickstart to \.vscode/launch\.json",
+        r"wrote quickstart to /\S+/\.vscode/launch\.json",
         r"Timeout for debug connection: 3",
         r"Debugger attached = False",
         r"done: w=3\.00 b=1\.00",
         r"run quickstart-1: completed",
-        r"quickstart-1\s+local\s+completed\s+127\.0\.0\.1:\d+",
+        r"quickstart-1\s+local\s+completed\s+127\.0\.0\.1:\d+ closed \(nobody attached in 3 s\)",
+        r"aml_magics: wrote guide to /\S+/\.vscode/launch\.json",
+        r"Argument 1: abc",
     ],
     "02-docker.ipynb": [
         r"debugpy listening at 127\.0\.0\.1:\d+ \(the container's port, published on loopback\)",
         r"pathMappings: \[\{'localRoot': '\$\{workspaceFolder\}/\.aml_magics/cells', 'remoteRoot': '/app'\}\]",
-        r"wrote docker-demo to \.vscode/launch\.json",
+        r"wrote docker-demo to /\S+/\.vscode/launch\.json",
         r"in the container: Python 3\.\d+\.\d+, six 1\.17\.0, cwd /app",
         r"sum of squares: 385",
         r"run docker-demo-1: completed",
@@ -52,10 +57,11 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "03-azureml-run-and-pipeline.ipynb": [
         r"dry run \(simulated Azure ML\): nothing was submitted",
-        r'arguments:\s+\["--port", "5678", "--bind", "node", "--timeout", "3", "--", "train.py", "--lr", "0.05"\]',
+        r'arguments:\s+\["--port", "5678", "--bind", "node", "--timeout", "3", "--port-auto", "--", "train.py", '
+        r'"--lr", "0.05"\]',
         r"on azureml: .*\nsimulated Azure ML",
         r"debugpy listening at (?P<node>[\d.]+):5678 on the node, working directory \S+",
-        r"wrote train to \.vscode/launch\.json",
+        r"wrote train to /\S+/\.vscode/launch\.json",
         r"run train-1: completed",
         r"Debugger attached = False",
         r"trained: lr=0\.05 w=3\.000",
@@ -65,7 +71,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "04-deployment.ipynb": [
         r"debugpy listening at 127\.0\.0\.1:\d+",
-        r"wrote linear to \.vscode/launch\.json",
+        r"wrote linear to /\S+/\.vscode/launch\.json",
         r"scoring URL: POST http://127\.0\.0\.1:\d+/score",
         r"\{'predictions': \[4\.0, 7\.0, 10\.0\]\}",
         r"\{'predictions': \[2\.5\]\}",
@@ -78,7 +84,6 @@ EXPECTED: dict[str, list[str]] = {
 def notebook_env(tmp_path: Path, monkeypatch) -> Path:
     """The kernel's environment (it inherits ours) and its working folder."""
     monkeypatch.delenv("AML_MAGICS_VIEW", raising=False)  # conftest's text view is for in-process tests
-    monkeypatch.setenv("AML_MAGICS_NOTEBOOK_TIMEOUT", "3")
     monkeypatch.setenv("AML_MAGICS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     workdir = tmp_path / "work"
@@ -86,9 +91,9 @@ def notebook_env(tmp_path: Path, monkeypatch) -> Path:
     return workdir
 
 
-def _run(name: str, workdir: Path) -> tuple[dict, str]:
+def _run(name: str, workdir: Path, **parameters) -> tuple[dict, str]:
     shutil.copy(NOTEBOOKS / name, workdir / name)
-    nb = execute(workdir / name, workdir, timeout=300)
+    nb = execute(workdir / name, workdir, timeout=300, parameters={"ATTACH_TIMEOUT": CI_TIMEOUT, **parameters})
     result = summary(nb)
     text = "\n".join(result["cells"])
     assert not error_outputs(nb), f"{name}: {error_outputs(nb)}\n{text}"
@@ -113,6 +118,33 @@ def test_notebooks_are_committed_without_outputs():
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
                 assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs"
+
+
+def test_notebooks_keep_their_parameters_in_one_cell_and_no_ci_plumbing():
+    """A reader sees plain values; what CI changes is declared in one tagged cell (papermill's way)."""
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = json.loads(path.read_text())
+        code = ["".join(cell["source"]) for cell in nb["cells"] if cell["cell_type"] == "code"]
+        tagged = [cell for cell in nb["cells"] if "parameters" in cell["metadata"].get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged parameters"
+        assert "ATTACH_TIMEOUT = " in "".join(tagged[0]["source"]), path.name
+        for source in code:
+            assert "AML_MAGICS_NOTEBOOK" not in source and "os.environ.get" not in source, f"{path.name}: {source}"
+            assert "AML_MAGICS_COMPUTE" not in source and "--port auto" not in source, f"{path.name}: {source}"
+
+
+def test_injected_parameters_follow_the_parameters_cell(tmp_path: Path):
+    import nbformat
+    from notebook_exec import inject_parameters
+
+    nb = nbformat.read(NOTEBOOKS / "02-docker.ipynb", as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    inject_parameters(nb, {"ATTACH_TIMEOUT": 3, "BASE_IMAGE": "local:base"})
+    injected = nb.cells[index + 1]
+    assert injected.metadata["tags"] == ["injected-parameters"]
+    assert injected.source == "# Injected parameters\nATTACH_TIMEOUT = 3\nBASE_IMAGE = 'local:base'\n"
+    with pytest.raises(ValueError, match="not parameters of this notebook: TIMEOUT"):
+        inject_parameters(nb, {"TIMEOUT": 3})
 
 
 def test_quickstart_notebook(notebook_env: Path):
@@ -146,8 +178,7 @@ def test_docker_notebook(notebook_env: Path, monkeypatch):
         if os.environ.get("AML_MAGICS_REQUIRE_DOCKER"):
             pytest.fail(problem)
         pytest.skip(problem)
-    monkeypatch.setenv("AML_MAGICS_NOTEBOOK_BASE_IMAGE", DOCKER_BASE)  # the notebook's default needs a registry
-    _, text = _run("02-docker.ipynb", notebook_env)
+    _, text = _run("02-docker.ipynb", notebook_env, BASE_IMAGE=DOCKER_BASE)  # its default needs a registry
     port = int(re.search(r"debugpy listening at 127\.0\.0\.1:(\d+)", text).group(1))
     config = _launch_config(notebook_env, "docker-demo")
     assert config["connect"] == {"host": "127.0.0.1", "port": port}
@@ -168,11 +199,13 @@ def node_namespace():
 def test_azureml_notebook_against_the_simulator(notebook_env: Path, monkeypatch, node_namespace, tmp_path: Path):
     pytest.importorskip("azureml.pipeline.steps", reason="azureml-pipeline-steps is not installed "
                         "(pip install 'aml-magics[azureml]')")
-    from azureml_support import use_simulator, write_workspace_config
+    from azureml_support import use_simulator
 
     use_simulator(monkeypatch, tmp_path / "sim", netns=node_namespace.name if node_namespace else "")
-    write_workspace_config(notebook_env)  # what a user downloads from the portal into .azureml/
-    _, text = _run("03-azureml-run-and-pipeline.ipynb", notebook_env)
+    monkeypatch.delenv("AML_MAGICS_AZUREML_BACKEND")  # the notebook's SIMULATOR parameter switches it on
+    # No workspace config: as a demo user without a subscription, the notebook makes one up.
+    _, text = _run("03-azureml-run-and-pipeline.ipynb", notebook_env, SIMULATOR=True)
+    assert json.loads((notebook_env / ".azureml" / "config.json").read_text())["workspace_name"] == "demo"
     node = node_namespace.node_address if node_namespace else "127.0.0.1"
     assert re.search(r"debugpy listening at (\S+):5678 on the node", text).group(1) == node
     assert re.search(r"step train: debugpy listening at (\S+):5678", text).group(1) == node

@@ -75,10 +75,10 @@ def test_config_values_are_checked_like_flags(shell, caplog, line, message):
     assert [r.getMessage() for r in caplog.records if message in r.getMessage()], caplog.text
     assert all("\n" not in r.getMessage() for r in caplog.records)
     magics = shell.magics_manager.registry["AmlDebugMagics"]
-    assert magics.port == 5678 and magics.timeout == 300.0 and magics.bind is None  # unchanged
+    assert magics.port == "auto" and magics.timeout == 300.0 and magics.bind is None  # unchanged
     shell.run_line_magic("unload_ext", "aml_magics")
     shell.run_line_magic("load_ext", "aml_magics")  # the stored bad value does not break a reload
-    assert shell.magics_manager.registry["AmlDebugMagics"].port == 5678
+    assert shell.magics_manager.registry["AmlDebugMagics"].port == "auto"
 
 
 def test_config_port_auto_and_write_target(shell, workdir):
@@ -91,5 +91,5 @@ def test_config_port_auto_and_write_target(shell, workdir):
         assert run.state == "completed"
         assert run.launch_json_path == workdir / "conf" / "launch.json"  # what the panel's Write button writes
     finally:
-        shell.run_line_magic("config", "AmlDebugMagics.port = 5678")
+        shell.run_line_magic("config", "AmlDebugMagics.port = 'auto'")
         shell.run_line_magic("config", "AmlDebugMagics.launch_json = None")

@@ -4,7 +4,8 @@ Stdlib only: whether a library is installed is found without importing it, so lo
 the extension never imports either SDK.
 
 - ``--sdk v1|v2``, else ``%config AmlDebugMagics.azureml_sdk``, else ``AML_MAGICS_AZUREML_SDK``;
-- else the one SDK that is installed; with both, v1 (what the target did before v2 existed);
+- else the one SDK that is installed; with both, v2 (azureml-core, SDK v1, reached end of support
+  on 2026-06-30; ``--sdk v1`` still selects it);
 - with none, one line naming both extras.
 """
 
@@ -55,10 +56,10 @@ def choose_sdk(option: str | None = None) -> str:
         if not have[sdk]:
             raise TargetError(MISSING_V1 if sdk == "v1" else MISSING_V2)
         return sdk
-    if have["v1"]:
-        return "v1"
     if have["v2"]:
         return "v2"
+    if have["v1"]:
+        return "v1"
     raise TargetError(MISSING_BOTH)
 
 

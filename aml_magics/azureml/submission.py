@@ -194,9 +194,8 @@ def conda_packages(environment: Any) -> list[str]:
 
 
 def port_notes(spec: RunSpec, port: int) -> list[str]:
-    """A remote run's note on ``--port auto`` (none without it)."""
-    if spec.debug.port_auto:
-        return [f"--port auto: a remote node's ports are its own; port {port} is used as given"]
+    """A remote run's note on its port: none. ``--port auto`` (the default) travels to the node's
+    bootstrap (``--port-auto``), which takes ``port`` or the next free one there and reports it."""
     return []
 
 

@@ -229,7 +229,7 @@ OPTIONS = (
            help="azureml: an existing/curated Azure ML environment to use, with debugpy added"),
     option("--sdk", choices=("v1", "v2"), default=None,
            help="azureml: submit with azureml-core (v1) or azure-ai-ml (v2); default: %%config "
-                "AmlDebugMagics.azureml_sdk, else the one installed (v1 when both are)"),
+                "AmlDebugMagics.azureml_sdk, else the one installed (v2 when both are)"),
     option("--subscription", default=None, help="azureml: subscription id (with --resource-group, --workspace)"),
     option("--resource-group", default=None, help="azureml: resource group of the workspace"),
     option("--workspace", default=None, help="azureml: workspace name (instead of a config.json)"),

@@ -1,12 +1,24 @@
-"""Plain-text view: the same facts as the widget, for terminals, the CLI and nbconvert."""
+"""Plain-text view: the same facts as the widget, for terminals, the CLI and nbconvert.
+
+Also the words both views use, so they say the same thing: a state's label, what an endpoint
+is *now* (listening with the seconds left, attached, or closed and why: a debugger that is not
+there any more is never shown as listening), how to attach, and a distributed run's ranks
+grouped by node.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from .. import launch
+from ..failure import user_lines
 
 if TYPE_CHECKING:
-    from ..run import DebugRun
+    from ..protocol import Endpoint
+    from ..run import DebugRun, RankStatus
 
 STATE_LABELS = {
     "preparing": "preparing",
@@ -22,19 +34,32 @@ STATE_LABELS = {
     "failed": "failed",
     "canceled": "canceled",
 }
+LISTENING, ATTACHED, CLOSED = "listening", "attached", "closed"
+
+
+def state_detail(run: "DebugRun") -> str:
+    """What goes beside the state badge: why it failed or crashed, when it was canceled (the seconds
+    left to attach are the endpoint's, beside it)."""
+    if run.state in ("failed", "crashed_waiting_for_debugger", "canceled") and run.detail:
+        return run.detail
+    return ""
 
 
 def state_label(run: "DebugRun") -> str:
+    """``waiting for debugger (27s left to attach)``, ``failed: KeyError: 'b' (exit code 1)``,
+    ``canceled by user after 3.2 s``."""
     label = STATE_LABELS.get(run.state, run.state)
     left = run.seconds_left_to_attach()
     if left is not None:
         label += f" ({left:.0f}s left to attach)"
+    if run.state == "canceled" and run.detail:
+        return run.detail if run.detail.startswith("canceled") else f"{label}: {run.detail}"
     if run.state in ("failed", "crashed_waiting_for_debugger") and run.detail:
         label += f": {run.detail}"
     return label
 
 
-def rank_state_label(status) -> str:
+def rank_state_label(status: "RankStatus") -> str:
     """One rank's state (a RankStatus), with what it crashed with or waits at."""
     label = STATE_LABELS.get(status.state, status.state)
     detail = status.detail
@@ -43,13 +68,121 @@ def rank_state_label(status) -> str:
     return label
 
 
-def rank_address(run: "DebugRun", status) -> str:
-    """Where a rank's debugger listens, or why it has none."""
+# -- endpoints: what is true now --------------------------------------------------------------------
+
+
+class EndpointNow(NamedTuple):
+    kind: str  # listening | attached | closed
+    words: str  # "listening, 27 s left", "closed (nobody attached in 30 s)"
+
+
+def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
+    """What a rank's debugger endpoint is now: listening (with the seconds left), attached, closed."""
+    if not run.done:
+        if status.state in ("waiting_for_debugger", "crashed_waiting_for_debugger"):
+            left = run.seconds_left_to_attach()
+            return EndpointNow(LISTENING, f"listening, {left:.0f} s left" if left is not None else "listening")
+        if status.state == "attached":
+            return EndpointNow(ATTACHED, "attached")
+        return EndpointNow(CLOSED, _nobody_came(run))
+    if run.world_size == 1 and run.attached is False:
+        return EndpointNow(CLOSED, _nobody_came(run))
+    return EndpointNow(CLOSED, "closed (run ended)" if run.state != "canceled" else "closed (run canceled)")
+
+
+def _nobody_came(run: "DebugRun") -> str:
+    timeout = run.spec.debug.timeout
+    return "closed (--timeout 0: no wait)" if timeout == 0 else f"closed (nobody attached in {timeout:g} s)"
+
+
+def listening_endpoints(run: "DebugRun") -> list["Endpoint"]:
+    return [s.endpoint for s in run.ranks if s.endpoint is not None and endpoint_now(run, s).kind == LISTENING]
+
+
+def can_attach(run: "DebugRun") -> bool:
+    """Whether a client could attach now (what Copy/Write are for)."""
+    return bool(listening_endpoints(run))
+
+
+def rank_address(run: "DebugRun", status: "RankStatus") -> str:
+    """Where a rank's debugger listens (``(closed)`` once it does not), or why it has none."""
     if status.endpoint is not None:
-        return status.endpoint.address
+        closed = endpoint_now(run, status).kind == CLOSED
+        return status.endpoint.address + (" (closed)" if closed else "")
     if not run.spec.debug.debugs_rank(status.rank):
         return "no debugger"
     return "not known yet"
+
+
+def node_host(endpoint: "Endpoint") -> str:
+    """The address of the machine a debugger runs on (its far side when reached through a tunnel)."""
+    far = getattr(endpoint, "node_address", None)
+    return far.rsplit(":", 1)[0] if far else endpoint.host
+
+
+def by_node(run: "DebugRun") -> list[tuple[int, str, list["RankStatus"]]]:
+    """The ranks grouped by node: (node index, the node's address or "", its ranks)."""
+    nodes: dict[int, list[RankStatus]] = {}
+    for status in run.ranks:
+        nodes.setdefault(run.spec.distributed.placement(status.rank)[0], []).append(status)
+    return [(node, next((node_host(s.endpoint) for s in ranks if s.endpoint is not None), ""), ranks)
+            for node, ranks in sorted(nodes.items())]
+
+
+def endpoint_summary(run: "DebugRun") -> list[str]:
+    """One line per node (one line for a single process): where and what each debugger is now;
+    for ``%aml_runs``."""
+    if not run.spec.debug.enabled:
+        return ["debugger off"]
+    ranks = run.ranks
+    if len(ranks) <= 1:
+        status = ranks[0] if ranks else None
+        if status is None or status.endpoint is None:
+            return ["-"]
+        return [f"{status.endpoint.address} {endpoint_now(run, status).words}"]
+    lines = []
+    for node, host, statuses in by_node(run):
+        parts = [f"rank {s.rank} " + (f"{s.endpoint.address} {endpoint_now(run, s).words}" if s.endpoint is not None
+                                      else rank_address(run, s)) for s in statuses]
+        lines.append(f"node {node}" + (f" {host}" if host else "") + ": " + "; ".join(parts))
+    return lines
+
+
+# -- how to attach ---------------------------------------------------------------------------------
+
+
+def attach_hint(run: "DebugRun") -> str:
+    """``open .aml_magics/cells/quickstart.py in VS Code, Run and Debug → "quickstart" → F5``."""
+    endpoints = run.endpoints
+    if not endpoints:
+        return ""
+    name = run.config_name(endpoints[0]) if len(endpoints) == 1 else f"{run.name} (all ranks)"
+    return f'open {file_to_open(run)} in VS Code, Run and Debug → "{name}" → F5'
+
+
+def workspace_of(run: "DebugRun") -> Path:
+    """The folder VS Code opens for this run: the one of the launch.json Write writes (--launch-json,
+    else the workspace root's), so a copied configuration and a written one are the same."""
+    return launch.workspace_folder_for(run.launch_json_path or launch.default_launch_json(Path.cwd()))
+
+
+def shown_launch_json(run: "DebugRun") -> dict:
+    """The launch.json fragment as the views show it (paths relative to :func:`workspace_of`)."""
+    return run.launch_json(workspace_of(run))
+
+
+def file_to_open(run: "DebugRun") -> str:
+    """The file to set breakpoints in (the cell's file, the script, score.py), relative to the
+    folder VS Code opens (the launch.json's workspace) when inside it."""
+    path = Path(getattr(run, "score_path", None) or run.spec.mapped_local_root / run.spec.script)
+    workspace = workspace_of(run)
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(workspace))
+    except ValueError:
+        return str(path)
+
+
+# -- the view --------------------------------------------------------------------------------------
 
 
 def render_text(run: "DebugRun", log_lines: int = 0) -> str:
@@ -58,19 +191,24 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
         lines.append(run.description)
     for facet in run.facets:  # e.g. a deployment's scoring URI
         lines.extend(facet.text_lines())
-    endpoints = run.endpoints
-    for endpoint in endpoints:
-        rank = f" rank {endpoint.rank}" if len(endpoints) > 1 else ""
-        lines.append(f"debugpy listening{rank} at {endpoint.address}")
     ranks = run.ranks
     if len(ranks) > 1:
         lines.append("ranks:")
-        lines.extend(f"  rank {s.rank}: {rank_address(run, s)} — {rank_state_label(s)}" for s in ranks)
-    if endpoints:
-        lines.append("launch.json:")
-        lines.append(json.dumps(run.launch_json(), indent=4))
+        grouped = by_node(run)
+        for node, host, statuses in grouped:
+            indent = "  "
+            if len(grouped) > 1:
+                lines.append(f"  node {node}" + (f" ({host}):" if host else ":"))
+                indent = "    "
+            lines.extend(f"{indent}rank {s.rank}: {rank_address(run, s)} — {rank_state_label(s)}" for s in statuses)
+    elif ranks and ranks[0].endpoint is not None:
+        lines.append(f"debugpy at {ranks[0].endpoint.address}: {endpoint_now(run, ranks[0]).words}")
     elif not run.spec.debug.enabled:
         lines.append("debugger off (--no-debug)")
+    if can_attach(run):
+        lines.append(attach_hint(run))
+        lines.append("launch.json:")
+        lines.append(json.dumps(shown_launch_json(run), indent=4))
     if log_lines:
-        lines.extend(run.log_tail(log_lines))
+        lines.extend(user_lines(run.log_tail(log_lines)))
     return "\n".join(lines)
