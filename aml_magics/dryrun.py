@@ -7,8 +7,10 @@ nothing is contacted, no cell is written into the user's folder.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .errors import OptionsError, TargetError
+from .invocation import redact_credentials
 from .options import RunRequest, check_syntax
 from .targets import make_target
 
@@ -28,9 +30,20 @@ def plan(request: RunRequest) -> Plan:
                                "it is for --target azureml")
         if request.cell is not None and request.cell_file is not None:
             check_syntax(request.cell, str(request.cell_file))
-        return Plan(target.plan(request.spec, cell=request.cell))
+        return Plan(_redacted(target.plan(request.spec, cell=request.cell)))
     except TargetError as exc:
         raise OptionsError(str(exc)) from None
+
+
+def _redacted(value: Any) -> Any:
+    """The plan as shown: credentials in a URL (a --pip index, a requirement) hidden."""
+    if isinstance(value, str):
+        return redact_credentials(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def format_text(data: dict) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,3 +193,22 @@ class OwnerPipe:
         if self._write_fd >= 0:
             os.close(self._write_fd)
             self._write_fd = -1
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^\s/@:]*)(?::(?P<password>[^\s/@]*))?@")
+
+
+def redact_credentials(text: str) -> str:
+    """Credentials in URLs hidden as pip hides them: ``user:TOKEN@`` → ``user:****@``, ``TOKEN@`` → ``****@``
+    (an ssh user name such as ``git@`` is not a secret)."""
+    def hide(match: re.Match[str]) -> str:
+        scheme, user, password = match.group("scheme"), match.group("user"), match.group("password")
+        if password is not None:
+            return f"{scheme}{user}:****@"
+        if "ssh" in scheme.lower():
+            return match.group(0)
+        return f"{scheme}****@"
+
+    return _CREDENTIALS.sub(hide, text)
+
+

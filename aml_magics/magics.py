@@ -187,17 +187,23 @@ class AmlDebugMagics(Magics):
 
     @line_magic
     def aml_launch_json(self, line: str) -> dict | None:
-        """Show a run's launch.json fragment, or merge it: %aml_launch_json RUN [--write PATH]"""
+        """Show a run's launch.json fragment, or merge it: %aml_launch_json RUN [--write [PATH]]
+        (PATH: default the run's --launch-json, %config AmlDebugMagics.launch_json, else the workspace
+        root's .vscode/launch.json — where the panel's Write button writes)"""
+        usage = "usage: %aml_launch_json RUN [--write [PATH]]"
         argv = _split(line)
         if not argv:
-            raise UsageError("usage: %aml_launch_json RUN [--write PATH]")
+            raise UsageError(usage)
         run = self._find(argv[0])
         rest = argv[1:]
-        if rest and (rest[0] != "--write" or len(rest) != 2):
-            raise UsageError("usage: %aml_launch_json RUN [--write PATH]")
+        if rest and (rest[0] != "--write" or len(rest) > 2):
+            raise UsageError(usage)
         try:
             if rest:
-                result = run.write_launch_json(Path(rest[1]))
+                target = Path(rest[1]) if len(rest) == 2 else run.launch_json_path
+                if target is None:
+                    raise UsageError(f"{usage}: run {run.id} has no default launch.json path; give PATH")
+                result = run.write_launch_json(target)
                 names = ", ".join(result.added + result.replaced)
                 print(f"wrote {names} to {result.path}" + (f" (backup: {result.backup})" if result.backup else ""))
                 return None

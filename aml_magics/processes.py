@@ -16,11 +16,28 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 import psutil
+
+# Run in front of a program that cannot watch an owner pipe itself (pip): it takes the kernel's
+# parent-death signal and ends its whole process group (the program and what it started, e.g.
+# pip's build backends) when the owner is gone; it does not start the program if it already is.
+_DIE_WITH_OWNER = """
+import ctypes, os, signal, subprocess, sys
+def end(*_):
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, end)
+signal.signal(signal.SIGINT, lambda *_: None)  # the group's SIGINT reaches the program itself
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    end()
+code = subprocess.Popen(sys.argv[2:]).wait()
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
 _live: set[ProcessGroup] = set()
 _live_lock = threading.Lock()
@@ -31,11 +48,16 @@ class ProcessGroup:
 
     def __init__(self, argv: Sequence[str], cwd: str | os.PathLike | None = None,
                  env: Mapping[str, str] | None = None, *, stdout: int | IO[Any] | None = subprocess.PIPE,
-                 pass_fds: Sequence[int] = (), text: bool = True) -> None:
+                 pass_fds: Sequence[int] = (), text: bool = True, die_with_owner: bool = False) -> None:
+        """``die_with_owner``: the process gets the kernel's parent-death signal (SIGKILL when the
+        thread that started it, and so the owner, is gone) — for a program that cannot watch an owner
+        pipe itself (pip). The bootstrap watches its owner on its own."""
         self.argv = list(argv)
+        if die_with_owner and sys.platform.startswith("linux"):
+            argv = [sys.executable, "-c", _DIE_WITH_OWNER, str(os.getpid()), *self.argv]
         options: dict[str, Any] = {"bufsize": 1, "text": True, "encoding": "utf-8", "errors": "replace"} if text else {}
         self.process: subprocess.Popen[Any] = subprocess.Popen(  # type: ignore[call-overload]
-            self.argv,
+            list(argv),
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,

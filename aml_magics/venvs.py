@@ -104,7 +104,7 @@ def _streamer(scope: RunScope | None) -> Callable[[list[str], Log], int]:
     def stream(argv: list[str], log: Log) -> int:
         if scope is not None:
             scope.token.raise_if_canceled()
-        group = ProcessGroup(argv, text=False)
+        group = ProcessGroup(argv, text=False, die_with_owner=True)
         stop = scope.token.on_cancel(group.stop) if scope is not None else None
         try:
             assert group.process.stdout is not None

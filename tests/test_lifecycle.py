@@ -238,3 +238,35 @@ def test_twenty_concurrent_runs_with_port_auto(workdir):
     endpoints = [run.wait_for_endpoint(60) for run in runs]
     assert len({e.port for e in endpoints}) == 20
     assert [run.wait(120) for run in runs] == ["completed"] * 20
+
+
+# -- a build whose owner dies ---------------------------------------------------------------------------
+
+OWNER = textwrap.dedent("""
+    import sys, time
+    import aml_magics
+    run = aml_magics.submit(code="print('never')\\n", name="orphanbuild", pip=[sys.argv[1]], port=0, timeout=0)
+    time.sleep(600)
+""")
+
+
+def test_a_build_ends_when_its_owner_is_killed(workdir):
+    """pip cannot watch an owner pipe: it runs under a parent-death guard that ends its whole group
+    (pip and the build backend it started) when the owner is gone."""
+    from test_structure import BACKEND, PYPROJECT
+
+    package = workdir / "slowpkg"
+    package.mkdir()
+    (package / "slow_backend.py").write_text(BACKEND)
+    (package / "pyproject.toml").write_text(PYPROJECT)
+    env = {**os.environ, "PYTHONPATH": str(Path(aml_magics.__file__).parent.parent)}
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(package)], cwd=workdir, env=env,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: (package / "started").exists(), 120, "the build backend to start")
+        build = [p for p in psutil.Process(owner.pid).children(recursive=True)]
+        assert build, "pip and its backend run below the owner"
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+    wait_for(lambda: not any(alive(p.pid) for p in build), 5, "the build's processes to end with their owner")

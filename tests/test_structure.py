@@ -93,3 +93,23 @@ def test_config_port_auto_and_write_target(shell, workdir):
     finally:
         shell.run_line_magic("config", "AmlDebugMagics.port = 'auto'")
         shell.run_line_magic("config", "AmlDebugMagics.launch_json = None")
+
+
+def test_launch_json_write_defaults_to_the_runs_path(shell, workdir):
+    (workdir / ".git").mkdir()  # a repository: the workspace root is here
+    (workdir / "notebooks").mkdir()
+    import os
+
+    os.chdir(workdir / "notebooks")
+    run = shell.run_cell_magic("aml_debug_run", "--port 0 --timeout 0 --wait --name w", "print('hi')\n")
+    shell.run_line_magic("aml_launch_json", f"{run.id} --write")
+    written = workdir / ".vscode" / "launch.json"  # the workspace root, not the kernel's folder
+    assert written.is_file() and '"name": "w"' in written.read_text()
+
+
+def test_deployment_options_reach_docker_only(shell, workdir):
+    from IPython.core.error import UsageError
+
+    (workdir / "score.py").write_text("def init():\n    pass\ndef run(raw):\n    return raw\n")
+    with pytest.raises(UsageError, match="--container-user: for --target docker"):
+        shell.run_line_magic("aml_debug_deploy", "--container-user root score.py")

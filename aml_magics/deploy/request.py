@@ -46,6 +46,7 @@ from ..protocol import MarkerReader
 from ..run import FAILED
 from ..spec import EnvironmentSpec
 from ..target_base import option
+from ..targets import target_info
 from .handle import SERVING, DebugDeployment
 from .target import TARGET_KEY, container_args, model_dir_in_container
 
@@ -55,6 +56,8 @@ SERVER_MODULE = "azureml_inference_server_http"
 DEPLOY_TARGETS = ("local", "docker")
 LOOPBACK = "127.0.0.1"
 DEFAULT_NAME = "score"
+# The docker target's own options a deployment in docker takes.
+DOCKER_OPTIONS = ("container_user", "mount_any_dir")
 # The run options a deployment takes (the rest make no sense for a server).
 RUN_OPTIONS = ("target", "name", "port", "bind", "timeout", "no_debug", "wait", "launch_json", "source_dir", "script",
                "pip", "requirements", "env_var", "base_image", "insecure", "reattach")
@@ -79,6 +82,7 @@ def make_deploy_parser(prog: str) -> _Parser:
                                  "and debugpy listening.")
     add_options(parser, [o for o in COMMON_OPTIONS if o.dest in RUN_OPTIONS])
     add_options(parser, DEPLOY_OPTIONS)
+    add_options(parser, [o for o in target_info("docker").options if o.dest in DOCKER_OPTIONS])
     parser.add_argument("script_path", nargs="?", default=None, metavar="SCORE_PY")
     # The run options a server does not take, at their "not given" values.
     parser.set_defaults(args=None, script_args=[], stop_on_entry=False, local_root=None, conda=None)
@@ -112,7 +116,8 @@ def build_deploy_request(ns: argparse.Namespace, cell: str | None, defaults: Def
         args = container_args(request.spec.script)
         request.target = TARGET_KEY
         request.target_options = {"model_dir": str(model_dir) if model_dir else None, "http_port": http_port or None,
-                                  "image": ns.image or None}
+                                  "image": ns.image or None,
+                                  **{k: getattr(ns, k) for k in DOCKER_OPTIONS if getattr(ns, k, None)}}
     else:
         args = ("--entry-script", str(score_path), "--host", http_bind, "--http-port", str(http_port))
     request.spec = replace(request.spec, script=str(SERVER_SCRIPT), args=args, environment=environment)
@@ -149,8 +154,11 @@ def _check_docker_only(ns: argparse.Namespace, in_docker: bool) -> None:
     if in_docker and ns.http_bind:
         raise OptionsError("--http-bind is for --target local; in docker the scoring port is published "
                            "on 127.0.0.1 only")
-    if not in_docker and ns.base_image:
-        raise OptionsError("--base-image is for --target docker")
+    if not in_docker:
+        given = [flag for flag, value in (("--base-image", ns.base_image), ("--container-user", ns.container_user),
+                                          ("--mount-any-dir", ns.mount_any_dir)) if value]
+        if given:
+            raise OptionsError(f"{' and '.join(given)}: for --target docker")
 
 
 def _model_dir(ns: argparse.Namespace, cwd: Path) -> Path | None:

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .. import venvs
+from ..invocation import redact_credentials as redact
 from ..spec import EnvironmentSpec
 from .client import (
     BOOTSTRAP,
@@ -44,7 +45,6 @@ RECIPE_VERSION = "2"  # bump when the Dockerfile below changes meaning
 BUILD_LABEL = f"{LABEL}.build"  # one build's id: its intermediate images are found (and removed) by it
 # Options a --pip value or a requirements line may carry that only the host's pip download uses.
 HOST_ONLY_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--trusted-host", "--no-index")
-_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^\s/@:]*)(?::(?P<password>[^\s/@]*))?@")
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://\S+")
 
 
@@ -60,20 +60,6 @@ def canonical(env: EnvironmentSpec) -> EnvironmentSpec:
 def image_tag(env: EnvironmentSpec, base: str, base_id: str) -> str:
     key = canonical(env).fingerprint(base, base_id, venvs.debugpy_requirement(), bootstrap_hash(), RECIPE_VERSION)
     return f"{IMAGE_REPO}:{key}"
-
-
-def redact(text: str) -> str:
-    """Credentials in URLs hidden as pip hides them: ``user:TOKEN@`` → ``user:****@``, ``TOKEN@`` → ``****@``
-    (an ssh user name such as ``git@`` is not a secret)."""
-    def hide(match: re.Match[str]) -> str:
-        scheme, user, password = match.group("scheme"), match.group("user"), match.group("password")
-        if password is not None:
-            return f"{scheme}{user}:****@"
-        if "ssh" in scheme.lower():
-            return match.group(0)
-        return f"{scheme}****@"
-
-    return _CREDENTIALS.sub(hide, text)
 
 
 def has_credentials(env: EnvironmentSpec) -> str | None:

@@ -60,7 +60,7 @@ def download_wheels(env: EnvironmentSpec, python: ImagePython, dest: Path, log: 
         argv += ["-r", str(req)]
     log("aml_magics: resolving wheels on the host for Python {}.{} ({}): pip download ...".format(
         *python.version, python.platforms()[0]))
-    group = ProcessGroup(argv, text=False)
+    group = ProcessGroup(argv, text=False, die_with_owner=True)
     stop = cancel_token.on_cancel(group.stop) if cancel_token is not None else None
     tail: list[str] = []
     try:
