@@ -435,12 +435,32 @@ def relay_context(tunnel: dict) -> tuple[ssl.SSLContext, bytes]:
     return context, ssl.PEM_cert_to_DER_cert(tunnel["peer"])
 
 
+def low_latency(sock: socket.socket) -> None:
+    """No Nagle delay on what we send (DAP messages are small and come in pairs: header, body)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def _quick_ack(sock: socket.socket) -> None:
+    """Acknowledge at once (Linux): debugpy writes a message's header and body separately without
+    TCP_NODELAY, so a delayed ACK here would hold its body back 40 ms on every message."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None and not isinstance(sock, ssl.SSLSocket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:
+            pass
+
+
 def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
     """Copy bytes both ways until either side closes. One thread, non-blocking sockets: a TLS
     socket is never read and written from two threads at once, and a TLS record that carries no
     data (a session ticket) never blocks the other direction."""
     for sock in (a, b):
         sock.setblocking(False)
+        low_latency(sock)
     pair = [a, b]
     while True:
         ready: list[socket.socket] = [s for s in pair if isinstance(s, ssl.SSLSocket) and s.pending()]
@@ -449,6 +469,7 @@ def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
         for source in ready:
             try:
                 data = source.recv(chunk)
+                _quick_ack(source)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 continue
             except (OSError, ValueError):

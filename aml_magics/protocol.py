@@ -137,18 +137,24 @@ class DetachedMarker(Marker):
 
 
 @dataclass(frozen=True)
-class PostMortemMarker(Marker):
-    kind: ClassVar[str] = "POST_MORTEM"
+class WindowMarker(Marker):
+    """A new attach window the run opened (after a crash, at a breakpoint()): where, until when."""
+
     host: str | None = None
     port: int | None = None
     attached: bool = False
     timeout: float | None = None
     deadline: float | None = None
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class PostMortemMarker(WindowMarker):
+    kind: ClassVar[str] = "POST_MORTEM"
     type: str = "exception"
     module: str = ""
     message: str = ""
-    file: str | None = None
-    line: int | None = None
 
     @property
     def what(self) -> str:
@@ -156,16 +162,9 @@ class PostMortemMarker(Marker):
 
 
 @dataclass(frozen=True)
-class BreakpointMarker(Marker):
+class BreakpointMarker(WindowMarker):
     kind: ClassVar[str] = "BREAKPOINT"
-    host: str | None = None
-    port: int | None = None
-    attached: bool = False
-    file: str | None = None
-    line: int | None = None
     function: str | None = None
-    timeout: float | None = None
-    deadline: float | None = None
 
 
 @dataclass(frozen=True)

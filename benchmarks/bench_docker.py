@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("AML_MAGICS_VIEW", "text")
 
+from aml_magics import images  # noqa: E402
 from aml_magics.spec import EnvironmentSpec  # noqa: E402
-from aml_magics.targets import docker_images as images  # noqa: E402
 
 READY = "accepting incoming client connections"
 

@@ -81,8 +81,8 @@ def main() -> None:
 
         tunnel_stop, direct_stop = paired(repeat, lambda: measure(False), lambda: measure(True))
         rows = [
-            ("DAP request round trip: through the TLS tunnel vs `--insecure` direct (s)",
-             statistics.median(trips[False]), statistics.median(trips[True])),
+            ("DAP request round trip: through the TLS tunnel vs `--insecure` direct (ms)",
+             1000 * statistics.median(trips[False]), 1000 * statistics.median(trips[True])),
             ("submit → stopped at a breakpoint: tunnel vs `--insecure` (s)", tunnel_stop, direct_stop),
         ]
         print_rows(rows)

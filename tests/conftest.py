@@ -161,3 +161,35 @@ def no_container_left(engine):
         except docker.errors.NotFound:
             pass
     assert not left, f"containers left behind: {[c.id[:12] for c in left]}"
+
+
+# -- the simulated Azure ML node, and a real Jupyter kernel ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node_namespace():
+    """A network-namespace node with its own address for the simulated Azure ML (None: loopback)."""
+    pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
+    from azureml_support import namespace_or_loopback
+
+    yield from namespace_or_loopback()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with a workspace config, the simulator on."""
+    from azureml_support import setup_project
+
+    return setup_project(tmp_path, monkeypatch)
+
+
+def start_kernel(cwd: Path):
+    """A real ipykernel (the widget front end, not conftest's text view): (manager, client)."""
+    jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client comes with ipykernel ([test] extra)")
+    env = {k: v for k, v in os.environ.items() if k != "AML_MAGICS_VIEW"}
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(cwd), env=env)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc

@@ -12,7 +12,7 @@ pytest.importorskip("azureml.pipeline.steps", reason="azureml-pipeline-steps is 
 
 from azureml.pipeline.core import PipelineData, PipelineParameter  # noqa: E402
 from azureml.pipeline.steps import PythonScriptStep  # noqa: E402
-from azureml_support import namespace_or_loopback, use_simulator, wait_for, write_workspace_config  # noqa: E402
+from azureml_support import use_simulator, wait_for, write_workspace_config  # noqa: E402
 
 from aml_magics import debug_pipeline  # noqa: E402
 from aml_magics.azureml.simulator import get_simulator  # noqa: E402
@@ -21,10 +21,6 @@ from aml_magics.testing.dap import attach_with_launch_config  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
-
-@pytest.fixture(scope="module")
-def node_namespace():
-    yield from namespace_or_loopback()
 
 TRAIN = """\
 import argparse, os

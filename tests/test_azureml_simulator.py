@@ -20,8 +20,6 @@ from azureml_support import (  # noqa: E402
     SCRIPT,
     assert_completed_history,
     debug_to_the_end,
-    namespace_or_loopback,
-    setup_project,
     use_simulated_node,
     use_simulator,
     wait_for,
@@ -36,14 +34,6 @@ from aml_magics.azureml.simulator import get_simulator  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def node_namespace():
-    yield from namespace_or_loopback()
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    return setup_project(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("layout", ["user_logs", "driver"])

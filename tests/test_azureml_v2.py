@@ -30,8 +30,6 @@ from azureml_support import (  # noqa: E402
     assert_completed_history,
     debug_to_the_end,
     full_spec,
-    namespace_or_loopback,
-    setup_project,
     train_spec,
     use_simulated_node,
     use_simulator,
@@ -388,14 +386,6 @@ def test_compute_instance_workspace_without_subscription_needs_ids(tmp_path, mon
 # -- against the simulated v2 control plane ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node_namespace():
-    yield from namespace_or_loopback()
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    return setup_project(tmp_path, monkeypatch)
 
 
 def _last_job():

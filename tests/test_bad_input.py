@@ -29,6 +29,12 @@ def no_new_runs():
         ("--script ../escape.py", "must be a relative path inside the source dir"),
         ("--requirements missing.txt", "cannot read --requirements"),
         ("--args 'unbalanced", "cannot parse options"),
+        ("--timeout 1e12", "--timeout must be 0 or a positive number of seconds up to 604800"),
+        ("--post-mortem --post-mortem-timeout inf", "--post-mortem-timeout must be 0 or a positive number"),
+        ("--name ''", "--name '': use letters"),
+        ("--local-root nowhere", "nowhere: no such folder"),
+        ("--bind ::1", "--bind ::1: IPv6 is not supported"),
+        ("--bind not-an-address", "expected an IPv4 address"),
     ],
 )
 def test_option_errors(shell, workdir, no_new_runs, line, message):

@@ -129,21 +129,6 @@ def test_docker_one_client_rule_names_the_holder(engine, workdir, no_container_l
 
 
 # -- the simulated Azure ML node -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def node_namespace():
-    pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
-    from azureml_support import namespace_or_loopback
-
-    yield from namespace_or_loopback()
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    from azureml_support import setup_project
-
-    return setup_project(tmp_path, monkeypatch)
-
-
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_azureml_node_run(shell, project, monkeypatch, node_namespace):
     from azureml_support import use_simulated_node, wait_for_the_debugger

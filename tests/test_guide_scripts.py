@@ -375,21 +375,6 @@ def test_guide_train_in_docker_with_nobody_attaching(engine, workdir, no_contain
 # -- the simulated Azure ML node -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node_namespace():
-    pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
-    from azureml_support import namespace_or_loopback
-
-    yield from namespace_or_loopback()
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    from azureml_support import setup_project
-
-    return setup_project(tmp_path, monkeypatch)
-
-
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_guide_train_on_the_simulated_azureml_node(shell, project, monkeypatch, node_namespace):
     from azureml_support import use_simulated_node, wait_for_the_debugger

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import psutil
 import pytest
+from conftest import start_kernel
 
 jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client comes with ipykernel ([test] extra)")
 
 
 @pytest.fixture
 def kernel(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "AML_MAGICS_VIEW"}
-    km = jupyter_client.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path), env=env)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    km, kc = start_kernel(tmp_path)
     yield kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)

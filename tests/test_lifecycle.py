@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import alive, free_port, port_is_listening, wait_for
+from conftest import alive, free_port, port_is_listening, start_kernel, wait_for
 
 import aml_magics
 from aml_magics.errors import OptionsError
@@ -121,17 +121,6 @@ def test_a_killed_cli_takes_its_run_along(workdir, sig):
     assert not port_is_listening("127.0.0.1", port)
 
 
-def _kernel(tmp_path: Path):
-    jupyter_client = pytest.importorskip("jupyter_client")
-    env = {k: v for k, v in os.environ.items() if k != "AML_MAGICS_VIEW"}
-    km = jupyter_client.KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path), env=env)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    return km, kc
-
-
 def _run_in_kernel(kc, code: str, timeout: float = 60) -> None:
     msg_id = kc.execute(code)
     deadline = time.time() + timeout
@@ -148,7 +137,7 @@ def _run_in_kernel(kc, code: str, timeout: float = 60) -> None:
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "restart"])
 def test_a_dead_kernel_takes_its_runs_along(tmp_path, how):
-    km, kc = _kernel(tmp_path)
+    km, kc = start_kernel(tmp_path)
     try:
         kernel_pid = km.provisioner.pid if km.provisioner else km.kernel.pid
         _run_in_kernel(kc, "%load_ext aml_magics")

@@ -188,13 +188,6 @@ def test_docker_notebook(notebook_env: Path, monkeypatch):
     assert "docker-demo" not in names and "docker-again" not in names, f"containers left: {names}"
 
 
-@pytest.fixture
-def node_namespace():
-    pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
-    from azureml_support import namespace_or_loopback
-
-    yield from namespace_or_loopback()
-
 
 def test_azureml_notebook_against_the_simulator(notebook_env: Path, monkeypatch, node_namespace, tmp_path: Path):
     pytest.importorskip("azureml.pipeline.steps", reason="azureml-pipeline-steps is not installed "

@@ -619,7 +619,7 @@ class Debugger(Model):
         from .text import render
 
         text = render(self)
-        from .frontend import widget_frontend
+        from ..frontend import widget_frontend
 
         if not widget_frontend():
             return {"text/plain": text}

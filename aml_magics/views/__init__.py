@@ -5,36 +5,13 @@ Views only read a DebugRun and call its public methods; they know nothing of tar
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING, Any
 
+from ..frontend import widget_frontend
 from .text import render_text
 
 if TYPE_CHECKING:
     from ..run import DebugRun
-
-
-def widget_frontend() -> bool:
-    """True inside a Jupyter kernel with ipywidgets installed (and not switched off)."""
-    choice = os.environ.get("AML_MAGICS_VIEW", "").lower()
-    if choice in ("text", "widget"):
-        return choice == "widget"
-    if "ipykernel" not in sys.modules:
-        return False
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def mimebundle(run: "DebugRun") -> dict:

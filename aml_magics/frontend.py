@@ -1,8 +1,7 @@
-"""Whether this kernel shows widgets: the debugger's display is its panel there, text elsewhere.
+"""Whether this kernel shows widgets: the run panel and the debugger panel there, text elsewhere.
 
-The same test as the run views' (``AML_MAGICS_VIEW=text|widget`` decides; else a Jupyter
-kernel with ipywidgets), kept here because the layer contract keeps the debugger and the run
-views independent of each other.
+``AML_MAGICS_VIEW=text|widget`` decides; else a Jupyter kernel (ipykernel) with ipywidgets.
+Below both the run views and the debugger, which are independent of each other.
 """
 
 from __future__ import annotations
