@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,7 +96,7 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
     scope = RunScope(run.id)
     slot = _HandleSlot(scope, secrets.tunnel, run.line)
     run.bind(slot, scope)
-    if spec.debug.enabled and not spec.debug.secure and target != "local":
+    if not spec.debug.secure and needs_tunnel(replace(spec, debug=replace(spec.debug, secure=True)), target):
         run.line("aml_magics: WARNING --insecure: the debug port is reached directly, without authentication; "
                  "whoever reaches it can run any code in the run")
     return run, RunContext(run.events, scope, secrets), slot

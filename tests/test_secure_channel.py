@@ -194,6 +194,7 @@ def test_insecure_gives_the_direct_port_with_a_warning(workdir, stranger_host):
                             insecure=True, wait=True)
     assert run.state == "completed" and not run.endpoints[0].tunnelled
     assert run.endpoints[0].host == stranger_host.host_address
+    assert "WARNING --insecure" in run.logs
 
 
 # -- one attach per window -------------------------------------------------------------------------------
