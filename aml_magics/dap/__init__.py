@@ -5,7 +5,7 @@
 * :mod:`.session` — connect, the attach handshake, breakpoints, ``debugpyAttach`` children;
 * :mod:`.models` and :mod:`.service` — call stack, variables and breakpoints models kept
   up to date from events, for views (the in-notebook debugger) and wait-style callers
-  (``aml_magics.testing.dap``).
+  (the test helpers build on it too).
 
 Nothing here imports the rest of aml_magics: the run-facing debugger builds on top.
 """
