@@ -490,7 +490,8 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
     return True
 
 
-def _close(sock: socket.socket | None) -> None:
+def close_socket(sock: socket.socket | None) -> None:
+    """Shut down and close; shutdown first wakes a thread blocked on it (a bare close does not)."""
     if sock is None:
         return
     try:
@@ -529,7 +530,7 @@ class Relay:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-        _close(self.sock)
+        close_socket(self.sock)
 
     def _accept(self) -> None:
         while True:
@@ -546,14 +547,14 @@ class Relay:
             authentic = tls.getpeercert(binary_form=True) == self.peer_der
         except (OSError, ValueError):
             self.refused += 1
-            _close(conn)
+            close_socket(conn)
             return
         with self._lock:
             admitted = authentic and not self._active and not self._closed
             self._active = self._active or admitted
         if not admitted:
             self.refused += 1
-            _close(tls)
+            close_socket(tls)
             return
         upstream = None
         try:
@@ -564,8 +565,8 @@ class Relay:
         except OSError:
             pass
         finally:
-            _close(upstream)
-            _close(tls)
+            close_socket(upstream)
+            close_socket(tls)
             with self._lock:
                 self._active = False
             self.on_session_end()

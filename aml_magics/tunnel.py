@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bootstrap import pump
+from .bootstrap import close_socket, pump
 from .lifecycle import RunScope
 from .protocol import Endpoint
 from .target_base import RunHandle
@@ -133,7 +133,6 @@ class Forwarder:
         self._closed = False
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
-        self.failures: list[str] = []
 
     def start(self) -> Forwarder:
         threading.Thread(target=self._accept, daemon=True, name=f"aml-magics-forward-{self.port}").start()
@@ -144,11 +143,7 @@ class Forwarder:
             self._closed = True
             connections = list(self._connections)
         for sock in [self._server, *connections]:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            close_socket(sock)
 
     def _accept(self) -> None:
         while True:
@@ -172,22 +167,16 @@ class Forwarder:
                 self._connections.update((local, remote))
             pump(local, remote)
         except (OSError, ValueError) as exc:
-            what = f"tunnel to {self.node[0]}:{self.node[1]} failed: {exc.strerror or exc}" \
-                if isinstance(exc, OSError) and exc.strerror else f"tunnel to {self.node[0]}:{self.node[1]} failed: {exc}"
-            self.failures.append(what)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             if self.on_error is not None:
-                self.on_error(f"aml_magics: {what}")
+                self.on_error(f"aml_magics: tunnel to {self.node[0]}:{self.node[1]} failed: {reason}")
         finally:
             with self._lock:
                 self._connections.discard(local)
                 if remote is not None:
                     self._connections.discard(remote)
-            for sock in (local, remote):
-                if sock is not None:
-                    try:
-                        sock.close()
-                    except OSError:
-                        pass
+            close_socket(local)
+            close_socket(remote)
 
 
 class TunnelledHandle:
