@@ -26,6 +26,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..dap.models import PAGE_SIZE, Page, Variable
+from ..frontend import Refresher
 from .core import ARMED, ENDED_STATE, STOPPED_STATE, Debugger
 from .errors import DebuggerError
 from .paths import short, source_lines
@@ -108,7 +109,8 @@ class DebuggerPanel(widgets.VBox):
     def __init__(self, debugger: Debugger) -> None:
         self.debugger = debugger
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-dbg-panel")
-        self._dirty = threading.Event()
+        self._refresher = Refresher(self.refresh, lambda: self.debugger.ended, self._finish,
+                                    on_error=lambda exc: self._say(f"panel: {exc!r}"), name="aml-dbg-panel-refresh")
         self._tree_dirty = True
         self._lock = threading.Lock()
         self._expanded: dict[int, list[int]] = {}  # reference -> the page starts loaded
@@ -186,8 +188,7 @@ class DebuggerPanel(widgets.VBox):
 
         self._unsubscribe = debugger.subscribe(self._on_change)
         self.refresh()
-        self._thread = threading.Thread(target=self._refresher, daemon=True, name="aml-dbg-panel-refresh")
-        self._thread.start()
+        self._refresher.start()
 
     # -- actions (worker thread) -----------------------------------------------------------
     def _do(self, action: Callable[[], Any], then: Callable[[Any], None] | None = None) -> None:
@@ -204,7 +205,7 @@ class DebuggerPanel(widgets.VBox):
                 return
             if then is not None:
                 then(result)
-            self._dirty.set()
+            self._refresher.poke()
 
         try:
             self._executor.submit(run)
@@ -233,7 +234,7 @@ class DebuggerPanel(widgets.VBox):
 
     def _scroll(self, delta: int) -> None:
         self._top = max(1, self._top + delta)
-        self._dirty.set()
+        self._refresher.poke()
 
     def _on_frame_selected(self, change: dict) -> None:
         index = change.get("new")
@@ -313,7 +314,7 @@ class DebuggerPanel(widgets.VBox):
         with self._lock:
             self._expanded.pop(reference, None)
             self._tree_dirty = True
-        self._dirty.set()
+        self._refresher.poke()
 
     def _show_all(self, variable: Variable) -> None:
         expression = variable.evaluate_name or variable.name
@@ -332,24 +333,16 @@ class DebuggerPanel(widgets.VBox):
         if change.startswith("variables.") or change in ("frame", "state"):
             with self._lock:
                 self._tree_dirty = True
-        self._dirty.set()
+        self._refresher.poke()
 
-    def _refresher(self) -> None:
-        while True:
-            self._dirty.wait(1.0)
-            self._dirty.clear()
-            try:
-                self.refresh()
-            except Exception as exc:
-                self._say(f"panel: {exc!r}")
-            if self.debugger.ended:
-                try:
-                    self.refresh()
-                except Exception:
-                    pass
-                self._unsubscribe()
-                self._executor.shutdown(wait=False)
-                return
+    def _finish(self) -> None:
+        """The session ended: draw what it ended with, then let go of it."""
+        try:
+            self.refresh()
+        except Exception:
+            pass
+        self._unsubscribe()
+        self._executor.shutdown(wait=False)
 
     def refresh(self) -> None:
         debugger = self.debugger

@@ -25,6 +25,7 @@ import ipywidgets as widgets
 
 from .. import launch
 from ..failure import user_lines
+from ..frontend import Refresher
 from .text import (
     STATE_LABELS,
     attach_hint,
@@ -134,11 +135,11 @@ class DebugRunPanel(widgets.VBox):
         super().__init__([self.header_html, self.endpoints_html, self.hint_html, self.actions, self.launch_html,
                           self.log_box])
         self.add_class("aml-debug-run")
-        self._dirty = threading.Event()
+        self._refresher = Refresher(self.refresh, lambda: run.done, lambda: run.unsubscribe(self._on_run_event),
+                                    name=f"aml-widget-{run.id}")
         self.refresh()
         run.subscribe(self._on_run_event)
-        self._thread = threading.Thread(target=self._refresher, daemon=True, name=f"aml-widget-{run.id}")
-        self._thread.start()
+        self._refresher.start()
 
     def add_action(self, widget: widgets.Widget) -> None:
         """One more button beside the others (before Cancel)."""
@@ -229,20 +230,7 @@ class DebugRunPanel(widgets.VBox):
 
     # -- events ------------------------------------------------------------------
     def _on_run_event(self, run: "DebugRun", what: str) -> None:
-        self._dirty.set()
-
-    def _refresher(self) -> None:
-        while True:
-            # Wake on changes, and every second for the countdown.
-            self._dirty.wait(1.0)
-            self._dirty.clear()
-            try:
-                self.refresh()
-            except Exception:
-                pass
-            if self.run.done:
-                self.run.unsubscribe(self._on_run_event)
-                return
+        self._refresher.poke()
 
     def _on_toggle(self, change: dict) -> None:
         shown = bool(change["new"])
