@@ -9,6 +9,7 @@ image cache key does not depend on how ``--pip`` was spelled.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -151,16 +152,26 @@ def test_cancel_stops_pip_download(engine, workdir, no_container_left):
         (workdir / "job.py").write_text("print('never reached')\n")
         run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, pip=[wheel], timeout=0)
 
-        def pip_download() -> list[psutil.Process]:
-            return [p for p in psutil.Process().children(recursive=True)
-                    if "download" in p.cmdline() and f"127.0.0.1:{port}" in " ".join(p.cmdline())]
+        def pip_download() -> dict[psutil.Process, list[str]]:
+            # pip itself, and the parent-death guard in front of it (whose argv carries pip's)
+            found = {}
+            for p in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    argv = p.cmdline()
+                    if "download" in argv and f"127.0.0.1:{port}" in " ".join(argv):
+                        found[p] = argv
+            return found
 
-        wait_for(lambda: bool(pip_download()) or run.done, 120, "pip download running")
-        (pip,) = pip_download()
+        def pip_itself() -> list[psutil.Process]:
+            return [p for p, argv in pip_download().items() if argv[1:3] == ["-m", "pip"]]
+
+        wait_for(lambda: bool(pip_itself()) or run.done, 120, "pip download running")
+        assert len(pip_itself()) == 1, run.detail
+        started = pip_download()
         wait_for(lambda: len(_build_folders(os.getpid())) == 1, 30, "the build's temp folder")
         run.cancel()
         assert run.state == "canceled"
-        assert not pip.is_running() or pip.status() == psutil.STATUS_ZOMBIE
+        assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in started), started
         assert _build_folders(os.getpid()) == []
 
 
