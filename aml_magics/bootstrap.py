@@ -443,53 +443,6 @@ def low_latency(sock: socket.socket) -> None:
         pass
 
 
-def _quick_ack(sock: socket.socket) -> None:
-    """Acknowledge at once (Linux): debugpy writes a message's header and body separately without
-    TCP_NODELAY, so a delayed ACK here would hold its body back 40 ms on every message."""
-    quickack = getattr(socket, "TCP_QUICKACK", None)
-    if quickack is not None and not isinstance(sock, ssl.SSLSocket):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-        except OSError:
-            pass
-
-
-def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
-    """Copy bytes both ways until either side closes. One thread, non-blocking sockets: a TLS
-    socket is never read and written from two threads at once, and a TLS record that carries no
-    data (a session ticket) never blocks the other direction."""
-    for sock in (a, b):
-        sock.setblocking(False)
-        low_latency(sock)
-    pair = [a, b]
-    while True:
-        ready: list[socket.socket] = [s for s in pair if isinstance(s, ssl.SSLSocket) and s.pending()]
-        if not ready:
-            ready, _, _ = select.select(pair, [], [])
-        for source in ready:
-            try:
-                data = source.recv(chunk)
-                _quick_ack(source)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                continue
-            except (OSError, ValueError):
-                return
-            if not data or not _send_all(b if source is a else a, data):
-                return
-
-
-def _send_all(sock: socket.socket, data: bytes) -> bool:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view):]
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-            select.select([sock], [sock], [], 1.0)
-        except (OSError, ValueError):
-            return False
-    return True
-
-
 def close_socket(sock: socket.socket | None) -> None:
     """Shut down and close; shutdown first wakes a thread blocked on it (a bare close does not)."""
     if sock is None:
@@ -504,18 +457,145 @@ def close_socket(sock: socket.socket | None) -> None:
         pass
 
 
+class TlsSession:
+    """One authenticated TLS connection, shaped like the connected socket pydevd reads from one
+    thread and writes from another (``recv``, ``sendall``, ``settimeout``, ``shutdown``,
+    ``close``): debugpy speaks to the client over it directly — no plain-TCP hop, no port
+    of its own on the node.
+
+    One lock serialises every TLS call (an ``SSLSocket`` must never be read and written at
+    once); nobody waits for the socket while holding it. pydevd writes a message as two
+    ``sendall()`` calls, header then body: the header is held and leaves in the body's record,
+    so the far side wakes once per message. ``on_close`` runs once, whichever side ends it.
+    """
+
+    def __init__(self, tls: ssl.SSLSocket, on_close: Callable[[], None]) -> None:
+        low_latency(tls)
+        tls.setblocking(False)
+        self._tls = tls
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._held = b""
+        self.closed = False
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            with self._lock:
+                if self.closed:
+                    return b""
+                try:
+                    data = self._tls.recv(size)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    data = None  # no whole record yet (or one without data): wait for the socket
+                except (OSError, ValueError):
+                    data = b""
+            if data is None:
+                self._wait(readable=True)
+                continue
+            if not data:
+                self.close()
+            return data
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        data = bytes(data)
+        if data.startswith(b"Content-Length: ") and data.endswith(b"\r\n\r\n"):
+            self._held += data  # a header: it leaves with its body
+            return
+        view, self._held = memoryview(self._held + data), b""
+        while view:
+            with self._lock:
+                if self.closed:
+                    raise OSError(errno.EPIPE, "the debug session is closed")
+                try:
+                    view = view[self._tls.send(view):]
+                    continue
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except (OSError, ValueError):
+                    self._close_locked()
+                    raise
+            self._wait(readable=False)
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Blocking as pydevd wants it, on top of a non-blocking TLS socket."""
+
+    def shutdown(self, how: int) -> None:
+        """pydevd ends a session by shutting down its writing side: the whole session ends."""
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self._close_locked()
+        self._on_close()
+
+    def _close_locked(self) -> None:
+        self.closed = True
+        close_socket(self._tls)  # shutdown first: wakes the other thread's wait
+
+    def _wait(self, readable: bool) -> None:
+        try:
+            select.select([self._tls] if readable else [], [] if readable else [self._tls], [], 1.0)
+        except (OSError, ValueError):  # closed under us: the next turn sees it
+            time.sleep(0.01)
+
+
+class SessionListener:
+    """What pydevd accepts on when tunnelled, in place of a listening socket: the relay's
+    authenticated sessions, one at a time. No port: debugpy is reachable through the relay only."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+        self._ready = threading.Condition()
+        self._sessions: list[TlsSession] = []
+        self._closed = False
+
+    def put(self, session: TlsSession) -> None:
+        with self._ready:
+            if not self._closed:
+                self._sessions.append(session)
+                self._ready.notify()
+                return
+        session.close()
+
+    def accept(self) -> tuple[TlsSession, tuple[str, int]]:
+        with self._ready:
+            self._ready.wait_for(lambda: self._sessions or self._closed)
+            if self._closed:
+                raise OSError(errno.EBADF, "the debug listener is closed")
+            return self._sessions.pop(0), self._address
+
+    def listen(self, backlog: int = 1) -> None:
+        pass
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._address
+
+    def shutdown(self, how: int) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            waiting, self._sessions = self._sessions, []
+            self._ready.notify_all()
+        for session in waiting:
+            session.close()
+
+
 class Relay:
     """The node's listener when the port leaves the machine: a connection that does not present
     the run's client certificate is closed during the TLS handshake, before one byte reaches
-    debugpy (which listens on loopback only). One session at a time; ``on_session_end`` when it
-    ends."""
+    debugpy (which has no port of its own: each admitted session is handed to it). One session
+    at a time; ``on_session_end`` when it ends."""
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, peer_der: bytes, target_port: int,
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, peer_der: bytes, sessions: SessionListener,
                  on_session_end) -> None:
         self.sock = sock
         self.context = context
         self.peer_der = peer_der
-        self.target_port = target_port
+        self.sessions = sessions
         self.on_session_end = on_session_end
         self.port = sock.getsockname()[1]
         self._lock = threading.Lock()
@@ -531,6 +611,7 @@ class Relay:
         with self._lock:
             self._closed = True
         close_socket(self.sock)
+        self.sessions.close()  # a session not yet taken by debugpy; one it holds ends with it
 
     def _accept(self) -> None:
         while True:
@@ -556,20 +637,14 @@ class Relay:
             self.refused += 1
             close_socket(tls)
             return
-        upstream = None
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-            tls.settimeout(None)
-            upstream.settimeout(None)
-            pump(tls, upstream)
-        except OSError:
-            pass
-        finally:
-            close_socket(upstream)
-            close_socket(tls)
-            with self._lock:
-                self._active = False
-            self.on_session_end()
+        self.sessions.put(TlsSession(tls, self._session_ended))
+
+    def _session_ended(self) -> None:
+        """Called on pydevd's reader or writer thread: what follows (switching debugpy off) runs on
+        a thread of ours, never on a thread it disposes of."""
+        with self._lock:
+            self._active = False
+        service_thread(self.on_session_end, name="aml-magics-session-end")
 
 
 class Debugger:
@@ -620,20 +695,22 @@ class Debugger:
         return self.debugpy.listen((bind, port))
 
     def _listen_tunnelled(self, bind: str, port: int) -> tuple[str, int]:
-        """debugpy on a loopback port of its own; the relay on the run's address and port."""
+        """The relay on the run's address and port; debugpy with no port, served the relay's sessions."""
         assert self.tunnel is not None
         relay_sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
+        address = relay_sock.getsockname()[:2]
+        sessions = SessionListener(address)
         try:
             context, peer = relay_context(self.tunnel)
-            inner = bind_listener(LOOPBACK, 0)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
 
-            hand_to_pydevd(inner)
-            _, inner_port = self.debugpy.listen((LOOPBACK, inner.getsockname()[1]), in_process_debug_adapter=True)
+            hand_to_pydevd(sessions)  # type: ignore[arg-type]  # accept() is all pydevd asks of it
+            self.debugpy.listen(address, in_process_debug_adapter=True)
         except BaseException:
+            sessions.close()
             relay_sock.close()
             raise
-        self.relay = Relay(relay_sock, context, peer, inner_port, self._session_ended).start()
+        self.relay = Relay(relay_sock, context, peer, sessions, self._session_ended).start()
         return bind, self.relay.port
 
     def _session_ended(self) -> None:

@@ -2,14 +2,13 @@
 
 debugpy has no authentication: whoever reaches its port owns the process. Wherever a run's
 debug port leaves this machine (a container, an Azure ML node, a non-loopback bind), the
-bootstrap listens with debugpy on the node's loopback only and fronts it with a relay that
-speaks TLS 1.3 with mutual authentication by **pinned per-run certificates** (no CA): the
-owner makes both key pairs for the run here; the node gets its own key and the client's
-certificate (with the run's secrets, never in a spec or a dry run); the client key never
-leaves this process. The owner runs a forwarder on ``127.0.0.1:<free port>`` that opens the
+bootstrap fronts debugpy with a relay that speaks TLS 1.3 with mutual authentication by
+**pinned per-run certificates** (no CA): the owner makes both key pairs for the run here;
+the node gets its own key and the client's certificate (with the run's secrets, never in a
+spec or a dry run); the client key never leaves this process. The owner runs a forwarder on ``127.0.0.1:<free port>`` that opens the
 TLS connection, so VS Code and the in-notebook debugger attach to loopback as always. A
 connection without the run's client certificate is closed during the handshake: not one byte
-reaches debugpy.
+reaches debugpy, which has no port of its own — the relay hands it each authenticated session.
 
 The forwarder lives as long as the run (its scope closes it), accepts a new connection each
 time a client (re)attaches, and dies with the owner.
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import select
 import socket
 import ssl
 import tempfile
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bootstrap import close_socket, pump
+from .bootstrap import close_socket, low_latency
 from .lifecycle import RunScope
 from .protocol import Endpoint
 from .target_base import RunHandle
@@ -115,6 +115,53 @@ def _self_signed(name: str) -> tuple[str, str]:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode("ascii")
     return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _quick_ack(sock: socket.socket) -> None:
+    """Acknowledge at once (Linux): a client that writes a DAP message's header and body in two
+    sends without TCP_NODELAY would otherwise wait for our delayed ACK, 40 ms a message."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None and not isinstance(sock, ssl.SSLSocket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:
+            pass
+
+
+def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
+    """Copy bytes both ways until either side closes. One thread, non-blocking sockets: a TLS
+    socket is never read and written from two threads at once, and a TLS record that carries no
+    data (a session ticket) never blocks the other direction."""
+    for sock in (a, b):
+        sock.setblocking(False)
+        low_latency(sock)
+    pair = [a, b]
+    while True:
+        ready: list[socket.socket] = [s for s in pair if isinstance(s, ssl.SSLSocket) and s.pending()]
+        if not ready:
+            ready, _, _ = select.select(pair, [], [])
+        for source in ready:
+            try:
+                data = source.recv(chunk)
+                _quick_ack(source)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                continue
+            except (OSError, ValueError):
+                return
+            if not data or not _send_all(b if source is a else a, data):
+                return
+
+
+def _send_all(sock: socket.socket, data: bytes) -> bool:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            select.select([sock], [sock], [], 1.0)
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 class Forwarder:

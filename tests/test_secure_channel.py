@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import BREAK_LINE, CELL, DOCKER_BASE, port_is_listening, wait_for
 
@@ -170,7 +171,20 @@ def test_a_local_run_bound_off_loopback_is_tunnelled(workdir, stranger_host):
                            relay_port], capture_output=True, text=True, timeout=60)
     assert json.loads(seen.stdout) == {"plain": "", "tls": ""}, seen.stderr
     assert_strangers_refused(relay_host, int(relay_port))
+    # debugpy has no port of its own (not even on loopback): the relay is all that listens
+    assert _listening(_the_bootstrap()) == {(relay_host, int(relay_port))}
     _debug_through(run, script, BREAK_LINE, "total", "10", workdir)
+
+
+def _the_bootstrap() -> psutil.Process:
+    """The one run of this test: its bootstrap process."""
+    (process,) = [p for p in psutil.Process().children(recursive=True)
+                  if any("bootstrap.py" in part for part in p.cmdline())]
+    return process
+
+
+def _listening(process: psutil.Process) -> set[tuple[str, int]]:
+    return {(c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
 
 
 @pytest.mark.docker
