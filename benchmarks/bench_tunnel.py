@@ -42,7 +42,7 @@ def _stopped(folder: Path, bind: str, insecure: bool):
     return time.perf_counter() - started, client, run, stop
 
 
-def _round_trips(client, stop, count: int = 60) -> float:
+def _round_trips(client, stop, count: int = 200) -> float:
     """Median seconds of one request/response pair at a stop."""
     times = []
     for i in range(count):
