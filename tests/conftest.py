@@ -4,6 +4,9 @@ helpers the test modules import (``from conftest import ...``)."""
 from __future__ import annotations
 
 import os
+import pty
+import select
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -193,3 +196,56 @@ def start_kernel(cwd: Path):
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
     return km, kc
+
+
+def in_terminal(argv: list[str], cwd: Path) -> tuple[int, int]:
+    """Start ``argv`` in ``cwd`` under a real pseudo-terminal (its controlling TTY): (pid, the
+    terminal's fd). Ctrl-C is ``os.write(fd, b"\\x03")``; the caller waits for the pid."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes the program in the terminal
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
+def end_terminal(pid: int, fd: int, timeout: float = 30) -> int:
+    """The program's exit code once it ended; one that did not end by itself gets Ctrl-C, then
+    SIGKILL (a failed assertion must not leave it serving, or hang the test in waitpid)."""
+    deadline = time.monotonic() + timeout
+    try:
+        for sig in (None, signal.SIGINT, signal.SIGKILL):
+            if sig is not None:
+                os.kill(pid, sig)
+                deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return os.waitstatus_to_exitcode(status)
+                time.sleep(0.05)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    finally:
+        os.close(fd)
+
+
+def read_pty(fd: int, until, timeout: float = 60) -> str:
+    """Read the terminal's output until ``until(text)``."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the other side closed
+                break
+            if not chunk:
+                break
+            text += chunk.decode("utf-8", "replace")
+            if until(text):
+                return text
+    raise AssertionError(f"not seen in the terminal; got: {text!r}")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import shutil
 import signal
 import socket
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import busy_port
+from conftest import busy_port, end_terminal, in_terminal, read_pty
 
 import aml_magics
 from aml_magics.testing.dap import attach_with_launch_config
@@ -234,52 +232,25 @@ def test_a_busy_fixed_port_names_its_holder_or_says_the_os_does_not(tmp_path):
     assert f"port {port} on 127.0.0.1 is already in use (the OS does not say by which process" in out.stdout
 
 
-def _read_pty(fd: int, until, timeout: float = 60) -> str:
-    """Read the terminal's output until ``until(text)``."""
-    text = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # the other side closed
-                break
-            if not chunk:
-                break
-            text += chunk.decode("utf-8", "replace")
-            if until(text):
-                return text
-    raise AssertionError(f"not seen in the terminal; got: {text!r}")
-
-
 def test_cli_counts_down_on_a_terminal_and_ctrl_c_cancels(tmp_path):
     """Under a real pseudo-terminal (the CLI's controlling TTY): a live line, rewritten in place."""
     (tmp_path / "slow.py").write_text("print('working')\n")
     argv = [sys.executable, "-m", "aml_magics.cli", "run", "slow.py", "--port", "0", "--timeout", "120"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: becomes aml-debug in the terminal
-        try:
-            os.chdir(tmp_path)
-            os.execve(sys.executable, argv, env)
-        finally:
-            os._exit(127)
+    pid, fd = in_terminal(argv, tmp_path)
     try:
         countdown = re.compile(r"\r\x1b\[Kwaiting for a debugger at 127\.0\.0\.1:(\d+) — (\d+) s left — Ctrl-C cancels")
-        text = _read_pty(fd, lambda t: len({m.group(2) for m in countdown.finditer(t)}) >= 2)
+        text = read_pty(fd, lambda t: len({m.group(2) for m in countdown.finditer(t)}) >= 2)
         shown = list(countdown.finditer(text))
         assert len({m.group(1) for m in shown}) == 1  # the same endpoint, the seconds going down
         assert int(shown[-1].group(2)) < int(shown[0].group(2)) <= 120
         assert f"aml-debug: debugpy listening at 127.0.0.1:{shown[0].group(1)} (rank 0)" in text
         os.write(fd, b"\x03")  # Ctrl-C, through the terminal
-        text += _read_pty(fd, lambda t: "canceled by user after" in t and t.endswith("\n"))
+        text += read_pty(fd, lambda t: "canceled by user after" in t and t.endswith("\n"))
         assert re.search(r"aml-debug: run slow-1 canceled by user after \d+(\.\d)? s", text), text
         assert "Traceback" not in text
     finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 130
+        code = end_terminal(pid, fd)
+    assert code == 130
 
 
 def test_cli_says_the_wait_in_one_plain_line_when_not_a_terminal(tmp_path):

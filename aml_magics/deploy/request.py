@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import engine
-from ..follow import follow
+from ..follow import AttachWait, follow
 from ..options import (
     COMMON_OPTIONS,
     Defaults,
@@ -246,18 +246,22 @@ def deploy(score_path: str | None = None, *, code: str | None = None, **options:
 def follow_deployment(deployment: DebugDeployment, emit: Callable[[str], None], *,
                       until: Callable[[DebugDeployment], bool] | None = None,
                       on_endpoint: Callable[[DebugDeployment], None] | None = None,
-                      on_serving: Callable[[DebugDeployment], None] | None = None, poll: float = 0.2) -> None:
-    """Stream the server's output until ``until(deployment)`` or the end. KeyboardInterrupt propagates."""
+                      on_serving: Callable[[DebugDeployment], None] | None = None,
+                      on_update: Callable[[DebugDeployment], None] | None = None, poll: float = 0.2) -> None:
+    """Stream the server's output until ``until(deployment)`` or the end. KeyboardInterrupt propagates.
+    ``on_update(deployment)`` after each batch of lines (at least every ``poll`` seconds)."""
     serving_told = False
 
-    def on_update(dep: DebugDeployment) -> None:
+    def updated(dep: DebugDeployment) -> None:
         nonlocal serving_told
+        if on_update is not None:
+            on_update(dep)
         if dep.scoring_uri and dep.state == SERVING and not serving_told:
             serving_told = True
             if on_serving is not None:
                 on_serving(dep)
 
-    follow(deployment, emit=emit, until=until, on_endpoint=on_endpoint, on_update=on_update, poll=poll)
+    follow(deployment, emit=emit, until=until, on_endpoint=on_endpoint, on_update=updated, poll=poll)
 
 
 CLI_PROG = "aml-debug deploy"
@@ -275,8 +279,8 @@ def cli_main(argv: Sequence[str]) -> int:
         print(f"aml-debug: {exc}", file=sys.stderr)
         return 2
 
-    def say(text: str) -> None:
-        print(text, flush=True)
+    wait = AttachWait(sys.stderr)  # the attach countdown: a live line on a terminal, one line in a log
+    say = wait.emit(lambda text: print(text, flush=True))
 
     def on_endpoint(dep: DebugDeployment) -> None:
         for endpoint in dep.endpoints:
@@ -288,11 +292,13 @@ def cli_main(argv: Sequence[str]) -> int:
         say(f"aml-debug: scoring URI: {dep.scoring_uri}  (POST JSON; Ctrl-C stops the server)")
 
     try:
-        follow_deployment(deployment, say, on_endpoint=on_endpoint, on_serving=on_serving)
+        follow_deployment(deployment, say, on_endpoint=on_endpoint, on_serving=on_serving, on_update=wait.update)
     except KeyboardInterrupt:
+        wait.clear()
         deployment.cancel()
         print(f"aml-debug: deployment {deployment.id} stopped", file=sys.stderr)
         return 130
+    wait.clear()
     print(f"aml-debug: deployment {deployment.id} {deployment.state}"
           + (f" ({deployment.detail})" if deployment.detail else ""), file=sys.stderr)
     if deployment.traceback:
