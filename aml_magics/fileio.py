@@ -44,7 +44,7 @@ try:
 except ImportError:  # not POSIX: writes stay atomic, but are not serialised
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileRefused", "describe", "locked", "resolve_target", "write_atomic"]
+__all__ = ["FileRefused", "describe", "locked", "private_folder", "resolve_target", "write_atomic"]
 
 LOCK_TIMEOUT = 60.0  # seconds a writer waits for another one (a merge takes milliseconds)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -194,6 +194,29 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# -- a folder of our own in a shared place ---------------------------------------------------------
+
+
+def private_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a folder only this user can enter (mode 0700), made if missing.
+
+    For a well-known name in a shared place (``/tmp``): whoever made it first owns it, so a
+    folder that is a link, is not a folder, or is another user's is refused, never used; a
+    looser mode of our own folder is tightened.
+    """
+    folder = Path(os.path.abspath(os.fspath(path)))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise FileRefused(folder, "is not a folder (a link, or a file); refusing to use it")
+    if info.st_uid != os.getuid():
+        raise FileRefused(folder, f"belongs to another user (uid {info.st_uid}); refusing to use it")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(folder, 0o700)
+    return folder
 
 
 # -- serialising read-modify-write ---------------------------------------------------------------

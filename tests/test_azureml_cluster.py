@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -398,6 +399,30 @@ def test_the_next_cluster_sweeps_what_a_dead_owner_left(tmp_path, namespaces):
     with simnet.BridgeCluster(1) as cluster:  # its creation sweeps first
         assert cluster.switch in _netns_names()
         assert _gone(info)
+    assert simnet.own_resources() == ([], [])
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owners_cluster(tmp_path, namespaces):
+    """Resource names carry only the owner's pid; its record (boot, start time) tells a pid that
+    now belongs to another process apart. Here the pid still runs, but not as the process the
+    record names: as after a reuse, the sweep removes the cluster and forgets the record."""
+    owner, info = _owner(tmp_path)
+    try:
+        os.kill(info["watcher"], signal.SIGKILL)
+        record = Path(tempfile.gettempdir()) / f"aml-magics-simnet-owners-{os.getuid()}" / f"{owner.pid}.json"
+        fields = json.loads(record.read_text())
+        assert fields["pid"] == str(owner.pid) and fields["start"]
+        assert not set(info["namespaces"]) & set(simnet.stale_resources()[0]), "a live owner's cluster is kept"
+        record.write_text(json.dumps({**fields, "start": str(int(fields["start"]) + 1)}))
+        assert set(info["namespaces"]) <= set(simnet.stale_resources()[0])
+        with simnet.BridgeCluster(1) as cluster:  # its creation sweeps first
+            assert cluster.switch in _netns_names()
+            assert _gone(info)
+        assert not record.exists()
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
     assert simnet.own_resources() == ([], [])
 
 

@@ -25,7 +25,8 @@ from conftest import DOCKER_BASE, port_is_listening, wait_for
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
 
 import aml_magics  # noqa: E402
-from aml_magics.images.owners import Owner, boot_id, pid_namespace, start_time  # noqa: E402
+from aml_magics.images.owners import owner_labels  # noqa: E402
+from aml_magics.owner import Owner, boot_id, pid_namespace, start_time  # noqa: E402
 
 ROOT = str(Path(aml_magics.__file__).resolve().parent.parent)
 GONE_WITHIN = 5.0  # seconds: the goal for a dead owner's containers and ports
@@ -159,20 +160,20 @@ def test_next_run_and_aml_images_sweep_only_containers_whose_owner_is_provably_g
     dead = _dead_owner()
     reused = Owner(me.uid, me.pid, me.boot, me.pidns, str(int(me.start) + 1))  # a live pid, another process
     keep = {
-        "live": me.labels(),
-        "other-user": Owner(me.uid + 1, dead.pid, dead.boot, dead.pidns, dead.start).labels(),
-        "other-boot": Owner(me.uid, dead.pid, "another-boot", dead.pidns, dead.start).labels(),
+        "live": owner_labels(me),
+        "other-user": owner_labels(Owner(me.uid + 1, dead.pid, dead.boot, dead.pidns, dead.start)),
+        "other-boot": owner_labels(Owner(me.uid, dead.pid, "another-boot", dead.pidns, dead.start)),
         "no-owner-labels": {"aml_magics.owner_pid": str(dead.pid)},  # made before owner labels
     }
     made = {name: _left_container(engine, labels, name) for name, labels in keep.items()}
     try:
-        gone_by_run = _left_container(engine, dead.labels(), "dead")
+        gone_by_run = _left_container(engine, owner_labels(dead), "dead")
         (workdir / "job.py").write_text("print('ran')\n")
         run = aml_magics.submit("job.py", target="docker", base_image=DOCKER_BASE, timeout=0)
         assert run.wait(120) == "completed", run.detail
         assert not _exists(engine, gone_by_run.id)  # swept at the start of the next docker run
 
-        gone_by_images = _left_container(engine, reused.labels(), "reused-pid")
+        gone_by_images = _left_container(engine, owner_labels(reused), "reused-pid")
         shell.run_line_magic("aml_images", "")
         assert "container(s) left by runs whose owner is gone" in capsys.readouterr().out
         assert not _exists(engine, gone_by_images.id)

@@ -356,3 +356,29 @@ def test_check_launch_json_refuses_up_front_what_a_merge_would_refuse(tmp_path):
     with pytest.raises(LaunchJsonError, match="symbolic link to a missing file"):
         launch.check_launch_json(path)
     assert sorted(p.name for p in folder.iterdir()) == ["launch.json"]
+
+
+def test_private_folder_in_a_shared_place_is_ours_or_refused(tmp_path):
+    """A well-known folder name in /tmp: a planted link, a file, or another user's folder is never
+    used; our own is made (or tightened to) 0700."""
+    made = fileio.private_folder(tmp_path / "mine")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    (tmp_path / "loose").mkdir(mode=0o777)
+    os.chmod(tmp_path / "loose", 0o777)
+    assert stat.S_IMODE(fileio.private_folder(tmp_path / "loose").stat().st_mode) == 0o700
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    before = victim.stat().st_mode
+    (tmp_path / "planted").symlink_to(victim)
+    with pytest.raises(fileio.FileRefused, match=r"planted: is not a folder \(a link, or a file\)"):
+        fileio.private_folder(tmp_path / "planted")
+    assert victim.stat().st_mode == before  # not even its mode touched through the link
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(fileio.FileRefused, match="is not a folder"):
+        fileio.private_folder(tmp_path / "afile")
+    if os.getuid() == 0:  # as root the test can make a folder another user's
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 4242, 4242)
+        with pytest.raises(fileio.FileRefused, match=r"belongs to another user \(uid 4242\)"):
+            fileio.private_folder(theirs)

@@ -16,7 +16,9 @@ whose policy Docker sets to DROP; a bridge in a fresh namespace sees that namesp
 ruleset, and the host's firewall is never touched. This machine joins the bridge through one
 veth pair, like any other port.
 
-Nothing may outlive its owner. Every resource is named after the owner's pid; a cluster is
+Nothing may outlive its owner. Every resource is named after the owner's pid, and the owner
+leaves a record of who it is (``aml_magics.owner``: boot, start time), so a pid reused by
+another process does not keep a dead owner's resources; a cluster is
 removed when its job ends or is canceled, at interpreter exit, by a watcher process that
 removes it when the owner dies in any way (it waits for the end of a pipe only the owner
 holds), and, should both be gone, by the sweep every new cluster runs first: resources of
@@ -27,8 +29,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import itertools
+import json
 import os
 import re
 import shlex
@@ -41,6 +43,8 @@ from pathlib import Path
 
 import psutil
 
+from ..fileio import locked, private_folder, write_atomic
+from ..owner import Owner
 from ..processes import ProcessGroup
 
 CLUSTER_NET = "10.213"  # 10.213.K.0/24 per cluster; 10.211/16 is NodeNamespace's, 172.17/16 Docker's
@@ -49,7 +53,8 @@ MAX_NODES = 240
 _NS_PREFIX = "amlsimc"  # + <pid>x<k> (the switch), + <pid>x<k>n<i> (node i)
 _STALE_NS = re.compile(rf"^{_NS_PREFIX}(\d+)x\d+(?:n\d+)?$")
 _HOST_LINK = re.compile(r"^as(\d+)h\d+$")  # this machine's end of a cluster's bridge
-_LOCK_FILE = Path(tempfile.gettempdir()) / "aml-magics-simnet.lock"
+_LOCK_PATH = Path(tempfile.gettempdir()) / "aml-magics-simnet"  # its lock: .aml-magics-simnet.lock
+LOCK_TIMEOUT = 600.0  # a cluster of many nodes is built under the lock
 WATCHER_WAIT = 20.0
 
 
@@ -185,6 +190,7 @@ class BridgeCluster:
             raise NamespaceUnavailable(reason)
         with _machine_lock():
             sweep_stale()
+            _record_owner()
             self.subnet = _free_subnet()
             with _live_lock:
                 _live.add(self)
@@ -280,13 +286,10 @@ def _remove_namespace(name: str) -> None:
 
 @contextlib.contextmanager
 def _machine_lock() -> Iterator[None]:
-    """Serialises sweeps and subnet choices of every process on this machine."""
-    with open(_LOCK_FILE, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Serialises sweeps and subnet choices of every process on this machine (a lock file in the
+    temp dir, opened without following links)."""
+    with locked(_LOCK_PATH, timeout=LOCK_TIMEOUT):
+        yield
 
 
 def _free_subnet() -> int:
@@ -301,8 +304,36 @@ def _free_subnet() -> int:
     return free
 
 
+def _owners_folder() -> Path:
+    return private_folder(Path(tempfile.gettempdir()) / f"aml-magics-simnet-owners-{os.getuid()}")
+
+
+def _record_owner() -> None:
+    """Who this process is, for other processes' sweeps: resource names carry only the pid."""
+    write_atomic(_owners_folder() / f"{os.getpid()}.json", json.dumps(Owner.me().fields()).encode(), follow=False)
+
+
+def _recorded_owner(pid: int) -> Owner | None:
+    try:
+        return Owner.from_fields(json.loads((_owners_folder() / f"{pid}.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
 def _owner_alive(pid: int) -> bool:
-    return pid == os.getpid() or psutil.pid_exists(pid)
+    """Not provably gone: by its record (a reused pid is another process), else by the pid alone
+    (resources made before records: a reused pid keeps them until that process ends)."""
+    if pid == os.getpid():
+        return True
+    owner = _recorded_owner(pid)
+    return not owner.gone if owner is not None else psutil.pid_exists(pid)
+
+
+def _forget_gone_owners() -> None:
+    for record in _owners_folder().glob("*.json"):
+        owner = _recorded_owner(int(record.stem)) if record.stem.isdigit() else None
+        if owner is not None and owner.gone:
+            record.unlink(missing_ok=True)
 
 
 def stale_resources() -> tuple[list[str], list[str]]:
@@ -332,6 +363,7 @@ def sweep_stale() -> list[str]:
         _remove_namespace(name)
     for name in links:
         subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=20)
+    _forget_gone_owners()
     return namespaces + links
 
 

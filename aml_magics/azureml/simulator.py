@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..fileio import private_folder
 from ..invocation import DEFAULT_MASTER_PORT, LOOPBACK, rank_environment
 from ..processes import ProcessGroup
 from ..spec import DistributedSpec
@@ -97,9 +98,13 @@ def node_python() -> str:
 
 
 def sim_root() -> Path:
-    root = Path(_env("AML_MAGICS_SIM_ROOT") or Path(tempfile.gettempdir()) / f"aml-magics-simulator-{os.getuid()}")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    """Where the simulated service keeps runs (their environments hold the runs' secrets): the
+    folder ``AML_MAGICS_SIM_ROOT`` names, or a private folder of this user's in the temp dir."""
+    chosen = _env("AML_MAGICS_SIM_ROOT")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        return Path(chosen)
+    return private_folder(Path(tempfile.gettempdir()) / f"aml-magics-simulator-{os.getuid()}")
 
 
 # -- workspace ---------------------------------------------------------------------------

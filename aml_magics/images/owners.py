@@ -6,12 +6,9 @@ started, a build killed mid-step (its intermediate images), a wheel folder of a 
 ``pip download``, a run from before these rules, a daemon that was down when its owner died.
 The next run and ``%aml_images`` sweep those.
 
-A pid alone proves nothing (pids are reused, and the daemon may serve other machines through
-DOCKER_HOST, or other pid namespaces). So everything carries its owner's uid, pid, the kernel's
-boot id, the pid namespace and the process's start time, and an owner is *gone* only when, on
-this same boot and in this same pid namespace, that pid is not running or is another process
-(another start time). Anything else — another user's, another machine's, a label missing — is
-left alone.
+Everything carries its owner (``aml_magics.owner``: uid, pid, boot id, pid namespace, start
+time) in its labels, and is swept only when that owner is provably gone. Anything else —
+another user's, another machine's, a label missing — is left alone.
 """
 
 from __future__ import annotations
@@ -20,87 +17,26 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..owner import Owner, boot_id, start_time
 from .client import LABEL
 
-OWNER_PID = f"{LABEL}.owner_pid"
-OWNER_UID = f"{LABEL}.owner_uid"
-OWNER_BOOT = f"{LABEL}.owner_boot"
-OWNER_PIDNS = f"{LABEL}.owner_pidns"
-OWNER_START = f"{LABEL}.owner_start"
+OWNER_PREFIX = f"{LABEL}.owner_"  # + uid, pid, boot, pidns, start
+OWNER_UID = f"{OWNER_PREFIX}uid"
 BUILD_FOLDER_PREFIX = "aml-magics-build-"
 _FOLDER = re.compile(r"^aml-magics-build-(\d+)-(\d+)-([0-9a-f]{8})-")
 
 
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+def owner_labels(owner: Owner | None = None) -> dict[str, str]:
+    """The labels of everything a run (or build) of this process (or ``owner``) makes."""
+    return (owner or Owner.me()).fields(OWNER_PREFIX)
 
 
-def pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def start_time(pid: int) -> str:
-    """The process's start time (clock ticks since boot, /proc/PID/stat field 22); "" if none runs."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes().decode("ascii", "replace")
-    except (OSError, ValueError):
-        return ""
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-@dataclass(frozen=True)
-class Owner:
-    uid: int
-    pid: int
-    boot: str
-    pidns: str
-    start: str
-
-    @classmethod
-    def me(cls) -> Owner:
-        pid = os.getpid()
-        return cls(os.getuid(), pid, boot_id(), pid_namespace(), start_time(pid))
-
-    def labels(self) -> dict[str, str]:
-        return {OWNER_PID: str(self.pid), OWNER_UID: str(self.uid), OWNER_BOOT: self.boot,
-                OWNER_PIDNS: self.pidns, OWNER_START: self.start}
-
-    @classmethod
-    def from_labels(cls, labels: dict[str, str] | None) -> Owner | None:
-        labels = labels or {}
-        try:
-            return cls(int(labels[OWNER_UID]), int(labels[OWNER_PID]), labels[OWNER_BOOT], labels[OWNER_PIDNS],
-                       labels[OWNER_START])
-        except (KeyError, ValueError):
-            return None  # made before these labels, or not by us: never provably gone
-
-    @property
-    def is_mine(self) -> bool:
-        """This user's (the only ones a sweep may touch)."""
-        return self.uid == os.getuid()
-
-    @property
-    def gone(self) -> bool:
-        """Provably no longer running: same boot and pid namespace, and the pid is dead or reused."""
-        if not (self.boot and self.start) or self.boot != boot_id() or self.pidns != pid_namespace():
-            return False
-        return start_time(self.pid) != self.start
-
-
-def owner_labels() -> dict[str, str]:
-    """The labels of everything a run (or build) of this process makes."""
-    return Owner.me().labels()
+def labelled_owner(labels: dict[str, str] | None) -> Owner | None:
+    """Who made it; ``None`` when made before these labels, or not by us: never provably gone."""
+    return Owner.from_fields(labels, OWNER_PREFIX)
 
 
 def _mine() -> dict[str, Any]:
@@ -111,7 +47,7 @@ def sweep_containers(client: Any) -> list[str]:
     """Remove this user's containers whose owner is provably gone; their names."""
     removed = []
     for info in client.api.containers(all=True, filters=_mine()):
-        owner = Owner.from_labels(info.get("Labels"))
+        owner = labelled_owner(info.get("Labels"))
         if owner is None or not owner.is_mine or not owner.gone:
             continue
         try:
@@ -127,7 +63,7 @@ def sweep_build_images(client: Any) -> list[str]:
     provably gone; their short ids. Their untagged parents go with them."""
     removed = []
     for info in client.api.images(filters={"dangling": True, **_mine()}):
-        owner = Owner.from_labels(info.get("Labels"))
+        owner = labelled_owner(info.get("Labels"))
         if owner is None or not owner.is_mine or not owner.gone:
             continue
         try:
