@@ -158,6 +158,35 @@ def test_attach_in_the_window_the_guides_wait_reopens(workdir):
     assert "Debugger attached = False" in run.logs  # the first window passed with nobody
 
 
+def test_guide_train_on_every_rank_gets_that_ranks_own_debugger(workdir):
+    """``--procs-per-node 2``: each rank's guide block runs against that rank's debugger — its
+    ``debugpy.listen()`` returns the rank's own endpoint, nothing listens where the guide asked —
+    and a rank nobody attaches to completes after its windows."""
+    script = project_with(workdir / "proj", GUIDE_TRAIN, "train.py")
+    run = aml_magics.submit(str(script), port=0, timeout=8, procs_per_node=2, args=guide_args(client_ip="0.0.0.0"))
+    wait_for(lambda: len(run.endpoints) == 2, 60, "both ranks' endpoints")
+    endpoints = {e.rank: e for e in run.endpoints}
+    assert endpoints[0].port != endpoints[1].port
+    client = attach_with_launch_config(run.launch_config(rank=1), {str(script): [AFTER_BLOCK]},
+                                       workspace_folder=str(workdir))
+    try:
+        stop = client.wait_stopped(30)
+        assert (Path(stop.path), stop.line) == (script, AFTER_BLOCK)
+        assert client.evaluate("os.environ['RANK']", stop.frame_id) == "'1'"
+        assert client.evaluate("debugpy.listen(('0.0.0.0', 5699))", stop.frame_id) == \
+            repr(("127.0.0.1", endpoints[1].port))
+        assert listening_addresses(endpoints[1].pid) == {("127.0.0.1", endpoints[1].port)}
+        client.continue_(stop.thread_id)
+        assert run.wait(60) == "completed", run.detail + "\n" + run.logs[-2000:]
+    finally:
+        client.close()
+    logs = run.logs
+    assert logs.count("Argument 1: abc") == 2 and "Traceback" not in logs
+    for rank in (0, 1):
+        assert logs.count(f"uses this run's debugger at 127.0.0.1:{endpoints[rank].port}") == 1
+    assert not port_is_listening("127.0.0.1", UNUSED_PORT)
+
+
 def _bootstrap(tmp_path: Path, body: str, *options: str) -> subprocess.CompletedProcess:
     script = tmp_path / "user_script.py"
     script.write_text(body)
