@@ -213,9 +213,21 @@ def descendants(pid: int | None = None) -> list[int]:
     return found
 
 
+def _is_debug_adapter(pid: int) -> bool:
+    """debugpy's adapter process (``--separate-adapter``): ours, not something the script left."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return False
+    return any(part.replace(b"\\", b"/").endswith(b"debugpy/adapter") for part in argv)
+
+
 def kill_descendants() -> int:
-    """SIGKILL whatever the user's code left running below this process; how many there were."""
+    """SIGKILL whatever the user's code left running below this process; how many of them were
+    the script's (debugpy's own adapter process is not counted)."""
     pids = descendants()
+    adapters = {pid for pid in pids if _is_debug_adapter(pid)}
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -226,7 +238,7 @@ def kill_descendants() -> int:
             os.waitpid(pid, 0)
         except OSError:
             pass
-    return len(pids)
+    return len(pids) - len(adapters)
 
 
 def end_tree(code: int, why: str) -> None:

@@ -114,6 +114,14 @@ def needs_tunnel(spec: RunSpec, target: str) -> bool:
     return not (bind.startswith("127.") or bind == "localhost")
 
 
+def _check_subprocesses(spec: RunSpec, target: str) -> None:
+    """Child processes get sessions of their own on debugpy's adapter port, which a client must
+    reach directly: the tunnel fronts one session of one process."""
+    if spec.debug.subprocesses and needs_tunnel(spec, target):
+        raise OptionsError(f"--subprocesses with --bind {spec.debug.bind}: the child processes' sessions cannot go "
+                           "through the authenticated tunnel yet; bind loopback, or add --insecure")
+
+
 def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run: MakeRun = DebugRun) -> DebugRun:
     """Check everything, write the cell, submit; returns at once with a live DebugRun.
 
@@ -122,6 +130,7 @@ def start(request: RunRequest, registry: RunRegistry = REGISTRY, make_run: MakeR
     if request.dry_run:  # never submit what was only to be shown
         raise OptionsError("--dry-run starts nothing: show the plan with aml_magics.dryrun.plan(request)")
     target = _make_target(request)
+    _check_subprocesses(request.spec, request.target)
     if request.launch_json is not None:
         _check_launch_json(request.launch_json)
     if request.cell is not None and request.cell_file is not None:

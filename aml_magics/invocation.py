@@ -59,6 +59,8 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
         args.append("--stop-on-entry")
     if debug.reattach:
         args.append("--reattach")
+    if debug.subprocesses:
+        args.append("--separate-adapter")  # debugpy's adapter process: what follows child processes
     if debug.post_mortem:
         args.append("--post-mortem")
     if debug.wait_on_breakpoint:

@@ -189,6 +189,9 @@ COMMON_OPTIONS: tuple[Option, ...] = (
                 "tunnel (anyone who reaches it owns the process)"),
     option("--reattach", action="store_true",
            help="keep listening after the debugger detaches (default: one attach per window)"),
+    option("--subprocesses", action="store_true",
+           help="follow the processes the script starts (subprocess, multiprocessing): each gets a debug "
+                "session of its own (local runs on a direct port)"),
     option("--nodes", type=count_value, default=None, metavar="N", help="distributed: number of nodes (default: 1)"),
     option("--procs-per-node", type=count_value, default=None, metavar="M",
            help="distributed: processes per node, each with RANK/LOCAL_RANK/WORLD_SIZE (default: 1)"),
@@ -364,8 +367,12 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         stop_on_entry=ns.stop_on_entry,
         secure=not getattr(ns, "insecure", None) and defaults.secure,
         reattach=bool(getattr(ns, "reattach", False)),
+        subprocesses=bool(getattr(ns, "subprocesses", False)),
         **_debug_extras(ns),
     )
+    if debug.subprocesses and not info.capabilities.subprocesses:
+        raise OptionsError(f"--subprocesses: target '{target}' does not follow child processes yet "
+                           "(their debug sessions are reached directly: local runs only)")
     distributed = _distributed(ns, info, debug)
     local_root = _local_root(ns, cwd)
     spec = RunSpec(
@@ -399,7 +406,8 @@ def _debug_extras(ns: argparse.Namespace) -> dict[str, Any]:
     if getattr(ns, "no_debug", False):
         wanted = [flag for flag, on in (("--post-mortem", getattr(ns, "post_mortem", False)),
                                         ("--wait-on-breakpoint", getattr(ns, "wait_on_breakpoint", False)),
-                                        ("--debug-ranks", bool(ranks))) if on]
+                                        ("--debug-ranks", bool(ranks)),
+                                        ("--subprocesses", getattr(ns, "subprocesses", False))) if on]
         if wanted:
             verb = "needs" if len(wanted) == 1 else "need"
             raise OptionsError(f"{' and '.join(wanted)} {verb} the debugger: drop --no-debug")

@@ -33,6 +33,7 @@ class DebugOptions:
     debug_ranks: tuple[int, ...] | None = None  # None: every rank; else only these get a debugger
     secure: bool = True  # a port that leaves the machine goes through the authenticated TLS tunnel
     reattach: bool = False  # keep listening after a client detaches (default: one attach per window)
+    subprocesses: bool = False  # follow the script's child processes (debugpy's separate adapter)
 
     @property
     def listens_at_start(self) -> bool:

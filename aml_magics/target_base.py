@@ -72,6 +72,7 @@ class Capabilities:
     max_nodes: int | None = None  # None: no limit
     max_processes: int | None = None
     dry_run: bool = False
+    subprocesses: bool = False  # child processes' debug sessions are reachable (--subprocesses)
 
 
 class Target(Protocol):

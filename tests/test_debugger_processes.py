@@ -75,3 +75,40 @@ def test_paused_processes_are_listed_and_each_can_be_debugged(tmp_path, debuggee
     assert proc.wait(15) == 0
     out = _finish(proc)
     assert "child says from-child-42" in out and "parent: child exited 0" in out
+
+
+def test_a_run_with_subprocesses_follows_its_child(workdir):
+    """``--subprocesses`` on a real run: the script's child gets a session of its own, armed with
+    the same breakpoints before it runs; the selector names the run's script, not the bootstrap."""
+    (workdir / "parent.py").write_text(PARENT)
+    (workdir / "child.py").write_text(CHILD)
+    run = aml_magics.submit(str(workdir / "parent.py"), port=0, timeout=60, subprocesses=True)
+    dbg = run.attach(breakpoints=[("parent.py", PARENT_BREAK), ("child.py", CHILD_BREAK)], timeout=30)
+    try:
+        wait_for(lambda: len(dbg.paused) == 2, 60, "the run and its child paused")
+        by_line = {p.stop.line: p for p in dbg.paused}
+        parent, child = by_line[PARENT_BREAK], by_line[CHILD_BREAK]
+        assert parent.pid == run.endpoints[0].pid and child.pid != parent.pid
+        assert parent.label.startswith(f"pid {parent.pid} parent.py — stopped at parent.py:{PARENT_BREAK}")
+        dbg.select(child.pid)
+        assert dbg.locals()["secret"] == "'from-child-42'"
+        dbg.continue_()
+        wait_for(lambda: [p.pid for p in dbg.paused] == [parent.pid], 30, "only the run paused")
+        dbg.select(parent.pid)
+        dbg.continue_()
+        assert run.wait(30) == "completed", run.logs
+    finally:
+        dbg.detach()
+    logs = run.logs
+    assert "child says from-child-42" in logs and "parent: child exited 0" in logs
+    assert "left running" not in logs  # debugpy's own adapter process is not the script's
+
+
+def test_subprocesses_is_refused_where_child_sessions_cannot_be_reached(workdir):
+    (workdir / "job.py").write_text("print('x')\n")
+    with pytest.raises(aml_magics.errors.OptionsError, match=r"--subprocesses: target 'docker' does not follow"):
+        aml_magics.submit(str(workdir / "job.py"), target="docker", subprocesses=True)
+    with pytest.raises(aml_magics.errors.OptionsError, match=r"--subprocesses needs the debugger: drop --no-debug"):
+        aml_magics.submit(str(workdir / "job.py"), no_debug=True, subprocesses=True)
+    with pytest.raises(aml_magics.errors.OptionsError, match=r"--subprocesses with --bind 10\.9\.8\.7: the child "):
+        aml_magics.submit(str(workdir / "job.py"), bind="10.9.8.7", subprocesses=True)

@@ -508,7 +508,10 @@ class Debugger(Model):
                     _pid(service), stop.description)
 
     def _process(self, service: DebugService) -> Process:
-        return Process(_pid(service), str(service.process.get("name") or service.name), service.state,
+        name = str(service.process.get("name") or service.name)
+        if self.run is not None and service in self.roots:
+            name = self.run.spec.script  # debugpy names the bootstrap, which runs it
+        return Process(_pid(service), name, service.state,
                        self._stop_of(service) if service.state == STOPPED else None,
                        self._rank_of_service.get(id(service)) if len(self.roots) > 1 else None)
 

@@ -122,7 +122,7 @@ class LocalRun(ThreadedRun):
 
 class LocalTarget:
     name = "local"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_processes=MAX_LOCAL_PROCESSES)
+    capabilities: ClassVar[Capabilities] = Capabilities(max_processes=MAX_LOCAL_PROCESSES, subprocesses=True)
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
