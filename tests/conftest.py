@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -249,3 +250,30 @@ def read_pty(fd: int, until, timeout: float = 60) -> str:
             if until(text):
                 return text
     raise AssertionError(f"not seen in the terminal; got: {text!r}")
+
+
+COUNTDOWN = re.compile(r"\r\x1b\[Kwaiting for a debugger at 127\.0\.0\.1:(\d+) — (\d+) s left — Ctrl-C cancels")
+
+
+def read_countdown(fd: int, timeout_option: float) -> tuple[str, int]:
+    """Read a terminal until its attach countdown line was redrawn with the seconds going down
+    (one endpoint, at most ``timeout_option`` s); (what the terminal showed, the port)."""
+    text = read_pty(fd, lambda t: len({m.group(2) for m in COUNTDOWN.finditer(t)}) >= 2)
+    shown = list(COUNTDOWN.finditer(text))
+    assert len({m.group(1) for m in shown}) == 1  # the same endpoint, the seconds going down
+    assert int(shown[-1].group(2)) < int(shown[0].group(2)) <= timeout_option
+    return text, int(shown[0].group(1))
+
+
+def count_down_then_ctrl_c(argv: list[str], cwd: Path, ended: str, timeout_option: float) -> tuple[str, int, int]:
+    """Run ``argv`` in a real terminal until its attach countdown was redrawn (seconds going down),
+    then press Ctrl-C (the TTY sends SIGINT, as a user's keypress does) and read until a line
+    with ``ended``; (what the terminal showed, the countdown's port, the exit code)."""
+    pid, fd = in_terminal(argv, cwd)
+    try:
+        text, port = read_countdown(fd, timeout_option)
+        os.write(fd, b"\x03")
+        text += read_pty(fd, lambda t: ended in t and t.endswith("\n"))
+    finally:
+        code = end_terminal(pid, fd)
+    return text, port, code

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import busy_port, end_terminal, in_terminal, read_pty
+from conftest import busy_port, count_down_then_ctrl_c
 
 import aml_magics
 from aml_magics.testing.dap import attach_with_launch_config
@@ -236,21 +236,10 @@ def test_cli_counts_down_on_a_terminal_and_ctrl_c_cancels(tmp_path):
     """Under a real pseudo-terminal (the CLI's controlling TTY): a live line, rewritten in place."""
     (tmp_path / "slow.py").write_text("print('working')\n")
     argv = [sys.executable, "-m", "aml_magics.cli", "run", "slow.py", "--port", "0", "--timeout", "120"]
-    pid, fd = in_terminal(argv, tmp_path)
-    try:
-        countdown = re.compile(r"\r\x1b\[Kwaiting for a debugger at 127\.0\.0\.1:(\d+) — (\d+) s left — Ctrl-C cancels")
-        text = read_pty(fd, lambda t: len({m.group(2) for m in countdown.finditer(t)}) >= 2)
-        shown = list(countdown.finditer(text))
-        assert len({m.group(1) for m in shown}) == 1  # the same endpoint, the seconds going down
-        assert int(shown[-1].group(2)) < int(shown[0].group(2)) <= 120
-        assert f"aml-debug: debugpy listening at 127.0.0.1:{shown[0].group(1)} (rank 0)" in text
-        os.write(fd, b"\x03")  # Ctrl-C, through the terminal
-        text += read_pty(fd, lambda t: "canceled by user after" in t and t.endswith("\n"))
-        assert re.search(r"aml-debug: run slow-1 canceled by user after \d+(\.\d)? s", text), text
-        assert "Traceback" not in text
-    finally:
-        code = end_terminal(pid, fd)
-    assert code == 130
+    text, port, code = count_down_then_ctrl_c(argv, tmp_path, "canceled by user after", 120)
+    assert f"aml-debug: debugpy listening at 127.0.0.1:{port} (rank 0)" in text
+    assert re.search(r"aml-debug: run slow-1 canceled by user after \d+(\.\d)? s", text), text
+    assert "Traceback" not in text and code == 130
 
 
 def test_cli_says_the_wait_in_one_plain_line_when_not_a_terminal(tmp_path):

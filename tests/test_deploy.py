@@ -18,7 +18,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import DOCKER_BASE, busy_port, end_terminal, free_port, in_terminal, port_is_listening, read_pty
+from conftest import (
+    DOCKER_BASE,
+    busy_port,
+    count_down_then_ctrl_c,
+    free_port,
+    port_is_listening,
+)
 from IPython.core.error import UsageError
 
 from aml_magics.deploy.handle import DebugDeployment, ScoringError, server_failure
@@ -253,20 +259,10 @@ def test_cli_deploy_counts_down_on_a_terminal_and_ctrl_c_stops(workdir, model_di
     (workdir / "score.py").write_text(SCORE)
     argv = [sys.executable, "-m", "aml_magics.cli", "deploy", "score.py", "--port", "0", "--timeout", "120",
             "--model-dir", "model"]
-    pid, fd = in_terminal(argv, workdir)
-    try:
-        countdown = re.compile(r"\r\x1b\[Kwaiting for a debugger at 127\.0\.0\.1:(\d+) — (\d+) s left — Ctrl-C cancels")
-        text = read_pty(fd, lambda t: len({m.group(2) for m in countdown.finditer(t)}) >= 2)
-        shown = list(countdown.finditer(text))
-        assert int(shown[-1].group(2)) < int(shown[0].group(2)) <= 120
-        assert f"aml-debug: debugpy listening at 127.0.0.1:{shown[0].group(1)}" in text
-        os.write(fd, b"\x03")  # Ctrl-C, through the terminal
-        text += read_pty(fd, lambda t: "stopped" in t and t.endswith("\n"))
-        assert re.search(r"\r\x1b\[Kaml-debug: deployment \S+ stopped", text), text
-        assert "Traceback" not in text
-    finally:
-        code = end_terminal(pid, fd)
-    assert code == 130
+    text, port, code = count_down_then_ctrl_c(argv, workdir, "stopped", 120)
+    assert f"aml-debug: debugpy listening at 127.0.0.1:{port}" in text
+    assert re.search(r"\r\x1b\[Kaml-debug: deployment \S+ stopped", text), text
+    assert "Traceback" not in text and code == 130
 
 
 def test_cli_deploy_syntax_error_exits_2(workdir, capsys):
