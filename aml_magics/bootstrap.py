@@ -522,10 +522,12 @@ class TlsSession:
                     view = view[self._tls.send(view):]
                     continue
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                    pass
+                    failed = False
                 except (OSError, ValueError):
-                    self._close_locked()
-                    raise
+                    failed = True
+            if failed:  # the client is gone: the session ends (on_close), and pydevd hears it
+                self.close()
+                raise OSError(errno.EPIPE, "the debug session is closed")
             self._wait(readable=False)
 
     def settimeout(self, timeout: float | None) -> None:
@@ -539,12 +541,9 @@ class TlsSession:
         with self._lock:
             if self.closed:
                 return
-            self._close_locked()
+            self.closed = True
+            close_socket(self._tls)  # shutdown first: wakes the other thread's wait
         self._on_close()
-
-    def _close_locked(self) -> None:
-        self.closed = True
-        close_socket(self._tls)  # shutdown first: wakes the other thread's wait
 
     def _wait(self, readable: bool) -> None:
         try:

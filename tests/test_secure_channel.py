@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import textwrap
@@ -301,3 +302,48 @@ def test_the_simulated_azureml_node_is_tunnelled(shell, tmp_path, monkeypatch, s
         assert relay_host == node
         assert_strangers_refused(relay_host, int(relay_port))
         debug_to_the_end(run, config, project)
+
+
+def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """The node's and the owner's ends of one authenticated connection, as the relay and the
+    forwarder make them (the run's real certificates, TLS 1.3)."""
+    from aml_magics.bootstrap import relay_context
+
+    credentials = TunnelCredentials.new()
+    node_context, _ = relay_context(credentials.node_side())
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        raw = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+    result: dict = {}
+    accepting = threading.Thread(target=lambda: result.update(node=node_context.wrap_socket(conn, server_side=True)))
+    accepting.start()
+    owner = credentials.client_context().wrap_socket(raw, server_hostname=None)
+    accepting.join(10)
+    return result["node"], owner
+
+
+def test_a_tls_session_hands_debugpy_whole_messages_and_ends_once():
+    """What debugpy reads and writes on the node when tunnelled: a header leaves with its body in
+    one record; a client that vanishes ends the session once, whichever side notices first."""
+    from aml_magics.bootstrap import TlsSession
+
+    node, owner = _tls_pair()
+    ended = []
+    session = TlsSession(node, lambda: ended.append(time.monotonic()))
+    body = b'{"seq":1,"type":"event","event":"stopped"}'
+    session.sendall(b"Content-Length: %d\r\n\r\n" % len(body))
+    session.sendall(body)
+    owner.settimeout(10)
+    assert owner.recv(65536) == b"Content-Length: %d\r\n\r\n" % len(body) + body  # one record, both parts
+    owner.sendall(b"Content-Length: 2\r\n\r\n{}")
+    assert session.recv(1024) == b"Content-Length: 2\r\n\r\n{}"
+    # The client goes away without a word (RST): the next writes fail, the session ends, once.
+    owner.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    owner.close()
+    with pytest.raises(OSError):
+        for _ in range(100):
+            session.sendall(b"x" * 4096)
+            time.sleep(0.01)
+    assert session.recv(1024) == b""
+    session.close()
+    assert len(ended) == 1
