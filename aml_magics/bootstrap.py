@@ -213,21 +213,26 @@ def descendants(pid: int | None = None) -> list[int]:
     return found
 
 
-def _is_debug_adapter(pid: int) -> bool:
-    """debugpy's adapter process (``--separate-adapter``): ours, not something the script left."""
+def _left_running(pid: int) -> bool:
+    """A process the script left behind: not debugpy's adapter (``--separate-adapter``: ours), not
+    a zombie (it ended; only its exit status is left to collect)."""
     try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             argv = handle.read().split(b"\0")
     except OSError:
         return False
-    return any(part.replace(b"\\", b"/").endswith(b"debugpy/adapter") for part in argv)
+    if stat[stat.rfind(b")") + 2:].startswith(b"Z"):
+        return False
+    return not any(part.replace(b"\\", b"/").endswith(b"debugpy/adapter") for part in argv)
 
 
 def kill_descendants() -> int:
-    """SIGKILL whatever the user's code left running below this process; how many of them were
-    the script's (debugpy's own adapter process is not counted)."""
+    """SIGKILL whatever is left below this process (and collect it); how many of those the
+    script had left running."""
     pids = descendants()
-    adapters = {pid for pid in pids if _is_debug_adapter(pid)}
+    left = sum(1 for pid in pids if _left_running(pid))
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -238,7 +243,7 @@ def kill_descendants() -> int:
             os.waitpid(pid, 0)
         except OSError:
             pass
-    return len(pids) - len(adapters)
+    return left
 
 
 def end_tree(code: int, why: str) -> None:

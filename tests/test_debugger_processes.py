@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import test_dap_client
-from conftest import wait_for
+from conftest import port_is_listening, wait_for
 from test_dap_client import _config, _finish
 
 import aml_magics
@@ -102,6 +102,19 @@ def test_a_run_with_subprocesses_follows_its_child(workdir):
     logs = run.logs
     assert "child says from-child-42" in logs and "parent: child exited 0" in logs
     assert "left running" not in logs  # debugpy's own adapter process is not the script's
+
+
+def test_a_subprocesses_run_nobody_attaches_to_closes_its_port_after_the_window(workdir):
+    """debugpy's adapter process goes when the window closes: no port stays open, and the adapter
+    is not reported as something the script left running."""
+    (workdir / "sleepy.py").write_text("import time\nprint('start', flush=True)\ntime.sleep(4)\nprint('done')\n")
+    run = aml_magics.submit(str(workdir / "sleepy.py"), port=0, timeout=1, subprocesses=True)
+    endpoint = run.wait_for_endpoint(30)
+    wait_for(lambda: "Debugger attached = False" in run.logs, 30, "the window to pass")
+    wait_for(lambda: not port_is_listening("127.0.0.1", endpoint.port), 5, "the port to close")
+    assert run.state == "running"  # the script goes on without a debugger
+    assert run.wait(30) == "completed", run.logs
+    assert "done" in run.logs and "left running" not in run.logs
 
 
 def test_subprocesses_is_refused_where_child_sessions_cannot_be_reached(workdir):
