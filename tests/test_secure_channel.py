@@ -179,8 +179,14 @@ def test_a_local_run_bound_off_loopback_is_tunnelled(workdir, stranger_host):
 
 def _the_bootstrap() -> psutil.Process:
     """The one run of this test: its bootstrap process."""
-    (process,) = [p for p in psutil.Process().children(recursive=True)
-                  if any("bootstrap.py" in part for part in p.cmdline())]
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any("bootstrap.py" in part for part in process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # ended meanwhile, or a zombie of an earlier test
+            pass
+    (process,) = found
     return process
 
 
