@@ -194,6 +194,26 @@ def _listening(process: psutil.Process) -> set[tuple[str, int]]:
     return {(c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
 
 
+def test_a_tunnelled_run_reopens_through_the_tunnel_for_a_post_mortem(workdir, stranger_host):
+    """The window passes with nobody (relay and debugger off), then a crash listens again: a new
+    relay on the same port, debugpy again without a port of its own, the owner's forwarder again."""
+    script = workdir / "crash.py"
+    script.write_text("import time\ntime.sleep(2)\nvalues = []\nprint(sum(values) / len(values))\n")
+    run = aml_magics.submit(str(script), port=0, bind=stranger_host.host_address, timeout=0.5, post_mortem=True,
+                            post_mortem_timeout=60)
+    first = run.wait_for_endpoint(30)
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 30, "the crash to wait for a debugger")
+    second = run.endpoints[-1]
+    assert second.tunnelled and second.node_address == first.node_address  # the same relay port, reopened
+    assert _listening(_the_bootstrap()) == {(stranger_host.host_address, int(first.node_address.rsplit(":", 1)[1]))}
+    with attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir)) as client:
+        stop = client.wait_stopped(30)
+        assert stop.reason == "exception" and stop.line == 4
+        assert client.evaluate("len(values)", stop.frame_id) == "0"
+        client.continue_(stop.thread_id)
+        assert run.wait(30) == "failed"
+
+
 @pytest.mark.docker
 def test_a_docker_run_is_tunnelled(engine, workdir, no_container_left):
     script = workdir / "job.py"
