@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from ..errors import TargetError
 from .settings import WorkspaceRef
 
+T = TypeVar("T")
 BACKEND_ENV = "AML_MAGICS_AZUREML_BACKEND"
 POLL_ENV = "AML_MAGICS_AZUREML_POLL_SECONDS"
 DEFAULT_POLL = 2.0  # the SDK's own streaming backs off 2 s → 60 s: too slow for an attach window
@@ -171,6 +172,21 @@ _BACKENDS: dict[tuple[str, str], Any] = {
 _backends_lock = threading.Lock()
 
 
+def one_instance(factory: Callable[[], T]) -> Callable[[], T]:
+    """A getter that makes ``factory()`` on its first call (once, whichever thread asks first) and
+    returns that same object ever after: a control plane per process, made only when used."""
+    made: list[T] = []
+    lock = threading.Lock()
+
+    def get() -> T:
+        with lock:
+            if not made:
+                made.append(factory())
+            return made[0]
+
+    return get
+
+
 def register_backend(sdk: str, name: str, factory: Any) -> None:
     """Make a control plane available as ``AML_MAGICS_AZUREML_BACKEND=<name>`` for ``sdk``."""
     with _backends_lock:
@@ -213,16 +229,9 @@ def backend_for(sdk: str, service: Any) -> Any:
     return factory()
 
 
-_real: AzureMLService | None = None
+_service = one_instance(AzureMLService)
 
 
 def get_backend() -> Any:
     """The v1 control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
     return backend_for("v1", _service)
-
-
-def _service() -> AzureMLService:
-    global _real
-    if _real is None:
-        _real = AzureMLService()
-    return _real

@@ -60,7 +60,7 @@ from ..fileio import private_folder
 from ..invocation import DEFAULT_MASTER_PORT, LOOPBACK, rank_environment
 from ..processes import ProcessGroup
 from ..spec import DistributedSpec
-from .backend import poll_interval, read_file_uri, register_backend
+from .backend import one_instance, poll_interval, read_file_uri, register_backend
 from .pipeline import compute_name
 from .settings import WorkspaceRef
 from .simnet import (  # NamespaceUnavailable, NodeNamespace: re-exported (their home before simnet)
@@ -685,16 +685,7 @@ def _ordered(steps: list) -> list:
     return done
 
 
-_simulator: Simulator | None = None
-_lock = threading.Lock()
-
-
-def get_simulator() -> Simulator:
-    global _simulator
-    with _lock:
-        if _simulator is None:
-            _simulator = Simulator()
-        return _simulator
+get_simulator = one_instance(Simulator)
 
 
 register_backend("v1", "simulator", get_simulator)

@@ -19,6 +19,7 @@ from ..backend import (
     DEFAULT_POLL,
     AzureMLService,
     backend_for,
+    one_instance,
     poll_interval,
     read_file_uri,
     service_errors,
@@ -171,16 +172,9 @@ class JobRun:
         return self.backend.service_endpoints(self.client, self.id, node_index)
 
 
-_real: MLClientBackend | None = None
+_service = one_instance(MLClientBackend)
 
 
 def get_v2_backend() -> Any:
     """The v2 control plane chosen by ``AML_MAGICS_AZUREML_BACKEND`` (default: the real service)."""
     return backend_for("v2", _service)
-
-
-def _service() -> MLClientBackend:
-    global _real
-    if _real is None:
-        _real = MLClientBackend()
-    return _real

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backend import poll_interval, register_backend
+from ..backend import one_instance, poll_interval, register_backend
 from ..settings import WorkspaceRef
 from ..simulator import (
     Shape,
@@ -336,16 +336,7 @@ def _environment_packages(environment: Any) -> list[str]:
     return []
 
 
-_backend: SimV2Backend | None = None
-_lock = threading.Lock()
-
-
-def get_v2_simulator() -> SimV2Backend:
-    global _backend
-    with _lock:
-        if _backend is None:
-            _backend = SimV2Backend()
-        return _backend
+get_v2_simulator = one_instance(SimV2Backend)
 
 
 register_backend("v2", "simulator", get_v2_simulator)
