@@ -460,6 +460,21 @@ def low_latency(sock: socket.socket) -> None:
         pass
 
 
+def serve_connections(listener: socket.socket, serve: Callable[[socket.socket], None], name: str) -> None:
+    """Accept on ``listener`` until it is closed, each connection served on a thread of its own
+    (a service thread: invisible to the debugger); returns at once."""
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            service_thread(serve, conn, name=f"{name}-conn")
+
+    service_thread(accept, name=name)
+
+
 def close_socket(sock: socket.socket | None) -> None:
     """Shut down and close; shutdown first wakes a thread blocked on it (a bare close does not)."""
     if sock is None:
@@ -620,7 +635,7 @@ class Relay:
         self.refused = 0
 
     def start(self) -> Relay:
-        service_thread(self._accept, name="aml-magics-relay")
+        serve_connections(self.sock, self._serve, "aml-magics-relay")
         return self
 
     def close(self) -> None:
@@ -628,14 +643,6 @@ class Relay:
             self._closed = True
         close_socket(self.sock)
         self.sessions.close()  # a session not yet taken by debugpy; one it holds ends with it
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            service_thread(self._serve, conn, name="aml-magics-relay-conn")
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(RELAY_HANDSHAKE_TIMEOUT)

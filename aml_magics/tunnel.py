@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bootstrap import close_socket, low_latency
+from .bootstrap import close_socket, low_latency, serve_connections
 from .lifecycle import RunScope
 from .protocol import Endpoint
 from .target_base import RunHandle
@@ -182,7 +182,7 @@ class Forwarder:
         self._connections: set[socket.socket] = set()
 
     def start(self) -> Forwarder:
-        threading.Thread(target=self._accept, daemon=True, name=f"aml-magics-forward-{self.port}").start()
+        serve_connections(self._server, self._serve, f"aml-magics-forward-{self.port}")
         return self
 
     def close(self) -> None:
@@ -191,14 +191,6 @@ class Forwarder:
             connections = list(self._connections)
         for sock in [self._server, *connections]:
             close_socket(sock)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                local, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(local,), daemon=True, name="aml-magics-forward-conn").start()
 
     def _serve(self, local: socket.socket) -> None:
         remote = None
