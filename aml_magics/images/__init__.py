@@ -43,12 +43,12 @@ from .client import (
     shorten,
 )
 from .inventory import ImageInfo, format_images, images_command, list_images, remove_image, remove_unused
-from .owners import Owner, owner_labels, sweep
+from .owners import owner_labels, sweep
 from .recipe import ImagePython, canonical, dockerfile, image_tag, probe_python, redact
 
 __all__ = [
     "BOOTSTRAP", "BOOTSTRAP_IN_IMAGE", "IMAGE_REPO", "LABEL", "ROOT", "VENV", "VENV_PYTHON", "WHEELS_CHOICES",
-    "WHEELS_HOST", "WHEELS_INDEX", "Canceled", "ImageBuildError", "ImageInfo", "ImagePython", "ImageUses", "Owner",
+    "WHEELS_HOST", "WHEELS_INDEX", "Canceled", "ImageBuildError", "ImageInfo", "ImagePython", "ImageUses",
     "canonical", "connect", "credentials_problem", "default_base_image", "docker_host", "dockerfile", "ensure_image",
     "ensure_inference_image", "format_images", "image_id_of", "image_tag", "images_command", "list_images",
     "owner_labels", "probe_python", "redact", "remove_build_images", "remove_image", "remove_unused",
