@@ -3,6 +3,7 @@ helpers the test modules import (``from conftest import ...``)."""
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -277,3 +278,9 @@ def count_down_then_ctrl_c(argv: list[str], cwd: Path, ended: str, timeout_optio
     finally:
         code = end_terminal(pid, fd)
     return text, port, code
+
+
+def build_test_image(engine, recipe: str, tag: str) -> None:
+    """A small image for a test, built offline from a Dockerfile text (FROM the local base image)."""
+    engine.images.build(fileobj=io.BytesIO(recipe.encode()), tag=tag, rm=True, forcerm=True, network_mode="none")
+

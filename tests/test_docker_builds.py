@@ -10,7 +10,6 @@ image cache key does not depend on how ``--pip`` was spelled.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import DOCKER_BASE, wait_for
+from conftest import DOCKER_BASE, build_test_image, wait_for
 
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
 
@@ -64,7 +63,7 @@ def test_failed_build_removes_its_intermediate_images_and_temp_folder(engine, wo
     # committed as images), then the build fails.
     broken = "aml-magics-test-broken:novenv-builds"
     recipe = f'FROM {DOCKER_BASE}\nRUN ["rm", "-rf", "/usr/lib/python3.11/venv"]\n'
-    engine.images.build(fileobj=io.BytesIO(recipe.encode()), tag=broken, rm=True, forcerm=True, network_mode="none")
+    build_test_image(engine, recipe, broken)
     try:
         (workdir / "job.py").write_text("print('not reached')\n")
         before = {i["Id"] for i in _dangling(engine, os.getpid())}
@@ -177,7 +176,7 @@ def test_cancel_stops_pip_download(engine, workdir, no_container_left):
 
 def _tiny_image(engine, tag: str, labels: dict[str, str]) -> None:
     recipe = f"FROM {DOCKER_BASE}\nLABEL " + " ".join(f'{k}="{v}"' for k, v in labels.items()) + "\n"
-    engine.images.build(fileobj=io.BytesIO(recipe.encode()), tag=tag, rm=True, forcerm=True, network_mode="none")
+    build_test_image(engine, recipe, tag)
 
 
 def _image_exists(engine, ref: str) -> bool:

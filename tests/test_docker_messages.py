@@ -17,7 +17,7 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import DOCKER_BASE
+from conftest import DOCKER_BASE, build_test_image
 
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
 
@@ -66,7 +66,7 @@ def test_source_path_with_a_colon_works(engine, workdir, no_container_left):
 def test_base_image_without_python_is_named_by_its_tag(engine, workdir, no_container_left):
     tag = "aml-magics-test-nopython:1"
     recipe = f'FROM {DOCKER_BASE}\nRUN ["/bin/rm", "-f", "/usr/bin/python3", "/usr/bin/python3.11", "/usr/bin/python"]\n'
-    engine.images.build(fileobj=io.BytesIO(recipe.encode()), tag=tag, rm=True, forcerm=True, network_mode="none")
+    build_test_image(engine, recipe, tag)
     try:
         (workdir / "job.py").write_text("print('not reached')\n")
         run = aml_magics.submit("job.py", target="docker", base_image=tag, timeout=0)

@@ -8,7 +8,6 @@ AML_MAGICS_REQUIRE_DOCKER=1 (set by CI) a missing engine is a failure instead.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BREAK_LINE, CELL, DOCKER_BASE, busy_port, free_port
+from conftest import BREAK_LINE, CELL, DOCKER_BASE, build_test_image, busy_port, free_port
 
 docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install 'aml-magics[docker]')")
 
@@ -211,7 +210,7 @@ def test_failing_build_step_reports_the_build_log_tail(engine, workdir, no_conta
     # A stripped base image whose Python lacks the venv module: the recipe's venv step fails in the build.
     broken = "aml-magics-test-broken:novenv"
     recipe = f'FROM {DOCKER_BASE}\nLABEL aml_magics=1\nRUN ["rm", "-rf", "/usr/lib/python3.11/venv"]\n'
-    engine.images.build(fileobj=io.BytesIO(recipe.encode()), tag=broken, rm=True, forcerm=True, network_mode="none")
+    build_test_image(engine, recipe, broken)
     try:
         (workdir / "job.py").write_text("print('not reached')\n")
         run = aml_magics.submit("job.py", target="docker", base_image=broken, timeout=0)
