@@ -313,36 +313,42 @@ def _record_owner() -> None:
     write_atomic(_owners_folder() / f"{os.getpid()}.json", json.dumps(Owner.me().fields()).encode(), follow=False)
 
 
-def _recorded_owner(pid: int) -> Owner | None:
+def _recorded_owners() -> dict[int, tuple[Path, Owner]]:
+    """Every owner record (its file, who it names), read once per sweep; none if the folder is
+    refused (then pids alone decide, as for resources made before records)."""
     try:
-        return Owner.from_fields(json.loads((_owners_folder() / f"{pid}.json").read_text()))
-    except (OSError, ValueError):
-        return None
+        records = list(_owners_folder().glob("*.json"))
+    except OSError:
+        return {}
+    owners = {}
+    for record in records:
+        try:
+            owner = Owner.from_fields(json.loads(record.read_text()))
+        except (OSError, ValueError):
+            continue
+        if owner is not None and record.stem == str(owner.pid):
+            owners[owner.pid] = (record, owner)
+    return owners
 
 
-def _owner_alive(pid: int) -> bool:
+def _owner_alive(pid: int, records: dict[int, tuple[Path, Owner]]) -> bool:
     """Not provably gone: by its record (a reused pid is another process), else by the pid alone
     (resources made before records: a reused pid keeps them until that process ends)."""
     if pid == os.getpid():
         return True
-    owner = _recorded_owner(pid)
-    return not owner.gone if owner is not None else psutil.pid_exists(pid)
+    if pid in records:
+        return not records[pid][1].gone
+    return psutil.pid_exists(pid)
 
 
-def _forget_gone_owners() -> None:
-    for record in _owners_folder().glob("*.json"):
-        owner = _recorded_owner(int(record.stem)) if record.stem.isdigit() else None
-        if owner is not None and owner.gone:
-            record.unlink(missing_ok=True)
-
-
-def stale_resources() -> tuple[list[str], list[str]]:
+def stale_resources(records: dict[int, tuple[Path, Owner]] | None = None) -> tuple[list[str], list[str]]:
     """(namespaces, this machine's links) of clusters whose owner is no longer alive."""
+    records = _recorded_owners() if records is None else records
     namespaces = []
     for line in _ip_quiet("netns", "list").splitlines():
         name = line.split()[0] if line.split() else ""
         match = _STALE_NS.match(name)
-        if match and not _owner_alive(int(match.group(1))):
+        if match and not _owner_alive(int(match.group(1)), records):
             namespaces.append(name)
     links = []
     for line in _ip_quiet("-o", "link", "show").splitlines():
@@ -351,19 +357,23 @@ def stale_resources() -> tuple[list[str], list[str]]:
             continue
         name = parts[1].strip().split("@")[0]
         match = _HOST_LINK.match(name)
-        if match and not _owner_alive(int(match.group(1))):
+        if match and not _owner_alive(int(match.group(1)), records):
             links.append(name)
     return namespaces, links
 
 
 def sweep_stale() -> list[str]:
-    """Remove the clusters of dead owners (and what still runs in them); what was removed."""
-    namespaces, links = stale_resources()
+    """Remove the clusters of dead owners (and what still runs in them), and the records of owners
+    provably gone; what was removed."""
+    records = _recorded_owners()
+    namespaces, links = stale_resources(records)
     for name in namespaces:
         _remove_namespace(name)
     for name in links:
         subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=20)
-    _forget_gone_owners()
+    for record, owner in records.values():
+        if owner.gone:
+            record.unlink(missing_ok=True)
     return namespaces + links
 
 
