@@ -21,6 +21,16 @@ def cut_note(cut: int) -> str:
     return f"… [{cut} bytes cut]"
 
 
+def fresh_lines(text: str, prefix: str) -> list[str]:
+    """``text`` with a marker (``prefix``...) that followed a ``\r`` on its own line: a progress bar
+    (``50%\r``) printed without a newline must not swallow the marker after it. Markers always
+    start a line; the text before the ``\r`` stays output."""
+    head, sep, tail = text.rpartition("\r" + prefix)
+    if not sep:
+        return [text]
+    return [*fresh_lines(head, prefix), prefix + tail] if head.strip("\r") else [prefix + tail]
+
+
 def decode(data: bytes) -> str:
     return data.decode("utf-8", "replace").rstrip("\r")
 
