@@ -343,3 +343,39 @@ def test_a_build_ends_when_its_owner_is_killed(workdir):
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
     wait_for(lambda: not any(alive(p.pid) for p in build), 5, "the build's processes to end with their owner")
+
+
+STUBBORN = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    NOTES = os.open(NOTES_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    def note(pid): os.write(NOTES, f"{pid}\\n".encode())
+    if os.fork() == 0:  # a walker: fork and exit, a new pid every hop
+        while True:
+            if os.fork():
+                os._exit(0)
+            note(os.getpid())
+            time.sleep(0.2)
+    print("stubborn", flush=True)
+    while True:  # a new session's child every 0.2 s, through the whole escalation
+        note(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+        time.sleep(0.2)
+""")
+
+
+def test_cancel_ends_processes_started_during_the_escalation(workdir):
+    """A script that ignores SIGINT and SIGTERM and keeps starting setsid children (and a walker):
+    nothing it started, before or during the stop, is left."""
+    run = aml_magics.submit(code=STUBBORN.replace("NOTES_PATH", repr(str(workdir / FAMILY_PIDS))), name="stubborn",
+                            no_debug=True)
+    try:
+        wait_for(lambda: "stubborn" in run.logs and len(_family(workdir)) >= 5, 30, "the stubborn script")
+        run.cancel()
+        assert run.state == "canceled"
+        wait_for(lambda: not any(alive(pid) for pid in _family(workdir)), 5, "everything it started to end")
+        time.sleep(0.5)
+        assert not [pid for pid in _family(workdir) if alive(pid)]
+    finally:
+        for pid in _family(workdir):
+            _kill_quietly(pid)
