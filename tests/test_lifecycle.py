@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import alive, free_port, port_is_listening, start_kernel, wait_for
+from conftest import DOCKER_BASE, alive, free_port, port_is_listening, start_kernel, wait_for
 
 import aml_magics
 from aml_magics.errors import OptionsError
@@ -379,3 +379,73 @@ def test_cancel_ends_processes_started_during_the_escalation(workdir):
     finally:
         for pid in _family(workdir):
             _kill_quietly(pid)
+
+
+FORKING_OWNER = textwrap.dedent("""
+    import os, sys, time
+    import aml_magics
+    extra = {"target": "docker", "base_image": sys.argv[1]} if len(sys.argv) > 1 else {}
+    run = aml_magics.submit(code="import time\\ntime.sleep(600)\\n", name="forked", port=0, timeout=60, **extra)
+    run.wait_for_endpoint(180)
+    if extra:
+        print(run.handle.container.id, flush=True)
+    child = os.fork()  # as multiprocessing does in a notebook: it inherits every file of the owner
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child, run.endpoints[0].pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def _forking_owner(workdir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(aml_magics.__file__).parent.parent)}
+    return subprocess.Popen([sys.executable, "-c", FORKING_OWNER, *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.docker
+def test_a_fork_of_the_owner_does_not_keep_its_container_alive(engine, workdir, no_container_left):
+    """The fork inherits the container's stdin attach socket (the owner's channel): it must not
+    keep the container running after the owner died."""
+    import docker
+
+    owner = _forking_owner(workdir, DOCKER_BASE)
+    child = 0
+    try:
+        container = owner.stdout.readline().strip()
+        child = int(owner.stdout.readline().split()[0])
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        assert alive(child)
+
+        def gone() -> bool:
+            try:
+                return engine.containers.get(container).status != "running"
+            except docker.errors.NotFound:
+                return True
+
+        wait_for(gone, 4, "the container to end with its owner, whatever a fork of it holds")
+    finally:
+        if child:
+            _kill_quietly(child)
+        if owner.poll() is None:
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(10)
+
+
+def test_a_fork_of_the_owner_does_not_keep_its_run_alive(workdir):
+    owner = _forking_owner(workdir)
+    child = 0
+    try:
+        child, boot = map(int, owner.stdout.readline().split())
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        assert alive(child)  # the fork lives on, holding whatever the owner held
+        wait_for(lambda: not alive(boot), 5, "the run to end with its owner, whatever a fork of it holds")
+    finally:
+        if child:
+            _kill_quietly(child)
+        if owner.poll() is None:
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(10)
