@@ -112,9 +112,13 @@ class Debugger:
             self.on_detached()
 
     def watch_detach(self) -> None:
-        """A direct session: notice the client leaving (the relay notices it itself)."""
+        """A direct session: notice the client leaving (the relay notices it itself). One attach
+        per window: the port closes as the client attaches, so no second client connects in the
+        moment between the first one leaving and this poll noticing it."""
         if self.tunnel is not None:
             return
+        if not self.options.reattach:
+            self._close_listener_now()
 
         def poll() -> None:
             while not self.switched_off and self.debugpy.is_client_connected():
@@ -165,6 +169,14 @@ class Debugger:
             self.switched_off = True
         except Exception as exc:  # never let cleanup kill the user's run
             print(f"aml_magics: could not switch the debugger off: {exc}", file=sys.stderr, flush=True)
+
+    def _close_listener_now(self) -> None:
+        try:
+            import pydevd
+
+            self._close_in_process_listener(pydevd.get_global_debugger())
+        except Exception:  # never let this kill the user's run; the detach poll still ends the window
+            pass
 
     @staticmethod
     def _close_in_process_listener(py_db: object) -> None:
