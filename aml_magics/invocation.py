@@ -219,7 +219,8 @@ def _in_forked_child() -> None:
     _CLOSED_IN_FORKS.clear()
 
 
-os.register_at_fork(after_in_child=_in_forked_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_in_forked_child)
 
 
 class OwnerPipe:

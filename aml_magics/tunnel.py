@@ -27,6 +27,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from .target_base import RunHandle
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 15.0
+PEER_UID_KNOWN = os.path.exists("/proc/net/tcp")  # Linux: who owns a loopback peer (elsewhere: not checked)
 FIRST_BYTES_TIMEOUT = 5.0  # a client that says nothing for this long is closed before the node is reached
 VALIDITY = datetime.timedelta(days=30)
 
@@ -241,17 +243,35 @@ class Forwarder:
     def _refusal(self, local: socket.socket) -> str:
         """Why this local connection is not served ("" when it is): another user's, or silent."""
         peer = local.getpeername()[:2]
-        uid = loopback_peer_uid(local.getsockname()[:2], peer)
+        uid = loopback_peer_uid(local.getsockname()[:2], peer) if PEER_UID_KNOWN else os.getuid()
         if uid != os.getuid():
             return f"refused a connection from {'an unknown user' if uid is None else f'uid {uid}'}" \
                    " (only this run's owner may attach)"
+        return "" if speaks_dap(local) else \
+            f"closed a connection that sent no DAP message within {FIRST_BYTES_TIMEOUT:g}s"
+
+
+DAP_HEADER = b"Content-Length:"
+
+
+def speaks_dap(sock: socket.socket, timeout: float = FIRST_BYTES_TIMEOUT) -> bool:
+    """Whether ``sock``'s client starts a DAP message (its header, peeked: nothing is consumed)
+    within ``timeout``; a silent or foreign client never reaches the node."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while len(seen) < len(DAP_HEADER):
+        left = deadline - time.monotonic()
         try:
-            spoke = wait_socket(local, timeout=FIRST_BYTES_TIMEOUT)
+            if left <= 0 or not wait_socket(sock, timeout=left):
+                return False
+            seen = sock.recv(len(DAP_HEADER), socket.MSG_PEEK)
         except (OSError, ValueError):
-            spoke = False
-        if not spoke:
-            return f"closed a connection that sent nothing for {FIRST_BYTES_TIMEOUT:g}s"
-        return ""
+            return False
+        if not seen or not DAP_HEADER.lower().startswith(seen.lower()):
+            return False  # closed, or not a DAP client
+        if len(seen) < len(DAP_HEADER):
+            time.sleep(0.01)  # the rest of the header is on its way
+    return True
 
 
 def _tcp_address(text: str) -> tuple[str, int]:

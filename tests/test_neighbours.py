@@ -84,7 +84,9 @@ def test_another_local_user_cannot_attach_through_the_forwarder(workdir, strange
 
 def test_a_silent_connection_does_not_hold_the_attach(workdir, stranger_host):  # noqa: F811
     run, script, endpoint = _tunnelled_run(workdir, stranger_host)
-    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10):  # connects, says nothing
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10), \
+            socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as barely:
+        barely.sendall(b"Cont")  # the start of a header, then nothing: no DAP message either
         time.sleep(1.0)  # long enough for a forwarder that opens the node's session at once to have done it
         _debug_through(run, script, BREAK_LINE, "total", "10", workdir)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .address import bind_listener, resolve_bind
 from .relay import Relay, SessionListener, relay_context
-from .wire import service_thread
+from .wire import close_socket, service_thread
 
 DETACH_POLL = 0.25  # how often a direct (untunnelled) session is checked for a client that left
 
@@ -41,6 +41,30 @@ def hand_to_pydevd(sock: socket.socket) -> None:
     pydevd.create_server_socket = create_server_socket
 
 
+class OneWindowListener:
+    """A direct port's listening socket as pydevd accepts on it, one attach per window: once a
+    client has been attached, a new connection is let in only while a client still is (another
+    client taking the session over); after it left, a new one is closed at once — whatever the
+    detach poll (every DETACH_POLL s) has noticed yet. A port probe before the first attach is
+    no attach."""
+
+    def __init__(self, sock: socket.socket, connected: Callable[[], bool]) -> None:
+        self._sock = sock
+        self._connected = connected
+        self.attached_once = False
+
+    def accept(self) -> tuple[socket.socket, object]:
+        while True:
+            conn, address = self._sock.accept()
+            if self.attached_once and not self._connected():
+                close_socket(conn)
+                continue
+            return conn, address
+
+    def __getattr__(self, name: str) -> object:  # listen, getsockname, shutdown, close, fileno...
+        return getattr(self._sock, name)
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 
@@ -52,6 +76,7 @@ class Debugger:
         self.tunnel = tunnel  # the node side of the run's TLS tunnel (secrets), or None: direct
         self.relay: Relay | None = None
         self.on_detached: Callable[[], None] | None = None  # called (from a thread) when a client left
+        self._gate: OneWindowListener | None = None  # a direct port's listener, one attach per window
 
     @property
     def tunnelled(self) -> bool:
@@ -82,7 +107,8 @@ class Debugger:
             sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
 
-            hand_to_pydevd(sock)
+            self._gate = None if self.options.reattach else OneWindowListener(sock, self.debugpy.is_client_connected)
+            hand_to_pydevd(self._gate or sock)  # type: ignore[arg-type]  # socket-shaped
             return self.debugpy.listen((bind, sock.getsockname()[1]), in_process_debug_adapter=True)
         if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
             bind_listener(bind, port).close()
@@ -112,13 +138,11 @@ class Debugger:
             self.on_detached()
 
     def watch_detach(self) -> None:
-        """A direct session: notice the client leaving (the relay notices it itself). One attach
-        per window: the port closes as the client attaches, so no second client connects in the
-        moment between the first one leaving and this poll noticing it."""
+        """A direct session: notice the client leaving (the relay notices it itself)."""
         if self.tunnel is not None:
             return
-        if not self.options.reattach:
-            self._close_listener_now()
+        if self._gate is not None:
+            self._gate.attached_once = True
 
         def poll() -> None:
             while not self.switched_off and self.debugpy.is_client_connected():
@@ -169,14 +193,6 @@ class Debugger:
             self.switched_off = True
         except Exception as exc:  # never let cleanup kill the user's run
             print(f"aml_magics: could not switch the debugger off: {exc}", file=sys.stderr, flush=True)
-
-    def _close_listener_now(self) -> None:
-        try:
-            import pydevd
-
-            self._close_in_process_listener(pydevd.get_global_debugger())
-        except Exception:  # never let this kill the user's run; the detach poll still ends the window
-            pass
 
     @staticmethod
     def _close_in_process_listener(py_db: object) -> None:

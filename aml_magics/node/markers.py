@@ -45,7 +45,8 @@ def _new_source() -> None:
     _source, _seq = os.urandom(6).hex(), 0
 
 
-os.register_at_fork(after_in_child=_new_source)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_source)
 
 
 def emit(kind: str, **data: object) -> str:

@@ -92,6 +92,8 @@ def main(argv: list[str]) -> int:
             except OSError:
                 pass
             break
+    if os.getppid() != bootstrap:
+        return 0  # the bootstrap is gone already (its pid may be another process's now): nothing is ours
     try:
         os.kill(bootstrap, signal.SIGSTOP)  # it stays alive (the subreaper) but starts nothing more
     except OSError:
