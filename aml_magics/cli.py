@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import engine
-from .errors import OptionsError
+from .errors import AmlMagicsError, OptionsError, one_line
 from .follow import AttachWait, follow
 from .options import Defaults, build_request, make_parser, parse_cli
 from .run import DebugRun
@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if request.dry_run:
             return print_plan(request, getattr(ns, "output", None) or "text")
         run = engine.start(request)
-    except OptionsError as exc:
-        print(f"aml-debug: {exc}", file=sys.stderr)
+    except AmlMagicsError as exc:  # the one door: a user error is one line and exit code 2
+        print(f"aml-debug: {one_line(exc)}", file=sys.stderr)
         return 2
     return follow_run(run)
 

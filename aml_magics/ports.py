@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import socket
 
+from .errors import AmlMagicsError
 
-class PortBusy(Exception):
+
+class PortBusy(AmlMagicsError):
     pass
 
 

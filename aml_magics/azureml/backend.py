@@ -207,10 +207,6 @@ def chosen_backend() -> str:
     return choice
 
 
-def simulator_chosen() -> bool:
-    return chosen_backend() == "simulator"
-
-
 def backend_for(sdk: str, service: Any) -> Any:
     """The control plane for ``sdk``: ``service()`` for the real one, else a registered one."""
     name = chosen_backend()

@@ -27,9 +27,6 @@ MISSING_V2 = ("--sdk v2 needs azure-ai-ml and azure-identity: install aml-magics
 MISSING_BOTH = ("target 'azureml' needs an Azure ML SDK: install aml-magics[azureml-v2] (azure-ai-ml, SDK v2) "
                 "or aml-magics[azureml] (azureml-core, SDK v1)")
 
-# Options only SDK v2 can honour (given with v1 they are an error, never silently dropped).
-V2_ONLY = {"vscode_service": "--vscode-service", "distribution": "--distribution"}
-
 
 def installed(module: str) -> bool:
     """Whether ``module`` can be imported, without importing it (its parents may be)."""

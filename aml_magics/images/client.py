@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from ..errors import Canceled, TargetError
+from ..errors import AmlMagicsError, Canceled, TargetError
 from ..invocation import BOOTSTRAP_IN_IMAGE, BOOTSTRAP_PATH, IMAGE_ROOT
 
 LABEL = "aml_magics"
@@ -27,7 +27,7 @@ LOG_TAIL = 15
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-class ImageBuildError(Exception):
+class ImageBuildError(AmlMagicsError):
     """The image could not be made; ``tail`` holds the last lines of the build log. ``final``: the
     cause is the user's own (a dependency pip cannot resolve): no other way of building is tried."""
 

@@ -221,13 +221,13 @@ def _placeholder_environment(name: str) -> Any:
 
 
 OPTIONS = (
-    option("--compute", default=None, help="azureml: compute target name (default: %%config, or this compute instance)"),
-    option("--experiment", default=None, help="azureml: experiment name (default: the notebook's name)"),
-    option("--workspace-config", default=None,
+    option("--compute", default=None, config="compute", help="azureml: compute target name (default: %%config, or this compute instance)"),
+    option("--experiment", default=None, config="experiment", help="azureml: experiment name (default: the notebook's name)"),
+    option("--workspace-config", default=None, config="workspace_config",
            help="azureml: workspace config.json, or a folder to search (default: Workspace.from_config() lookup)"),
     option("--environment", default=None, metavar="NAME[:VERSION]",
            help="azureml: an existing/curated Azure ML environment to use, with debugpy added"),
-    option("--sdk", choices=("v1", "v2"), default=None,
+    option("--sdk", choices=("v1", "v2"), default=None, config="azureml_sdk",
            help="azureml: submit with azureml-core (v1) or azure-ai-ml (v2); default: %%config "
                 "AmlDebugMagics.azureml_sdk, else the one installed (v2 when both are)"),
     option("--subscription", default=None, help="azureml: subscription id (with --resource-group, --workspace)"),

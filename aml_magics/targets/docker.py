@@ -337,7 +337,8 @@ def broad_source_dir(source: Path) -> str | None:
 
 class DockerTarget:
     name = "docker"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES)
+    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES,
+                                                        one_machine="one container")
     run_type = DockerRun
     app_dir = APP_DIR  # where the source dir is mounted; the run's working directory
     name_prefix = ""  # containers are named aml-magics-<prefix><run>-<hex>

@@ -27,8 +27,6 @@ from ..backend import (
 from ..settings import WorkspaceRef
 from .job import quiet_sdk
 
-ARM_SCOPE = "https://management.azure.com/.default"
-
 
 class MLClientBackend:
     """The real Azure ML service through azure-ai-ml (``DefaultAzureCredential``)."""
