@@ -193,3 +193,26 @@ def test_one_door_turns_a_user_error_into_one_line_for_every_magic(shell):
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("aml_launch_json", "nope")
     assert str(info.value) == "no run 'nope' in this session (see %aml_runs)"
+
+
+# -- load cost ------------------------------------------------------------------------------------
+
+
+def test_load_ext_imports_no_engine_options_targets_or_failure_reporting():
+    """``%load_ext aml_magics`` registers the magics only; the machinery loads at first use."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("from IPython.testing.globalipapp import get_ipython; ip = get_ipython(); "
+            "ip.run_line_magic('load_ext', 'aml_magics'); import sys, json; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('aml_magics'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "aml_magics.magics" in loaded
+    heavy = {"aml_magics.engine", "aml_magics.options", "aml_magics.targets", "aml_magics.failure", "aml_magics.run",
+             "aml_magics.views", "aml_magics.follow", "aml_magics.api", "aml_magics.protocol"}
+    assert loaded & heavy == set()
+    from aml_magics import magics, spec
+
+    assert magics.DEFAULT_PORT_CHOICE == spec.DEFAULT_PORT_CHOICE  # the copy magics keeps to load light
