@@ -117,6 +117,8 @@ class AzureMLTargetBase:
         if self._checked != spec:
             self.check(spec)
         events = ctx.events
+        if self.workspace_ref == settings.SIMULATED_WORKSPACE:
+            events.line(f"aml_magics: using {self.workspace_ref.source}: workspace {self.workspace_ref.workspace_name}")
         submission = self._build(spec, ctx.secrets)
         try:
             for note in submission.notes:
