@@ -196,22 +196,33 @@ class AmlDebugMagics(Magics):
 
             return plan(request)  # type: ignore[return-value]
         run = engine.start(request, self.registry)
-        return self._follow(run, request.wait)
+        return self._follow(run, request.wait, cell_form=cell is not None)
 
-    def _follow(self, run: DebugRun, wait: bool) -> DebugRun:
-        """Widgets update themselves; in text mode, stream until there is something to attach to."""
+    def _follow(self, run: DebugRun, wait: bool, cell_form: bool = False) -> DebugRun | None:
+        """Widgets update themselves; in text mode, stream until there is something to attach to.
+
+        ``--wait`` with widgets: the live panel (state, countdown, the log) is shown at once and the
+        cell blocks until the run ends; the log is the panel's, not streamed beside it. The cell
+        form then returns nothing (the panel is its output); the line form returns the run."""
         from .follow import follow
         from .views import widget_frontend
 
+        shown = wait and widget_frontend()
         try:
-            if wait:
+            if shown:
+                from IPython.display import display
+
+                display(run)
+                while not run.done:
+                    run.wait_for_change(0.5)
+            elif wait:
                 follow(run, emit=_say)
             elif not widget_frontend():
                 follow(run, until_endpoint=True, emit=_say)
         except KeyboardInterrupt:
             run.cancel()
             print(f"aml_magics: run {run.id} canceled (interrupted)")
-        return run
+        return None if shown and cell_form else run
 
     @line_magic
     @user_errors

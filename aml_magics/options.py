@@ -8,6 +8,7 @@ whole request has been checked.
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import re
@@ -50,12 +51,27 @@ class _Parser(argparse.ArgumentParser):
                            else self._unrecognized(message))
 
     def _unrecognized(self, message: str) -> str:
+        extra = message.removeprefix("unrecognized arguments: ")
+        typo = self._close_option(extra.split())
+        if typo:
+            return typo
         if not self.takes_script_args:
             return message
-        extra = message.removeprefix("unrecognized arguments: ")
         if self.prog.startswith("aml_magics."):  # the Python API: keywords, not flags
             return f"{message} (not an option of {self.prog}; the script's own arguments go in args=[...])"
         return f"{message} ({SCRIPT_ARGS_HINT.format(prog=self.prog, args=extra)})"
+
+    def _close_option(self, words: list[str]) -> str:
+        """``--timout`` → ``unrecognized option --timout: did you mean --timeout?`` (a near miss of an
+        option, not the script's own argument)."""
+        known = [flag for flag in self._option_string_actions if flag.startswith("--")]
+        for word in words:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+                if close:
+                    return f"unrecognized option {flag}: did you mean {close[0]}?"
+        return ""
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         raise OptionsError(message or "invalid options")

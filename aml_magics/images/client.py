@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ..errors import AmlMagicsError, Canceled, TargetError
+from ..install import needs
 from ..invocation import BOOTSTRAP_IN_IMAGE, BOOTSTRAP_PATH, IMAGE_ROOT
 
 LABEL = "aml_magics"
@@ -73,7 +74,7 @@ def connect(timeout: float = 15.0) -> Any:
     try:
         import docker
     except ImportError:
-        raise TargetError("the docker target needs the docker package: pip install 'aml-magics[docker]'") from None
+        raise TargetError(needs("the docker target needs the docker package", "docker")) from None
     key = tuple(os.environ.get(name) for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"))
     with _clients_lock:
         client = _clients.pop(key, None)

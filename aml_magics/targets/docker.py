@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 
 from .. import images
 from ..bootstrap import OWNER_ENV
+from ..install import needs
 from ..invocation import LOOPBACK, PYTHON_FLAGS, entry_arguments, rank_environment, run_environment
 from ..output import LineCutter
 from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
@@ -614,8 +615,7 @@ def _factory(**options: Any) -> DockerTarget:
     try:
         import docker  # noqa: F401 - the SDK is an extra
     except ImportError:
-        raise TargetError("target 'docker' needs the docker SDK: install aml-magics[docker] "
-                          "(pip install 'aml-magics[docker]')") from None
+        raise TargetError(needs("target 'docker' needs the docker SDK", "docker")) from None
     return DockerTarget(**options)
 
 
