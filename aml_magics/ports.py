@@ -6,8 +6,8 @@ import errno
 import socket
 from typing import Any
 
-from .bootstrap import OWNER_ENV
 from .errors import AmlMagicsError
+from .node.wire import OWNER_ENV
 
 
 class PortBusy(AmlMagicsError):

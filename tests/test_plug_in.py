@@ -162,7 +162,7 @@ def test_the_marker_builds_the_endpoint_by_field_name():
 
 # The node side and the deployment server run standalone (stdlib + debugpy): they cannot import
 # the package's errors, and what they raise never reaches a user as an aml_magics error.
-STANDALONE = ("aml_magics.bootstrap", "aml_magics.node", "aml_magics.deploy.server")
+STANDALONE = ("aml_magics.node", "aml_magics.deploy.server")
 
 
 def _package_modules() -> list[Any]:

@@ -30,7 +30,7 @@ from aml_magics.azureml.submission import (  # noqa: E402
     snapshot_notes,
 )
 from aml_magics.errors import TargetError  # noqa: E402
-from aml_magics.invocation import BOOTSTRAP_NAME  # noqa: E402
+from aml_magics.invocation import NODE_FOLDER  # noqa: E402
 
 EXPERIMENTAL = "This is an experimental class"
 
@@ -109,13 +109,13 @@ def test_the_snapshot_never_takes_the_workspace_settings_and_honours_amlignore(t
     (source / ".gitignore").write_text("data/\n")
     snapshot = make_snapshot(source, "train.py")
     try:
-        assert snapshot_files(snapshot) == sorted([BOOTSTRAP_NAME, ".gitignore", "sub/config.json", "train.py"])
+        assert snapshot_files(snapshot) == sorted([f"{NODE_FOLDER}/", ".gitignore", "sub/config.json", "train.py"])
     finally:
         shutil.rmtree(snapshot)
     (source / ".amlignore").write_text("sub/\n")  # .amlignore wins over .gitignore, as in Azure ML
     snapshot = make_snapshot(source, "train.py")
     try:
-        assert snapshot_files(snapshot) == sorted([BOOTSTRAP_NAME, ".amlignore", ".gitignore", "data/big.bin", "train.py"])
+        assert snapshot_files(snapshot) == sorted([f"{NODE_FOLDER}/", ".amlignore", ".gitignore", "data/big.bin", "train.py"])
     finally:
         shutil.rmtree(snapshot)
 
