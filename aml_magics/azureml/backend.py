@@ -27,7 +27,7 @@ BACKEND_ENV = "AML_MAGICS_AZUREML_BACKEND"
 POLL_ENV = "AML_MAGICS_AZUREML_POLL_SECONDS"
 DEFAULT_POLL = 2.0  # the SDK's own streaming backs off 2 s → 60 s: too slow for an attach window
 def missing_extra() -> str:
-    return needs("target 'azureml' needs azureml-core (SDK v1)", "azureml")
+    return needs("target 'azureml' needs azureml-core", "azureml")
 
 
 def missing_pipeline_extra() -> str:
