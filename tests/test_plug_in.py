@@ -73,7 +73,7 @@ def test_a_test_target_runs_a_script_end_to_end_through_the_tunnel(shell, workdi
     script = workdir / "job.py"
     script.write_text(CELL)
     try:
-        run = shell.run_line_magic("aml_debug_run", f"--target {NAME} --timeout 60 job.py")
+        run = shell.run_line_magic("aml_debug_run", f"--target {NAME} --port 0 --timeout 60 job.py")
         endpoint = run.wait_for_endpoint(60)
         assert endpoint.tunnelled and endpoint.host == LOOPBACK and endpoint.node_address  # leaves_machine
         config = run.launch_config()

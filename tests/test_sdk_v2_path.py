@@ -80,6 +80,7 @@ def _submit(how: str, folder: Path) -> subprocess.CompletedProcess:
                           timeout=120, check=True)
 
 
+@pytest.mark.slow  # two interpreters importing azure-ai-ml
 def test_a_submission_through_a_real_ml_client_prints_only_our_lines(tmp_path):
     write_workspace_config(tmp_path)
     write_project(tmp_path / "proj")
