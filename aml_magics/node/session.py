@@ -1,7 +1,8 @@
 """The debug session of this process: the attach windows (start, post-mortem, breakpoint()).
 
 One window at a time (a lock), each reported by an ENDPOINT marker and closed by ATTACHED;
-a client leaving ends the window (one attach per window) unless ``--reattach``.
+a client leaving — with a ``disconnect`` or by vanishing — ends the window (one attach per
+window) unless ``--reattach``, reported by a DETACHED marker with its cause.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from .address import report_host
 from .driver import Debugger
+from .liveness import DISCONNECT
 from .markers import emit
 from .wire import BOOTSTRAP_VERSION, service_thread
 
@@ -106,22 +108,25 @@ class DebugSession:
                 self.debugger.watch_detach()
             return attached
 
-    def _detached(self) -> None:
-        """The client left: one attach per window — stop listening, tracing off, as after a
-        timeout (``--reattach`` keeps the listener open until the run ends)."""
+    def _detached(self, cause: str, seconds: float) -> None:
+        """The client left (said goodbye, or its connection was lost: the threads are already
+        resumed). One attach per window — stop listening, tracing off, as after a timeout
+        (``--reattach`` keeps the listener open for the next client until the run ends)."""
         if not self._lock.acquire(timeout=5):
             return
         try:
             if not self.listening or self.debugger is None:
                 return
-            if self.options.reattach:
-                emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; listening again")
-                return
-            self.debugger.switch_off()
-            self.listening = False
-            print("aml_magics: the debugger detached; the run goes on without it (--reattach keeps it listening)",
-                  file=sys.stderr, flush=True)
-            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; debugger off")
+            text = detached_text(cause, seconds)
+            then = "listening for the next client (--reattach)" if self.options.reattach else \
+                "the run goes on without it (--reattach keeps it listening)"
+            # Said first: the threads resume as the debugger goes off, and the run may end at once.
+            print(f"aml_magics: {text}; {then}", file=sys.stderr, flush=True)
+            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason=text, cause=cause,
+                 seconds=round(seconds, 1), listening=bool(self.options.reattach))
+            if not self.options.reattach:
+                self.debugger.switch_off()
+                self.listening = False
         finally:
             self._lock.release()
 
@@ -201,6 +206,12 @@ class DebugSession:
                 attached = self.wait(timeout, "breakpoint")
         if attached:
             Debugger.pause_at(frame)
+
+
+def detached_text(cause: str, seconds: float) -> str:
+    """``debugger gone (connection lost) after 12 s``, ``debugger detached after 3 s``."""
+    after = f"after {seconds:.0f} s"
+    return f"debugger detached {after}" if cause == DISCONNECT else f"debugger gone ({cause}) {after}"
 
 
 def install_breakpointhook(session: DebugSession) -> None:

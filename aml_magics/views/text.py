@@ -56,6 +56,8 @@ def state_label(run: "DebugRun") -> str:
         return run.detail if run.detail.startswith("canceled") else f"{label}: {run.detail}"
     if run.state in ("failed", "crashed_waiting_for_debugger") and run.detail:
         label += f": {run.detail}"
+    elif run.state == "running" and getattr(run, "debugger_note", ""):
+        label += f"; {run.debugger_note}"  # "running; debugger gone (connection lost) after 12 s"
     return label
 
 
@@ -84,6 +86,10 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
             return EndpointNow(LISTENING, f"listening, {left:.0f} s left" if left is not None else "listening")
         if status.state == "attached":
             return EndpointNow(ATTACHED, "attached")
+        if status.detail.startswith("debugger "):  # the client left: "debugger gone (connection lost) after 12 s"
+            if run.spec.debug.reattach:
+                return EndpointNow(LISTENING, f"listening again ({status.detail})")
+            return EndpointNow(CLOSED, f"closed ({status.detail})")
         return EndpointNow(CLOSED, _nobody_came(run))
     if run.world_size == 1 and run.attached is False:
         return EndpointNow(CLOSED, _nobody_came(run))

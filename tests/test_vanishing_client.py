@@ -1,0 +1,146 @@
+"""A client that vanishes never freezes the run (issue 26).
+
+Real runs, a real DAP client in a process of its own, stopped at a breakpoint, after a step, at a
+raised exception or in a post-mortem — then killed with SIGKILL (a VS Code crash): every thread
+resumes, the run goes on to its end, the node's port closes within 2 s (or stays open for a
+second client with --reattach, who stops again), and the run says "debugger gone (connection
+lost) after N s". Routes: direct on loopback, the TLS tunnel (bound off loopback), a Docker
+container, the simulated Azure ML node. A half-open client (its packets dropped by a rule in its
+network namespace, then killed: no FIN, no RST ever arrives) is found by TCP keepalive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import port_is_listening, wait_for
+
+import aml_magics
+
+HERE = Path(__file__).parent
+LOOP = """\
+import time
+for i in range({n}):
+    time.sleep(0.05)
+    try:
+        raise ValueError(i)
+    except ValueError:
+        pass
+print('done', i)
+"""
+LOOP_LINE = 3
+CRASH = "import time\ntime.sleep(0.5)\nvalues = []\nprint(sum(values) / len(values))\n"
+MODES = {"breakpoint": "breakpoint", "step": "step", "exception": "exception", "post-mortem": "exception"}
+
+
+def start_client(config: dict, workspace: Path, mode: str, script: Path, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    """The client process, stopped as ``mode`` says (its ``STOPPED`` line read) before this returns."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+    client = subprocess.Popen([*prefix, sys.executable, str(HERE / "vanishing_client.py"), json.dumps(config),
+                               str(workspace), mode, str(script), str(LOOP_LINE)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = client.stdout.readline() if client.stdout else ""
+    if not line.startswith("STOPPED"):
+        client.kill()
+        raise AssertionError(f"the client did not stop: {line!r} {client.communicate(timeout=10)[1]}")
+    assert line.split()[1] == MODES[mode], line
+    return client
+
+
+def kill(client: subprocess.Popen) -> None:
+    client.send_signal(signal.SIGKILL)
+    client.wait(10)
+    for stream in (client.stdout, client.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def node_port(run) -> tuple[str, int]:
+    endpoint = run.endpoints[-1]
+    host, port = (endpoint.node_address or endpoint.address).rsplit(":", 1)
+    return host, int(port)
+
+
+def detached(run) -> list[dict]:
+    """The DETACHED markers the run printed (their JSON)."""
+    return [json.loads(line.split(" ", 1)[1].rsplit(" ", 1)[0]) for line in run.raw_logs.splitlines()
+            if line.startswith("AML_MAGICS_DETACHED ")]
+
+
+def assert_gone(run, listening: bool = False) -> None:
+    (marker,) = detached(run)
+    assert marker["cause"] == "connection lost" and marker["listening"] is listening
+    assert marker["reason"].startswith("debugger gone (connection lost) after ")
+
+
+def submit(script: Path, mode: str, **options):
+    if mode == "post-mortem":
+        script.write_text(CRASH)
+        run = aml_magics.submit(str(script), port=0, timeout=0, post_mortem=True, post_mortem_timeout=60, **options)
+        wait_for(lambda: run.state == "crashed_waiting_for_debugger", 60, "the crash to wait for a debugger")
+        return run
+    script.write_text(LOOP.format(n=100))
+    run = aml_magics.submit(str(script), port=0, timeout=60, **options)
+    run.wait_for_endpoint(60)
+    return run
+
+
+# -- direct and tunnelled local runs ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_host():
+    """This machine's end of a veth link to a network namespace: an address off loopback."""
+    from aml_magics.azureml.simnet import NamespaceUnavailable, NodeNamespace
+
+    namespace = NodeNamespace()
+    try:
+        namespace.create()
+    except NamespaceUnavailable as exc:
+        if os.environ.get("AML_MAGICS_REQUIRE_DOCKER"):
+            pytest.fail(f"no network namespace: {exc}")
+        pytest.skip(f"no network namespace: {exc}")
+    yield namespace
+    namespace.remove()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("route", ["direct", "tunnel"])
+def test_a_killed_client_never_freezes_a_local_run(workdir, other_host, route, mode):
+    bind = other_host.host_address if route == "tunnel" else "127.0.0.1"
+    script = workdir / "job.py"
+    run = submit(script, mode, bind=bind)
+    assert run.endpoints[-1].tunnelled is (route == "tunnel")
+    client = start_client(run.launch_config(), workdir, mode, script)
+    wait_for(lambda: run.state == "attached", 15, "the attached state")
+    host, port = node_port(run)
+    kill(client)
+    wait_for(lambda: not port_is_listening(host, port), 2, "the node's port to close")
+    assert run.wait(60) == ("failed" if mode == "post-mortem" else "completed")
+    if mode != "post-mortem":
+        assert "done 99" in run.logs
+    assert_gone(run)
+    assert "debugger gone (connection lost) after" in run.debugger_note
+
+
+@pytest.mark.parametrize("route", ["direct", "tunnel"])
+def test_with_reattach_a_second_client_stops_again(workdir, other_host, route):
+    bind = other_host.host_address if route == "tunnel" else "127.0.0.1"
+    script = workdir / "job.py"
+    script.write_text(LOOP.format(n=400))
+    run = aml_magics.submit(str(script), port=0, timeout=60, reattach=True, bind=bind)
+    run.wait_for_endpoint(60)
+    host, port = node_port(run)
+    kill(start_client(run.launch_config(), workdir, "breakpoint", script))
+    wait_for(lambda: detached(run), 2, "the DETACHED marker")
+    assert_gone(run, listening=True)
+    assert port_is_listening(host, port)
+    second = start_client(run.launch_config(), workdir, "step", script)  # attaches and stops again
+    kill(second)
+    assert run.wait(60) == "completed" and "done 399" in run.logs
