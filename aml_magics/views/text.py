@@ -56,7 +56,7 @@ def state_label(run: "DebugRun") -> str:
         return run.detail if run.detail.startswith("canceled") else f"{label}: {run.detail}"
     if run.state in ("failed", "crashed_waiting_for_debugger") and run.detail:
         label += f": {run.detail}"
-    elif run.state == "running" and getattr(run, "debugger_note", ""):
+    elif run.state == "running" and run.debugger_note:
         label += f"; {run.debugger_note}"  # "running; debugger gone (connection lost) after 12 s"
     return label
 
