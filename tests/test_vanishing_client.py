@@ -16,12 +16,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import port_is_listening, wait_for
+from conftest import DOCKER_BASE, port_is_listening, wait_for
 
 import aml_magics
+from aml_magics.node.liveness import SILENCE_LIMIT
 
 HERE = Path(__file__).parent
 LOOP = """\
@@ -67,10 +69,23 @@ def node_port(run) -> tuple[str, int]:
     return host, int(port)
 
 
-def detached(run) -> list[dict]:
-    """The DETACHED markers the run printed (their JSON)."""
+def markers(run, kind: str) -> list[dict]:
+    """The ``kind`` markers the run printed (their JSON, as the node wrote it)."""
     return [json.loads(line.split(" ", 1)[1].rsplit(" ", 1)[0]) for line in run.raw_logs.splitlines()
-            if line.startswith("AML_MAGICS_DETACHED ")]
+            if line.startswith(f"AML_MAGICS_{kind} ")]
+
+
+def detached(run) -> list[dict]:
+    return markers(run, "DETACHED")
+
+
+def listening_in(tcp_tables: str, port: int) -> bool:
+    """Whether ``/proc/net/tcp{,6}`` (as read in another container or namespace) has a listener on ``port``."""
+    for line in tcp_tables.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return True
+    return False
 
 
 def assert_gone(run, listening: bool = False) -> None:
@@ -144,3 +159,96 @@ def test_with_reattach_a_second_client_stops_again(workdir, other_host, route):
     second = start_client(run.launch_config(), workdir, "step", script)  # attaches and stops again
     kill(second)
     assert run.wait(60) == "completed" and "done 399" in run.logs
+
+
+# -- a Docker container and the simulated Azure ML node (the tunnel, off this machine's loopback) ------------
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.parametrize("mode", ["breakpoint", "post-mortem"])
+def test_a_killed_client_never_freezes_a_docker_run(engine, workdir, no_container_left, mode):
+    script = workdir / "job.py"
+    run = submit(script, mode, target="docker", base_image=DOCKER_BASE)
+    client = start_client(run.launch_config(), workdir, mode, script)
+    wait_for(lambda: run.state == "attached", 15, "the attached state")
+    container = run.handle.container
+    port = markers(run, "ENDPOINT")[-1]["port"]  # the relay's port inside the container
+
+    def listening() -> bool:
+        return listening_in(container.exec_run(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).output.decode(), port)
+
+    assert listening()
+    kill(client)
+    wait_for(lambda: not listening(), 2, "the relay's port in the container to close")
+    assert run.wait(60) == ("failed" if mode == "post-mortem" else "completed")
+    assert_gone(run)
+
+
+@pytest.mark.slow
+def test_a_killed_client_never_freezes_the_simulated_azureml_node(shell, tmp_path, monkeypatch):
+    pytest.importorskip("azureml.core")
+    from azureml_support import setup_project, use_simulated_node
+
+    from aml_magics.azureml.simnet import NodeNamespace
+
+    project = setup_project(tmp_path, monkeypatch)
+    script = project / "proj" / "train.py"
+    script.write_text(LOOP.format(n=100))
+    with NodeNamespace() as node_ns:
+        use_simulated_node(monkeypatch, project, node_ns)
+        run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --experiment gone "
+                                   "--port 0 --timeout 60 proj/train.py")
+        endpoint = run.wait_for_endpoint(60)
+        client = start_client(run.launch_config(), project, "step", script)
+        wait_for(lambda: run.state == "attached", 15, "the attached state")
+        port = int(endpoint.node_address.rsplit(":", 1)[1])
+
+        def listening() -> bool:
+            tables = subprocess.run(["ip", "netns", "exec", node_ns.name, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
+                                    capture_output=True, text=True, timeout=10).stdout
+            return listening_in(tables, port)
+
+        assert listening()
+        kill(client)
+        wait_for(lambda: not listening(), 2, "the relay's port on the node to close")
+        assert run.wait(120) == "completed" and "done 99" in run.logs
+        assert_gone(run)
+
+
+# -- a half-open client: gone without a word ----------------------------------------------------------
+
+
+def test_a_silent_client_is_found_by_keepalive(workdir):
+    """The client attaches from another host (a network namespace), stops at a breakpoint, then
+    every packet of that host is dropped and the client killed: no FIN, no RST ever reaches the
+    node. TCP keepalive finds it within SILENCE_LIMIT seconds; the run goes on to its end."""
+    from aml_magics.azureml.simnet import NamespaceUnavailable, NodeNamespace
+
+    namespace = NodeNamespace()
+    try:
+        namespace.create()
+    except NamespaceUnavailable as exc:
+        if os.environ.get("AML_MAGICS_REQUIRE_DOCKER"):
+            pytest.fail(f"no network namespace: {exc}")
+        pytest.skip(f"no network namespace: {exc}")
+    try:
+        script = workdir / "job.py"
+        script.write_text(LOOP.format(n=100))
+        run = aml_magics.submit(str(script), port=0, timeout=60, bind=namespace.host_address, insecure=True)
+        endpoint = run.wait_for_endpoint(60)
+        assert not endpoint.tunnelled and endpoint.host == namespace.host_address
+        netns = ("ip", "netns", "exec", namespace.name)
+        client = start_client(run.launch_config(), workdir, "breakpoint", script, prefix=netns)
+        wait_for(lambda: run.state == "attached", 15, "the attached state")
+        for chain in ("INPUT", "OUTPUT"):
+            subprocess.run([*netns, "iptables", "-A", chain, "-j", "DROP"], check=True, timeout=20)
+        kill(client)
+        time.sleep(3)
+        assert run.state == "attached" and port_is_listening(endpoint.host, endpoint.port)  # nothing came yet
+        wait_for(lambda: detached(run), SILENCE_LIMIT + 3, "keepalive to find the silent client")
+        assert_gone(run)
+        assert run.wait(60) == "completed" and "done 99" in run.logs
+        assert not port_is_listening(endpoint.host, endpoint.port)
+    finally:
+        namespace.remove()

@@ -42,6 +42,8 @@ def state_detail(run: "DebugRun") -> str:
     left to attach are the endpoint's, beside it)."""
     if run.state in ("failed", "crashed_waiting_for_debugger", "canceled") and run.detail:
         return run.detail
+    if run.state == "running" and run.debugger_note:  # the client left: "debugger gone (connection lost) after 12 s"
+        return run.debugger_note
     return ""
 
 
