@@ -252,3 +252,51 @@ def test_a_silent_client_is_found_by_keepalive(workdir):
         assert not port_is_listening(endpoint.host, endpoint.port)
     finally:
         namespace.remove()
+
+
+# -- the in-notebook debugger's own session ending ------------------------------------------------------
+
+
+def test_closing_the_in_notebook_debugger_without_a_disconnect_resumes_the_run(workdir):
+    """Debugger.close() drops the DAP connection without a word (what its session ending any way
+    but a detach does): the node treats it as a disconnect."""
+    script = workdir / "job.py"
+    script.write_text(LOOP.format(n=100))
+    run = aml_magics.submit(str(script), port=0, timeout=60)
+    debugger = run.attach(breakpoints=[(str(script), LOOP_LINE)])
+    stop = debugger.wait_stopped(30)
+    assert stop is not None and stop.line == LOOP_LINE
+    host, port = node_port(run)
+    debugger.close()
+    wait_for(lambda: not port_is_listening(host, port), 2, "the node's port to close")
+    assert run.wait(60) == "completed" and "done 99" in run.logs
+    assert_gone(run)
+
+
+def test_a_dead_kernel_with_a_debugger_stopped_in_a_run_never_freezes_it(workdir):
+    """A real Jupyter kernel attaches its in-notebook debugger to a run (owned here), stops at a
+    breakpoint, and is killed (a kernel restart, a crashed kernel)."""
+    from conftest import start_kernel
+
+    script = workdir / "job.py"
+    script.write_text(LOOP.format(n=100))
+    run = aml_magics.submit(str(script), port=0, timeout=60)
+    run.wait_for_endpoint(60)
+    km, kc = start_kernel(workdir)
+    try:
+        code = (f"import json\nfrom aml_magics.debugger import attach\n"
+                f"dbg = attach(json.loads({json.dumps(json.dumps(run.launch_config()))}), "
+                f"breakpoints=[({str(script)!r}, {LOOP_LINE})])\n"
+                f"stop = dbg.wait_stopped(30)\nprint('STOPPED', stop.line)\n")
+        reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        wait_for(lambda: run.state == "attached", 15, "the attached state")
+        host, port = node_port(run)
+        km.signal_kernel(signal.SIGKILL)
+        wait_for(lambda: not port_is_listening(host, port), 2, "the node's port to close")
+        assert run.wait(60) == "completed" and "done 99" in run.logs
+        assert_gone(run)
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
