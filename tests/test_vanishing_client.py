@@ -1,7 +1,7 @@
 """A client that vanishes never freezes the run (issue 26).
 
 Real runs, a real DAP client in a process of its own, stopped at a breakpoint, after a step, at a
-raised exception or in a post-mortem — then killed with SIGKILL (a VS Code crash): every thread
+raised exception, paused or in a post-mortem — then killed with SIGKILL (a VS Code crash): every thread
 resumes, the run goes on to its end, the node's port closes within 2 s (or stays open for a
 second client with --reattach, who stops again), and the run says "debugger gone (connection
 lost) after N s". Routes: direct on loopback, the TLS tunnel (bound off loopback), a Docker
@@ -38,7 +38,8 @@ print('done', i)
 """
 LOOP_LINE = 3
 CRASH = "import time\ntime.sleep(0.5)\nvalues = []\nprint(sum(values) / len(values))\n"
-MODES = {"breakpoint": "breakpoint", "step": "step", "exception": "exception", "post-mortem": "exception"}
+MODES = {"breakpoint": "breakpoint", "step": "step", "exception": "exception", "pause": "pause",
+         "post-mortem": "exception"}
 
 
 def start_client(config: dict, workspace: Path, mode: str, script: Path, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
@@ -159,6 +160,29 @@ def test_with_reattach_a_second_client_stops_again(workdir, other_host, route):
     second = start_client(run.launch_config(), workdir, "step", script)  # attaches and stops again
     kill(second)
     assert run.wait(60) == "completed" and "done 399" in run.logs
+
+
+def test_the_views_say_the_debugger_is_gone(workdir):
+    """While the run goes on after its client vanished: the text view's state line and endpoint,
+    and the panel's header and endpoint, say so (never "attached", never "listening")."""
+    from aml_magics.views import render_text
+    from aml_magics.views.widget import DebugRunPanel
+
+    script = workdir / "job.py"
+    script.write_text(LOOP.format(n=150))
+    run = aml_magics.submit(str(script), port=0, timeout=60)
+    endpoint = run.wait_for_endpoint(60)
+    panel = DebugRunPanel(run)
+    kill(start_client(run.launch_config(), workdir, "breakpoint", script))
+    wait_for(lambda: run.state == "running" and run.debugger_note, 5, "the run to go on")
+    note = run.debugger_note
+    assert note.startswith("debugger gone (connection lost) after ")
+    text = render_text(run)
+    assert f": running; {note}" in text.splitlines()[0], text
+    assert f"debugpy at {endpoint.address}: closed ({note})" in text, text
+    wait_for(lambda: note in panel.header_html.value, 5, "the panel's header")
+    wait_for(lambda: f"closed ({note})" in panel.endpoints_html.value, 5, "the panel's endpoint")
+    assert run.wait(60) == "completed"
 
 
 # -- a Docker container and the simulated Azure ML node (the tunnel, off this machine's loopback) ------------
@@ -300,3 +324,34 @@ def test_a_dead_kernel_with_a_debugger_stopped_in_a_run_never_freezes_it(workdir
         kc.stop_channels()
         if km.is_alive():
             km.shutdown_kernel(now=True)
+
+
+@pytest.mark.slow
+def test_a_silent_tunnel_is_found_by_the_relays_keepalive(shell, tmp_path, monkeypatch):
+    """The simulated Azure ML node (its own network namespace) stops answering: every packet in and
+    out of it dropped, then the client killed — the owner's forwarder closes its TLS connection,
+    but the FIN never reaches the relay. The relay's keepalive finds it; the run goes on."""
+    pytest.importorskip("azureml.core")
+    from azureml_support import setup_project, use_simulated_node
+
+    from aml_magics.azureml.simnet import NodeNamespace
+
+    project = setup_project(tmp_path, monkeypatch)
+    script = project / "proj" / "train.py"
+    script.write_text(LOOP.format(n=100))
+    with NodeNamespace() as node_ns:
+        use_simulated_node(monkeypatch, project, node_ns)
+        run = shell.run_line_magic("aml_debug_run", "--target azureml --compute cpu-cluster --experiment silent "
+                                   "--port 0 --timeout 60 proj/train.py")
+        run.wait_for_endpoint(60)
+        client = start_client(run.launch_config(), project, "breakpoint", script)
+        wait_for(lambda: run.state == "attached", 15, "the attached state")
+        netns = ("ip", "netns", "exec", node_ns.name)
+        for chain in ("INPUT", "OUTPUT"):
+            subprocess.run([*netns, "iptables", "-A", chain, "-j", "DROP"], check=True, timeout=20)
+        kill(client)
+        time.sleep(3)
+        assert run.state == "attached"  # nothing reached the node yet
+        wait_for(lambda: detached(run), SILENCE_LIMIT + 3, "keepalive to find the silent tunnel")
+        assert_gone(run)
+        assert run.wait(120) == "completed" and "done 99" in run.logs

@@ -2,8 +2,8 @@
 
 ``python vanishing_client.py CONFIG_JSON WORKSPACE MODE SCRIPT LINE``: attaches as VS Code would
 with the launch.json configuration, stops (MODE: ``breakpoint`` at SCRIPT:LINE, ``step`` — one
-``next`` after that breakpoint, ``exception`` — a raised exception, ``post-mortem`` — the crash the
-run waits with), prints ``STOPPED <reason> <line>`` and then waits, holding the connection open,
+``next`` after that breakpoint, ``exception`` — a raised exception, ``pause`` — a pause request,
+``post-mortem`` — the crash the run waits with), prints ``STOPPED <reason> <line>`` and then waits, holding the connection open,
 until it is killed.
 """
 
@@ -24,6 +24,9 @@ def main(config_json: str, workspace: str, mode: str, script: str, line: str) ->
     breakpoints = {script: [int(line)]} if mode in ("breakpoint", "step") else {}
     filters = ["raised"] if mode == "exception" else []
     client.session.attach(config, breakpoints, timeout=30, exception_filters=filters)
+    if mode == "pause":
+        threads = client.request("threads").get("threads") or []
+        client.request("pause", {"threadId": threads[0]["id"]})
     stop = client.wait_stopped(60)
     if mode == "step":
         client.request("next", {"threadId": stop.thread_id})
