@@ -149,7 +149,7 @@ def test_a_killed_client_never_freezes_a_local_run(workdir, other_host, route, m
 def test_with_reattach_a_second_client_stops_again(workdir, other_host, route):
     bind = other_host.host_address if route == "tunnel" else "127.0.0.1"
     script = workdir / "job.py"
-    script.write_text(LOOP.format(n=400))
+    script.write_text(LOOP.format(n=200))
     run = aml_magics.submit(str(script), port=0, timeout=60, reattach=True, bind=bind)
     run.wait_for_endpoint(60)
     host, port = node_port(run)
@@ -158,8 +158,11 @@ def test_with_reattach_a_second_client_stops_again(workdir, other_host, route):
     assert_gone(run, listening=True)
     assert port_is_listening(host, port)
     second = start_client(run.launch_config(), workdir, "step", script)  # attaches and stops again
+    wait_for(lambda: run.state == "attached" and not run.debugger_note, 5, "the second client reported")
     kill(second)
-    assert run.wait(60) == "completed" and "done 399" in run.logs
+    wait_for(lambda: len(detached(run)) == 2, 2, "the second DETACHED marker")
+    assert run.state == "running" and run.debugger_note.startswith("debugger gone (connection lost)")
+    assert run.wait(60) == "completed" and "done 199" in run.logs
 
 
 def test_the_views_say_the_debugger_is_gone(workdir):

@@ -56,6 +56,7 @@ class Debugger:
         self.relay: Relay | None = None
         # called (from a thread of ours) when a client left: with the cause and the seconds it stayed
         self.on_detached: Callable[[str, float], None] | None = None
+        self.on_configured: Callable[[], None] | None = None  # a client's configurationDone (reader thread)
         self.link: Link | None = None  # the client connection accepted last (in-process adapter)
         self._attached_at = 0.0
 
@@ -278,7 +279,8 @@ class Debugger:
 
 class _GoodbyeListener:
     """pydevd's DAP message listener: marks the current link when its client sends ``disconnect``
-    (its connection's end is then a goodbye, not a loss)."""
+    (its connection's end is then a goodbye, not a loss); tells of each ``configurationDone``
+    (a client attached: with ``--reattach``, the next one after a detach)."""
 
     def __init__(self, debugger: Debugger) -> None:
         self.debugger = debugger
@@ -297,6 +299,10 @@ class _GoodbyeListener:
         pass
 
     def after_receive(self, message: dict) -> None:
+        if message.get("type") != "request":
+            return
         link = self.debugger.link
-        if link is not None and message.get("type") == "request" and message.get("command") == "disconnect":
+        if link is not None and message.get("command") == "disconnect":
             link.goodbye = True
+        elif message.get("command") == "configurationDone" and self.debugger.on_configured is not None:
+            self.debugger.on_configured()

@@ -8,6 +8,7 @@ window) unless ``--reattach``, reported by a DETACHED marker with its cause.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import threading
@@ -61,6 +62,9 @@ class DebugSession:
         self.port: int | None = None
         self._lock = threading.RLock()
         self._ignored: set[tuple[str, int]] = set()
+        self._gone = False  # a client left this process's debugger (--reattach: the next one is reported)
+        self._exiting = False  # the interpreter is exiting: a client leaving now is no news
+        self._exit_hooked = False
 
     # -- listening ---------------------------------------------------------------
     def listen(self, timeout: float, reason: str) -> tuple[str, int]:
@@ -76,6 +80,9 @@ class DebugSession:
             started = time.time()
             bound_host, port = self.debugger.listen()
             self.listening = True
+            if not self._exit_hooked:  # after pydevd's own atexit hook (LIFO: ours runs first)
+                self._exit_hooked = True
+                atexit.register(self._exit)
             install_breakpointhook(self)  # importing pydevd installed its own hook
             host = report_host(bound_host)
             self.host, self.port = host, port
@@ -93,6 +100,7 @@ class DebugSession:
         functions kept aside when the user's own ``import debugpy`` is patched)."""
         self.debugger = Debugger(debugpy_module, self.options, self.tunnel)
         self.debugger.on_detached = self._detached
+        self.debugger.on_configured = self._reattached
 
     def wait(self, timeout: float, reason: str) -> bool:
         """Wait at most ``timeout`` for a client; switch the debugger off if none came."""
@@ -112,11 +120,12 @@ class DebugSession:
         """The client left (said goodbye, or its connection was lost: the threads are already
         resumed). One attach per window — stop listening, tracing off, as after a timeout
         (``--reattach`` keeps the listener open for the next client until the run ends)."""
-        if not self._lock.acquire(timeout=5):
+        if self._exiting or not self._lock.acquire(timeout=5):
             return
         try:
             if not self.listening or self.debugger is None:
                 return
+            self._gone = True
             text = detached_text(cause, seconds)
             then = "listening for the next client (--reattach)" if self.options.reattach else \
                 "the run goes on without it (--reattach keeps it listening)"
@@ -129,6 +138,16 @@ class DebugSession:
                 self.listening = False
         finally:
             self._lock.release()
+
+    def _reattached(self) -> None:
+        """A client configured its session: after a detach with ``--reattach``, say it (the window's
+        first client is reported by :meth:`wait`)."""
+        if self._gone and self.options.reattach and self.listening and not self._exiting:
+            print("Debugger attached = True", flush=True)
+            emit("ATTACHED", attached=True, rank=self.options.rank, pid=os.getpid(), reason="reattach")
+
+    def _exit(self) -> None:
+        self._exiting = True
 
     def client_connected(self) -> bool:
         return self.listening and self.debugger is not None and self.debugger.client_connected()
