@@ -140,10 +140,20 @@ class AttachedMarker(Marker):
 
 @dataclass(frozen=True)
 class DetachedMarker(Marker):
-    """The client left; the node stopped listening (one attach per window)."""
+    """The client left — said ``disconnect``, or its connection was lost (killed, gone silent):
+    the run's threads resumed; the node stopped listening (one attach per window) unless
+    ``listening`` (``--reattach``). ``reason`` is the words to show: ``debugger gone (connection
+    lost) after 12 s``, ``debugger detached after 3 s``."""
 
     kind: ClassVar[str] = "DETACHED"
     reason: str = ""
+    cause: str = ""  # "disconnect" or "connection lost" (empty from an older node)
+    seconds: float | None = None  # how long the client was attached
+    listening: bool = False
+
+    @property
+    def lost(self) -> bool:
+        return self.cause == "connection lost"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ class DebugRun:
         self.detail = ""
         self.attached: bool | None = None
         self.attach_deadline: float | None = None
+        self.debugger_note = ""  # how the last client left: "debugger gone (connection lost) after 12 s"
         self.reader = reader or MarkerReader(None)
         self.facets: list[Facet] = []
         self.launch_json_path: Path | None = None  # where "write launch.json" writes (--launch-json / %config)
@@ -400,7 +401,7 @@ class DebugRun:
         if endpoint is not None:
             self._notify("endpoint")
             self._notify("state")
-        elif (after.state, after.detail) != (before.state, before.detail):
+        elif (after.state, after.detail, after.debugger_note) != (before.state, before.detail, before.debugger_note):
             self._notify("state")
         for handler in self._handlers.get(type(marker), []):
             try:
@@ -416,13 +417,14 @@ class DebugRun:
 
     def _facts(self) -> RunFacts:
         return RunFacts(self._state, self.world_size, self._rank_states, self._rank_details, self.attach_deadline,
-                        self.attached, self.detail, self._error)
+                        self.attached, self.detail, self._error, self.debugger_note)
 
     def _apply(self, facts: RunFacts) -> None:
         self._state, self._rank_states, self._rank_details = facts.state, dict(facts.rank_states), \
             dict(facts.rank_details)
         self.attach_deadline, self.attached, self.detail, self._error = (facts.attach_deadline, facts.attached,
                                                                           facts.detail, facts.error)
+        self.debugger_note = facts.debugger_note
 
     def _notify(self, what: str) -> None:
         for listener in list(self._listeners):
@@ -457,6 +459,7 @@ class RunFacts:
     attached: bool | None = None
     detail: str = ""
     error: str = ""  # the last ERROR marker's message
+    debugger_note: str = ""  # how the last client left: "debugger gone (connection lost) after 12 s"
 
     @property
     def done(self) -> bool:
@@ -468,10 +471,12 @@ def reduce_marker(facts: RunFacts, marker: Marker) -> RunFacts:
     if isinstance(marker, EndpointMarker):
         return _endpoint_reported(facts, marker)
     if isinstance(marker, AttachedMarker):
-        return _rank_moved(replace(facts, attached=marker.attached), marker,
+        note = "" if marker.attached else facts.debugger_note
+        return _rank_moved(replace(facts, attached=marker.attached, debugger_note=note), marker,
                            ATTACHED if marker.attached else RUNNING)
     if isinstance(marker, DetachedMarker):
-        return _rank_moved(replace(facts, attached=False), marker, RUNNING)
+        note = marker.reason or "debugger detached"
+        return _rank_moved(replace(facts, attached=False, debugger_note=note), marker, RUNNING, note)
     if isinstance(marker, PostMortemMarker):
         return _rank_moved(facts, marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
                            deadline=marker.deadline)

@@ -94,3 +94,14 @@ def test_the_input_is_never_changed():
     before = RunFacts("running", rank_states={0: "running"})
     reduce_marker(before, PostMortemMarker(type="E"))
     assert before.rank_states == {0: "running"} and before.state == "running"
+
+
+def test_a_client_that_left_is_remembered_until_the_next_attaches():
+    from aml_magics.protocol import DetachedMarker as Detached
+
+    facts = reduce_marker(RunFacts("running"), AttachedMarker(attached=True))
+    gone = reduce_marker(facts, Detached(reason="debugger gone (connection lost) after 12 s", cause="connection lost"))
+    assert (gone.state, gone.debugger_note) == ("running", "debugger gone (connection lost) after 12 s")
+    assert gone.rank_details[0] == gone.debugger_note
+    assert reduce_marker(gone, Detached()).debugger_note == "debugger detached"
+    assert reduce_marker(gone, AttachedMarker(attached=True)).debugger_note == ""
