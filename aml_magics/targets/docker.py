@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from .. import images
+from ..install import needs
 from ..invocation import (
     LOOPBACK,
     PYTHON_FLAGS,
@@ -266,7 +267,8 @@ def broad_source_dir(source: Path) -> str | None:
 
 class DockerTarget:
     name = "docker"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES)
+    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES,
+                                                        one_machine="one container")
     run_type = DockerRun
     app_dir = APP_DIR  # where the source dir is mounted; the run's working directory
     name_prefix = ""  # containers are named aml-magics-<prefix><run>-<hex>
@@ -542,8 +544,7 @@ def _factory(**options: Any) -> DockerTarget:
     try:
         import docker  # noqa: F401 - the SDK is an extra
     except ImportError:
-        raise TargetError("target 'docker' needs the docker SDK: install aml-magics[docker] "
-                          "(pip install 'aml-magics[docker]')") from None
+        raise TargetError(needs("target 'docker' needs the docker SDK", "docker")) from None
     return DockerTarget(**options)
 
 
