@@ -113,7 +113,7 @@ class Debugger:
             sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
 
-            self._gate = None if self.options.reattach else OneWindowListener(sock, self.debugpy.is_client_connected)
+            self._gate = None if self.options.reattach else OneWindowListener(sock, self._client_stays)
             hand_to_pydevd(WatchedListener(self._gate or sock, self._new_link))  # type: ignore[arg-type]
             return self.debugpy.listen((bind, sock.getsockname()[1]), in_process_debug_adapter=True)
         if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
@@ -140,6 +140,12 @@ class Debugger:
         return bind, self.relay.port
 
     # -- a client leaving -----------------------------------------------------------------
+    def _client_stays(self) -> bool:
+        """A client is attached and has not said goodbye: its ``disconnect`` ends the window at once,
+        before debugpy itself has forgotten the client."""
+        link = self.link
+        return bool(self.debugpy.is_client_connected()) and not (link is not None and (link.goodbye or link.ended))
+
     def _new_link(self) -> Link:
         """A client connection accepted (direct or through the relay): watch for its end."""
         link = Link(self._link_ended)
@@ -328,8 +334,11 @@ class _GoodbyeListener:
     def after_receive(self, message: dict) -> None:
         if message.get("type") != "request":
             return
-        link = self.debugger.link
-        if link is not None and message.get("command") == "disconnect":
+        debugger, command = self.debugger, message.get("command")
+        if command in ("configurationDone", "disconnect") and debugger._gate is not None:
+            debugger._gate.attached_once = True  # at once, not when the main thread gets to it
+        link = debugger.link
+        if link is not None and command == "disconnect":
             link.goodbye = True
-        elif message.get("command") == "configurationDone" and self.debugger.on_configured is not None:
-            self.debugger.on_configured()
+        elif command == "configurationDone" and debugger.on_configured is not None:
+            debugger.on_configured()
