@@ -205,6 +205,21 @@ class Debugger:
                         stop_at_frame=frame, notify_stdin=False)
 
     @staticmethod
+    def stops_when_uncaught(exc_info: tuple) -> bool:
+        """Will the client's exception filters stop at ``exc_info`` when it leaves the process
+        uncaught (``uncaught``, VS Code's default)? Then no stop of ours is needed."""
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        filters = getattr(py_db, "break_on_uncaught_exceptions", None)
+        if not filters:
+            return False
+        try:
+            return bool(py_db.get_exception_breakpoint(exc_info[0], filters))
+        except Exception:
+            return False
+
+    @staticmethod
     def stop_at_exception(exc_info: tuple) -> None:
         """Post-mortem: show the attached client the frame that raised, with its locals.
 

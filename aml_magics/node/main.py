@@ -10,7 +10,7 @@ from .address import ListenError
 from .args import parse_args
 from .markers import emit, load_secrets
 from .owner import adopt_orphans, kill_descendants, owner_channel, read_first_line, watch_owner
-from .script import line_buffer_output, run_user_script
+from .script import exit_code, line_buffer_output, report_uncaught, run_user_script
 from .session import DebugSession, install_breakpointhook
 from .shim import cooperate_with_user_debugpy
 from .wire import RUNTIME_MODULE
@@ -45,10 +45,32 @@ def main(argv: list[str] | None = None) -> int:
         emit("ERROR", message=str(exc), rank=options.rank, pid=os.getpid())
         emit("EXIT", code=2, rank=options.rank, pid=os.getpid())
         return 2
-    on_crash = session.post_mortem if session.enabled and options.post_mortem else None
-    code = run_user_script(script_path, options.script_args, on_crash)
+    try:
+        code = run_user_script(script_path, options.script_args)
+    except BaseException as exc:  # uncaught by the script: handled here, then re-raised (see .script)
+        crashed(session, exc)
+        finish(options, exit_code(exc))
+        raise
+    finish(options, code)
+    return code
+
+
+def crashed(session: DebugSession, exc: BaseException) -> None:
+    """The script's uncaught exception: its traceback now, then the post-mortem window."""
+    report_uncaught(exc)
+    if isinstance(exc, SystemExit) or not (session.enabled and session.options.post_mortem):
+        return
+    try:
+        session.post_mortem((type(exc), exc, exc.__traceback__))
+    except KeyboardInterrupt:  # canceled while waiting for a debugger
+        print("aml_magics: post-mortem wait interrupted", file=sys.stderr, flush=True)
+    except Exception as error:  # the original failure is what the run reports
+        print(f"aml_magics: post-mortem failed: {error!r}", file=sys.stderr, flush=True)
+
+
+def finish(options, code: int) -> None:  # noqa: ANN001 - the parsed command line
+    """The end of every run: no process of the script left behind, the EXIT marker."""
     left = kill_descendants()
     if left:
         print(f"aml_magics: ended {left} process(es) the script left running", file=sys.stderr, flush=True)
     emit("EXIT", code=code, rank=options.rank, pid=os.getpid())
-    return code

@@ -168,7 +168,8 @@ class DebugSession:
                 attached = self.wait(timeout, "post_mortem")
         if attached:
             assert self.debugger is not None
-            self.debugger.stop_at_exception(exc_info)
+            if not self.debugger.stops_when_uncaught(exc_info):  # else debugpy stops as it leaves
+                self.debugger.stop_at_exception(exc_info)
 
     # -- breakpoint() ------------------------------------------------------------
     def on_breakpoint(self, frame) -> None:
