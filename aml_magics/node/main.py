@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from . import markers
+from . import capsule, markers
 from .address import ListenError
 from .args import parse_args
 from .markers import emit, load_secrets
@@ -48,24 +49,61 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = run_user_script(script_path, options.script_args)
     except BaseException as exc:  # uncaught by the script: handled here, then re-raised (see .script)
-        crashed(session, exc)
+        crashed(session, exc, secret_texts(secrets))
         finish(options, exit_code(exc))
         raise
     finish(options, code)
     return code
 
 
-def crashed(session: DebugSession, exc: BaseException) -> None:
-    """The script's uncaught exception: its traceback now, then the post-mortem window."""
+def crashed(session: DebugSession, exc: BaseException, secrets: list[str]) -> None:
+    """The script's uncaught exception: its traceback now, then the post-mortem window, then
+    (nobody attached) the crash capsule."""
     report_uncaught(exc)
-    if isinstance(exc, SystemExit) or not (session.enabled and session.options.post_mortem):
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return
+    attached = session.client_connected()
+    if session.enabled and session.options.post_mortem:
+        try:
+            attached = session.post_mortem((type(exc), exc, exc.__traceback__))
+        except KeyboardInterrupt:  # canceled while waiting for a debugger
+            print("aml_magics: post-mortem wait interrupted", file=sys.stderr, flush=True)
+        except Exception as error:  # the original failure is what the run reports
+            print(f"aml_magics: post-mortem failed: {error!r}", file=sys.stderr, flush=True)
+    if not attached:
+        write_capsule(session.options, exc, session.script_path, secrets)
+
+
+def write_capsule(options: argparse.Namespace, exc: BaseException, script: str, secrets: list[str]) -> None:
+    """This rank's crash capsule (unless ``--no-crash-capsule``), announced by a CRASH marker."""
+    directory = options.crash_dir or capsule.default_dir()
+    if options.no_crash_capsule or directory is None:
         return
     try:
-        session.post_mortem((type(exc), exc, exc.__traceback__))
-    except KeyboardInterrupt:  # canceled while waiting for a debugger
-        print("aml_magics: post-mortem wait interrupted", file=sys.stderr, flush=True)
-    except Exception as error:  # the original failure is what the run reports
-        print(f"aml_magics: post-mortem failed: {error!r}", file=sys.stderr, flush=True)
+        written = capsule.write(exc, directory, options.rank, script, secrets)
+    except Exception as error:  # never in the way of the exit
+        print(f"aml_magics: no crash capsule: {error!r}", file=sys.stderr, flush=True)
+        return
+    print(f"aml_magics: crash capsule written ({written['bytes']} bytes): {written['file']}", flush=True)
+    emit("CRASH", rank=options.rank, pid=os.getpid(), **written)
+
+
+def secret_texts(secrets: dict) -> list[str]:
+    """Every string of the run's secrets: none of them may appear in a capsule."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(secrets)
+    return found
 
 
 def finish(options, code: int) -> None:  # noqa: ANN001 - the parsed command line

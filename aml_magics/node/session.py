@@ -143,10 +143,11 @@ class DebugSession:
             self.debugger.stop_on_entry()
 
     # -- post-mortem -------------------------------------------------------------
-    def post_mortem(self, exc_info: tuple) -> None:
-        """An uncaught exception: report it, wait for a client, stop where it was raised."""
+    def post_mortem(self, exc_info: tuple) -> bool:
+        """An uncaught exception: report it, wait for a client, stop where it was raised.
+        False when nobody came (the window closed unused)."""
         if not self.enabled:
-            return
+            return False
         exc_type, exc, tb = exc_info
         frame_file, frame_line = _innermost(tb)
         timeout = self.options.post_mortem_timeout
@@ -170,6 +171,7 @@ class DebugSession:
             assert self.debugger is not None
             if not self.debugger.stops_when_uncaught(exc_info):  # else debugpy stops as it leaves
                 self.debugger.stop_at_exception(exc_info)
+        return attached
 
     # -- breakpoint() ------------------------------------------------------------
     def on_breakpoint(self, frame) -> None:
