@@ -94,6 +94,8 @@ class DebugRun:
         self.reader = reader or MarkerReader(None)
         self.facets: list[Facet] = []
         self.launch_json_path: Path | None = None  # where "write launch.json" writes (--launch-json / %config)
+        self.crash_dir: Path | None = None  # where this run's crash capsules are kept (set by the engine)
+        self.crashes: list[Any] = []  # the CRASH markers seen (a rank wrote its capsule)
         self._error = ""  # the last ERROR marker's message
         self._state: str = PREPARING
         self._endpoints: list[Endpoint] = []
@@ -283,6 +285,13 @@ class DebugRun:
         return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
 
     # -- control ---------------------------------------------------------------
+    def crash(self, rank: int | None = None) -> Any:
+        """The crash capsule of ``rank`` (None: the lowest crashed rank) as an
+        :class:`aml_magics.Crash`, or None when the run left none."""
+        from . import crash
+
+        return crash.find_for_run(self, rank)
+
     def cancel(self) -> None:
         handle = self._handle
         if handle is not None and not self.done:
