@@ -203,6 +203,12 @@ def run_folder(run_id: str, workspace: Path | None = None) -> Path:
     return (workspace or Path.cwd()) / CRASHES_DIR / run_id
 
 
+def announced(run: Any, marker: CrashMarker) -> None:
+    """A CRASH marker: the run's panel offers the capsule ("crash capsule: open")."""
+    run.crashes.append(marker)
+    run.notify("crash")
+
+
 def find_for_run(run: Any, rank: int | None = None) -> Crash | None:
     """A run of this session: its workspace folder (local, Docker), else its Azure ML job's
     outputs, downloaded once into that folder."""

@@ -100,6 +100,7 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
         run.line("aml_magics: WARNING --insecure: the debug port is reached directly, without authentication; "
                  "whoever reaches it can run any code in the run")
     run.crash_dir = crash.forget_earlier(crash.run_folder(run.id))  # an id of an earlier session: its capsules go
+    run.on_marker(crash.CrashMarker, lambda marker: crash.announced(run, marker))
     return run, RunContext(run.events, scope, secrets, crash_dir=run.crash_dir), slot
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import linecache
 import os
+import re
 import socket
 import sys
 import sysconfig
@@ -145,6 +146,18 @@ def _locals(frame: types.FrameType) -> tuple[dict, int]:
     return shown, total
 
 
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?::[^=]*)?=(?!=)")
+_STRING = re.compile(r"(?P<q>['\"])(?:\\.|(?!(?P=q)).)*(?P=q)")
+
+
+def _masked_line(text: str) -> str:
+    """``api_token = "…"`` in the source: its string literals masked like the value."""
+    match = _ASSIGNMENT.match(text)
+    if match and render.is_secret_name(match.group(1).rsplit(".", 1)[-1]):
+        return _STRING.sub("'******'", text)
+    return text
+
+
 def _source(path: str, line: int, frame: types.FrameType) -> dict | None:
     first = max(1, line - CONTEXT)
     lines = [linecache.getline(path, n, frame.f_globals).rstrip("\n") for n in range(first, line + CONTEXT + 1)]
@@ -152,7 +165,7 @@ def _source(path: str, line: int, frame: types.FrameType) -> dict | None:
         lines.pop()
     if not any(lines):
         return None
-    return {"first": first, "lines": [render.cut(text, 500) for text in lines]}
+    return {"first": first, "lines": [render.cut(_masked_line(text), 500) for text in lines]}
 
 
 def frame_records(tb: types.TracebackType | None) -> list[dict]:
