@@ -399,7 +399,8 @@ class DebugRun:
             self._on_rank_marker(marker, ATTACHED if marker.attached else RUNNING)
         elif isinstance(marker, DetachedMarker):
             self.attached = False
-            self._on_rank_marker(marker, RUNNING)
+            idle = " idle" in marker.reason  # --idle-timeout: said in the panel, not only in the log
+            self._on_rank_marker(marker, RUNNING, marker.reason if idle else "", run_detail=idle)
         elif isinstance(marker, PostMortemMarker):
             self._on_rank_marker(marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
                                  deadline=marker.deadline)

@@ -255,3 +255,52 @@ def _job_processes(job: str) -> list:
     import psutil
 
     return [p for p in psutil.process_iter(["cwd"]) if job in (p.info["cwd"] or "")]
+
+
+# -- no idle bill ----------------------------------------------------------------------------------
+
+IDLE = "total = 0\nfor i in range(3):\n    total += i\nprint('done', total, flush=True)\n"
+IDLE_BREAK = 3
+
+
+def _stopped_and_ignored(workdir: Path, name: str, **options):
+    script = workdir / ".aml_magics" / "cells" / f"{name}.py"
+    run = aml_magics.submit(code=IDLE, name=name, port=0, timeout=30, idle_timeout=2, **options)
+    run.wait_for_endpoint(30)
+    client = attach_with_launch_config(run.launch_config(), {str(script): [IDLE_BREAK]},
+                                       workspace_folder=str(workdir))
+    stop = client.wait_stopped(30)
+    assert stop.reason == "breakpoint" and stop.line == IDLE_BREAK
+    return run, client  # and nobody sends a request any more
+
+
+def test_idle_timeout_resumes_a_stopped_ignored_session_and_the_run_completes(workdir):
+    run, client = _stopped_and_ignored(workdir, "idle")
+    try:
+        assert run.wait(60) == "completed", run.detail
+    finally:
+        client.close()
+    assert "done 3" in run.logs
+    assert "resumed after 2 s idle" in run.logs and "the debugger detached" in run.logs
+    assert run.ranks[0].detail == "resumed after 2 s idle"
+
+
+def test_idle_action_cancel_ends_the_run(workdir):
+    run, client = _stopped_and_ignored(workdir, "idlecancel", idle_action="cancel")
+    try:
+        assert run.wait(60) in ("canceled", "failed")
+    finally:
+        client.close()
+    assert run.exit_code == 130 and "done" not in run.logs
+    assert "the run is canceled (--idle-action cancel)" in run.logs
+
+
+def test_idle_timeout_defaults(workdir):
+    from aml_magics.api import _namespace
+    from aml_magics.options import Defaults, build_request
+
+    (workdir / "s.py").write_text("x = 1\n")
+    local = build_request(_namespace("s.py", {}), None, Defaults())
+    assert local.spec.debug.idle_timeout == 0 and local.spec.debug.crash_capsule
+    remote = build_request(_namespace("s.py", {"target": "azureml", "compute": "c"}), None, Defaults())
+    assert remote.spec.debug.idle_timeout == 1800 and remote.spec.debug.idle_action == "detach"

@@ -14,7 +14,9 @@ import time
 
 from .address import report_host
 from .driver import Debugger
+from .idle import IdleWatch, describe, end_process, resume_all
 from .markers import emit
+from .owner import kill_descendants
 from .wire import BOOTSTRAP_VERSION, service_thread
 
 
@@ -104,6 +106,7 @@ class DebugSession:
                 self.listening = False
             else:
                 self.debugger.watch_detach()
+                self._watch_idle()
             return attached
 
     def _detached(self) -> None:
@@ -124,6 +127,34 @@ class DebugSession:
             emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; debugger off")
         finally:
             self._lock.release()
+
+    # -- no idle bill (--idle-timeout) -------------------------------------------------
+    def _watch_idle(self) -> None:
+        timeout = float(getattr(self.options, "idle_timeout", 0) or 0)
+        if timeout > 0:
+            IdleWatch(timeout, self.client_connected, self._idle).start()
+
+    def _idle(self, held: float) -> None:
+        """Stopped with no request for --idle-timeout: resume and detach, or end the run."""
+        timeout = describe(self.options.idle_timeout)
+        rank, pid = self.options.rank, os.getpid()
+        if getattr(self.options, "idle_action", "detach") == "cancel":
+            print(f"aml_magics: stopped with no debugger request for {timeout}: the run is canceled "
+                  "(--idle-action cancel)", file=sys.stderr, flush=True)
+            emit("DETACHED", rank=rank, pid=pid, reason=f"canceled after {timeout} idle")
+            kill_descendants()
+            emit("EXIT", code=130, rank=rank, pid=pid)
+            end_process(130)
+        with self._lock:
+            if not self.listening or self.debugger is None:
+                return
+            resume_all()
+            time.sleep(0.1)  # the stopped threads take the resume before tracing goes
+            self.debugger.switch_off()
+            self.listening = False
+        print(f"aml_magics: resumed after {timeout} idle (stopped {held:.0f} s, no debugger request); "
+              "the debugger detached, the run goes on (--idle-timeout)", flush=True)
+        emit("DETACHED", rank=rank, pid=pid, reason=f"resumed after {timeout} idle")
 
     def client_connected(self) -> bool:
         return self.listening and self.debugger is not None and self.debugger.client_connected()
