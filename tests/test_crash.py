@@ -304,3 +304,33 @@ def test_idle_timeout_defaults(workdir):
     assert local.spec.debug.idle_timeout == 0 and local.spec.debug.crash_capsule
     remote = build_request(_namespace("s.py", {"target": "azureml", "compute": "c"}), None, Defaults())
     assert remote.spec.debug.idle_timeout == 1800 and remote.spec.debug.idle_action == "detach"
+
+
+# -- opening it: the magic, the text views, the snapshot panel ---------------------------------------
+
+def test_aml_crash_magic_and_the_run_views(shell, workdir):
+    from IPython.core.error import UsageError
+
+    from aml_magics.views import render_text
+    from aml_magics.views.crash import crash_panel, snapshot_html
+    from aml_magics.views.widget import DebugRunPanel
+
+    run = aml_magics.submit(code="def f(items):\n    big = list(range(1000))\n    return items['x']\nf({})\n",
+                            name="magiccrash", port=0, timeout=0)
+    assert run.wait(30) == "failed"
+    assert "crash capsule: open with run.crash()" in render_text(run)
+    found = shell.run_line_magic("aml_crash", run.id)
+    assert str(found.exception) == "KeyError: 'x'" and found.frames[-1].locals["big"].text.endswith("(1000 items)")
+    with pytest.raises(UsageError, match="no-such-run"):
+        shell.run_line_magic("aml_crash", "no-such-run")
+    with pytest.raises(UsageError, match="usage"):
+        shell.run_line_magic("aml_crash", "")
+    page = snapshot_html(found)
+    assert "KeyError: &#x27;x&#x27;" in page and "aml-dbg-current" in page and "snapshot (read-only)" in page
+    panel = crash_panel(found)
+    texts = " ".join(getattr(w, "value", "") or "" for w in panel.children if hasattr(w, "value"))
+    assert "snapshot (read-only)" in texts and not [w for w in panel.children if type(w).__name__ == "Button"]
+    run_panel = DebugRunPanel(run)
+    assert run_panel.crash_row.layout.display is None  # "crash capsule: open" on the failed run's panel
+    run_panel.crash_button.click()
+    assert run_panel.children[-1] is run_panel.crash_panel
