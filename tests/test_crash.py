@@ -334,3 +334,20 @@ def test_aml_crash_magic_and_the_run_views(shell, workdir):
     assert run_panel.crash_row.layout.display is None  # "crash capsule: open" on the failed run's panel
     run_panel.crash_button.click()
     assert run_panel.children[-1] is run_panel.crash_panel
+
+
+@pytest.mark.docker
+def test_docker_crash_capsule_arrives_in_the_workspace(engine, workdir, no_container_left):
+    from conftest import DOCKER_BASE
+
+    script = workdir / "deep.py"
+    script.write_text(DEEP.format(**PLAIN))
+    run = aml_magics.submit(str(script), target="docker", base_image=DOCKER_BASE, timeout=0)
+    assert run.wait(180) == "failed", run.detail
+    found = run.crash()
+    assert found is not None
+    assert found.path == workdir / ".aml_magics" / "crashes" / run.id / "rank-0.json"  # the mounted folder
+    assert found.path.stat().st_uid == os.getuid()  # written as the invoking user
+    _check_deep(found, script, numpy=False)
+    assert found.frames[-1].path == "/app/deep.py"
+    assert found.frames[-1].locals["data"].text == "[1.5, 2.5]"
