@@ -17,6 +17,7 @@ middle frames), each cut said in ``dropped``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import linecache
@@ -50,6 +51,7 @@ def default_dir() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def _library_roots() -> tuple[str, ...]:
     roots = set()
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -60,6 +62,7 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(sorted(roots))
 
 
+@functools.lru_cache(maxsize=4096)
 def is_library(path: str) -> bool:
     if path.startswith("<"):
         return True

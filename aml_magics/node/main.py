@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import capsule, markers
+from . import markers
 from .address import ListenError
 from .args import parse_args
 from .markers import emit, load_secrets
@@ -75,7 +75,10 @@ def crashed(session: DebugSession, exc: BaseException, secrets: list[str]) -> No
 
 
 def write_capsule(options: argparse.Namespace, exc: BaseException, script: str, secrets: list[str]) -> None:
-    """This rank's crash capsule (unless ``--no-crash-capsule``), announced by a CRASH marker."""
+    """This rank's crash capsule (unless ``--no-crash-capsule``), announced by a CRASH marker.
+    Imported only now: a run that does not crash never pays for it."""
+    from . import capsule
+
     directory = options.crash_dir or capsule.default_dir()
     if options.no_crash_capsule or directory is None:
         return
