@@ -76,7 +76,7 @@ def _check_deep(found, script: Path, numpy: bool) -> None:
         data = variables["data"]
         assert data.summary == "ndarray (3, 4) float64"
         assert "NaN 1 Inf 0" in data.text and "mean 6" in data.text
-        assert str(data).startswith("ndarray (3, 4) float64 · min 1 max 11")
+        assert str(data).startswith("ndarray (3, 4) float64 · NaN 1 Inf 0; min 1 max 11")
     assert "return 1 / ratio" in found.source(inner)
     assert found.path.stat().st_size < capsule.MAX_BYTES
     assert "ZeroDivisionError" in found.exception.traceback

@@ -48,7 +48,7 @@ def test_statistics_of_an_array_with_nan_and_inf():
     text = render.statistics(values)
     assert "min 1 max 6 mean 3.25" in text and "NaN 1 Inf 1" in text
     assert "first [1, 2, nan, 4, inf, …]" in text
-    assert render.statistics(np.arange(10)).startswith("min 0 max 9 mean 4.5; NaN 0 Inf 0")
+    assert render.statistics(np.arange(10)).startswith("NaN 0 Inf 0; min 0 max 9 mean 4.5")
     assert render.statistics(np.zeros(0)) == "empty"
 
 
@@ -125,6 +125,6 @@ def test_a_torch_tensor_is_summarised_with_shape_dtype_mean_and_nan_count():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "Tensor (2, 3) torch.float32 cpu"
-    assert lines[1].startswith("min 1 max 5 mean 3.25; NaN 1 Inf 1; first [1, nan, 3, 4, 5, …]")
+    assert lines[1].startswith("NaN 1 Inf 1; min 1 max 5 mean 3.25; first [1, nan, 3, 4, 5, …]")
     assert lines[2] == "Tensor (2, 3) torch.int64 cpu"
-    assert lines[3].startswith("min 0 max 9 mean 4.5; NaN 0 Inf 0")
+    assert lines[3].startswith("NaN 0 Inf 0; min 0 max 9 mean 4.5")

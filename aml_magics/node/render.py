@@ -146,7 +146,7 @@ def _numpy_statistics(array: Any) -> str:
         if finite.shape[0]:
             parts.append(f"min {_number(finite.min())} max {_number(finite.max())} "
                          f"mean {_number(finite.mean(dtype=numpy.float64))}")
-        parts.append(f"NaN {nan} Inf {inf}")
+        parts.insert(0, f"NaN {nan} Inf {inf}")  # first: what a cut line must still show
     parts.append(f"first [{first}{', …' if total > PREVIEW else ''}]")
     if sampled:
         parts.append(f"(statistics over a sample of {int(flat.shape[0])} of {total})")
@@ -181,7 +181,7 @@ def _torch_statistics(tensor: Any) -> str:
             stats = torch.stack([finite.min().to(torch.float64), finite.max().to(torch.float64),
                                  finite.to(torch.float64).mean()]).tolist()
             parts.append(f"min {_number(stats[0])} max {_number(stats[1])} mean {_number(stats[2])}")
-        parts.append(f"NaN {nan} Inf {inf}")
+        parts.insert(0, f"NaN {nan} Inf {inf}")  # first: what a cut line must still show
     first = ", ".join(_number(x) if not isinstance(x, complex) else str(x) for x in head.cpu().tolist())
     parts.append(f"first [{first}{', …' if total > PREVIEW else ''}]")
     if sampled:
@@ -201,7 +201,7 @@ def _pandas_statistics(value: Any, kind: str) -> str:
             numeric = False
         if numeric and rows and nan < rows:
             parts.append(f"min {_number(head.min())} max {_number(head.max())} mean {_number(head.mean())}")
-        parts.append(f"NaN {nan}")
+        parts.insert(0, f"NaN {nan}")
         first = ", ".join(cut(repr(x), 40) for x in head.iloc[:PREVIEW].tolist())
         parts.append(f"first [{first}{', …' if rows > PREVIEW else ''}]")
     else:
@@ -210,7 +210,7 @@ def _pandas_statistics(value: Any, kind: str) -> str:
         if numeric.shape[1] and rows:
             parts.append(f"min {_number(numeric.min().min())} max {_number(numeric.max().max())} "
                          f"mean {_number(numeric.stack().mean())}")
-        parts.append(f"NaN {nan}")
+        parts.insert(0, f"NaN {nan}")
         columns = [str(c) for c in list(value.columns[:WIDTH])]
         parts.append("columns [" + ", ".join(cut(c, 30) for c in columns)
                      + (", …" if value.shape[1] > WIDTH else "") + "]")

@@ -26,8 +26,8 @@ _STYLE = """<style>
 .aml-crash .aml-crash-source .aml-dbg-current {background:#fff3b0; display:block}
 .aml-crash table.aml-crash-vars {border-collapse:collapse; font-size:0.9em; table-layout:fixed; width:100%}
 .aml-crash table.aml-crash-vars td {padding:1px 6px; white-space:nowrap; overflow:hidden; text-overflow:ellipsis;
-  max-width:40em; font-family:monospace}
-.aml-crash table.aml-crash-vars td.aml-crash-type {color:#888; width:10em}
+  font-family:monospace}
+.aml-crash table.aml-crash-vars td.aml-crash-type {color:#888}
 .aml-crash .aml-crash-summary {color:#1565c0}
 .aml-crash .aml-crash-dropped {color:#b26a00}
 </style>"""
@@ -84,7 +84,8 @@ def variables_html(frame: CrashFrame) -> str:
                     f'<td class="aml-crash-type">{html.escape(value.type)}</td><td>{shown}</td></tr>')
     missing = frame.locals_total - len(frame.locals)
     tail = f"<i>… {missing} more locals not kept</i>" if missing > 0 else ""
-    return f'<table class="aml-crash-vars">{"".join(rows)}</table>{tail}'
+    columns = '<colgroup><col style="width:9em"><col style="width:8em"><col></colgroup>'
+    return f'<table class="aml-crash-vars">{columns}{"".join(rows)}</table>{tail}'
 
 
 def stack_labels(crash: Crash) -> list[tuple[str, int]]:
