@@ -87,7 +87,6 @@ def write_capsule(options: argparse.Namespace, exc: BaseException, script: str, 
     except Exception as error:  # never in the way of the exit
         print(f"aml_magics: no crash capsule: {error!r}", file=sys.stderr, flush=True)
         return
-    print(f"aml_magics: crash capsule written ({written['bytes']} bytes): {written['file']}", flush=True)
     emit("CRASH", rank=options.rank, pid=os.getpid(), **written)
 
 
