@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -235,3 +236,60 @@ def find_for_run(run: Any, rank: int | None = None) -> Crash | None:
     finally:
         shutil.rmtree(dest, ignore_errors=True)
     return pick(folder, rank)
+
+
+# -- a stopped node held (--idle-timeout's watch) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldMarker(Marker):
+    """``AML_MAGICS_HELD``: a rank's session stopped at ``since`` (wall clock), or resumed (None)."""
+
+    kind: ClassVar[str] = "HELD"
+    since: float | None = None
+
+
+register_marker(HeldMarker)
+
+
+class HeldFacet:
+    """How long each stopped rank has held its node: "rank 0 stopped, node held for 12 min"."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.since: dict[int, float] = {}
+
+    def on_marker(self, marker: HeldMarker) -> None:
+        if marker.since is None:
+            self.since.pop(marker.rank, None)
+        else:
+            self.since[marker.rank] = marker.since
+        self.run.notify("held")
+
+    def text_lines(self) -> list[str]:
+        if self.run.done:
+            return []
+        now = time.time()
+        return [f"rank {rank} stopped: its node held for {_duration(now - since)} "
+                f"(--idle-timeout {self.run.spec.debug.idle_timeout:g} s resumes it)"
+                for rank, since in sorted(self.since.items())]
+
+    def html(self) -> str:
+        import html
+
+        return "".join(f"<div class='aml-held'>{html.escape(line)}</div>" for line in self.text_lines())
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def watch_held(run: Any) -> None:
+    facet = HeldFacet(run)
+    run.add_facet(facet)
+    run.on_marker(HeldMarker, facet.on_marker)

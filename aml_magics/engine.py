@@ -101,6 +101,8 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
                  "whoever reaches it can run any code in the run")
     run.crash_dir = crash.forget_earlier(crash.run_folder(run.id))  # an id of an earlier session: its capsules go
     run.on_marker(crash.CrashMarker, lambda marker: crash.announced(run, marker))
+    if spec.debug.idle_timeout > 0:
+        crash.watch_held(run)  # "rank 0 stopped: its node held for 12 min"
     return run, RunContext(run.events, scope, secrets, crash_dir=run.crash_dir), slot
 
 

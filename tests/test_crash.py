@@ -263,9 +263,9 @@ IDLE = "total = 0\nfor i in range(3):\n    total += i\nprint('done', total, flus
 IDLE_BREAK = 3
 
 
-def _stopped_and_ignored(workdir: Path, name: str, **options):
+def _stopped_and_ignored(workdir: Path, name: str, idle: float = 2, **options):
     script = workdir / ".aml_magics" / "cells" / f"{name}.py"
-    run = aml_magics.submit(code=IDLE, name=name, port=0, timeout=30, idle_timeout=2, **options)
+    run = aml_magics.submit(code=IDLE, name=name, port=0, timeout=30, idle_timeout=idle, **options)
     run.wait_for_endpoint(30)
     client = attach_with_launch_config(run.launch_config(), {str(script): [IDLE_BREAK]},
                                        workspace_folder=str(workdir))
@@ -275,14 +275,18 @@ def _stopped_and_ignored(workdir: Path, name: str, **options):
 
 
 def test_idle_timeout_resumes_a_stopped_ignored_session_and_the_run_completes(workdir):
-    run, client = _stopped_and_ignored(workdir, "idle")
+    run, client = _stopped_and_ignored(workdir, "idle", idle=5)
     try:
+        from aml_magics.views import render_text
+
+        wait_for(lambda: "rank 0 stopped: its node held for" in render_text(run), 30, "the held node shown")
         assert run.wait(60) == "completed", run.detail
     finally:
         client.close()
     assert "done 3" in run.logs
-    assert "resumed after 2 s idle" in run.logs and "the debugger detached" in run.logs
-    assert run.ranks[0].detail == "resumed after 2 s idle"
+    assert "resumed after 5 s idle" in run.logs and "the debugger detached" in run.logs
+    assert run.ranks[0].detail == "resumed after 5 s idle"
+    assert "node held" not in render_text(run)  # resumed: nothing held any more
 
 
 def test_idle_action_cancel_ends_the_run(workdir):

@@ -63,12 +63,16 @@ def describe(seconds: float) -> str:
 
 
 class IdleWatch:
-    """While ``connected()``, end a stop nobody attends to for ``timeout`` seconds with ``on_idle``."""
+    """While ``connected()``, end a stop nobody attends to for ``timeout`` seconds with ``on_idle``;
+    ``on_held(since)`` when a stop begins (the wall-clock time) and ends (None): the owner shows
+    how long the node has been held."""
 
-    def __init__(self, timeout: float, connected: Callable[[], bool], on_idle: Callable[[float], None]) -> None:
+    def __init__(self, timeout: float, connected: Callable[[], bool], on_idle: Callable[[float], None],
+                 on_held: Callable[[float | None], None] | None = None) -> None:
         self.timeout = timeout
         self.connected = connected
         self.on_idle = on_idle
+        self.on_held = on_held or (lambda since: None)
         self.poll = min(1.0, max(0.05, timeout / 20))
 
     def start(self) -> None:
@@ -78,24 +82,32 @@ class IdleWatch:
 
     def _watch(self) -> None:
         stopped_since: float | None = None
-        while self.connected():
-            time.sleep(self.poll)
-            try:
-                stopped = stopped_threads() > 0
-            except Exception:
-                return
-            now = time.monotonic()
-            if not stopped:
-                stopped_since = None
-                continue
-            stopped_since = stopped_since or now
-            idle = now - max(stopped_since, _last_request[0])
-            if idle >= self.timeout:
+        try:
+            while self.connected():
+                time.sleep(self.poll)
                 try:
-                    self.on_idle(now - stopped_since)
-                except Exception as exc:  # the run itself must go on
-                    print(f"aml_magics: idle timeout failed: {exc!r}", file=sys.stderr, flush=True)
-                return
+                    stopped = stopped_threads() > 0
+                except Exception:
+                    return
+                now = time.monotonic()
+                if not stopped:
+                    if stopped_since is not None:
+                        self.on_held(None)
+                    stopped_since = None
+                    continue
+                if stopped_since is None:
+                    stopped_since = now
+                    self.on_held(time.time())
+                idle = now - max(stopped_since, _last_request[0])
+                if idle >= self.timeout:
+                    try:
+                        self.on_idle(now - stopped_since)
+                    except Exception as exc:  # the run itself must go on
+                        print(f"aml_magics: idle timeout failed: {exc!r}", file=sys.stderr, flush=True)
+                    return
+        finally:
+            if stopped_since is not None:
+                self.on_held(None)
 
 
 def end_process(code: int) -> None:

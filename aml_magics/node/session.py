@@ -132,7 +132,11 @@ class DebugSession:
     def _watch_idle(self) -> None:
         timeout = float(getattr(self.options, "idle_timeout", 0) or 0)
         if timeout > 0:
-            IdleWatch(timeout, self.client_connected, self._idle).start()
+            IdleWatch(timeout, self.client_connected, self._idle, self._held).start()
+
+    def _held(self, since: float | None) -> None:
+        """A stop began (``since``, wall clock) or ended (None): the owner shows how long the node is held."""
+        emit("HELD", rank=self.options.rank, pid=os.getpid(), since=since)
 
     def _idle(self, held: float) -> None:
         """Stopped with no request for --idle-timeout: resume and detach, or end the run."""
