@@ -355,3 +355,15 @@ def test_docker_crash_capsule_arrives_in_the_workspace(engine, workdir, no_conta
     _check_deep(found, script, numpy=False)
     assert found.frames[-1].path == "/app/deep.py"
     assert found.frames[-1].locals["data"].text == "[1.5, 2.5]"
+
+
+def test_each_crashed_rank_of_a_distributed_run_leaves_its_own_capsule(workdir):
+    code = ("import os\nrank = int(os.environ['RANK'])\n"
+            "if rank == 1:\n    shard = [rank] * 3\n    raise RuntimeError(f'rank {rank} lost its data')\nprint('fine', rank)\n")
+    run = aml_magics.submit(code=code, name="ranks", procs_per_node=2, port=0, timeout=0)
+    assert run.wait(60) == "failed"
+    found = run.crash()
+    assert found.rank == 1 and str(found.exception) == "RuntimeError: rank 1 lost its data"
+    assert found.frames[-1].locals["shard"].text == "[1, 1, 1]"
+    assert run.crash(rank=0) is None and run.crash(rank=1).path.name == "rank-1.json"
+    assert [m.rank for m in run.crashes] == [1]
