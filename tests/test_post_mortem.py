@@ -83,7 +83,7 @@ def test_post_mortem_after_the_attach_window_closed_and_nobody_comes(workdir):
     markers = [line for line in run.raw_logs.splitlines() if "AML_MAGICS_" in line]
     kinds = [line.split()[0] for line in markers]
     assert kinds == ["AML_MAGICS_ENDPOINT", "AML_MAGICS_ATTACHED", "AML_MAGICS_ENDPOINT",
-                     "AML_MAGICS_POST_MORTEM", "AML_MAGICS_ATTACHED", "AML_MAGICS_EXIT"]
+                     "AML_MAGICS_POST_MORTEM", "AML_MAGICS_ATTACHED", "AML_MAGICS_CRASH", "AML_MAGICS_EXIT"]
     post = json.loads(markers[3].split(" ", 1)[1].rsplit(" ", 1)[0])  # the JSON before the MAC
     assert post["type"] == "KeyError" and post["message"] == "'missing'" and post["line"] == 2
     assert post["port"] == first.port  # listening again on the same port
@@ -253,3 +253,20 @@ def test_user_sys_exit_with_a_code_stops_at_the_users_line(workdir):
     finally:
         client.close()
     assert run.exit_code == 3
+
+
+def test_cancel_with_the_uncaught_filter_does_not_stop_in_our_files(workdir):
+    """A cancel (SIGINT) ends the script with the node's own exit code 130: no stop at that SystemExit."""
+    run = aml_magics.submit(code="import time\nwhile True:\n    time.sleep(0.05)\n", name="cancel_attached", port=0,
+                            timeout=30)
+    run.wait_for_endpoint(30)
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir),
+                                       exception_filters=("uncaught",))
+    try:
+        wait_for(lambda: run.state == "attached", 10, "attached")
+        run.cancel()
+        assert run.wait(30) == "canceled"
+        assert [e for e in client.events() if e.get("event") == "stopped"] == []
+    finally:
+        client.close()
+    assert run.exit_code == 130  # the script's own end, not the SIGTERM a stuck stop would need

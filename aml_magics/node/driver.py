@@ -41,6 +41,25 @@ def hand_to_pydevd(sock: socket.socket) -> None:
     pydevd.create_server_socket = create_server_socket
 
 
+def ignore_exit_code(code: int) -> None:
+    """The node's own ``sys.exit(code)`` (a cancel's 130) is no crash of the user's: a client
+    whose ``uncaught`` filter would stop at that SystemExit, in our file, is told to let it go."""
+    pydevd = sys.modules.get("pydevd")
+    py_db = pydevd.get_global_debugger() if pydevd is not None else None
+    if py_db is None:
+        return
+    try:
+        explicit = getattr(py_db, "_break_on_system_exit", None)
+        if explicit is not None:  # "break on these codes": take ours out of them
+            codes, ranges = explicit
+            py_db._break_on_system_exit = ({c for c in codes if c != code},
+                                           [r for r in ranges if not r[0] <= code <= r[1]])
+        else:
+            py_db.set_ignore_system_exit_codes(set(py_db._ignore_system_exit_codes) | {code})
+    except Exception:  # a debugpy without these: at worst the client stops once more
+        pass
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 

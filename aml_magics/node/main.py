@@ -9,6 +9,7 @@ import sys
 from . import markers
 from .address import ListenError
 from .args import parse_args
+from .driver import ignore_exit_code
 from .markers import emit, load_secrets
 from .owner import adopt_orphans, kill_descendants, owner_channel, read_first_line, watch_owner
 from .script import exit_code, line_buffer_output, report_uncaught, run_user_script
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         finish(options, exit_code(exc))
         raise
     finish(options, code)
+    if code:
+        ignore_exit_code(code)  # a cancel's 130: the client must not stop at our own sys.exit()
     return code
 
 
