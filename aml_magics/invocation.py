@@ -78,7 +78,9 @@ def crash_options(spec: RunSpec, crash_dir: str | None = None) -> list[str]:
     if debug.crash_capsule and crash_dir is not None:
         args += ["--crash-dir", crash_dir]
     if debug.idle_timeout > 0:
-        args += ["--idle-timeout", f"{debug.idle_timeout:g}", "--idle-action", debug.idle_action]
+        args += ["--idle-timeout", f"{debug.idle_timeout:g}"]
+        if debug.idle_action != "detach":  # the node's default
+            args += ["--idle-action", debug.idle_action]
     return args
 
 
@@ -95,7 +97,7 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
     debug = spec.debug
     if not debug.enabled or (rank is not None and not debug.debugs_rank(rank)):
         return ["--no-debug", *crash_options(spec, crash_dir)]
-    args = ["--port", str(port), "--bind", bind, "--timeout", f"{debug.timeout:g}", *crash_options(spec, crash_dir)]
+    args = ["--port", str(port), "--bind", bind, "--timeout", f"{debug.timeout:g}"]
     if debug.port_auto:
         args.append("--port-auto")
     if debug.stop_on_entry:
@@ -115,7 +117,7 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
             args += ["--debug-ranks", ",".join(str(r) for r in debug.debug_ranks)]
         if spec.distributed.procs_per_node > 1 and port:
             args.append("--port-per-local-rank")
-    return args
+    return args + crash_options(spec, crash_dir)
 
 
 def entry_arguments(spec: RunSpec, bind: str, port: int, *, rank: int | None = None, script: str | None = None,
