@@ -11,17 +11,25 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from .crash import Crash as Crash
+    from .crash import CrashFrame as CrashFrame
+    from .crash import Value as Value
     from .debugger import Debugger as Debugger
     from .debugger import DebuggerError as DebuggerError
     from .run import DebugRun
 
 
 def __getattr__(name: str) -> Any:
-    """``Debugger`` and ``DebuggerError`` load with their package, on first use."""
+    """``Debugger`` and ``DebuggerError`` load with their package, on first use (``Crash``,
+    ``CrashFrame`` and ``Value`` with theirs)."""
     if name in ("Debugger", "DebuggerError"):
         from . import debugger
 
         return getattr(debugger, name)
+    if name in ("Crash", "CrashFrame", "Value"):
+        from . import crash
+
+        return getattr(crash, name)
     raise AttributeError(f"module 'aml_magics' has no attribute {name!r}")
 
 
@@ -57,3 +65,11 @@ def unload_ipython_extension(ipython: Any) -> None:
         for kind, names in magics.magics.items():
             for name in names:
                 ipython.magics_manager.magics[kind].pop(name, None)
+
+
+def open_crash(job_or_run: Any, rank: int | None = None, workspace_config: str | None = None) -> Any:
+    """The crash capsule of a run, a local/Docker run id or an Azure ML job name (see
+    aml_magics.api.open_crash): an ``aml_magics.Crash``."""
+    from .api import open_crash as _open_crash
+
+    return _open_crash(job_or_run, rank=rank, workspace_config=workspace_config)

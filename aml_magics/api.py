@@ -77,3 +77,67 @@ def debug_pipeline(steps: Any, debug_steps: list[str] | str | None = None, *, ex
             plan.cleanup()
     return engine.start_group(plan, "azureml", registry or engine.REGISTRY,
                               launch_json=Path(launch_json) if launch_json is not None else None)
+
+
+# -- crash capsules ----------------------------------------------------------------------------
+
+
+def open_crash(job_or_run: Any, rank: int | None = None, workspace_config: str | None = None) -> Any:
+    """The crash capsule (an :class:`aml_magics.Crash`) of a run of this session, of a local or
+    Docker run id of an earlier session in this workspace (``.aml_magics/crashes/ID``), or of an
+    Azure ML job by name (downloaded from the job's outputs with azure-ai-ml). Raises
+    :class:`aml_magics.crash.CrashNotFound` (one line) when there is none."""
+    from . import crash
+
+    crash_of = getattr(job_or_run, "crash", None)
+    if callable(crash_of):
+        found = crash_of(rank=rank)
+        if found is None:
+            raise crash.CrashNotFound(f"run {getattr(job_or_run, 'id', job_or_run)} left no crash capsule")
+        return found
+    name = str(job_or_run).strip()
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise crash.CrashNotFound(f"not a run id or job name: {job_or_run!r}")
+    local = crash.run_folder(name)
+    if local.is_dir() and crash.capsules_in(local):
+        found = crash.pick(local, rank)
+        if found is None:
+            raise crash.CrashNotFound(f"run {name}: no capsule of rank {rank} in {local}")
+        return found
+    return _open_job_crash(name, rank, workspace_config)
+
+
+def _open_job_crash(name: str, rank: int | None, workspace_config: str | None) -> Any:
+    """An Azure ML job's capsules: its outputs downloaded, kept in the workspace like a local run's."""
+    import shutil
+    import tempfile
+
+    from . import crash
+    from .azureml import settings
+    from .azureml.v2.service import get_v2_backend
+    from .errors import TargetError
+
+    dest = Path(tempfile.mkdtemp(prefix="aml-magics-crash-"))
+    try:
+        backend = get_v2_backend()
+        try:
+            ref = settings.locate_workspace(settings.choose_workspace_config(workspace_config), Path.cwd(),
+                                            explicit=None)
+            backend.download_outputs(backend.open_workspace(ref), name, dest)
+        except TargetError as exc:
+            raise crash.CrashNotFound(f"job {name}: {exc}") from None
+        except Exception as exc:  # the service's not-found, an expired login: one line
+            raise crash.CrashNotFound(f"job {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        found = crash.capsules_in(dest)
+        if not found:
+            raise crash.CrashNotFound(f"job {name} has no crash capsule in its outputs ({crash.OUTPUTS_PREFIX}/)")
+        kept = crash.run_folder(name)
+        kept.mkdir(parents=True, exist_ok=True)
+        for path in found:
+            shutil.copyfile(path, kept / path.name)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    chosen = crash.pick(kept, rank)
+    if chosen is None:
+        raise crash.CrashNotFound(f"job {name}: no capsule of rank {rank}")
+    return chosen

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import failure, fileio, launch
+from . import crash, failure, fileio, launch
 from .errors import OptionsError, RunFailed, TargetError
 from .invocation import RunSecrets
 from .lifecycle import RunScope
@@ -99,7 +99,11 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
     if not spec.debug.secure and needs_tunnel(replace(spec, debug=replace(spec.debug, secure=True)), target):
         run.line("aml_magics: WARNING --insecure: the debug port is reached directly, without authentication; "
                  "whoever reaches it can run any code in the run")
-    return run, RunContext(run.events, scope, secrets), slot
+    run.crash_dir = crash.forget_earlier(crash.run_folder(run.id))  # an id of an earlier session: its capsules go
+    run.on_marker(crash.CrashMarker, lambda marker: crash.announced(run, marker))
+    if spec.debug.idle_timeout > 0:
+        crash.watch_held(run)  # "rank 0 stopped: its node held for 12 min"
+    return run, RunContext(run.events, scope, secrets, crash_dir=run.crash_dir), slot
 
 
 def needs_tunnel(spec: RunSpec, target: str) -> bool:

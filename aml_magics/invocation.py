@@ -68,7 +68,24 @@ def copy_node(dest: Path) -> Path:
 # -- command line ------------------------------------------------------------------------------
 
 
-def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = None) -> list[str]:
+def crash_options(spec: RunSpec, crash_dir: str | None = None) -> list[str]:
+    """The crash capsule's and the idle timeout's options (``crash_dir``: where the owner wants
+    capsules; None: the node's default, an Azure ML job's ``outputs/``)."""
+    debug = spec.debug
+    if not debug.enabled:
+        return []
+    args = [] if debug.crash_capsule else ["--no-crash-capsule"]
+    if debug.crash_capsule and crash_dir is not None:
+        args += ["--crash-dir", crash_dir]
+    if debug.idle_timeout > 0:
+        args += ["--idle-timeout", f"{debug.idle_timeout:g}"]
+        if debug.idle_action != "detach":  # the node's default
+            args += ["--idle-action", debug.idle_action]
+    return args
+
+
+def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = None,
+                      crash_dir: str | None = None) -> list[str]:
     """The bootstrap's own options.
 
     ``rank``: the command line of that one rank (a target that starts each process itself;
@@ -79,7 +96,7 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
     """
     debug = spec.debug
     if not debug.enabled or (rank is not None and not debug.debugs_rank(rank)):
-        return ["--no-debug"]
+        return ["--no-debug", *crash_options(spec, crash_dir)]
     args = ["--port", str(port), "--bind", bind, "--timeout", f"{debug.timeout:g}"]
     if debug.port_auto:
         args.append("--port-auto")
@@ -100,25 +117,25 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
             args += ["--debug-ranks", ",".join(str(r) for r in debug.debug_ranks)]
         if spec.distributed.procs_per_node > 1 and port:
             args.append("--port-per-local-rank")
-    return args
+    return args + crash_options(spec, crash_dir)
 
 
 def entry_arguments(spec: RunSpec, bind: str, port: int, *, rank: int | None = None, script: str | None = None,
-                    args: Sequence[Any] | None = None) -> list[Any]:
+                    args: Sequence[Any] | None = None, crash_dir: str | None = None) -> list[Any]:
     """The bootstrap's options, ``--``, then the script and its arguments untouched.
 
     ``script`` defaults to the spec's (relative to the run's working directory); ``args`` to
     the spec's (a pipeline step passes its own argument objects, which need not be strings).
     """
-    return [*bootstrap_options(spec, bind, port, rank), "--", script if script is not None else spec.script,
+    return [*bootstrap_options(spec, bind, port, rank, crash_dir), "--", script if script is not None else spec.script,
             *(spec.args if args is None else args)]
 
 
 def bootstrap_argv(python: str, spec: RunSpec, bind: str, port: int, *, rank: int | None = None,
-                   script: str | None = None, bootstrap: str | None = None) -> list[str]:
+                   script: str | None = None, bootstrap: str | None = None, crash_dir: str | None = None) -> list[str]:
     """``python -X frozen_modules=off path/to/node <options> -- <script> <args>``."""
     return [python, *PYTHON_FLAGS, bootstrap or str(NODE_PATH),
-            *map(str, entry_arguments(spec, bind, port, rank=rank, script=script))]
+            *map(str, entry_arguments(spec, bind, port, rank=rank, script=script, crash_dir=crash_dir))]
 
 
 # -- environment -------------------------------------------------------------------------------

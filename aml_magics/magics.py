@@ -304,6 +304,31 @@ class AmlDebugMagics(Magics):
 
     @line_magic
     @user_errors
+    def aml_crash(self, line: str) -> Any:
+        """Open a crash capsule as a read-only snapshot: %aml_crash RUN_OR_JOB [--rank R]
+        (a run of this session, a local/docker run id of an earlier one, or an Azure ML job name)"""
+        from .api import open_crash
+        from .crash import CrashNotFound
+        from .errors import OptionsError
+
+        usage = "usage: %aml_crash RUN_OR_JOB [--rank R]"
+        argv = _split(line)
+        rank = None
+        if len(argv) == 3 and argv[1] == "--rank" and argv[2].isdigit():
+            rank = int(argv[2])
+        elif len(argv) != 1:
+            raise UsageError(usage)
+        try:
+            target: Any = self.registry.find(argv[0])
+        except OptionsError:
+            target = argv[0]  # not a run of this session: a run id of an earlier one, or a job
+        try:
+            return open_crash(target, rank=rank)
+        except CrashNotFound as exc:
+            raise UsageError(str(exc)) from None
+
+    @line_magic
+    @user_errors
     def aml_images(self, line: str = "") -> None:
         """This project's Docker images (label aml_magics): %aml_images [--remove-unused | --remove TAG]"""
         from .images.inventory import images_command

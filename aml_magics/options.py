@@ -127,6 +127,13 @@ def post_mortem_timeout_value(text: str) -> float:
     return seconds_value(text, "--post-mortem-timeout")
 
 
+def idle_timeout_value(text: str) -> float:
+    return seconds_value(text, "--idle-timeout")
+
+
+DEFAULT_IDLE_TIMEOUT_AZUREML = 1800.0  # a GPU node held at a breakpoint overnight is the bill to avoid
+
+
 def count_value(text: str) -> int:
     try:
         value = int(text)
@@ -220,6 +227,14 @@ COMMON_OPTIONS: tuple[Option, ...] = (
                 f"(default: {DEFAULT_POST_MORTEM_TIMEOUT:g})"),
     option("--wait-on-breakpoint", action="store_true",
            help="breakpoint() with no debugger attached waits for one (else it is a no-op)"),
+    option("--no-crash-capsule", action="store_true",
+           help="an uncaught exception leaves no crash capsule (default: one per crashed rank, opened with "
+                "run.crash() or %%aml_crash)"),
+    option("--idle-timeout", type=idle_timeout_value, default=None, metavar="SECONDS",
+           help=f"a session stopped with no debugger request for this long is resumed and detached; 0: never "
+                f"(default: {DEFAULT_IDLE_TIMEOUT_AZUREML:g} on azureml, 0 elsewhere)"),
+    option("--idle-action", choices=("detach", "cancel"), default=None,
+           help="what --idle-timeout does: detach (resume, the run goes on; the default) or cancel the run"),
     option("--wait", action="store_true", default=None, help="block until the run ends (default: return at once)"),
     option("--launch-json", default=None, metavar="PATH",
            help="merge the attach configuration into this launch.json as soon as the endpoint is known "
@@ -389,6 +404,7 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         reattach=bool(getattr(ns, "reattach", False)),
         subprocesses=bool(getattr(ns, "subprocesses", False)),
         **_debug_extras(ns),
+        **_idle_and_crash(ns, target),
     )
     if debug.subprocesses and not info.capabilities.subprocesses:
         raise OptionsError(f"--subprocesses: target '{target}' does not follow child processes yet "
@@ -417,6 +433,15 @@ def build_request(ns: argparse.Namespace, cell: str | None, defaults: Defaults, 
         cell_dir_is_ours=cell is not None and not ns.source_dir,
         dry_run=bool(getattr(ns, "dry_run", False)),
     )
+
+
+def _idle_and_crash(ns: argparse.Namespace, target: str) -> dict[str, Any]:
+    """--no-crash-capsule, --idle-timeout (default: 30 min on Azure ML, off elsewhere), --idle-action."""
+    idle = getattr(ns, "idle_timeout", None)
+    if idle is None:
+        idle = DEFAULT_IDLE_TIMEOUT_AZUREML if target.startswith("azureml") else 0.0
+    return {"crash_capsule": not getattr(ns, "no_crash_capsule", False), "idle_timeout": idle,
+            "idle_action": getattr(ns, "idle_action", None) or "detach"}
 
 
 def _debug_extras(ns: argparse.Namespace) -> dict[str, Any]:

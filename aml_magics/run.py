@@ -104,6 +104,8 @@ class DebugRun:
         self.reader = reader or MarkerReader(None)
         self.facets: list[Facet] = []
         self.launch_json_path: Path | None = None  # where "write launch.json" writes (--launch-json / %config)
+        self.crash_dir: Path | None = None  # where this run's crash capsules are kept (set by the engine)
+        self.crashes: list[Any] = []  # the CRASH markers seen (a rank wrote its capsule)
         self._error = ""  # the last ERROR marker's message
         self._state: str = PREPARING
         self._endpoints: list[Endpoint] = []
@@ -294,6 +296,13 @@ class DebugRun:
         return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
 
     # -- control ---------------------------------------------------------------
+    def crash(self, rank: int | None = None) -> Any:
+        """The crash capsule of ``rank`` (None: the lowest crashed rank) as an
+        :class:`aml_magics.Crash`, or None when the run left none."""
+        from . import crash
+
+        return crash.find_for_run(self, rank)
+
     def cancel(self) -> None:
         handle = self._handle
         if handle is not None and not self.done:
@@ -526,7 +535,8 @@ def reduce_marker(facts: RunFacts, marker: Marker) -> RunFacts:
                            ATTACHED if marker.attached else RUNNING)
     if isinstance(marker, DetachedMarker):
         note = marker.reason or "debugger detached"
-        return _rank_moved(replace(facts, attached=False, debugger_note=note), marker, RUNNING, note)
+        idle = " idle" in note  # --idle-timeout: said in the run's detail too, not only in the log
+        return _rank_moved(replace(facts, attached=False, debugger_note=note), marker, RUNNING, note, run_detail=idle)
     if isinstance(marker, PostMortemMarker):
         return _rank_moved(facts, marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
                            deadline=marker.deadline)

@@ -34,6 +34,9 @@ class DebugOptions:
     secure: bool = True  # a port that leaves the machine goes through the authenticated TLS tunnel
     reattach: bool = False  # keep listening after a client detaches (default: one attach per window)
     subprocesses: bool = False  # follow the script's child processes (debugpy's separate adapter)
+    crash_capsule: bool = True  # an uncaught exception nobody debugs leaves a crash capsule
+    idle_timeout: float = 0.0  # a stopped session with no request for this long is resumed (0: never)
+    idle_action: str = "detach"  # or "cancel": what that idle timeout does
 
     @property
     def listens_at_start(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from .errors import Canceled, TargetError
@@ -39,6 +40,7 @@ class RunContext:
     events: RunEvents
     scope: RunScope
     secrets: RunSecrets
+    crash_dir: Path | None = None  # where the owner keeps this run's crash capsules (local, docker)
 
 
 class RunHandle(Protocol):

@@ -57,7 +57,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "03-azureml-run-and-pipeline.ipynb": [
         r"dry run \(simulated Azure ML\): nothing was submitted",
-        r'arguments:\s+\["--port", "5678", "--bind", "node", "--timeout", "3", "--port-auto", "--", "train.py", '
+        r'arguments:\s+\["--port", "5678", "--bind", "node", "--timeout", "3", "--port-auto", "--idle-timeout", "1800", '
+        r'"--", "train.py", '
         r'"--lr", "0.05"\]',
         r"on azureml: .*\nsimulated Azure ML",
         r"debugpy listening at (?P<node>[\d.]+):5678 on the node, working directory \S+",

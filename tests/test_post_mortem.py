@@ -83,7 +83,7 @@ def test_post_mortem_after_the_attach_window_closed_and_nobody_comes(workdir):
     markers = [line for line in run.raw_logs.splitlines() if "AML_MAGICS_" in line]
     kinds = [line.split()[0] for line in markers]
     assert kinds == ["AML_MAGICS_ENDPOINT", "AML_MAGICS_ATTACHED", "AML_MAGICS_ENDPOINT",
-                     "AML_MAGICS_POST_MORTEM", "AML_MAGICS_ATTACHED", "AML_MAGICS_EXIT"]
+                     "AML_MAGICS_POST_MORTEM", "AML_MAGICS_ATTACHED", "AML_MAGICS_CRASH", "AML_MAGICS_EXIT"]
     post = json.loads(markers[3].split(" ", 1)[1].rsplit(" ", 1)[0])  # the JSON before the MAC
     assert post["type"] == "KeyError" and post["message"] == "'missing'" and post["line"] == 2
     assert post["port"] == first.port  # listening again on the same port
@@ -181,3 +181,92 @@ def test_wait_on_breakpoint_reports_waits_and_pauses(workdir):
         client.close()
     assert "after 42" in run.logs
     assert not port_is_listening("127.0.0.1", endpoint.port)
+
+
+MEAN = """\
+def mean(v):
+    total = sum(v)
+    return total / len(v)
+print("start", flush=True)
+print(mean([]))
+"""
+MEAN_RAISE_LINE = 3
+
+
+def _only_user_stops(client, stop, script: Path) -> None:
+    """The stop is the user's raising line; continuing reaches the end with no other stop."""
+    assert stop.reason == "exception"
+    assert Path(stop.path) == script and stop.line == MEAN_RAISE_LINE, stop.frames[:3]
+    assert [f["name"] for f in stop.frames[:2]] == ["mean", "<module>"]
+    info = client.request("exceptionInfo", {"threadId": stop.thread_id})
+    assert info["exceptionId"].startswith("ZeroDivisionError")
+    client.continue_(stop.thread_id)
+
+
+def test_uncaught_filter_stops_at_the_raising_line_not_in_our_files(workdir):
+    """VS Code's default exception filter (``uncaught``) stops where plain debugpy would."""
+    run = aml_magics.submit(code=MEAN, name="mean_empty", port=0, timeout=30)
+    run.wait_for_endpoint(30)
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir),
+                                       exception_filters=("uncaught",))
+    try:
+        stop = client.wait_stopped(30)
+        _only_user_stops(client, stop, workdir / ".aml_magics" / "cells" / "mean_empty.py")
+        assert run.wait(30) == "failed"
+        stops = [e for e in client.events() if e.get("event") == "stopped"]
+        assert len(stops) == 1, stops  # no second stop at the node's own exit
+    finally:
+        client.close()
+    assert run.exit_code == 1
+    assert "ZeroDivisionError: division by zero" in run.detail
+    assert run.logs.count("Traceback (most recent call last)") == 1
+    assert "aml_magics/node" not in run.logs and "_aml_magics_node" not in run.logs
+
+
+def test_uncaught_filter_after_a_post_mortem_attach_stops_once(workdir):
+    run = aml_magics.submit(code=MEAN, name="mean_pm", port=0, timeout=0, post_mortem=True)
+    run.wait_for_endpoint(30)
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 10, "crashed state")
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir),
+                                       exception_filters=("uncaught",))
+    try:
+        stop = client.wait_stopped(30)
+        _only_user_stops(client, stop, workdir / ".aml_magics" / "cells" / "mean_pm.py")
+        assert run.wait(30) == "failed"
+        assert len([e for e in client.events() if e.get("event") == "stopped"]) == 1
+    finally:
+        client.close()
+    assert run.exit_code == 1
+
+
+def test_user_sys_exit_with_a_code_stops_at_the_users_line(workdir):
+    code = "import sys\nprint('bye', flush=True)\nsys.exit(3)\n"
+    run = aml_magics.submit(code=code, name="exits3", port=0, timeout=30)
+    run.wait_for_endpoint(30)
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir),
+                                       exception_filters=("uncaught",))
+    try:
+        stop = client.wait_stopped(30)
+        assert Path(stop.path) == workdir / ".aml_magics" / "cells" / "exits3.py" and stop.line == 3
+        client.continue_(stop.thread_id)
+        assert run.wait(30) == "failed"
+    finally:
+        client.close()
+    assert run.exit_code == 3
+
+
+def test_cancel_with_the_uncaught_filter_does_not_stop_in_our_files(workdir):
+    """A cancel (SIGINT) ends the script with the node's own exit code 130: no stop at that SystemExit."""
+    run = aml_magics.submit(code="import time\nwhile True:\n    time.sleep(0.05)\n", name="cancel_attached", port=0,
+                            timeout=30)
+    run.wait_for_endpoint(30)
+    client = attach_with_launch_config(run.launch_config(), {}, workspace_folder=str(workdir),
+                                       exception_filters=("uncaught",))
+    try:
+        wait_for(lambda: run.state == "attached", 10, "attached")
+        run.cancel()
+        assert run.wait(30) == "canceled"
+        assert [e for e in client.events() if e.get("event") == "stopped"] == []
+    finally:
+        client.close()
+    assert run.exit_code == 130  # the script's own end, not the SIGTERM a stuck stop would need

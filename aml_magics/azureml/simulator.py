@@ -422,10 +422,19 @@ class SimRun:
                 if node.workdir.exists():
                     shutil.rmtree(node.workdir)
                 shutil.copytree(submitted.snapshot, node.workdir)
+                self._link_outputs(node.workdir)
             return self._start_and_wait(submitted, nodes, master)
         finally:
             if cluster is not None:
                 cluster.remove()  # with whatever still runs on its nodes
+
+    def _link_outputs(self, workdir: Path) -> None:
+        """``./outputs`` of every node is the job's outputs (``runs/ID/outputs``): what the service
+        uploads, there even when nobody (no owner, no simulator) is left to collect it."""
+        outputs = self.dir / "outputs"
+        outputs.mkdir(parents=True, exist_ok=True)
+        if not (workdir / "outputs").exists():
+            (workdir / "outputs").symlink_to(outputs, target_is_directory=True)
 
     def _start_and_wait(self, submitted: Submitted, nodes: list[SimNode], master: str) -> list[int] | None:
         shape = submitted.shape

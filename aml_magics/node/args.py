@@ -58,6 +58,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="breakpoint() with no debugger attached reports itself and waits for one")
     parser.add_argument("--reattach", action="store_true",
                         help="keep listening after a client detaches (default: one attach per window)")
+    parser.add_argument("--crash-dir", default=None,
+                        help="where an uncaught exception's crash capsule goes (default: an Azure ML job's outputs/)")
+    parser.add_argument("--no-crash-capsule", action="store_true", help="write no crash capsule")
+    parser.add_argument("--idle-timeout", type=float, default=0.0,
+                        help="a stopped session with no request for this many seconds is resumed (0: never)")
+    parser.add_argument("--idle-action", choices=("detach", "cancel"), default="detach",
+                        help="what an idle timeout does: resume and detach, or end the run")
     parser.add_argument("script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER)
     if "--" in argv:

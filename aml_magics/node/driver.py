@@ -67,6 +67,25 @@ class OneWindowListener:
         return getattr(self._sock, name)
 
 
+def ignore_exit_code(code: int) -> None:
+    """The node's own ``sys.exit(code)`` (a cancel's 130) is no crash of the user's: a client
+    whose ``uncaught`` filter would stop at that SystemExit, in our file, is told to let it go."""
+    pydevd = sys.modules.get("pydevd")
+    py_db = pydevd.get_global_debugger() if pydevd is not None else None
+    if py_db is None:
+        return
+    try:
+        explicit = getattr(py_db, "_break_on_system_exit", None)
+        if explicit is not None:  # "break on these codes": take ours out of them
+            codes, ranges = explicit
+            py_db._break_on_system_exit = ({c for c in codes if c != code},
+                                           [r for r in ranges if not r[0] <= code <= r[1]])
+        else:
+            py_db.set_ignore_system_exit_codes(set(py_db._ignore_system_exit_codes) | {code})
+    except Exception:  # a debugpy without these: at worst the client stops once more
+        pass
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 
@@ -276,6 +295,21 @@ class Debugger:
 
         pydevd.settrace(suspend=True, trace_only_current_thread=True, patch_multiprocessing=False,
                         stop_at_frame=frame, notify_stdin=False)
+
+    @staticmethod
+    def stops_when_uncaught(exc_info: tuple) -> bool:
+        """Will the client's exception filters stop at ``exc_info`` when it leaves the process
+        uncaught (``uncaught``, VS Code's default)? Then no stop of ours is needed."""
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        filters = getattr(py_db, "break_on_uncaught_exceptions", None)
+        if not filters:
+            return False
+        try:
+            return bool(py_db.get_exception_breakpoint(exc_info[0], filters))
+        except Exception:
+            return False
 
     @staticmethod
     def stop_at_exception(exc_info: tuple) -> None:

@@ -9,16 +9,18 @@ environment never held them.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from . import markers
 from .address import ListenError
 from .args import parse_args
-from .markers import emit, load_secrets
+from .driver import ignore_exit_code
+from .markers import emit, load_secrets, secret_digest
 from .owner import adopt_orphans, kill_descendants, owner_channel, read_first_line, stop_reaper, watch_owner
 from .relay import NodeTunnel
-from .script import line_buffer_output, run_user_script
+from .script import exit_code, line_buffer_output, report_uncaught, run_user_script
 from .session import DebugSession, install_breakpointhook
 from .shim import cooperate_with_user_debugpy
 from .wire import RUNTIME_MODULE, SECRETS_ENV, SECRETS_FD_ENV
@@ -71,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     sys.modules.setdefault(RUNTIME_MODULE, markers)  # the deployment server emits through it
     channel = owner_channel()
-    tunnel = _node_tunnel(load_secrets(_secrets_line(channel)))
+    secrets = load_secrets(_secrets_line(channel))
+    digests = secret_digests(secrets)  # what a crash capsule must never hold: digests only, never the secrets
+    tunnel = _node_tunnel(secrets)
+    del secrets
     if channel is not None:
         watch_owner(channel)
     adopt_orphans()
@@ -96,11 +101,76 @@ def main(argv: list[str] | None = None) -> int:
         emit("ERROR", message=str(exc), rank=options.rank, pid=os.getpid())
         emit("EXIT", code=2, rank=options.rank, pid=os.getpid())
         return 2
-    on_crash = session.post_mortem if session.enabled and options.post_mortem else None
-    code = run_user_script(script_path, options.script_args, on_crash)
+    try:
+        code = run_user_script(script_path, options.script_args)
+    except BaseException as exc:  # uncaught by the script: handled here, then re-raised (see .script)
+        crashed(session, exc, digests)
+        finish(options, exit_code(exc))
+        raise
+    finish(options, code)
+    if code:
+        ignore_exit_code(code)  # a cancel's 130: the client must not stop at our own sys.exit()
+    return code
+
+
+def crashed(session: DebugSession, exc: BaseException, digests: frozenset[str]) -> None:
+    """The script's uncaught exception: its traceback now, then the post-mortem window, then
+    (nobody attached) the crash capsule."""
+    report_uncaught(exc)
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return
+    attached = session.client_connected()
+    if session.enabled and session.options.post_mortem:
+        try:
+            attached = session.post_mortem((type(exc), exc, exc.__traceback__))
+        except KeyboardInterrupt:  # canceled while waiting for a debugger
+            print("aml_magics: post-mortem wait interrupted", file=sys.stderr, flush=True)
+        except Exception as error:  # the original failure is what the run reports
+            print(f"aml_magics: post-mortem failed: {error!r}", file=sys.stderr, flush=True)
+    if not attached:
+        write_capsule(session.options, exc, session.script_path, digests)
+
+
+def write_capsule(options: argparse.Namespace, exc: BaseException, script: str, digests: frozenset[str]) -> None:
+    """This rank's crash capsule (unless ``--no-crash-capsule``), announced by a CRASH marker.
+    Imported only now: a run that does not crash never pays for it."""
+    from . import capsule
+
+    directory = options.crash_dir or capsule.default_dir()
+    if options.no_crash_capsule or directory is None:
+        return
+    try:
+        written = capsule.write(exc, directory, options.rank, script, digests)
+    except Exception as error:  # never in the way of the exit
+        print(f"aml_magics: no crash capsule: {error!r}", file=sys.stderr, flush=True)
+        return
+    emit("CRASH", rank=options.rank, pid=os.getpid(), **written)
+
+
+def secret_digests(secrets: dict) -> frozenset[str]:
+    """SHA-256 digests of every string of the run's secrets: what a capsule is checked against.
+    Digests, not the strings: nothing user code can walk to holds a secret (the key lives in
+    the markers' HMAC state, the TLS key in its context)."""
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            found.add(secret_digest(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(secrets)
+    return frozenset(found)
+
+
+def finish(options, code: int) -> None:  # noqa: ANN001 - the parsed command line
+    """The end of every run: no process of the script left behind, the EXIT marker."""
     stop_reaper()
     left = kill_descendants()
     if left:
         print(f"aml_magics: ended {left} process(es) the script left running", file=sys.stderr, flush=True)
     emit("EXIT", code=code, rank=options.rank, pid=os.getpid())
-    return code

@@ -90,3 +90,8 @@ def load_secrets(first_line: str = "") -> dict:
         return {}
     _sign = _signer(key)
     return secrets
+
+
+def secret_digest(text: str) -> str:
+    """What the node keeps of a secret for checking output against it: ``LENGTH:SHA-256``."""
+    return f"{len(text)}:{hashlib.sha256(text.encode()).hexdigest()}"

@@ -16,8 +16,10 @@ import time
 
 from .address import report_host
 from .driver import Debugger
+from .idle import IdleWatch, describe, end_process, resume_all
 from .liveness import DISCONNECT
 from .markers import emit
+from .owner import kill_descendants
 from .wire import BOOTSTRAP_VERSION, service_thread
 
 
@@ -114,6 +116,7 @@ class DebugSession:
                 self.listening = False
             else:
                 self.debugger.watch_detach()
+                self._watch_idle()
             return attached
 
     def _detached(self, cause: str, seconds: float) -> None:
@@ -149,6 +152,38 @@ class DebugSession:
     def _exit(self) -> None:
         self._exiting = True
 
+    # -- no idle bill (--idle-timeout) -------------------------------------------------
+    def _watch_idle(self) -> None:
+        timeout = float(getattr(self.options, "idle_timeout", 0) or 0)
+        if timeout > 0:
+            IdleWatch(timeout, self.client_connected, self._idle, self._held).start()
+
+    def _held(self, since: float | None) -> None:
+        """A stop began (``since``, wall clock) or ended (None): the owner shows how long the node is held."""
+        emit("HELD", rank=self.options.rank, pid=os.getpid(), since=since)
+
+    def _idle(self, held: float) -> None:
+        """Stopped with no request for --idle-timeout: resume and detach, or end the run."""
+        timeout = describe(self.options.idle_timeout)
+        rank, pid = self.options.rank, os.getpid()
+        if getattr(self.options, "idle_action", "detach") == "cancel":
+            print(f"aml_magics: stopped with no debugger request for {timeout}: the run is canceled "
+                  "(--idle-action cancel)", file=sys.stderr, flush=True)
+            emit("DETACHED", rank=rank, pid=pid, reason=f"canceled after {timeout} idle")
+            kill_descendants()
+            emit("EXIT", code=130, rank=rank, pid=pid)
+            end_process(130)
+        with self._lock:
+            if not self.listening or self.debugger is None:
+                return
+            resume_all()
+            time.sleep(0.1)  # the stopped threads take the resume before tracing goes
+            self.debugger.switch_off()
+            self.listening = False
+        print(f"aml_magics: resumed after {timeout} idle (stopped {held:.0f} s, no debugger request); "
+              "the debugger detached, the run goes on (--idle-timeout)", flush=True)
+        emit("DETACHED", rank=rank, pid=pid, reason=f"resumed after {timeout} idle")
+
     def client_connected(self) -> bool:
         return self.listening and self.debugger is not None and self.debugger.client_connected()
 
@@ -167,10 +202,11 @@ class DebugSession:
             self.debugger.stop_on_entry()
 
     # -- post-mortem -------------------------------------------------------------
-    def post_mortem(self, exc_info: tuple) -> None:
-        """An uncaught exception: report it, wait for a client, stop where it was raised."""
+    def post_mortem(self, exc_info: tuple) -> bool:
+        """An uncaught exception: report it, wait for a client, stop where it was raised.
+        False when nobody came (the window closed unused)."""
         if not self.enabled:
-            return
+            return False
         exc_type, exc, tb = exc_info
         frame_file, frame_line = _innermost(tb)
         timeout = self.options.post_mortem_timeout
@@ -192,7 +228,9 @@ class DebugSession:
                 attached = self.wait(timeout, "post_mortem")
         if attached:
             assert self.debugger is not None
-            self.debugger.stop_at_exception(exc_info)
+            if not self.debugger.stops_when_uncaught(exc_info):  # else debugpy stops as it leaves
+                self.debugger.stop_at_exception(exc_info)
+        return attached
 
     # -- breakpoint() ------------------------------------------------------------
     def on_breakpoint(self, frame) -> None:

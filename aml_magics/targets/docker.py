@@ -108,6 +108,9 @@ def published_port(container: Any, port: int) -> int | None:
     return int(bindings[0]["HostPort"]) if bindings else None
 
 
+CRASH_DIR_IN_CONTAINER = "/aml_magics_crash"
+
+
 @dataclass(frozen=True)
 class BindMount:
     """A host path in the container (a docker ``Mount``: a path with a colon works)."""
@@ -379,9 +382,11 @@ class DockerTarget:
         """The container ports debugged ranks listen on: 5678 + local rank."""
         return [CONTAINER_PORT + rank for rank in range(self.processes(spec)) if spec.debug.debugs_rank(rank)]
 
-    def _command(self, spec: RunSpec, python: str, script: str) -> tuple[list[str], list[str]]:
+    def _command(self, spec: RunSpec, python: str, script: str,
+                 crash_dir: str | None = None) -> tuple[list[str], list[str]]:
         """(entrypoint, command): the bootstrap, or the launcher of several bootstraps."""
-        command = [str(a) for a in entry_arguments(spec, "0.0.0.0", CONTAINER_PORT, script=script)]
+        command = [str(a) for a in entry_arguments(spec, "0.0.0.0", CONTAINER_PORT, script=script,
+                                                   crash_dir=crash_dir)]
         entrypoint = [python, *PYTHON_FLAGS, images.NODE_IN_IMAGE]
         procs = self.processes(spec)
         if procs > 1:  # the node package's launcher (node/launcher.py) starts every rank
@@ -389,12 +394,22 @@ class DockerTarget:
             entrypoint = [python, images.NODE_IN_IMAGE, "--launch", json.dumps(envs), "--", *entrypoint]
         return entrypoint, command
 
+    @staticmethod
+    def _crash_mount(run: DockerRun, spec: RunSpec) -> BindMount | None:
+        """The run's crash-capsule folder of the workspace, writable in the container (its user is
+        the invoking one): a capsule arrives as a file, whatever its size."""
+        if run.ctx.crash_dir is None or not (spec.debug.enabled and spec.debug.crash_capsule):
+            return None
+        run.ctx.crash_dir.mkdir(parents=True, exist_ok=True)
+        return BindMount(str(run.ctx.crash_dir.resolve()), CRASH_DIR_IN_CONTAINER)
+
     def _start(self, run: DockerRun, spec: RunSpec, tag: str, python: str, publish: str) -> None:
         debug = spec.debug
         host_port = debug.port if debug.port not in (0, DEFAULT_PORT) and not debug.port_auto else None
         extras = self.container_extras(spec)
         script = extras.script or str(PurePosixPath(self.app_dir) / Path(spec.script).as_posix())
-        entrypoint, command = self._command(spec, python, script)
+        crash_mount = self._crash_mount(run, spec)
+        entrypoint, command = self._command(spec, python, script, crash_mount.target if crash_mount else None)
         debug_ports = self.debug_ports(spec) if debug.enabled else []
         environment = run_environment(spec)
         environment[OWNER_ENV] = "stdin"  # the secrets come as stdin's first line, never in the environment
@@ -403,6 +418,7 @@ class DockerTarget:
         labels = {images.LABEL: "1", f"{images.LABEL}.run": spec.name, **images.owner_labels(), **extras.labels}
         mounts = [BindMount(str(spec.source_dir.resolve()), self.app_dir)] if extras.mount_source else []
         mounts += extras.mounts
+        mounts += [crash_mount] if crash_mount else []
         ports: dict[str, Any] = {
             f"{port}/tcp": (publish, host_port + port - CONTAINER_PORT if host_port else None) for port in debug_ports}
         ports.update(extras.ports)

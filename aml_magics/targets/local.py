@@ -59,7 +59,8 @@ class LocalRun(ThreadedRun):
         with self.scope.step():
             for rank in range(world):
                 argv = bootstrap_argv(python, spec, bind, ports.get(rank, 0), rank=rank if world > 1 else None,
-                                      script=str(spec.script_path))
+                                      script=str(spec.script_path),
+                                      crash_dir=str(self.ctx.crash_dir) if self.ctx.crash_dir else None)
                 rank_env = dict(env, **rank_environment(spec.distributed, rank, master_port)) if world > 1 else env
                 owner = OwnerPipe(self.ctx.secrets)  # its secrets, then: it ends when we do
                 self.scope.callback(owner.close)

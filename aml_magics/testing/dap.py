@@ -169,9 +169,11 @@ class DapClient:
         return self._queue.take(event, timeout, predicate).get("body") or {}
 
     # ------------------------------------------------------------------ handshake
-    def attach(self, config: dict, breakpoints: Breakpoints | None = None, timeout: float = 30.0) -> None:
-        """The VS Code handshake for a debugpy attach configuration (see :meth:`Session.attach`)."""
-        self.session.attach(config, breakpoints, timeout=timeout)
+    def attach(self, config: dict, breakpoints: Breakpoints | None = None, timeout: float = 30.0,
+               exception_filters: tuple[str, ...] = ()) -> None:
+        """The VS Code handshake for a debugpy attach configuration (see :meth:`Session.attach`);
+        ``exception_filters`` as VS Code's breakpoints pane sends them (its default: ``uncaught``)."""
+        self.session.attach(config, breakpoints, timeout=timeout, exception_filters=exception_filters)
 
     def attach_child(self, event_body: dict, breakpoints: Breakpoints | None = None,
                      timeout: float = 30.0) -> DapClient:
@@ -250,6 +252,7 @@ def attach_with_launch_config(
     breakpoints: Breakpoints | None = None,
     workspace_folder: str | None = None,
     timeout: float = 30.0,
+    exception_filters: tuple[str, ...] = (),
 ) -> DapClient:
     """Attach as VS Code would with a ``launch.json`` attach configuration; return the client.
 
@@ -259,11 +262,11 @@ def attach_with_launch_config(
     resolved = _substitute(dict(config), workspace_folder or os.getcwd())
     if resolved.get("request", "attach") != "attach":
         raise DapError(f"not an attach configuration: request={resolved.get('request')!r}")
-    return _open_client(resolved, breakpoints, timeout, "attach configuration")
+    return _open_client(resolved, breakpoints, timeout, "attach configuration", exception_filters=exception_filters)
 
 
 def _open_client(config: dict, breakpoints: Breakpoints | None, timeout: float, what: str,
-                 name: str | None = None) -> DapClient:
+                 name: str | None = None, exception_filters: tuple[str, ...] = ()) -> DapClient:
     """Connect to the config's ``connect`` host/port and run the attach handshake with it."""
     from ..dap.session import address_of
 
@@ -272,7 +275,7 @@ def _open_client(config: dict, breakpoints: Breakpoints | None, timeout: float, 
     if name is not None:
         client.name = name
     try:
-        client.attach(config, breakpoints, timeout=timeout)
+        client.attach(config, breakpoints, timeout=timeout, exception_filters=exception_filters)
     except BaseException:
         client.close()
         raise

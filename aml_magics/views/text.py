@@ -244,6 +244,8 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
         lines.append(attach_hint(run))
         lines.append("launch.json:")
         lines.append(json.dumps(shown_launch_json(run), indent=4))
+    if getattr(run, "crashes", None):
+        lines.append(f"crash capsule: open with run.crash(), aml_magics.open_crash({run.id!r}) or %aml_crash {run.id}")
     if log_lines:
         lines.extend(user_lines(run.log_tail(log_lines)))
     return "\n".join(lines)

@@ -131,8 +131,17 @@ class DebugRunPanel(widgets.VBox):
         self.actions = widgets.HBox([self.launch_toggle, self.copy_button, self.write_button, self.debug_button,
                                      self.cancel_button, self.message_html],
                                     layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
-        super().__init__([self.header_html, self.endpoints_html, self.hint_html, self.actions, self.launch_html,
-                          self.log_box])
+        # A crashed rank left a capsule: "crash capsule: open" shows it below (views/crash.py).
+        self.crash_button = widgets.Button(description="open", icon="folder-open", tooltip="open the crash capsule "
+                                           "(a read-only snapshot of the stack and locals)",
+                                           layout=widgets.Layout(width="auto"))
+        self.crash_button.add_class("aml-crash-open")
+        self.crash_button.on_click(self._on_open_crash)
+        self.crash_row = widgets.HBox([widgets.HTML("<b>crash capsule:</b>"), self.crash_button],
+                                      layout=widgets.Layout(display="none", align_items="center"))
+        self.crash_row.add_class("aml-crash-row")
+        super().__init__([self.header_html, self.endpoints_html, self.hint_html, self.actions, self.crash_row,
+                          self.launch_html, self.log_box])
         self.add_class("aml-debug-run")
         self._refresher = Refresher(self.refresh, lambda: run.done, lambda: run.unsubscribe(self._on_run_event),
                                     name=f"aml-widget-{run.id}")
@@ -168,6 +177,7 @@ class DebugRunPanel(widgets.VBox):
         self.log_html.value = ("<pre class='aml-log'>" + "".join(
             f"<span class='aml-log-line' style='display:block'>{html.escape(line) or ' '}</span>" for line in tail)
             + "</pre>")
+        self.crash_row.layout.display = None if getattr(run, "crashes", None) else "none"
         self.header_html.value = self._header_html()
 
     def _header_html(self) -> str:
@@ -255,6 +265,18 @@ class DebugRunPanel(widgets.VBox):
             return
         self.debugger_panel = self.run.attach(connect=False).panel()
         self.children = (*(w for w in shown if w is not current), self.debugger_panel)
+
+    def _on_open_crash(self, _button: widgets.Button) -> None:
+        from .crash import crash_panel
+
+        found = self.run.crash()
+        if found is None:
+            self.message_html.value = "<span class='aml-message'>the crash capsule is not there (yet)</span>"
+            return
+        shown = tuple(self.children)  # type: ignore[has-type]
+        current = getattr(self, "crash_panel", None)
+        self.crash_panel = crash_panel(found)
+        self.children = (*(w for w in shown if w is not current), self.crash_panel)
 
     def _on_cancel(self, _button: widgets.Button) -> None:
         self.cancel_button.disabled = True

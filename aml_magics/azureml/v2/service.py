@@ -12,6 +12,7 @@ details ``jobs.stream`` itself reads (status and the SAS URLs of ``user_logs/std
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from ...errors import TargetError
@@ -128,6 +129,10 @@ class MLClientBackend:
             poller.wait(10)  # the service acknowledges; the monitor sees Canceled
         except Exception:
             pass
+
+    def download_outputs(self, client: Any, name: str, dest: Path) -> None:
+        """The job's outputs (``./outputs`` of its nodes, uploaded with the job) into ``dest``."""
+        client.jobs.download(name, download_path=str(dest), all=True)
 
     def service_endpoints(self, client: Any, name: str, node_index: int = 0) -> dict[str, str]:
         """The job's interactive services on one node: service name → URL (once running)."""

@@ -168,6 +168,24 @@ class _Jobs:
         thread.start()
         return _Poller(thread)
 
+    def download(self, name: str, download_path: str | Path = ".", output_name: str | None = None,
+                 all: bool = False) -> None:  # noqa: A002 - azure-ai-ml's own keyword
+        """As ``jobs.download``: the job's default outputs land in ``download_path/artifacts/outputs``
+        (read from the service's store on disk: a job of an earlier session is found too)."""
+        import shutil
+
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _auth_check()
+        run_dir = sim_root() / "runs" / name
+        if not run_dir.is_dir():
+            raise ResourceNotFoundError(f"Job {name!r} not found (simulated Azure ML)")
+        outputs = run_dir / "outputs"
+        dest = Path(download_path) / "artifacts" / "outputs"
+        dest.mkdir(parents=True, exist_ok=True)
+        if outputs.is_dir():
+            shutil.copytree(outputs, dest, dirs_exist_ok=True)
+
     def show_services(self, name: str, node_index: int = 0) -> dict[str, Any] | None:
         from azure.ai.ml.entities import ServiceInstance
 
