@@ -13,12 +13,13 @@ from ._version import __version__ as __version__
 if TYPE_CHECKING:
     from .debugger import Debugger as Debugger
     from .debugger import DebuggerError as DebuggerError
+    from .debugger import DebuggerGroup as DebuggerGroup
     from .run import DebugRun
 
 
 def __getattr__(name: str) -> Any:
-    """``Debugger`` and ``DebuggerError`` load with their package, on first use."""
-    if name in ("Debugger", "DebuggerError"):
+    """``Debugger``, ``DebuggerGroup`` and ``DebuggerError`` load with their package, on first use."""
+    if name in ("Debugger", "DebuggerError", "DebuggerGroup"):
         from . import debugger
 
         return getattr(debugger, name)

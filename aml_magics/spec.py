@@ -34,6 +34,9 @@ class DebugOptions:
     secure: bool = True  # a port that leaves the machine goes through the authenticated TLS tunnel
     reattach: bool = False  # keep listening after a client detaches (default: one attach per window)
     subprocesses: bool = False  # follow the script's child processes (debugpy's separate adapter)
+    # torch.distributed process groups wait at least this long (seconds); "keep": the script's own;
+    # None: the node's default (--timeout plus --post-mortem-timeout, at least 2 h)
+    collective_timeout: float | str | None = None
 
     @property
     def listens_at_start(self) -> bool:

@@ -8,6 +8,7 @@ import sys
 from . import markers
 from .address import ListenError
 from .args import parse_args
+from .collectives import patch_collectives
 from .markers import emit, load_secrets
 from .owner import adopt_orphans, kill_descendants, owner_channel, read_first_line, watch_owner
 from .script import line_buffer_output, run_user_script
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     session = DebugSession(options, script_path, secrets.get("tunnel"))
     install_breakpointhook(session)
     cooperate_with_user_debugpy(session)  # the script's own debugpy calls use this run's debugger
+    patch_collectives(options, lambda frame, stop_in: session.on_breakpoint(frame, stop_in))  # torch.distributed
     if not session.enabled and not options.no_debug:
         print(f"aml_magics: rank {options.rank} runs without a debugger (not in --debug-ranks)", flush=True)
     try:
