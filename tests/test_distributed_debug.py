@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
 import time
 
 import pytest
@@ -115,3 +116,91 @@ def test_keep_leaves_the_users_timeout_and_the_job_dies(project, monkeypatch):
     assert "raised to" not in run.logs
     assert "second all_reduce" not in run.logs
     assert "Timed out" in run.logs or "timed out" in run.logs, run.logs[-3000:]
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not after {timeout:g}s")
+        time.sleep(0.1)
+
+
+def _pause_all_within(group, seconds: float = 5.0) -> dict:
+    """pause_all() on a thread: it must come back within ``seconds`` (ranks in a collective are busy)."""
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(group.pause_all()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"pause_all() still waiting after {seconds:g}s"
+    return result
+
+
+def _finish(run, group) -> None:
+    """Continue every rank until the run ends (ranks whose pause was pending stop once more)."""
+    deadline = time.monotonic() + 120
+    while not run.done and time.monotonic() < deadline:
+        group.continue_all()
+        run.wait_for_change(0.5)
+    assert run.wait(30) == "completed", run.logs[-3000:]
+    for rank in range(4):
+        assert f"[rank {rank}] rank {rank}: second all_reduce 100" in run.logs
+
+
+def test_attach_all_compares_the_ranks_and_drives_them_together(project, monkeypatch):
+    run = _submit(project, monkeypatch, {}, timeout=120)
+    local = str(project / "proj" / "reduce.py")
+    group = run.attach_all(breakpoints=[(local, FIRST_LINE + 1)], timeout=90, all_stop=False)
+    try:
+        assert isinstance(group, aml_magics.DebuggerGroup) and sorted(group.ranks) == [0, 1, 2, 3]
+        rank, stop = group.wait_stopped(90)
+        assert rank in range(4) and (stop.reason, stop.line) == ("breakpoint", FIRST_LINE + 1)
+        _wait(lambda: len(group.stops) == 4, 60, "every rank stopped at the breakpoint")
+        assert group.evaluate_all("first") == {r: "10.0" for r in range(4)}
+        assert group.evaluate_all("rank") == {r: str(r) for r in range(4)}
+        assert group.debugger(2).evaluate("value.item() * rank") == "20.0"
+
+        roster = run.ranks
+        addresses = {s.node: s.node_address for s in roster}
+        assert len(set(addresses.values())) == 2 and all(a.startswith(simnet.CLUSTER_NET + ".") for a in addresses.values())
+        for status in roster:
+            assert status.node == status.rank // 2
+            assert (status.debugger, status.where, status.reason) == ("stopped", f"reduce.py:{FIRST_LINE + 1}",
+                                                                      "breakpoint")
+            assert status.seconds >= 0 and status.exit_code is None
+
+        group.clear()
+        for other in (0, 1, 2):
+            group.debugger(other).continue_()
+        time.sleep(3)  # ranks 0-2 reach the second all_reduce and block there: rank 3 is still stopped
+        paused = _pause_all_within(group)
+        assert paused[3] == group.stops[3]
+        assert {r: paused[r] for r in (0, 1, 2)} == {0: "busy", 1: "busy", 2: "busy"}, paused
+        assert {s.rank: s.debugger for s in run.ranks} == {0: "attached-running", 1: "attached-running",
+                                                           2: "attached-running", 3: "stopped"}
+        assert group.continue_all() == [3]
+        rank, stop = group.wait_stopped(60)  # a busy rank's pause was pending: it stops back in Python
+        assert rank in (0, 1, 2) and stop.reason == "pause"
+        _finish(run, group)
+    finally:
+        group.close()
+    # the last log lines (each rank's EXIT) may follow the job's end by a poll
+    _wait(lambda: all(s.exit_code is not None for s in run.ranks), 15, "every rank's exit code")
+    assert {s.rank: (s.debugger, s.exit_code) for s in run.ranks} == {r: ("ended", 0) for r in range(4)}
+
+
+def test_torch_distributed_breakpoint_stops_one_rank_in_our_debugger(project, monkeypatch):
+    run = _submit(project, monkeypatch, {"DIST_BREAKPOINT": "1"}, timeout=120)
+    group = run.attach_all(timeout=90)  # all_stop: the others pause as soon as they run Python code
+    try:
+        rank, stop = group.wait_stopped(90)
+        assert (rank, stop.line) == (1, DIST_BREAKPOINT_LINE), stop  # before the barrier: the call's line
+        assert stop.path is not None and stop.path.endswith("reduce.py")
+        assert group.debugger(1).evaluate("first") == "10.0"
+        time.sleep(2)  # the other ranks are in the barrier
+        paused = _pause_all_within(group)
+        assert {r: paused[r] for r in (0, 2, 3)} == {0: "busy", 2: "busy", 3: "busy"}, paused
+        assert "pdb" not in run.logs and "ATTENTION" not in run.logs
+        _finish(run, group)
+    finally:
+        group.close()
