@@ -261,7 +261,10 @@ class DebugRun:
     def _mark_debugger(self, rank: int, state: str, where: str = "", reason: str = "",
                        exit_code: int | None = None) -> None:
         with self._cond:
-            self._debuggers[rank] = self._moved(self._debuggers.get(rank), state, where, reason, exit_code)
+            before = self._debuggers.get(rank)
+            if before is not None and before.state == DBG_ENDED:
+                return  # a client leaving a process that exited reports DETACHED after its EXIT
+            self._debuggers[rank] = self._moved(before, state, where, reason, exit_code)
 
     def seconds_left_to_attach(self) -> float | None:
         if self._state not in (WAITING, CRASHED) or self.attach_deadline is None:

@@ -185,7 +185,8 @@ def test_attach_all_compares_the_ranks_and_drives_them_together(project, monkeyp
     finally:
         group.close()
     # the last log lines (each rank's EXIT) may follow the job's end by a poll
-    _wait(lambda: all(s.exit_code is not None for s in run.ranks), 15, "every rank's exit code")
+    _wait(lambda: all(s.exit_code is not None for s in run.ranks), 15,
+          "every rank's exit code\n" + "\n".join(run.raw_logs.splitlines()[-40:]))
     assert {s.rank: (s.debugger, s.exit_code) for s in run.ranks} == {r: ("ended", 0) for r in range(4)}
 
 
