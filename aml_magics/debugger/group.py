@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..dap import DapError, DebugService
 from ..dap.service import ENDED, STOPPED
@@ -35,6 +35,19 @@ from .paths import parse_breakpoint
 
 BUSY = "busy"  # a rank that could not pause in time: in native code (a collective), pause pending
 PAUSE_TIMEOUT = 2.0  # how long pause_all waits for a rank to stop before calling it busy
+
+
+class RankStop(NamedTuple):
+    """``(rank, Stop)``; as a :class:`Stop` too (``.line``, ``.pid``...), so code written for a
+    one-rank Debugger's ``wait_stopped()`` reads the group's the same way."""
+
+    rank: int
+    stop: Stop
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.stop, name)
 
 
 class DebuggerGroup(Debugger):
@@ -100,9 +113,9 @@ class DebuggerGroup(Debugger):
                     found[rank] = stop
         return found
 
-    def wait_stopped(self, timeout: float = 30.0) -> tuple[int, Stop] | None:  # type: ignore[override]
-        """``(rank, Stop)`` of the rank that stopped first (waiting up to ``timeout``); None once
-        every session ended."""
+    def wait_stopped(self, timeout: float = 30.0) -> RankStop | None:  # type: ignore[override]
+        """``(rank, Stop)`` of the rank that stopped first (waiting up to ``timeout``), now the
+        selected one; None once every session ended."""
         deadline = time.monotonic() + timeout
         with self._cond:
             if self._state in ("armed", "connecting"):
@@ -111,7 +124,10 @@ class DebuggerGroup(Debugger):
                 stops = self.stops
                 if stops:
                     rank = min(stops, key=lambda r: self._stopped_since.get(r, float("inf")))
-                    return rank, stops[rank]
+                    root = self._root_of(rank)
+                    if self._selected is not root:
+                        self._selected, self.frame_index = root, 0
+                    return RankStop(rank, stops[rank])
                 if self.ended:
                     return None
                 left = deadline - time.monotonic()
@@ -309,4 +325,4 @@ def _arm(group: DebuggerGroup, breakpoints: Iterable[Any]) -> None:
         group.break_at(path, line, condition)
 
 
-__all__ = ["BUSY", "DebuggerGroup", "RankDebugger", "attach_all"]
+__all__ = ["BUSY", "DebuggerGroup", "RankDebugger", "RankStop", "attach_all"]
