@@ -31,9 +31,12 @@ from .text import (
     attach_hint,
     by_node,
     can_attach,
+    debugger_words,
     endpoint_now,
     rank_address,
     rank_state_label,
+    roster_order,
+    seconds_words,
     state_detail,
 )
 
@@ -204,10 +207,11 @@ class DebugRunPanel(widgets.VBox):
         rows = []
         for node, host, statuses in grouped:
             if len(grouped) > 1:
-                rows.append(f"<tr class='aml-node' data-node='{node}'><td colspan='4'>node {node}"
+                rows.append(f"<tr class='aml-node' data-node='{node}'><td colspan='6'>node {node}"
                             + (f" · {html.escape(host)}" if host else "") + "</td></tr>")
-            rows.extend(self._rank_row(s) for s in statuses)
-        return ("<table class='aml-endpoints'><tr><th>rank</th><th>debugpy at</th><th>debugger</th><th>state</th></tr>"
+            rows.extend(self._rank_row(s) for s in roster_order(statuses))  # the stopped ranks first
+        return ("<table class='aml-endpoints'><tr><th>rank</th><th>debugpy at</th><th>endpoint</th><th>debugger</th>"
+                "<th>for</th><th>state</th></tr>"
                 f"{''.join(rows)}</table>")
 
     def _rank_row(self, status: "RankStatus") -> str:
@@ -219,7 +223,10 @@ class DebugRunPanel(widgets.VBox):
         else:
             where = f"<td class='aml-no-endpoint'>{html.escape(rank_address(run, status))}</td>"
             debugger = "<td></td>"
-        return (f"<tr class='aml-rank' data-rank='{status.rank}'><td>{status.rank}</td>{where}{debugger}"
+        roster = (f"<td class='aml-rank-debugger' data-debugger='{status.debugger}'>"
+                  f"{html.escape(debugger_words(status))}</td>"
+                  f"<td class='aml-rank-since'>{html.escape(seconds_words(status.seconds))}</td>")
+        return (f"<tr class='aml-rank' data-rank='{status.rank}'><td>{status.rank}</td>{where}{debugger}{roster}"
                 f"<td class='aml-rank-state' data-state='{status.state}'>{html.escape(rank_state_label(status))}</td></tr>")
 
     def _launch_json_html(self) -> str:
