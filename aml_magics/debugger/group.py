@@ -140,9 +140,6 @@ class DebuggerGroup(Debugger):
         """Resume every stopped rank; the ranks resumed."""
         stopped = [(rank, root) for root, rank in zip(self.roots, self.ranks, strict=False)
                    if rank is not None and root.state == STOPPED]
-        with self._ranks_lock:
-            for rank, _root in stopped:
-                self._stopped_since.pop(rank, None)
         errors = self._each(lambda item: self._resume(item[1], "continue"), stopped)
         if errors:
             raise DebuggerError(f"{self.label}: continue failed on " + "; ".join(errors))
