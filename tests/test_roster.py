@@ -10,7 +10,6 @@ where and for how long; ``%aml_runs RUN --ranks`` prints it.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from conftest import wait_for
