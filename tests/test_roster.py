@@ -98,6 +98,20 @@ def test_roster_and_group_on_four_local_ranks(shell, workdir, capsys):
         run.cancel()
 
 
+def test_collective_timeout_bad_input_is_one_line(workdir, capsys):
+    from aml_magics import cli
+
+    (workdir / "t.py").write_text("print('x')\n")
+    for value, says in (("abc", "--collective-timeout takes seconds or keep, not 'abc'"),
+                        ("0", "--collective-timeout takes seconds (more than 0, up to 604800) or keep, not 0")):
+        assert cli.main(["run", "t.py", "--collective-timeout", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+    assert cli.main(["run", "t.py", "--no-debug", "--collective-timeout", "keep"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--collective-timeout needs the debugger: drop --no-debug" in err, err
+
+
 def test_roster_commands_say_what_is_wrong_in_one_line(shell, workdir):
     with pytest.raises(UsageError, match=r"usage: %aml_runs \[RUN --ranks\]"):
         shell.run_line_magic("aml_runs", "some-run")
