@@ -372,7 +372,9 @@ class DebugRun:
         except (TimeoutError, RunFailed) as exc:
             raise debugger.DebuggerError(str(exc)) from None
         config = self.launch_config(rank=rank, workspace_folder=Path.cwd())
-        return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
+        from .debugger.group import track
+
+        return track(debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self))
 
     def attach_all(self, breakpoints: Any = (), timeout: float = 30.0, all_stop: bool = True) -> Any:
         """An ``aml_magics.DebuggerGroup``: one session per debugged rank (waiting up to ``timeout``

@@ -59,11 +59,15 @@ def test_roster_and_group_on_four_local_ranks(shell, workdir, capsys):
         assert (rank, stop.reason, stop.line) == (1, "breakpoint", BREAK_LINE)
         wait_for(lambda: 2 in group.stops, 20, "rank 2 paused by all_stop")
         assert group.stops[2].reason == "pause"
+        wait_for(lambda: run.ranks[2].debugger == "stopped", 5, "the roster told (after the session's listeners)")
         now = _roster(run)
         assert now[1] == ("stopped", f"{run.spec.script_path.name}:{BREAK_LINE}", "breakpoint")
         assert now[2][0] == "stopped" and now[2][2] == "pause"
         assert now[0] == ("attached-running", "", "this kernel's session: running")  # in time.sleep: no stop yet
         assert group.evaluate_all("value") == {1: "10", 2: "20"}
+        labels = sorted(p.label for p in group.paused)  # the panel's selector: the roster's words
+        assert labels[0].startswith("rank 1 · pid ") and labels[0].endswith(f":{BREAK_LINE} · node 0")
+        assert labels[1].startswith("rank 2 · pid ") and labels[1].endswith(" · node 1")
         assert group.debugger(1).evaluate("value + rank") == "11"
 
         result: dict = {}
@@ -95,6 +99,23 @@ def test_roster_and_group_on_four_local_ranks(shell, workdir, capsys):
     finally:
         if group is not None:
             group.close()
+        run.cancel()
+
+
+def test_a_single_rank_debugger_tells_the_roster_where_it_stopped(workdir):
+    run = aml_magics.submit(code="value = 7\nprint(value)\n", name="solo", port=0, timeout=30)
+    try:
+        debugger = run.attach(breakpoints=[(str(run.spec.script_path), 2)], timeout=30)
+        stop = debugger.wait_stopped(30)
+        assert stop is not None and stop.line == 2
+        wait_for(lambda: run.ranks[0].debugger == "stopped", 5, "the roster told (after the session's listeners)")
+        status = run.ranks[0]
+        assert (status.debugger, status.where, status.reason) == ("stopped", f"{run.spec.script_path.name}:2",
+                                                                  "breakpoint")
+        debugger.continue_()
+        assert run.wait(30) == "completed"
+        wait_for(lambda: run.ranks[0].debugger == "ended", 10, "the roster says ended")
+    finally:
         run.cancel()
 
 

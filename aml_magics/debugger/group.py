@@ -23,13 +23,14 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..dap import DapError, DebugService
 from ..dap.service import ENDED, STOPPED
 from . import holders
-from .core import RUNNING, Debugger, Stop, _first_line
+from .core import RUNNING, Debugger, Process, Stop, _first_line
 from .errors import DebuggerError
 from .paths import parse_breakpoint
 
@@ -229,17 +230,15 @@ class DebuggerGroup(Debugger):
         return [root for _rank, root in others]
 
     def _report(self, rank: int, root: DebugService) -> None:
-        report = getattr(self.run, "report_debugger", None)
-        if report is None:
-            return
-        if root.state == ENDED or self.ended:
-            report(rank, None)
-        elif root.state == STOPPED:
-            stop = self._stop_of(root)
-            where = f"{os.path.basename(stop.path or '?')}:{stop.line}" if stop is not None else ""
-            report(rank, "stopped", where, stop.reason if stop is not None else "")
-        else:
-            report(rank, "attached-running", "", "this kernel's session: running")
+        report_session(self, rank, root)
+
+    def _process(self, service: DebugService) -> Process:
+        """The panel's selector lists the roster's words: rank, pid, state at file:line, node."""
+        process = super()._process(service)
+        if process.rank is None:
+            return process
+        node = self.run.spec.distributed.placement(process.rank)[0]
+        return RankProcess(process.pid, process.name, process.state, process.stop, process.rank, node)
 
     def _finish(self, reason: str) -> None:
         super()._finish(reason)
@@ -253,6 +252,45 @@ class DebuggerGroup(Debugger):
     def __repr__(self) -> str:
         ranks = ", ".join(f"{rank}:{root.state}" for root, rank in zip(self.roots, self.ranks, strict=False))
         return f"<DebuggerGroup run {self.run.id} {self.state} ranks {ranks or '-'}>"
+
+
+@dataclass(frozen=True)
+class RankProcess(Process):
+    """A rank's process with its node (the group's selector shows it)."""
+
+    node: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{super().label} · node {self.node}"
+
+
+def report_session(debugger: Debugger, rank: int, root: DebugService) -> None:
+    """What one of this kernel's sessions knows of ``rank``, into its run's roster."""
+    report = getattr(debugger.run, "report_debugger", None)
+    if report is None:
+        return
+    if root.state == ENDED or debugger.ended:
+        report(rank, None)
+    elif root.state == STOPPED:
+        stop = debugger._stop_of(root)
+        where = f"{os.path.basename(stop.path or '?')}:{stop.line}" if stop is not None else ""
+        report(rank, "stopped", where, stop.reason if stop is not None else "")
+    else:
+        report(rank, "attached-running", "", "this kernel's session: running")
+
+
+def track(debugger: Debugger) -> Debugger:
+    """Keep ``debugger``'s run roster told what its sessions know (``run.attach()``'s debugger)."""
+    def follow(_model: Any, change: str) -> None:
+        if change == "state":
+            for root, rank in zip(list(debugger.roots), list(debugger.ranks), strict=False):
+                if rank is not None:
+                    report_session(debugger, rank, root)
+
+    debugger.subscribe(follow)
+    follow(debugger, "state")
+    return debugger
 
 
 def _ask_pause(root: DebugService) -> None:
@@ -322,4 +360,4 @@ def _arm(group: DebuggerGroup, breakpoints: Iterable[Any]) -> None:
         group.break_at(path, line, condition)
 
 
-__all__ = ["BUSY", "DebuggerGroup", "RankDebugger", "RankStop", "attach_all"]
+__all__ = ["BUSY", "DebuggerGroup", "RankDebugger", "RankProcess", "RankStop", "attach_all", "track"]
