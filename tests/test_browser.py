@@ -505,9 +505,9 @@ ROSTER_CELLS = (
     "import aml_magics\n"
     f"run = aml_magics.submit(code={ROSTER_CODE!r}, name='roster', nodes=2, procs_per_node=2, port=0, timeout=120)\n"
     "run",
-    "group = run.attach_all(breakpoints=[(str(run.spec.script_path), %d)], timeout=60)\n"
+    f"group = run.attach_all(breakpoints=[(str(run.spec.script_path), {ROSTER_BREAK_LINE})], timeout=60)\n"
     "rank, stop = group.wait_stopped(60)\n"
-    "print('first stop on rank', rank)" % ROSTER_BREAK_LINE,
+    "print('first stop on rank', rank)",
     "group.close()\nrun.cancel()\nprint('closed', run.wait(30))",
 )
 ROSTER_SCREENSHOT = REPO / "docs" / "roster.png"
