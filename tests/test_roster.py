@@ -52,8 +52,9 @@ def test_roster_and_group_on_four_local_ranks(shell, workdir, capsys):
                                                           ("ended", "exit code 0"))  # it never waits
 
         script = str(run.spec.script_path)
+        armed = run.attach(connect=False)  # what the run panel's Debug here opens on a distributed run
         group = run.attach_all(breakpoints=[(script, BREAK_LINE, "rank == 1")], timeout=30)
-        assert isinstance(group, aml_magics.DebuggerGroup) and run.debugger_group is group
+        assert isinstance(group, aml_magics.DebuggerGroup) and group is armed and run.debugger_group is group
         assert run.attach_all() is group  # one group per run (the panel's Debug here is the same)
         rank, stop = group.wait_stopped(30)
         assert (rank, stop.reason, stop.line) == (1, "breakpoint", BREAK_LINE)

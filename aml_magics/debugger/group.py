@@ -334,8 +334,9 @@ class RankDebugger(Debugger):
 def attach_all(run: Any, breakpoints: Iterable[Any] = (), timeout: float = 30.0,
                all_stop: bool = True) -> DebuggerGroup:
     """The run's group, attached to every debugged rank (waiting up to ``timeout`` for their
-    endpoints), ``breakpoints`` armed on each before any rank is released. An attached group
-    of this run (the panel's *Debug here*) is returned as it is, with the breakpoints added."""
+    endpoints), ``breakpoints`` armed on each before any rank is released. The run's group from
+    the panel's *Debug here* is the one returned (attached now if it was not yet), with the
+    breakpoints added."""
     current = getattr(run, "debugger_group", None)
     if isinstance(current, DebuggerGroup) and current.attached:
         current.all_stop = all_stop
@@ -349,7 +350,9 @@ def attach_all(run: Any, breakpoints: Iterable[Any] = (), timeout: float = 30.0,
                      f"run {run.id}: not every debugged rank reported an endpoint in {{timeout:g}}s")
     except TimeoutError as exc:
         raise DebuggerError(str(exc)) from None
-    group = DebuggerGroup(run, all_stop=all_stop)
+    armed = isinstance(current, DebuggerGroup) and current.state == "armed"  # Debug here, not attached yet
+    group: DebuggerGroup = current if armed else DebuggerGroup(run, all_stop=all_stop)
+    group.all_stop = all_stop
     _arm(group, breakpoints)
     return group.connect(timeout)
 
