@@ -350,8 +350,10 @@ def attach_all(run: Any, breakpoints: Iterable[Any] = (), timeout: float = 30.0,
                      f"run {run.id}: not every debugged rank reported an endpoint in {{timeout:g}}s")
     except TimeoutError as exc:
         raise DebuggerError(str(exc)) from None
-    armed = isinstance(current, DebuggerGroup) and current.state == "armed"  # Debug here, not attached yet
-    group: DebuggerGroup = current if armed else DebuggerGroup(run, all_stop=all_stop)
+    if isinstance(current, DebuggerGroup) and current.state == "armed":  # Debug here, not attached yet
+        group = current
+    else:
+        group = DebuggerGroup(run, all_stop=all_stop)
     group.all_stop = all_stop
     _arm(group, breakpoints)
     return group.connect(timeout)
