@@ -16,13 +16,14 @@ if TYPE_CHECKING:
     from .crash import Value as Value
     from .debugger import Debugger as Debugger
     from .debugger import DebuggerError as DebuggerError
+    from .debugger import DebuggerGroup as DebuggerGroup
     from .run import DebugRun
 
 
 def __getattr__(name: str) -> Any:
-    """``Debugger`` and ``DebuggerError`` load with their package, on first use (``Crash``,
-    ``CrashFrame`` and ``Value`` with theirs)."""
-    if name in ("Debugger", "DebuggerError"):
+    """``Debugger``, ``DebuggerGroup`` and ``DebuggerError`` load with their package, on first use
+    (``Crash``, ``CrashFrame`` and ``Value`` with theirs)."""
+    if name in ("Debugger", "DebuggerError", "DebuggerGroup"):
         from . import debugger
 
         return getattr(debugger, name)

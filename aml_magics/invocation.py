@@ -112,6 +112,9 @@ def bootstrap_options(spec: RunSpec, bind: str, port: int, rank: int | None = No
         args.append("--wait-on-breakpoint")
     if debug.post_mortem or debug.wait_on_breakpoint:
         args += ["--post-mortem-timeout", f"{debug.post_mortem_timeout:g}"]
+    if debug.collective_timeout is not None:
+        value = debug.collective_timeout
+        args += ["--collective-timeout", value if isinstance(value, str) else f"{value:g}"]
     if rank is None and spec.distributed.world_size > 1:
         if debug.debug_ranks is not None:
             args += ["--debug-ranks", ",".join(str(r) for r in debug.debug_ranks)]

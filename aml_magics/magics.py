@@ -228,9 +228,17 @@ class AmlDebugMagics(Magics):
     @user_errors
     def aml_runs(self, line: str = "") -> None:
         """List this kernel's runs: id, target, state, and each debugger as it is now (listening,
-        attached, closed); a distributed run's ranks one line per node."""
-        from .views.text import endpoint_summary
+        attached, closed); a distributed run's ranks one line per node. ``%aml_runs RUN --ranks``:
+        that run's roster (node, address, rank, debugger state, where, why, for how long)."""
+        from .views.text import endpoint_summary, roster_text
 
+        argv = _split(line)
+        if argv:
+            keys = [a for a in argv if a != "--ranks"]
+            if "--ranks" not in argv or len(keys) != 1:
+                raise UsageError("usage: %aml_runs [RUN --ranks]")
+            print(roster_text(self._find(keys[0])))
+            return
         runs = self.registry.all()
         if not runs:
             print("no aml_magics runs in this session")

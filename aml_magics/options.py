@@ -134,6 +134,20 @@ def idle_timeout_value(text: str) -> float:
 DEFAULT_IDLE_TIMEOUT_AZUREML = 1800.0  # a GPU node held at a breakpoint overnight is the bill to avoid
 
 
+def collective_timeout_value(text: str) -> float | str:
+    """``--collective-timeout``: seconds (more than 0), or ``keep``."""
+    if text.strip().lower() == "keep":
+        return "keep"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--collective-timeout takes seconds or keep, not {text!r}") from None
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"--collective-timeout takes seconds (more than 0, up to {MAX_TIMEOUT:g}) "
+                                         f"or keep, not {text}")
+    return value
+
+
 def count_value(text: str) -> int:
     try:
         value = int(text)
@@ -225,6 +239,10 @@ COMMON_OPTIONS: tuple[Option, ...] = (
     option("--post-mortem-timeout", type=post_mortem_timeout_value, default=None, metavar="SECONDS",
            help=f"seconds a crash (or --wait-on-breakpoint) waits for a debugger "
                 f"(default: {DEFAULT_POST_MORTEM_TIMEOUT:g})"),
+    option("--collective-timeout", type=collective_timeout_value, default=None, metavar="SECONDS|keep",
+           help="a debugged run's torch.distributed process groups wait at least this long, so a paused rank "
+                "never times out the others; keep: the script's own timeouts (default: --timeout plus "
+                "--post-mortem-timeout, at least 7200)"),
     option("--wait-on-breakpoint", action="store_true",
            help="breakpoint() with no debugger attached waits for one (else it is a no-op)"),
     option("--no-crash-capsule", action="store_true",
@@ -452,7 +470,9 @@ def _debug_extras(ns: argparse.Namespace) -> dict[str, Any]:
         wanted = [flag for flag, on in (("--post-mortem", getattr(ns, "post_mortem", False)),
                                         ("--wait-on-breakpoint", getattr(ns, "wait_on_breakpoint", False)),
                                         ("--debug-ranks", bool(ranks)),
-                                        ("--subprocesses", getattr(ns, "subprocesses", False))) if on]
+                                        ("--subprocesses", getattr(ns, "subprocesses", False)),
+                                        ("--collective-timeout",
+                                         getattr(ns, "collective_timeout", None) is not None)) if on]
         if wanted:
             verb = "needs" if len(wanted) == 1 else "need"
             raise OptionsError(f"{' and '.join(wanted)} {verb} the debugger: drop --no-debug")
@@ -461,6 +481,7 @@ def _debug_extras(ns: argparse.Namespace) -> dict[str, Any]:
         "post_mortem_timeout": DEFAULT_POST_MORTEM_TIMEOUT if timeout is None else timeout,
         "wait_on_breakpoint": bool(getattr(ns, "wait_on_breakpoint", False)),
         "debug_ranks": tuple(sorted({r for group in ranks for r in group})) if ranks else None,
+        "collective_timeout": getattr(ns, "collective_timeout", None),
     }
 
 

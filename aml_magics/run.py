@@ -69,14 +69,49 @@ class _RankTuple(NamedTuple):
     state: str
 
 
+# A rank's debugger, as the roster shows it (see RankStatus.debugger).
+DBG_STARTING, DBG_NONE, DBG_WAITING = "starting", "none", "waiting"
+DBG_ATTACHED, DBG_RUNNING, DBG_STOPPED = "attached", "attached-running", "stopped"
+DBG_DETACHED, DBG_CLOSED, DBG_ENDED = "detached", "closed", "ended"
+DEBUGGER_STATES = (DBG_STARTING, DBG_NONE, DBG_WAITING, DBG_ATTACHED, DBG_RUNNING, DBG_STOPPED, DBG_DETACHED,
+                   DBG_CLOSED, DBG_ENDED)
+_UNKNOWN_STOP = "attached by a client this kernel does not drive: whether it is stopped is not known here"
+
+
+class _DebuggerNow(NamedTuple):
+    state: str
+    where: str = ""  # file:line (stopped, or waiting at a breakpoint() / crash)
+    reason: str = ""
+    since: float = 0.0
+    exit_code: int | None = None
+
+
 class RankStatus(_RankTuple):
     """One rank of a run: (rank, endpoint or None, state); ``detail`` says more.
 
     The endpoint is None for a rank without a debugger (outside --debug-ranks) or one
     that has not reported yet; ``detail`` holds e.g. the exception a crashed rank waits with.
+    The roster's columns: ``node`` and ``node_address`` (where the rank runs; None when no
+    rank of that node reported one), ``debugger`` (one of DEBUGGER_STATES), ``where``
+    (``file:line`` when stopped or waiting at a breakpoint()/crash), ``reason``, ``since``
+    (when it entered that state; ``seconds`` in it) and ``exit_code`` once ended. ``stopped``
+    and ``attached-running`` come from this kernel's own DAP sessions (``run.attach``,
+    ``run.attach_all``); a client elsewhere shows as ``attached``: its stops are not ours to know.
     """
 
     detail: str = ""
+    node: int = 0
+    node_address: str | None = None
+    debugger: str = DBG_STARTING
+    where: str = ""
+    reason: str = ""
+    since: float = 0.0
+    exit_code: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds in the current debugger state."""
+        return max(0.0, time.time() - self.since)
 
 
 class Facet(Protocol):
@@ -112,6 +147,9 @@ class DebugRun:
         self._endpoints_seen: dict[int, list[tuple[str, int]]] = {}  # per rank: (host, port) as reported
         self._rank_states: dict[int, str] = {}  # from each rank's markers
         self._rank_details: dict[int, str] = {}
+        self._debuggers: dict[int, _DebuggerNow] = {}  # from each rank's markers
+        self._sessions: dict[int, _DebuggerNow] = {}  # from this kernel's DAP sessions (report_debugger)
+        self.debugger_group: Any = None  # the DebuggerGroup attached to this run's ranks, if any
         self._lines: deque[tuple[str, bool]] = deque()  # (text, is a marker)
         self._kept_bytes = 0
         self._line_count = 0  # lines ever received (the deque forgets the oldest)
@@ -172,10 +210,15 @@ class DebugRun:
 
     @property
     def ranks(self) -> list[RankStatus]:
-        """Every rank: its endpoint (None without a debugger) and its own state."""
+        """The roster: every rank, its endpoint (None without a debugger), its own state, its
+        node and the node's address, its debugger's state and since when (see RankStatus)."""
         with self._cond:
             by_rank = {e.rank: e for e in self._endpoints}
             numbers = set(range(self.world_size)) | set(self._rank_states) | set(by_rank)
+            node_of = {rank: self.spec.distributed.placement(rank)[0] for rank in numbers}
+            addresses: dict[int, str] = {}
+            for rank, endpoint in by_rank.items():
+                addresses.setdefault(node_of[rank], _node_host(endpoint))
             statuses = []
             for rank in sorted(numbers):
                 state = self._rank_states.get(rank) or (
@@ -184,8 +227,57 @@ class DebugRun:
                     state = self._state  # the run ended (canceled, ...) with this rank still live
                 status = RankStatus(rank, by_rank.get(rank), state)
                 status.detail = self._rank_details.get(rank, "")
+                status.node, status.node_address = node_of[rank], addresses.get(node_of[rank])
+                now = self._debugger_now(rank)
+                status.debugger, status.where, status.reason = now.state, now.where, now.reason
+                status.since, status.exit_code = now.since, now.exit_code
                 statuses.append(status)
             return statuses
+
+    def _debugger_now(self, rank: int) -> _DebuggerNow:
+        """A rank's debugger: its end, else this kernel's session, else its markers, else why none."""
+        marked = self._debuggers.get(rank)
+        if marked is not None and marked.state == DBG_ENDED:
+            return marked
+        if self.done:
+            return _DebuggerNow(DBG_ENDED, "", f"the run {self._state}; this rank reported no exit code",
+                                marked.since if marked else self.created)
+        session = self._sessions.get(rank)
+        if session is not None:
+            return session
+        if marked is not None:
+            return marked
+        debug = self.spec.debug
+        if not debug.debugs_rank(rank):
+            why = "--no-debug" if not debug.enabled else "not in --debug-ranks"
+            return _DebuggerNow(DBG_NONE, "", f"no debugger ({why})", self.created)
+        return _DebuggerNow(DBG_STARTING, "", "not reported yet", self.created)
+
+    def report_debugger(self, rank: int, state: str | None, where: str = "", reason: str = "") -> None:
+        """What one of this kernel's DAP sessions knows of ``rank`` (``attached-running``,
+        ``stopped`` at ``where``); None: the session ended, the rank's markers tell again."""
+        with self._cond:
+            if state is None:
+                self._sessions.pop(rank, None)
+            else:
+                self._sessions[rank] = self._moved(self._sessions.get(rank), state, where, reason)
+            self._cond.notify_all()
+        self._notify("state")
+
+    @staticmethod
+    def _moved(before: _DebuggerNow | None, state: str, where: str = "", reason: str = "",
+               exit_code: int | None = None) -> _DebuggerNow:
+        """The new debugger state; its time counts from now unless state and place stay the same."""
+        same = before is not None and (before.state, before.where) == (state, where)
+        return _DebuggerNow(state, where, reason, before.since if same and before else time.time(), exit_code)
+
+    def _mark_debugger(self, rank: int, state: str, where: str = "", reason: str = "",
+                       exit_code: int | None = None) -> None:
+        with self._cond:
+            before = self._debuggers.get(rank)
+            if before is not None and before.state == DBG_ENDED:
+                return  # a client leaving a process that exited reports DETACHED after its EXIT
+            self._debuggers[rank] = self._moved(before, state, where, reason, exit_code)
 
     def seconds_left_to_attach(self) -> float | None:
         if self._state not in (WAITING, CRASHED) or self.attach_deadline is None:
@@ -293,7 +385,18 @@ class DebugRun:
         except (TimeoutError, RunFailed) as exc:
             raise debugger.DebuggerError(str(exc)) from None
         config = self.launch_config(rank=rank, workspace_folder=Path.cwd())
-        return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
+        from .debugger.group import track
+
+        return track(debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self))
+
+    def attach_all(self, breakpoints: Any = (), timeout: float = 30.0, all_stop: bool = True) -> Any:
+        """An ``aml_magics.DebuggerGroup``: one session per debugged rank (waiting up to ``timeout``
+        for their endpoints), ``breakpoints`` armed on each first. ``all_stop``: when one rank
+        stops, the others are paused as soon as they run Python code. The run's attached group
+        (the panel's *Debug here*) is returned as it is."""
+        from .debugger.group import attach_all
+
+        return attach_all(self, breakpoints, timeout, all_stop)
 
     # -- control ---------------------------------------------------------------
     def crash(self, rank: int | None = None) -> Any:
@@ -416,6 +519,7 @@ class DebugRun:
         endpoint = self._mapped(marker) if isinstance(marker, EndpointMarker) else None
         if isinstance(marker, EndpointMarker) and endpoint is None and marker.endpoint() is not None:
             return  # refused: it moves nothing
+        self._debugger_marker(marker)  # the roster's debugger column (its own facts)
         with self._cond:
             before = self._facts()
             after = reduce_marker(before, marker)
@@ -450,6 +554,29 @@ class DebugRun:
                     return f"rank {parsed.rank} already reported {len(seen)} endpoints"
                 seen.append(where)
         return ""
+
+    def _debugger_marker(self, marker: Marker) -> None:
+        """The rank's debugger as its markers tell it (the node knows no DAP stop: see report_debugger)."""
+        rank = marker.rank
+        if isinstance(marker, EndpointMarker):
+            self._mark_debugger(rank, DBG_WAITING, "", f"listening ({marker.reason})")
+        elif isinstance(marker, AttachedMarker):
+            if marker.attached:
+                self._mark_debugger(rank, DBG_ATTACHED, "", _UNKNOWN_STOP)
+            else:
+                self._mark_debugger(rank, DBG_CLOSED, "", "nobody attached within its window; the debugger is off")
+        elif isinstance(marker, DetachedMarker):
+            self._mark_debugger(rank, DBG_DETACHED, "", marker.reason)
+        elif isinstance(marker, (PostMortemMarker, BreakpointMarker)):
+            where = f"{marker.file}:{marker.line}" if marker.file else ""
+            what = "post-mortem" if isinstance(marker, PostMortemMarker) else "breakpoint()"
+            if marker.attached:
+                stopped = "exception" if isinstance(marker, PostMortemMarker) else "breakpoint()"
+                self._mark_debugger(rank, DBG_STOPPED, where, stopped)
+            else:
+                self._mark_debugger(rank, DBG_WAITING, where, f"{what}: waiting for a debugger")
+        elif isinstance(marker, ExitMarker):
+            self._mark_debugger(rank, DBG_ENDED, "", f"exit code {marker.code}", marker.code)
 
     def _mapped(self, marker: EndpointMarker) -> Endpoint | None:
         """The endpoint as this machine reaches it; None for none, or one refused (said in a line:
@@ -501,6 +628,11 @@ class DebugRun:
 def _size(text: str) -> int:
     """A line's size in bytes (the cap counts bytes: a 4-byte character is 4)."""
     return len(text.encode("utf-8", "surrogatepass"))
+
+def _node_host(endpoint: Endpoint) -> str:
+    """The node's address of a rank's endpoint (the far side of a forwarder when there is one)."""
+    far = endpoint.node_address or endpoint.address
+    return far.rsplit(":", 1)[0]
 
 
 # -- the marker → run-state reducer (pure) --------------------------------------------------------

@@ -37,6 +37,9 @@ class DebugOptions:
     crash_capsule: bool = True  # an uncaught exception nobody debugs leaves a crash capsule
     idle_timeout: float = 0.0  # a stopped session with no request for this long is resumed (0: never)
     idle_action: str = "detach"  # or "cancel": what that idle timeout does
+    # torch.distributed process groups wait at least this long (seconds); "keep": the script's own;
+    # None: the node's default (--timeout plus --post-mortem-timeout, at least 2 h)
+    collective_timeout: float | str | None = None
 
     @property
     def listens_at_start(self) -> bool:

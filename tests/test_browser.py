@@ -487,3 +487,65 @@ def test_debugger_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     expect(state).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
     expect(state).to_contain_text("the run ended (completed)")
     expect(run_panel.locator("pre.aml-log")).to_contain_text("scaled 9.0", timeout=WAIT_MS)
+
+
+ROSTER_NOTEBOOK = "roster.ipynb"
+ROSTER_CODE = """import os, time
+rank = int(os.environ["RANK"])
+loss = [0.25, float("nan"), 0.25, 0.25][rank]
+for step in range(3000):
+    time.sleep(0.01)
+    if step == 100 and rank == 1:
+        print("rank 1 sees", loss)
+print("done", rank)
+"""
+ROSTER_BREAK_LINE = 7  # print("rank 1 sees", loss): reached by rank 1 only
+ROSTER_CELLS = (
+    "%load_ext aml_magics",
+    "import aml_magics\n"
+    f"run = aml_magics.submit(code={ROSTER_CODE!r}, name='roster', nodes=2, procs_per_node=2, port=0, timeout=120)\n"
+    "run",
+    f"group = run.attach_all(breakpoints=[(str(run.spec.script_path), {ROSTER_BREAK_LINE})], timeout=60)\n"
+    "rank, stop = group.wait_stopped(60)\n"
+    "print('first stop on rank', rank)",
+    "group.close()\nrun.cancel()\nprint('closed', run.wait(30))",
+)
+ROSTER_SCREENSHOT = REPO / "docs" / "roster.png"
+
+
+def test_rank_roster_in_the_run_panel(lab: Lab, page, tmp_path: Path):
+    """A 2×2 local run, attach_all from a cell: the run panel's table, grouped by node, shows rank 1
+    stopped at its breakpoint, first on node 0, and the other ranks paused by all_stop."""
+    def cell(source: str) -> dict:
+        return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+
+    notebook = {"cells": [cell(source) for source in ROSTER_CELLS], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                            "name": "python3"}, "language_info": {"name": "python"}}}
+    (lab.root / ROSTER_NOTEBOOK).write_text(json.dumps(notebook))
+    page.goto(f"{lab.url}/lab/tree/{ROSTER_NOTEBOOK}?reset")
+    cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+    expect(cells).to_have_count(len(ROSTER_CELLS), timeout=WAIT_MS)
+    _wait_for_idle(lab, ROSTER_NOTEBOOK)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible(timeout=WAIT_MS)
+    cells.nth(0).click()
+    for _ in range(3):
+        page.keyboard.press("Shift+Enter")
+        time.sleep(0.2)
+    expect(cells.nth(2)).to_contain_text("first stop on rank 1", timeout=WAIT_MS)
+
+    run_panel = _panel(page, "roster-1")
+    table = run_panel.locator("table.aml-endpoints")
+    expect(table.locator("tr.aml-node")).to_have_count(2, timeout=WAIT_MS)
+    stopped = table.locator(".aml-rank-debugger[data-debugger='stopped']")
+    expect(stopped).to_have_count(4, timeout=WAIT_MS)  # rank 1 at its breakpoint, the others paused by all_stop
+    rows = table.locator("tr")
+    expect(rows.nth(2)).to_have_attribute("data-rank", "1")  # node 0's first row: its stopped rank
+    expect(rows.nth(2)).to_contain_text(f"stopped at roster.py:{ROSTER_BREAK_LINE} (breakpoint)")
+    expect(table.locator("tr.aml-rank[data-rank='0'] .aml-rank-debugger")).to_contain_text("(pause)")
+    table.screenshot(path=str(tmp_path / "roster.png"))
+    if os.environ.get("AML_MAGICS_UPDATE_SCREENSHOT"):
+        shutil.copy(tmp_path / "roster.png", ROSTER_SCREENSHOT)
+
+    page.keyboard.press("Shift+Enter")  # the last cell: close the group, cancel the run
+    expect(cells.nth(3)).to_contain_text("closed canceled", timeout=WAIT_MS)

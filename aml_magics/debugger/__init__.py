@@ -11,5 +11,6 @@ from __future__ import annotations
 
 from .core import Debugger, ExceptionInfo, Frame, Process, Stop, attach, current, prepare
 from .errors import DebuggerError
+from .group import DebuggerGroup
 
-__all__ = ["Debugger", "DebuggerError", "ExceptionInfo", "Frame", "Process", "Stop", "attach", "current", "prepare"]
+__all__ = ["Debugger", "DebuggerError", "DebuggerGroup", "ExceptionInfo", "Frame", "Process", "Stop", "attach", "current", "prepare"]

@@ -654,10 +654,12 @@ def prepare(run: Any, rank: int | None = None) -> Debugger:
         if rank is not None:
             return [run.launch_config(rank=rank, workspace_folder=folder)]
         waiting = [s.rank for s in run.ranks if s.endpoint is not None and s.state in holders.USABLE_RANK_STATES]
-        if len(waiting) <= 1:
-            return [run.launch_config(rank=waiting[0] if waiting else None, workspace_folder=folder)]
-        return [run.launch_config(rank=r, workspace_folder=folder) for r in waiting]
+        return [run.launch_config(rank=waiting[0] if waiting else None, workspace_folder=folder)]
 
+    if rank is None and getattr(run, "world_size", 1) > 1:  # every rank: the run's DebuggerGroup
+        from .group import DebuggerGroup
+
+        return DebuggerGroup(run)
     return Debugger(configs, run=run, rank=rank)
 
 

@@ -33,6 +33,19 @@ def rank_list(text: str) -> frozenset[int]:
     return ranks
 
 
+def collective_timeout_value(text: str) -> float | str:
+    """``--collective-timeout``: seconds, or ``keep`` (the user's own process group timeouts)."""
+    if text.strip().lower() == "keep":
+        return "keep"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--collective-timeout takes seconds or keep, not {text!r}")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aml_magics_bootstrap", add_help=True)
     parser.add_argument("--port", type=int, default=5678)
@@ -65,6 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a stopped session with no request for this many seconds is resumed (0: never)")
     parser.add_argument("--idle-action", choices=("detach", "cancel"), default="detach",
                         help="what an idle timeout does: resume and detach, or end the run")
+    parser.add_argument("--collective-timeout", type=collective_timeout_value, default=None,
+                        help="torch.distributed process groups wait at least this long (seconds), or keep "
+                             "(default: --timeout plus --post-mortem-timeout, at least 7200)")
     parser.add_argument("script")
     parser.add_argument("script_args", nargs=argparse.REMAINDER)
     if "--" in argv:

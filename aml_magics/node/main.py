@@ -16,6 +16,7 @@ import sys
 from . import markers
 from .address import ListenError
 from .args import parse_args
+from .collectives import patch_collectives
 from .driver import ignore_exit_code
 from .markers import emit, load_secrets, secret_digest
 from .owner import adopt_orphans, kill_descendants, owner_channel, read_first_line, stop_reaper, watch_owner
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     session = DebugSession(options, script_path, tunnel)  # type: ignore[arg-type]
     install_breakpointhook(session)
     cooperate_with_user_debugpy(session)  # the script's own debugpy calls use this run's debugger
+    patch_collectives(options, lambda frame, stop_in: session.on_breakpoint(frame, stop_in))  # torch.distributed
     if not session.enabled and not options.no_debug:
         print(f"aml_magics: rank {options.rank} runs without a debugger (not in --debug-ranks)", flush=True)
     try:

@@ -233,12 +233,15 @@ class DebugSession:
         return attached
 
     # -- breakpoint() ------------------------------------------------------------
-    def on_breakpoint(self, frame) -> None:
-        """``breakpoint()`` in user code: pause, wait for a client, or do nothing."""
+    def on_breakpoint(self, frame, stop_in=None) -> None:
+        """``breakpoint()`` in user code: pause, wait for a client, or do nothing.
+
+        ``stop_in``: the frame to stop in when not ``frame`` (torch.distributed.breakpoint()
+        stops inside itself, before its barrier; ``frame`` is still where it is reported)."""
         if os.environ.get("PYTHONBREAKPOINT") == "0":
             return
         if self.enabled and self.client_connected():
-            Debugger.pause_at(frame)
+            Debugger.pause_at(stop_in or frame)
             return
         where = (frame.f_code.co_filename, frame.f_lineno)
         if not (self.enabled and self.options.wait_on_breakpoint):
@@ -262,7 +265,7 @@ class DebugSession:
                       f"for a debugger at {host}:{port}", flush=True)
                 attached = self.wait(timeout, "breakpoint")
         if attached:
-            Debugger.pause_at(frame)
+            Debugger.pause_at(stop_in or frame)
 
 
 def detached_text(cause: str, seconds: float) -> str:

@@ -183,6 +183,56 @@ def endpoint_summary(run: "DebugRun") -> list[str]:
     return lines
 
 
+# -- the roster: every rank's debugger ----------------------------------------------------------------
+
+ROSTER_HEADER = ("node", "address", "rank", "debugger", "where", "reason", "for")
+
+
+def debugger_words(status: "RankStatus") -> str:
+    """A rank's debugger in a few words: ``stopped at reduce.py:12 (breakpoint)``, ``ended (exit code 0)``."""
+    if status.debugger == "ended":
+        return f"ended ({status.reason})" if status.reason else "ended"
+    where = f" at {os.path.basename(status.where)}" if status.where else ""
+    reason = f" ({status.reason})" if status.debugger == "stopped" and status.reason else ""
+    return f"{status.debugger}{where}{reason}"
+
+
+def seconds_words(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 1 min``."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def roster_order(statuses: list["RankStatus"]) -> list["RankStatus"]:
+    """The stopped ranks first (longest stopped first), then by rank."""
+    return sorted(statuses, key=lambda s: (s.debugger != "stopped", s.since if s.debugger == "stopped" else 0, s.rank))
+
+
+def roster_rows(run: "DebugRun") -> list[tuple[str, ...]]:
+    """The roster as rows of text (``ROSTER_HEADER``): grouped by node, the stopped ranks first."""
+    rows: list[tuple[str, ...]] = []
+    nodes: dict[int, list[RankStatus]] = {}
+    for status in run.ranks:
+        nodes.setdefault(status.node, []).append(status)
+    for node, statuses in sorted(nodes.items()):
+        for status in roster_order(statuses):
+            rows.append((str(node), status.node_address or "?", str(status.rank), status.debugger,
+                         os.path.basename(status.where) if status.where else "", status.reason,
+                         seconds_words(status.seconds)))
+    return rows
+
+
+def roster_text(run: "DebugRun") -> str:
+    """``%aml_runs RUN --ranks``: one line per rank, grouped by node, the stopped ones first."""
+    rows = [ROSTER_HEADER, *roster_rows(run)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(ROSTER_HEADER))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
 # -- how to attach ---------------------------------------------------------------------------------
 
 
@@ -235,7 +285,8 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
             if len(grouped) > 1:
                 lines.append(f"  node {node}" + (f" ({host}):" if host else ":"))
                 indent = "    "
-            lines.extend(indent + rank_row(run, s).text() for s in statuses)
+            lines.extend(f"{indent}{rank_row(run, s).text()}; debugger {debugger_words(s)} for "
+                         f"{seconds_words(s.seconds)}" for s in roster_order(statuses))
     elif ranks and ranks[0].endpoint is not None:
         lines.append(f"debugpy at {ranks[0].endpoint.address}: {endpoint_now(run, ranks[0]).words}")
     elif not run.spec.debug.enabled:

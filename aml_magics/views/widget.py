@@ -31,8 +31,11 @@ from .text import (
     attach_hint,
     by_node,
     can_attach,
+    debugger_words,
     endpoint_now,
     rank_row,
+    roster_order,
+    seconds_words,
     state_detail,
 )
 
@@ -213,10 +216,11 @@ class DebugRunPanel(widgets.VBox):
         rows = []
         for node, host, statuses in grouped:
             if len(grouped) > 1:
-                rows.append(f"<tr class='aml-node' data-node='{node}'><td colspan='4'>node {node}"
+                rows.append(f"<tr class='aml-node' data-node='{node}'><td colspan='6'>node {node}"
                             + (f" · {html.escape(host)}" if host else "") + "</td></tr>")
-            rows.extend(self._rank_row(s) for s in statuses)
-        return ("<table class='aml-endpoints'><tr><th>rank</th><th>debugpy at</th><th>debugger</th><th>state</th></tr>"
+            rows.extend(self._rank_row(s) for s in roster_order(statuses))  # the stopped ranks first
+        return ("<table class='aml-endpoints'><tr><th>rank</th><th>debugpy at</th><th>endpoint</th><th>debugger</th>"
+                "<th>for</th><th>state</th></tr>"
                 f"{''.join(rows)}</table>")
 
     def _rank_row(self, status: "RankStatus") -> str:
@@ -227,7 +231,10 @@ class DebugRunPanel(widgets.VBox):
         else:
             where = f"<td class='aml-no-endpoint'>{html.escape(row.address)}</td>"
             debugger = "<td></td>"
-        return (f"<tr class='aml-rank' data-rank='{row.rank}'><td>{row.rank}</td>{where}{debugger}"
+        roster = (f"<td class='aml-rank-debugger' data-debugger='{status.debugger}'>"
+                  f"{html.escape(debugger_words(status))}</td>"
+                  f"<td class='aml-rank-since'>{html.escape(seconds_words(status.seconds))}</td>")
+        return (f"<tr class='aml-rank' data-rank='{row.rank}'><td>{row.rank}</td>{where}{debugger}{roster}"
                 f"<td class='aml-rank-state' data-state='{row.state}'>{html.escape(row.state_label)}</td></tr>")
 
     def _launch_json_html(self) -> str:
