@@ -208,7 +208,11 @@ class VariablesModel(Model):
         self._emit("children")
 
     def page(self, reference: int, start: int = 0) -> Page | None:
+        """A page loaded so far (the locals' first page included)."""
         with self._lock:
+            local = self.locals
+            if local is not None and (local.reference, local.start) == (reference, start):
+                return local
             return self.pages.get((reference, start))
 
     def clear(self) -> None:

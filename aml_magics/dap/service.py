@@ -193,10 +193,21 @@ class DebugService(Model):
         """Every local of a frame (all pages), without touching the models."""
         scopes = self._scopes(frame_id, timeout)
         page = self._locals_page(scopes, timeout)
-        variables = list(page.variables) if page else []
-        while page is not None and page.more:
-            page = self._variables_page(page.reference, page.start + len(page.variables), timeout)
-            variables.extend(page.variables)
+        return self._all_pages(page, timeout) if page is not None else []
+
+    def _all_pages(self, page: Page, timeout: float) -> list[Variable]:
+        """Every child from ``page`` on. A page size never ends the loop (debugpy ignores ``start``
+        and ``count``): a page that brings no name not seen yet does."""
+        variables = list(page.variables)
+        seen = {v.name for v in variables}
+        first = page.variables[0].name if page.start == 0 and page.variables else None
+        while page.more:
+            page = self._variables_page(page.reference, page.start + len(page.variables), timeout, first=first)
+            fresh = [v for v in page.variables if v.name not in seen]
+            if not fresh:
+                break
+            seen.update(v.name for v in fresh)
+            variables.extend(fresh)
         return variables
 
     def load_children(self, reference: int, start: int = 0, count: int = PAGE_SIZE,
@@ -379,19 +390,28 @@ class DebugService(Model):
             return None
         return self._variables_page(local.reference, 0, timeout)
 
-    def _variables_page(self, reference: int, start: int, timeout: float, count: int = PAGE_SIZE) -> Page:
+    def _variables_page(self, reference: int, start: int, timeout: float, count: int = PAGE_SIZE,
+                        first: str | None = None) -> Page:
         count = max(1, min(count, PAGE_SIZE))
-        body = self.session.channel.request(
-            "variables", {"variablesReference": reference, "start": start, "count": count}, timeout=timeout)
-        return _page(reference, start, count, body.get("variables") or [])
+        if first is None and start:
+            known = self.variables.page(reference, 0)
+            first = known.variables[0].name if known is not None and known.variables else None
+        body = self.session.channel.request(  # one more than shown: "more" is what came, never a full page
+            "variables", {"variablesReference": reference, "start": start, "count": count + 1}, timeout=timeout)
+        return _page(reference, start, count, body.get("variables") or [], first)
 
 
-def _page(reference: int, start: int, count: int, variables: Sequence[Mapping[str, Any]]) -> Page:
-    """debugpy ignores start/count and sends every child (it caps big containers itself): cut the page here."""
-    if len(variables) > count:  # the adapter sent everything: this page is a slice of it
+def _page(reference: int, start: int, count: int, variables: Sequence[Mapping[str, Any]],
+          first: str | None = None) -> Page:
+    """A page of ``count`` from ``start``, whether the adapter honoured ``start``/``count`` (it sends at
+    most ``count + 1``) or, as debugpy does, sent every child from the first (``first`` names the first
+    child, when known) — debugpy caps big containers itself."""
+    everything = len(variables) > count + 1 or (
+        start > 0 and first is not None and bool(variables) and variables[0].get("name") == first)
+    if everything:  # slice it here
         chosen = variables[start:start + count]
         more = start + count < len(variables)
     else:
-        chosen, more = variables, len(variables) == count
+        chosen, more = variables[:count], len(variables) > count
     return Page(reference, start, tuple(Variable.from_dap(v) for v in chosen), more)
 
