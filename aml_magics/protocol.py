@@ -8,7 +8,7 @@ row, a dependency's log line — so the reader accepts a line as a marker only w
 whole line (after an optional ``[rank N] `` tag) *and* its MAC verifies; anything else is
 ordinary output and changes no endpoint, state or file.
 
-Prefix, version and the MAC recipe are the bootstrap's (``bootstrap.py`` is stdlib-only and
+Prefix, version and the MAC recipe are the node's (``node/wire.py``: the node package is stdlib-only and
 safe to import), so the two sides cannot drift apart. Malformed markers are counted and
 ignored: a reader never dies of a line.
 """
@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from .bootstrap import BOOTSTRAP_VERSION, MARKER_PREFIX, marker_mac
+from .node.wire import BOOTSTRAP_VERSION, MARKER_PREFIX, marker_mac
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum

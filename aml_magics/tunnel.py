@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bootstrap import close_socket, low_latency, serve_connections
 from .lifecycle import RunScope
+from .node.wire import close_socket, low_latency, serve_connections
 from .protocol import Endpoint
 from .target_base import RunHandle
 
