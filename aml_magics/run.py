@@ -265,22 +265,24 @@ class DebugRun:
 
     # -- the in-notebook debugger (aml_magics.debugger) -------------------------
     def attach(self, breakpoints: Any = (), rank: int | None = None, timeout: float = 30.0,
-               connect: bool = True) -> Any:
+               connect: bool = True, exceptions: Any = ("uncaught",)) -> Any:
         """A debugger attached from this kernel (an ``aml_magics.Debugger``), breakpoints armed first.
 
         ``connect=False``: not attached yet (set breakpoints, then ``.connect()``), for every rank
         that waits unless ``rank`` is given — what the run panel's *Debug here* opens.
+        ``exceptions``: where exceptions stop — ``uncaught`` (VS Code's default), ``raised``,
+        ``user-uncaught``; ``()`` never.
         """
         from . import debugger
 
         if not connect:
-            return debugger.prepare(self, rank)
+            return debugger.prepare(self, rank, exceptions=exceptions)
         try:
             self.wait_for_endpoint(timeout, rank=rank)
         except (TimeoutError, RunFailed) as exc:
             raise debugger.DebuggerError(str(exc)) from None
         config = self.launch_config(rank=rank, workspace_folder=Path.cwd())
-        return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self)
+        return debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self, exceptions=exceptions)
 
     # -- control ---------------------------------------------------------------
     def cancel(self) -> None:

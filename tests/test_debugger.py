@@ -289,3 +289,53 @@ def test_a_run_canceled_while_stopped_ends_the_session_and_nothing_hangs(workdir
     finally:
         dbg.detach()
     assert "(canceled)" in repr(dbg)
+
+
+MEAN = """\
+def mean(v):
+    total = sum(v)
+    return total / len(v)
+print(mean([]))
+"""
+
+
+def test_an_uncaught_exception_stops_at_the_raising_line(workdir):
+    """Issue 23 item 1: ``uncaught`` is the default filter, as in VS Code: the stop is the user's
+    raising line (never a file of ours), the exception's type is there, continue ends the run."""
+    run = aml_magics.submit(code=MEAN, name="mean", port=0, timeout=60)
+    dbg = run.attach(exceptions=("uncaught",))
+    try:
+        stop = dbg.wait_stopped(30)
+        assert stop is not None and stop.reason == "exception"
+        assert (Path(stop.path), stop.line) == (_script(workdir, "mean"), 3)
+        assert stop.text == "return total / len(v)"
+        info = dbg.exception()
+        assert (info.type, info.message) == ("ZeroDivisionError", "division by zero")
+        assert dbg.locals()["total"] == "0"
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None  # no second stop in our own files
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "failed"
+
+
+def test_exception_filters_are_checked_and_can_change_while_attached(workdir):
+    with pytest.raises(aml_magics.DebuggerError, match="unknown exception filter 'sometimes'"):
+        aml_magics.debugger.attach({"connect": {"host": "127.0.0.1", "port": 1}}, exceptions=("sometimes",))
+    code = "def check(x):\n    try:\n        raise ValueError(x)\n    except ValueError:\n        return x\n" \
+           "print(check(5))\nprint('done', flush=True)\n"
+    run = aml_magics.submit(code=code, name="raised", port=0, timeout=60)
+    dbg = run.attach(breakpoints=["raised.py:6"], exceptions=())
+    try:
+        assert dbg.wait_stopped(30).line == 6
+        assert dbg.set_exceptions(["raised", "user-uncaught"]) == ("raised", "userUnhandled")
+        dbg.continue_()
+        stop = dbg.wait_stopped(30)  # a caught exception stops once "raised" is on
+        assert stop is not None and (stop.reason, stop.line) == ("exception", 3)
+        assert dbg.exception().type == "ValueError"
+        dbg.set_exceptions([])
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "completed"

@@ -193,6 +193,7 @@ class VariablesModel(Model):
         self.scopes: tuple[Scope, ...] = ()
         self.locals: Page | None = None
         self.pages: dict[tuple[int, int], Page] = {}
+        self.note = ""  # why the locals are not here yet ("loading", not answered in time)
 
     def update(self, frame_id: int, scopes: Sequence[Scope], local_page: Page | None) -> None:
         with self._lock:
@@ -200,7 +201,13 @@ class VariablesModel(Model):
             self.scopes = tuple(scopes)
             self.locals = local_page
             self.pages = {}
+            self.note = ""
         self._emit("frame")
+
+    def set_note(self, note: str) -> None:
+        with self._lock:
+            self.note = note
+        self._emit("note")
 
     def add_page(self, page: Page) -> None:
         with self._lock:
@@ -217,7 +224,7 @@ class VariablesModel(Model):
 
     def clear(self) -> None:
         with self._lock:
-            self.frame_id, self.scopes, self.locals, self.pages = None, (), None, {}
+            self.frame_id, self.scopes, self.locals, self.pages, self.note = None, (), None, {}, ""
         self._emit("cleared")
 
 

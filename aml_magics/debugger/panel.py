@@ -117,7 +117,7 @@ class DebuggerPanel(widgets.VBox):
         self._history: list[tuple[str, str, bool]] = []
         self._watches: list[str] = []
         self._watch_values: dict[str, str] = {}
-        self._seen_stop: Any = None
+        self._seen_stop: tuple[int, int | None] = (0, None)
         self._source_path: str | None = None
         self._top = 1  # first line of the source window
         self._current: int | None = None
@@ -299,7 +299,7 @@ class DebuggerPanel(widgets.VBox):
 
     def _expand(self, reference: int, start: int = 0) -> None:
         def load() -> Page:
-            return self.debugger.service.load_children(reference, start)
+            return self.debugger.load_page(reference, start)
 
         def remember(_page: Page) -> None:
             with self._lock:
@@ -320,7 +320,7 @@ class DebuggerPanel(widgets.VBox):
         expression = variable.evaluate_name or variable.name
 
         def load() -> str:
-            return self.debugger.service.evaluate(expression, context="clipboard", limit=SHOW_ALL_LIMIT).value
+            return self.debugger.inspect(expression, limit=SHOW_ALL_LIMIT, context="clipboard").value
 
         def show(value: str) -> None:
             self.full_value.value = value
@@ -330,7 +330,7 @@ class DebuggerPanel(widgets.VBox):
 
     # -- drawing (refresher thread) --------------------------------------------------------
     def _on_change(self, _debugger: Any, change: str) -> None:
-        if change.startswith("variables.") or change in ("frame", "state"):
+        if change.startswith("variables.") or change in ("frame", "state", "processes"):
             with self._lock:
                 self._tree_dirty = True
         self._refresher.poke()
@@ -347,9 +347,10 @@ class DebuggerPanel(widgets.VBox):
     def refresh(self) -> None:
         debugger = self.debugger
         state = debugger.state
-        stop = self._stop()
-        if stop is not None and stop is not self._seen_stop:
-            self._seen_stop = stop
+        stop = debugger.current_stop
+        seen = (debugger.stop_serial, debugger.selected_pid)
+        if stop is not None and seen != self._seen_stop:
+            self._seen_stop = seen
             with self._lock:
                 self._expanded.clear()
                 self._tree_dirty = True
@@ -367,14 +368,6 @@ class DebuggerPanel(widgets.VBox):
         self._draw_exception(stop)
         self.header.value = (f"<b>debugger</b> {html.escape(debugger.label)} — <span class='aml-dbg-state' "
                              f"data-state='{state}'>{html.escape(status(debugger))}</span>")
-
-    def _stop(self) -> Any:
-        if self.debugger.state != STOPPED_STATE:
-            return None
-        try:
-            return self.debugger.service.stop
-        except DebuggerError:
-            return None
 
     def _draw_buttons(self, state: str) -> None:
         stopped = state == STOPPED_STATE
@@ -403,11 +396,7 @@ class DebuggerPanel(widgets.VBox):
                 self._updating = False
 
     def _selected_pid(self) -> int | None:
-        try:
-            pid = self.debugger.service.process.get("systemProcessId")
-        except DebuggerError:
-            return None
-        return pid if isinstance(pid, int) else None
+        return self.debugger.selected_pid
 
     def _draw_source(self, stop: Any) -> None:
         debugger = self.debugger
@@ -436,22 +425,14 @@ class DebuggerPanel(widgets.VBox):
         self.source_title.value = f"<b class='aml-dbg-file'>{html.escape(where)}</b>{missing}"
 
     def _selected_frame(self) -> Any:
-        debugger = self.debugger
-        if debugger.state != STOPPED_STATE:
-            return None
-        try:
-            service = debugger.service
-        except DebuggerError:
-            return None
-        visible = debugger._visible(service)
-        index = debugger.frame_index
-        return visible[index][1] if 0 <= index < len(visible) else None
+        frames = self.debugger.frames
+        index = self.debugger.frame_index
+        return frames[index] if 0 <= index < len(frames) else None
 
     def _draw_stack(self, state: str) -> None:
         options: list[tuple[str, int]] = []
         if state == STOPPED_STATE:
-            service = self.debugger.service
-            for index, (_position, frame) in enumerate(self.debugger._visible(service)):
+            for index, frame in enumerate(self.debugger.frames):
                 where = short(frame.path, self.debugger.local_root)
                 options.append((f"{frame.name} — {os.path.basename(where)}:{frame.line}", index))
         if options != list(self.stack.options) or (options and self.stack.index != self.debugger.frame_index):
@@ -467,10 +448,9 @@ class DebuggerPanel(widgets.VBox):
         old = self._tree_widgets
         rows: list[widgets.Widget] = []
         if state == STOPPED_STATE:
-            service = self.debugger.service
-            page = service.variables.locals
+            page = self.debugger.locals_page
             if page is not None:
-                self._tree_rows(page, 0, rows, service.variables.page)
+                self._tree_rows(page, 0, rows, self.debugger.loaded_page)
         self._tree_widgets = rows
         self.tree.children = rows or [widgets.HTML("<i>no variables (not stopped)</i>")]
         for widget in old:
