@@ -29,6 +29,7 @@ from ..dap.service import ENDED, STOPPED, evaluated
 from . import holders
 from .errors import DebuggerError
 from .paths import is_bootstrap, is_launcher, local_path, parse_breakpoint, source_line
+from .summaries import SUMMARISED_TYPES, parse_summaries, parse_text, statistics_expression, summaries_expression
 
 ARMED = "armed"
 CONNECTING = "connecting"
@@ -413,8 +414,28 @@ class Debugger(Model):
         return Frame(frame.name, frame.path, frame.line)
 
     def locals(self, frame: int | None = None) -> dict[str, str]:
-        """``name -> value`` as debugpy displays them (long values cut), of the selected frame or ``frame``."""
-        return {v.name: v.value for v in self._frame_variables(frame) if v.name not in _GROUPS}
+        """``name -> value`` as debugpy displays them (long values cut), of the selected frame or ``frame``;
+        arrays, tensors and frames as their one-line summary (``ndarray (3, 4) float64``), as the panel."""
+        variables = [v for v in self._frame_variables(frame) if v.name not in _GROUPS]
+        values = {v.name: v.value for v in variables}
+        arrays = [v.name for v in variables if v.type in SUMMARISED_TYPES]
+        if arrays:
+            values.update({name: text for name, text in self.summaries(arrays, frame).items() if text})
+        return values
+
+    def summaries(self, expressions: Sequence[str], frame: int | None = None) -> dict[str, str | None]:
+        """One line per value (shape, dtype, device) of arrays/tensors/frames, computed in the debuggee
+        from metadata only (one evaluate for them all); ``None`` for other values."""
+        if not expressions:
+            return {}
+        text = self.inspect(summaries_expression(expressions), frame, limit=1 << 20, context="watch").value
+        return dict(zip(expressions, parse_summaries(text, len(expressions)), strict=True))
+
+    def statistics(self, expression: str, frame: int | None = None) -> str:
+        """min/max/mean, NaN/Inf counts and a preview of an array/tensor/frame, computed where the data
+        is (on its device; a bounded sample of a huge one)."""
+        return parse_text(self.inspect(statistics_expression(expression), frame, limit=1 << 16,
+                                       context="watch").value)
 
     def variables(self, reference: int | None = None, start: int = 0, frame: int | None = None) -> list[Variable]:
         """Children of ``reference`` (≤ 100 from ``start``), or a frame's locals (with their references)."""
