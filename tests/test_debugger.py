@@ -257,7 +257,15 @@ def test_magics_attach_and_dbg(shell, workdir, capsys):
             shell.run_line_magic("aml_dbg", "jump 3")
         with pytest.raises(UsageError, match="a breakpoint is FILE:LINE"):
             shell.run_line_magic("aml_dbg", "break mag.py")
-        assert "running" in dbg_says("continue")
+        assert "stop on exceptions: uncaught" in dbg_says("exceptions")
+        assert "stop on exceptions: raised, user-uncaught" in dbg_says("exceptions raised user-uncaught")
+        assert "stop on exceptions: none" in dbg_says("exceptions none")
+        assert "no statistics for int" in dbg_says("stats total")
+        assert "no evaluate is running" in dbg_says("cancel")
+        dbg_says("break mag.py:9")
+        assert "stopped (breakpoint) at mag.py:9" in dbg_says("continue")  # continue shows the next stop
+        dbg_says("clear")
+        assert "the session ended: the run ended (completed)" in dbg_says("continue")
         assert run.wait(30) == "completed"
         with pytest.raises(UsageError, match="the debug session ended"):
             shell.run_line_magic("aml_dbg", "where")

@@ -138,6 +138,7 @@ class Debugger(Model):
         self._leaving = ""
         self._run_listener: Callable[[Any, str], None] | None = None
         self._busy: _Busy | None = None
+        self._disabled: dict[tuple[str, int], dict] = {}  # (path, line) -> the breakpoint, not sent
         self.stop_serial = 0  # grows at every new stop (views re-evaluate their watches on it)
 
     # -- identity and state ----------------------------------------------------------------
@@ -278,26 +279,55 @@ class Debugger(Model):
         return service
 
     # -- breakpoints -----------------------------------------------------------------------
-    def break_at(self, path: str | os.PathLike, line: int, condition: str | None = None) -> BreakpointState | None:
-        """Set (or replace) a breakpoint at a local file's line; armed at once when attached."""
+    def break_at(self, path: str | os.PathLike, line: int, condition: str | None = None,
+                 log_message: str | None = None) -> BreakpointState | None:
+        """Set (or replace) a breakpoint at a local file's line; armed at once when attached.
+        ``condition``: stop only when it holds; ``log_message``: a log point (prints it, ``{expr}``
+        interpolated, and never stops)."""
         _path, line, _cond = parse_breakpoint((os.fspath(path), line, condition))
         local = local_path(path, self.local_root)
+        self._disabled.pop((local, line), None)
         wanted = [b for b in self.breakpoints.requested(local) if b["line"] != line]
-        wanted.append({"line": line, **({"condition": condition} if condition else {})})
+        wanted.append(BreakpointState(line, condition or None, log_message=log_message or None).as_dap())
         wanted.sort(key=lambda b: b["line"])
         self._apply(local, wanted)
         return next((s for s in self.breakpoints.by_path.get(local, ()) if s.line == line), None)
+
+    def enable(self, path: str | os.PathLike, line: int, enabled: bool = True) -> None:
+        """Disable a breakpoint (kept in the list, not sent) or enable it again."""
+        local = local_path(path, self.local_root)
+        if enabled:
+            entry = self._disabled.pop((local, line), None)
+            if entry is not None:
+                self.break_at(local, line, entry.get("condition"), entry.get("logMessage"))
+            return
+        kept = next((b for b in self.breakpoints.requested(local) if b["line"] == line), None)
+        if kept is None:
+            raise DebuggerError(f"no breakpoint at {local}:{line}")
+        self._apply(local, [b for b in self.breakpoints.requested(local) if b["line"] != line])
+        self._disabled[(local, line)] = kept
+        self._emit("breakpoints")
+
+    def breakpoint_list(self) -> list[tuple[str, BreakpointState, bool]]:
+        """Every breakpoint as ``(local path, state, enabled)``, by file and line."""
+        rows = [(path, state, True) for path, states in self.breakpoints.by_path.items() for state in states]
+        rows += [(path, BreakpointState(entry["line"], entry.get("condition"), log_message=entry.get("logMessage")),
+                  False) for (path, _line), entry in self._disabled.items()]
+        return sorted(rows, key=lambda row: (row[0], row[1].line))
 
     def clear(self, path: str | os.PathLike | None = None, line: int | None = None) -> None:
         """Remove one breakpoint, one file's, or (no arguments) all of them."""
         if path is None:
             if line is not None:
                 raise DebuggerError("clear(line=...) needs the path too")
+            self._disabled.clear()
             for known in list(self.breakpoints.by_path):
                 self._apply(known, [])
             return
         local = local_path(path, self.local_root)
         wanted = [b for b in self.breakpoints.requested(local) if line is not None and b["line"] != line]
+        for key in [k for k in self._disabled if k[0] == local and (line is None or k[1] == line)]:
+            del self._disabled[key]
         self._apply(local, wanted)
 
     def _apply(self, path: str, wanted: list[dict]) -> None:
