@@ -112,7 +112,10 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
         assert run.wait(30) == "completed"
         wait_for(lambda: "data-state='ended'" in panel.header.value, 10, "ended header")
         assert "the run ended (completed)" in panel.header.value
-        assert panel.continue_button.disabled and panel.detach_button.disabled
+        assert panel.continue_button.disabled and panel.detach_button.description == "Close"
+        assert not any("aml-dbg-current" in r._dom_classes for r in panel.rows)  # nothing is current once ended
+        panel.detach_button.click()  # Close
+        assert panel.layout.display == "none"
     finally:
         dbg.detach()
     assert "result 30" in run.logs
