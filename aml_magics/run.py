@@ -90,6 +90,8 @@ class DebugRun:
         self.exit_code: int | None = None
         self.detail = ""
         self.attached: bool | None = None
+        self.attached_at: float | None = None  # monotonic time of the last attach
+        self.detached_after: float | None = None  # seconds attached, once the client left
         self.attach_deadline: float | None = None
         self.reader = reader or MarkerReader(None)
         self.facets: list[Facet] = []
@@ -389,9 +391,13 @@ class DebugRun:
             self._on_endpoint(marker)
         elif isinstance(marker, AttachedMarker):
             self.attached = marker.attached
+            if marker.attached:
+                self.attached_at, self.detached_after = time.monotonic(), None
             self._on_rank_marker(marker, ATTACHED if marker.attached else RUNNING)
         elif isinstance(marker, DetachedMarker):
             self.attached = False
+            if self.attached_at is not None:
+                self.detached_after = time.monotonic() - self.attached_at
             self._on_rank_marker(marker, RUNNING)
         elif isinstance(marker, PostMortemMarker):
             self._on_rank_marker(marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,

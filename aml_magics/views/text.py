@@ -91,6 +91,9 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
 
 
 def _nobody_came(run: "DebugRun") -> str:
+    detached_after = getattr(run, "detached_after", None)
+    if detached_after is not None:  # somebody came, and left
+        return f"closed (detached by you after {detached_after:.0f} s)"
     timeout = run.spec.debug.timeout
     return "closed (--timeout 0: no wait)" if timeout == 0 else f"closed (nobody attached in {timeout:g} s)"
 
