@@ -40,7 +40,21 @@ def _var(panel: DebuggerPanel, name: str):
 
 
 def _has(panel: DebuggerPanel, name: str) -> bool:
-    return any(f"aml-dbg-var-{name}" in w._dom_classes for w in panel.tree.children)
+    """A row for ``name``: a widget row, or a plain row inside a block of them."""
+    return any(f"aml-dbg-var-{name}" in w._dom_classes or f"aml-dbg-var-{name}'" in getattr(w, "value", "")
+               for w in panel.tree.children)
+
+
+def _text(panel: DebuggerPanel, name: str) -> str:
+    """The HTML of ``name``'s row (either kind)."""
+    for w in panel.tree.children:
+        if f"aml-dbg-var-{name}" in w._dom_classes:
+            return " ".join(c.value for c in w.children if hasattr(c, "value") and isinstance(c.value, str))
+        value = getattr(w, "value", "")
+        marker = f"aml-dbg-var-{name}'"
+        if marker in value:
+            return value[value.index(marker):].split("</div>", 1)[0]
+    return ""
 
 
 def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
@@ -105,7 +119,7 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
         panel.stack.index = 1  # click the caller's frame
         wait_for(lambda: dbg.frame_index == 1 and "aml-dbg-current" in _row(panel, CALL_LINE)._dom_classes, 10,
                  "caller frame selected")
-        wait_for(lambda: any("aml-dbg-var-total" in w._dom_classes for w in panel.tree.children), 10, "its locals")
+        wait_for(lambda: _has(panel, "total"), 10, "its locals")
 
         _row(panel, TOTAL_LINE).lineno.click()  # toggle the breakpoint off while attached
         wait_for(lambda: dbg.breakpoints.lines(str(run.spec.script_path)) == [], 10, "breakpoint cleared")
@@ -167,9 +181,7 @@ def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
         rank1 = next(p for p in dbg.paused if p.rank == 1)
         panel.processes.value = rank1.pid  # choose rank 1 in the selector
         wait_for(lambda: dbg.service.process.get("systemProcessId") == rank1.pid, 10, "rank 1 selected")
-        wait_for(lambda: _has(panel, "value") and "= 10" in str([w.children[-1].value for w in panel.tree.children
-                                                                  if "aml-dbg-var-value" in w._dom_classes]),
-                 10, "rank 1's locals")
+        wait_for(lambda: "= 10" in _text(panel, "value"), 10, "rank 1's locals")
         assert dbg.locals()["value"] == "10"
         panel.continue_button.click()
         wait_for(lambda: [p.rank for p in dbg.paused] == [0], 30, "rank 0 still paused")

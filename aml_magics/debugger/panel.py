@@ -60,6 +60,10 @@ _STYLE = """<style>
 .aml-dbg .aml-dbg-summary {color:#0b5394}
 .aml-dbg .aml-dbg-bplist .aml-dbg-bprow {height:1.8em; align-items:center}
 .aml-dbg .aml-dbg-busy {color:#9a6700}
+.aml-dbg .aml-dbg-plain-rows, .aml-dbg .aml-dbg-plain-rows .widget-html-content {display:block; min-width:0;
+  overflow:hidden; line-height:1.7em}
+.aml-dbg .aml-dbg-plain {height:1.7em; white-space:nowrap; overflow:hidden; text-overflow:ellipsis}
+.aml-dbg .aml-dbg-plain code {background:transparent}
 .aml-dbg .aml-dbg-row {margin:0; min-height:0; height:1.7em; align-items:center}
 .aml-dbg .aml-dbg-row .widget-button {width:3.6em; height:1.6em; margin:0 4px 0 0; padding:0;
   font-family:monospace; font-size:0.85em; text-align:right; background:transparent; color:#888; box-shadow:none}
@@ -398,9 +402,10 @@ class DebuggerPanel(widgets.VBox):
                                        if w in self._watch_values and self._watch_values[w] != v}
             self._watch_values = values
 
-    def _summarise(self) -> None:
-        """One evaluate for the shown arrays/tensors/frames of the stop: their one-line summaries."""
-        page = self.debugger.locals_page
+    def _summarise(self, page: Page | None = None) -> None:
+        """One evaluate for the shown arrays/tensors/frames of a page (the stop's first page of locals,
+        or one just loaded): their one-line summaries."""
+        page = page if page is not None else self.debugger.locals_page
         if page is None:
             return
         names = [v.evaluate_name or v.name for v in page.variables if v.type in SUMMARISED_TYPES]
@@ -424,12 +429,14 @@ class DebuggerPanel(widgets.VBox):
         def load() -> Page:
             return self.debugger.load_page(reference, start)
 
-        def remember(_page: Page) -> None:
+        def remember(page: Page) -> None:
             with self._lock:
                 starts = self._expanded.setdefault(reference, [])
                 if start not in starts:
                     starts.append(start)
                 self._tree_dirty = True
+            if any(v.type in SUMMARISED_TYPES for v in page.variables):
+                self._do(lambda: self._summarise(page))
 
         self._do(load, remember)
 
@@ -654,23 +661,43 @@ class DebuggerPanel(widgets.VBox):
     def _children_rows(self, reference: int, depth: int, rows: list[widgets.Widget],
                        lookup: Callable[[int, int], Page | None], starts: list[int]) -> None:
         last: Page | None = None
+        plain: list[str] = []  # rows with nothing to click: one HTML widget for a run of them (cheap to redraw)
         for start in sorted(set(starts)):
             page = lookup(reference, start)
             if page is None:
                 continue
             for variable in page.variables:
+                row = self._plain_row(variable, depth)
+                if row is not None:
+                    plain.append(row)
+                    continue
+                _flush(plain, rows)
                 rows.append(self._variable_row(variable, depth))
                 with self._lock:
                     inner = list(self._expanded.get(variable.reference, [])) if variable.reference else []
                 if inner:
                     self._children_rows(variable.reference, depth + 1, rows, lookup, inner)
             last = page
+        _flush(plain, rows)
         if last is not None and last.more and last.start + PAGE_SIZE not in starts:
             start = last.start + PAGE_SIZE
             more = widgets.Button(description=f"more… (from {start})", layout=widgets.Layout(width="auto"))
             more.add_class("aml-dbg-more")
             more.on_click(lambda _b, r=reference, s=start: self._expand(r, s))
             rows.append(widgets.HBox([_spacer(1.4 * depth + 1.8), more]))
+
+    def _plain_row(self, variable: Variable, depth: int) -> str | None:
+        """A row with no button (not expandable, short, not summarised) as HTML; ``None`` otherwise."""
+        with self._lock:
+            summarised = (variable.evaluate_name or variable.name) in self._summaries
+        if variable.expandable or variable.cut or len(variable.value) > LONG_VALUE or summarised \
+                or variable.type in SUMMARISED_TYPES:
+            return None
+        kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type else ""
+        value = f" = {html.escape(variable.value)}" if variable.value else ""
+        return (f"<div class='aml-dbg-var aml-dbg-plain aml-dbg-var-{_css(variable.name)}' "
+                f"style='padding-left:{1.4 * depth + 1.8:g}em' title='{html.escape(variable.value, quote=True)}'>"
+                f"<code><b>{html.escape(variable.name)}</b>{value}</code>{kind}</div>")
 
     def _variable_row(self, variable: Variable, depth: int) -> widgets.HBox:
         """One line, whatever the value: cut with an ellipsis, the full text on demand."""
@@ -738,6 +765,14 @@ class DebuggerPanel(widgets.VBox):
             return
         self.exception_html.value = (f"<div class='aml-dbg-exception'>{html.escape(info.type)}: "
                                      f"{html.escape(info.message)}</div>")
+
+
+def _flush(plain: list[str], rows: list[widgets.Widget]) -> None:
+    if plain:
+        block = widgets.HTML("".join(plain))
+        block.add_class("aml-dbg-plain-rows")
+        rows.append(block)
+        plain.clear()
 
 
 def _spacer(em: float) -> widgets.HTML:
