@@ -517,10 +517,10 @@ def test_debugger_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path):
 WIDE_NOTEBOOK = "wide.ipynb"
 WIDE_CELL = ("%%aml_debug_run --name wide --port 0 --timeout 120\nimport numpy as np\nimport torch\n"
              "big = list(range(1000))\ns = 'x' * 100000\ngrid = np.arange(12, dtype='float64').reshape(3, 4)\n"
-             "weights = torch.arange(6, dtype=torch.float32).reshape(2, 3)\n"
+             "batch = torch.arange(6, dtype=torch.float32).reshape(2, 3)\n"
              + "".join(f"name_{i:03d} = {i}\n" for i in range(400))
              + "total = 1\nprint('done', total)\n")
-WIDE_STOP = 408  # total = 1 (the magic line is not in the file)
+WIDE_STOP = 408  # print('done', total) (the magic line is not in the file)
 CRASH_NOTEBOOK = "crash.ipynb"
 CRASH_CELL = "%%aml_debug_run --name crash --port 0 --timeout 120\ndef mean(v):\n    total = sum(v)\n" \
              "    return total / len(v)\nprint(mean([]))\n"
@@ -558,8 +558,13 @@ def _debug_here(lab: Lab, page, name: str, run_id: str):
     return run_panel, dbg
 
 
-def _shoot(locator, tmp_path: Path, name: str) -> None:
-    locator.screenshot(path=str(tmp_path / f"{name}.png"))
+def _shoot(locator, tmp_path: Path, name: str, height: float = 900) -> None:
+    """A screenshot of ``locator``'s top ``height`` px (a panel with 400 rows is taller than a figure)."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    locator.page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True,
+                            clip={"x": box["x"], "y": box["y"], "width": box["width"],
+                                  "height": min(box["height"], height)})
     if os.environ.get("AML_MAGICS_UPDATE_SCREENSHOT"):
         shutil.copy(tmp_path / f"{name}.png", SCREENSHOTS[name])
 
@@ -581,6 +586,17 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
     row.locator(".aml-dbg-lineno").click()
     expect(row).to_have_class(re.compile(r"\baml-dbg-bp\b"), timeout=WAIT_MS)
     expect(dbg.locator(".aml-dbg-bplist")).to_contain_text(f"wide.py:{WIDE_STOP}", timeout=WAIT_MS)
+    for kind, text, number in (("condition", "total > 0", WIDE_STOP - 1), ("log point", "name_399 is {name_399}",
+                                                                          WIDE_STOP - 2)):
+        dbg.locator(".aml-dbg-kind select").select_option(kind)
+        dbg.locator(".aml-dbg-condition input").fill(text)
+        dbg.locator(".aml-dbg-condition input").press("Tab")
+        dbg.locator(f".aml-dbg-line-{number} .aml-dbg-lineno").click()
+        expect(dbg.locator(f".aml-dbg-line-{number}")).to_have_class(
+            re.compile(r"\baml-dbg-bp-(condition|log)\b"), timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-bprow")).to_have_count(3, timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-condition input")).to_have_value("")  # used once
+    _shoot(dbg, tmp_path, "debugger-breakpoints", height=760)
 
     dbg.get_by_role("button", name="Attach").click()
     state = dbg.locator(".aml-dbg-state")
@@ -589,11 +605,19 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
     expect(dbg.locator(".aml-dbg-var-grid")).to_contain_text("ndarray (3, 4) float64", timeout=WAIT_MS)
     expect(dbg.locator(".aml-dbg-var-big")).to_be_visible()
 
+    # a tensor at a glance, its statistics computed in the run
+    batch = dbg.locator(".aml-dbg-var-batch")
+    expect(batch).to_contain_text("Tensor (2, 3) torch.float32 cpu", timeout=WAIT_MS)
+    batch.locator(".aml-dbg-stats").click()
+    expect(dbg.locator(".aml-dbg-full-value textarea")).to_have_value(
+        re.compile(r"^batch: min 0 max 5 mean 2\.5 · NaN 0 · Inf 0"), timeout=WAIT_MS)
+    _shoot(dbg.locator(".aml-dbg-columns"), tmp_path, "debugger-tensor", height=330)
+
     box = dbg.locator(".aml-dbg-expression input")
     box.fill("s")
     box.press("Enter")
     expect(dbg.locator(".aml-dbg-history")).to_contain_text("xxxx", timeout=WAIT_MS)
-    _shoot(dbg, tmp_path, "debugger-stopped")
+    _shoot(dbg, tmp_path, "debugger-stopped", height=1000)
 
     # the layout, measured in the page: one line per row, the evaluate column inside the viewport
     heights = dbg.locator(".aml-dbg-var").evaluate_all("rows => rows.map(r => r.getBoundingClientRect().height)")
@@ -618,15 +642,6 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
         time.sleep(1.0)
     expect(last).to_contain_text("name_399 = 399", timeout=WAIT_MS)
 
-    # a tensor at a glance, its statistics computed in the run
-    weights = dbg.locator(".aml-dbg-var-weights")
-    expect(weights).to_contain_text("Tensor (2, 3) torch.float32 cpu", timeout=WAIT_MS)
-    weights.locator(".aml-dbg-stats").click()
-    expect(dbg.locator(".aml-dbg-full-value textarea")).to_have_value(
-        re.compile(r"^weights: min 0 max 5 mean 2\.5 · NaN 0 · Inf 0"), timeout=WAIT_MS)
-    weights.scroll_into_view_if_needed()
-    _shoot(dbg.locator(".aml-dbg-columns"), tmp_path, "debugger-tensor")
-    _shoot(dbg.locator(".aml-dbg-source").locator("..").locator(".."), tmp_path, "debugger-breakpoints")
 
     dbg.get_by_role("button", name="Continue").click()
     expect(run_panel.locator("span.aml-state")).to_have_attribute("data-state", "completed", timeout=WAIT_MS)

@@ -47,8 +47,9 @@ LONG_VALUE = 60  # a value longer than this gets "show all" (the row shows it cu
 EXCEPTION_TOGGLES = (("uncaught", "uncaught"), ("raised", "raised"), ("user-uncaught", "userUnhandled"))
 BREAKPOINT_KINDS = (("breakpoint", "plain"), ("condition", "condition"), ("log point", "log"))
 _STYLE = """<style>
-.aml-dbg .aml-dbg-row.aml-dbg-bp-condition .widget-button {background:#ef6c00}
-.aml-dbg .aml-dbg-row.aml-dbg-bp-log .widget-button {background:#1565c0; border-radius:0.2em}
+.aml-dbg .aml-dbg-source .aml-dbg-row.aml-dbg-bp.aml-dbg-bp-condition .widget-button {background:#ef6c00}
+.aml-dbg .aml-dbg-source .aml-dbg-row.aml-dbg-bp.aml-dbg-bp-log .widget-button {background:#1565c0;
+  border-radius:0.2em}
 .aml-dbg .aml-dbg-var, .aml-dbg .aml-dbg-result, .aml-dbg .aml-dbg-watch {overflow:hidden; flex-wrap:nowrap}
 .aml-dbg .aml-dbg-value {flex:1 1 auto; min-width:0; overflow:hidden}
 .aml-dbg .aml-dbg-value .widget-html-content, .aml-dbg .aml-dbg-oneline {white-space:nowrap; overflow:hidden;
@@ -58,7 +59,9 @@ _STYLE = """<style>
 .aml-dbg .aml-dbg-history .widget-html-content, .aml-dbg .aml-dbg-watches .widget-html-content {overflow:hidden}
 .aml-dbg .aml-dbg-watch.aml-dbg-changed {background:#fff3b0}
 .aml-dbg .aml-dbg-summary {color:#0b5394}
-.aml-dbg .aml-dbg-bplist .aml-dbg-bprow {height:1.8em; align-items:center}
+.aml-dbg .aml-dbg-bplist .aml-dbg-bprow {height:1.8em; align-items:center; width:100%; max-width:100%}
+.aml-dbg .aml-dbg-bplist .aml-dbg-bp-remove {flex:0 0 auto; min-width:2em}
+.aml-dbg .aml-dbg-var .widget-button {flex:0 0 auto}
 .aml-dbg .aml-dbg-busy {color:#9a6700}
 .aml-dbg .aml-dbg-plain-rows, .aml-dbg .aml-dbg-plain-rows .widget-html-content {display:block; min-width:0;
   overflow:hidden; line-height:1.7em}
