@@ -125,10 +125,6 @@ class DebugService(Model):
                 raise DapTimeout(f"{self.name}: not stopped after {timeout:g}s (still {self.state})")
             return self.stop if self.state == STOPPED else None
 
-    def wait_ended(self, timeout: float = 30.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.state == ENDED, timeout)
-
     # -- control -------------------------------------------------------------------------
     def resume(self, command: str = "continue", thread_id: int | None = None,
                timeout: float = REQUEST_TIMEOUT) -> None:
