@@ -17,7 +17,6 @@ time a client (re)attaches, and dies with the owner.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import select
 import socket
 import ssl
@@ -250,10 +249,4 @@ class TunnelledHandle:
                 forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error).start()
                 self.scope.callback(forwarder.close)
                 self._forwarders[key] = forwarder
-        return Endpoint(LOOPBACK, forwarder.port, rank=seen.rank, pid=seen.pid, cwd=seen.cwd, script=seen.script,
-                        node_address=seen.address, tunnelled=True)
-
-
-def fingerprint(pem: str) -> str:
-    """SHA-256 of a certificate, as the panel and logs may show it."""
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        return seen.moved_to(LOOPBACK, forwarder.port, tunnelled=True, far=seen.address)

@@ -352,11 +352,12 @@ def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
 def test_a_tls_session_hands_debugpy_whole_messages_and_ends_once():
     """What debugpy reads and writes on the node when tunnelled: a header leaves with its body in
     one record; a client that vanishes ends the session once, whichever side notices first."""
+    from aml_magics.node.liveness import Link
     from aml_magics.node.relay import TlsSession
 
     node, owner = _tls_pair()
     ended = []
-    session = TlsSession(node, lambda: ended.append(time.monotonic()))
+    session = TlsSession(node, Link(lambda link, cause: ended.append(cause)))
     body = b'{"seq":1,"type":"event","event":"stopped"}'
     session.sendall(b"Content-Length: %d\r\n\r\n" % len(body))
     session.sendall(body)
@@ -373,4 +374,5 @@ def test_a_tls_session_hands_debugpy_whole_messages_and_ends_once():
             time.sleep(0.01)
     assert session.recv(1024) == b""
     session.close()
-    assert len(ended) == 1
+    wait_for(lambda: ended, 5, "the session's end")
+    assert ended == ["connection lost"]

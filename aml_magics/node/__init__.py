@@ -9,7 +9,7 @@ the owner imports only :mod:`.wire`.
 One module per concern: :mod:`.wire` (the marker format and what the owner shares),
 :mod:`.markers` (the authenticated lines), :mod:`.owner` (the owner's watch, the process
 tree), :mod:`.address` and :mod:`.args` (where to listen, the command line), :mod:`.relay`
-(the TLS relay), :mod:`.driver` (debugpy), :mod:`.session` (the attach windows),
+(the TLS relay), :mod:`.liveness` (a client gone), :mod:`.driver` (debugpy), :mod:`.session` (the attach windows),
 :mod:`.script` (the user's script), :mod:`.shim` (the user's own debugpy calls),
 :mod:`.launcher` (a container's several ranks), :mod:`.main` (the entry).
 """

@@ -1,7 +1,9 @@
 """The debugpy driver: listen (direct or behind the relay), wait with a real timeout, switch off.
 
 An idle listener slows Python code 2-7x, so a window nobody used ends with tracing off and the
-port closed; debugpy's own refusal to listen twice is undone for a later window.
+port closed; debugpy's own refusal to listen twice is undone for a later window. A client whose
+connection ends without a ``disconnect`` (killed, gone silent) counts as one: every thread
+resumes and its breakpoints go, as pydevd does for a disconnect (see :mod:`.liveness`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from .address import bind_listener, resolve_bind
+from .liveness import CLOSED, DISCONNECT, Link, WatchedListener
 from .relay import Relay, SessionListener, relay_context
 from .wire import service_thread
 
@@ -51,7 +54,11 @@ class Debugger:
         self.port: int | None = None  # the port bound last; a new listen() reuses it
         self.tunnel = tunnel  # the node side of the run's TLS tunnel (secrets), or None: direct
         self.relay: Relay | None = None
-        self.on_detached: Callable[[], None] | None = None  # called (from a thread) when a client left
+        # called (from a thread of ours) when a client left: with the cause and the seconds it stayed
+        self.on_detached: Callable[[str, float], None] | None = None
+        self.on_configured: Callable[[], None] | None = None  # a client's configurationDone (reader thread)
+        self.link: Link | None = None  # the client connection accepted last (in-process adapter)
+        self._attached_at = 0.0
 
     @property
     def tunnelled(self) -> bool:
@@ -82,7 +89,7 @@ class Debugger:
             sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
 
-            hand_to_pydevd(sock)
+            hand_to_pydevd(WatchedListener(sock, self._new_link))  # type: ignore[arg-type]
             return self.debugpy.listen((bind, sock.getsockname()[1]), in_process_debug_adapter=True)
         if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
             bind_listener(bind, port).close()
@@ -104,23 +111,56 @@ class Debugger:
             sessions.close()
             relay_sock.close()
             raise
-        self.relay = Relay(relay_sock, context, peer, sessions, self._session_ended).start()
+        self.relay = Relay(relay_sock, context, peer, sessions, self._new_link).start()
         return bind, self.relay.port
 
-    def _session_ended(self) -> None:
-        if self.on_detached is not None:
-            self.on_detached()
+    # -- a client leaving -----------------------------------------------------------------
+    def _new_link(self) -> Link:
+        """A client connection accepted (direct or through the relay): watch for its end."""
+        link = Link(self._link_ended)
+        self.link = link
+        _GoodbyeListener.install(self)
+        return link
+
+    def _link_ended(self, link: Link, cause: str) -> None:
+        """A connection ended (on a thread of ours). Without a ``disconnect`` first, do what one
+        does: resume every thread, drop the breakpoints, forget the client (a later one may attach)."""
+        if cause == CLOSED or self.switched_off:
+            return  # the node ended it itself: switched off, a newer client, the run's end
+        try:
+            if self.on_detached is not None:  # reported (and switched off) first: the run may end once resumed
+                self.on_detached(cause, link.seconds)
+        finally:
+            if cause != DISCONNECT:
+                self._release_threads()  # switched off: nothing left to do (disposing resumed them)
+
+    @staticmethod
+    def _release_threads() -> None:
+        """What pydevd does for a client's ``disconnect``, for a client that never sent one."""
+        import pydevd
+        from _pydevd_bundle.pydevd_api import PyDevdAPI
+
+        py_db = pydevd.get_global_debugger()
+        if py_db is None or py_db.pydb_disposed:
+            return
+        py_db.enable_output_redirection(False, False)
+        PyDevdAPI().request_disconnect(py_db, resume_threads=True)
 
     def watch_detach(self) -> None:
-        """A direct session: notice the client leaving (the relay notices it itself)."""
-        if self.tunnel is not None:
-            return
+        """After an attach: notice a ``disconnect`` on a connection that stays open, and the client
+        leaving debugpy's separate adapter (which resumes the threads itself). A connection's end
+        is noticed by its link at once."""
+        link, self._attached_at = self.link, time.monotonic()
 
         def poll() -> None:
-            while not self.switched_off and self.debugpy.is_client_connected():
+            while not self.switched_off and self.debugpy.is_client_connected() and not (link and link.ended):
                 time.sleep(DETACH_POLL)
-            if not self.switched_off:
-                self._session_ended()
+            if self.switched_off:
+                return
+            if link is not None:
+                link.end(DISCONNECT)  # no-op when the connection's end was noticed first
+            elif self.on_detached is not None:
+                self.on_detached(DISCONNECT, time.monotonic() - self._attached_at)
 
         service_thread(poll, name="aml-magics-detach")
 
@@ -235,3 +275,34 @@ class Debugger:
             py_db.do_stop_on_unhandled_exception(thread, user_frame, {id(f): f for f in frames}, exc_info)
         finally:
             info.is_tracing -= 1
+
+
+class _GoodbyeListener:
+    """pydevd's DAP message listener: marks the current link when its client sends ``disconnect``
+    (its connection's end is then a goodbye, not a loss); tells of each ``configurationDone``
+    (a client attached: with ``--reattach``, the next one after a detach)."""
+
+    def __init__(self, debugger: Debugger) -> None:
+        self.debugger = debugger
+
+    @classmethod
+    def install(cls, debugger: Debugger) -> None:
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        if py_db is None or getattr(py_db, "_aml_magics_goodbye", False):
+            return
+        py_db._aml_magics_goodbye = True
+        py_db.add_dap_messages_listener(cls(debugger))
+
+    def before_send(self, message: dict) -> None:
+        pass
+
+    def after_receive(self, message: dict) -> None:
+        if message.get("type") != "request":
+            return
+        link = self.debugger.link
+        if link is not None and message.get("command") == "disconnect":
+            link.goodbye = True
+        elif message.get("command") == "configurationDone" and self.debugger.on_configured is not None:
+            self.debugger.on_configured()

@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from .wire import close_socket, low_latency, serve_connections, service_thread
+from .liveness import CLOSED, LOST, Link, keep_alive
+from .wire import close_socket, low_latency, serve_connections
 
 RELAY_HANDSHAKE_TIMEOUT = 10.0
 
@@ -53,14 +54,15 @@ class TlsSession:
     One lock serialises every TLS call (an ``SSLSocket`` must never be read and written at
     once); nobody waits for the socket while holding it. pydevd writes a message as two
     ``sendall()`` calls, header then body: the header is held and leaves in the body's record,
-    so the far side wakes once per message. ``on_close`` runs once, whichever side ends it.
+    so the far side wakes once per message. The session's ``link`` ends once, whichever side
+    ends it: ``connection lost`` when the client did (or went silent), ``closed here`` when pydevd did.
     """
 
-    def __init__(self, tls: ssl.SSLSocket, on_close: Callable[[], None]) -> None:
+    def __init__(self, tls: ssl.SSLSocket, link: Link) -> None:
         low_latency(tls)
         tls.setblocking(False)
         self._tls = tls
-        self._on_close = on_close
+        self.link = link
         self._lock = threading.Lock()
         self._held = b""
         self.closed = False
@@ -80,7 +82,7 @@ class TlsSession:
                 self._wait(readable=True)
                 continue
             if not data:
-                self.close()
+                self.close(LOST)
             return data
 
     def sendall(self, data: bytes, flags: int = 0) -> None:
@@ -100,8 +102,8 @@ class TlsSession:
                     failed = False
                 except (OSError, ValueError):
                     failed = True
-            if failed:  # the client is gone: the session ends (on_close), and pydevd hears it
-                self.close()
+            if failed:  # the client is gone: the session ends (its link), and pydevd hears it
+                self.close(LOST)
                 raise OSError(errno.EPIPE, "the debug session is closed")
             self._wait(readable=False)
 
@@ -112,13 +114,13 @@ class TlsSession:
         """pydevd ends a session by shutting down its writing side: the whole session ends."""
         self.close()
 
-    def close(self) -> None:
+    def close(self, cause: str = CLOSED) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             close_socket(self._tls)  # shutdown first: wakes the other thread's wait
-        self._on_close()
+        self.link.end(cause)
 
     def _wait(self, readable: bool) -> None:
         try:
@@ -174,15 +176,16 @@ class Relay:
     """The node's listener when the port leaves the machine: a connection that does not present
     the run's client certificate is closed during the TLS handshake, before one byte reaches
     debugpy (which has no port of its own: each admitted session is handed to it). One session
-    at a time; ``on_session_end`` when it ends."""
+    at a time, each with a :class:`Link` from ``new_link`` (whose end the driver handles); TCP
+    keepalive finds a client gone silent."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, peer_der: bytes, sessions: SessionListener,
-                 on_session_end) -> None:
+                 new_link: Callable[[], Link]) -> None:
         self.sock = sock
         self.context = context
         self.peer_der = peer_der
         self.sessions = sessions
-        self.on_session_end = on_session_end
+        self.new_link = new_link
         self.port = sock.getsockname()[1]
         self._lock = threading.Lock()
         self._active = False
@@ -200,6 +203,7 @@ class Relay:
         self.sessions.close()  # a session not yet taken by debugpy; one it holds ends with it
 
     def _serve(self, conn: socket.socket) -> None:
+        keep_alive(conn)
         conn.settimeout(RELAY_HANDSHAKE_TIMEOUT)
         try:
             tls = self.context.wrap_socket(conn, server_side=True)
@@ -215,11 +219,11 @@ class Relay:
             self.refused += 1
             close_socket(tls)
             return
-        self.sessions.put(TlsSession(tls, self._session_ended))
+        link = self.new_link()
+        link.when_ended(self._session_ended)
+        self.sessions.put(TlsSession(tls, link))
 
-    def _session_ended(self) -> None:
-        """Called on pydevd's reader or writer thread: what follows (switching debugpy off) runs on
-        a thread of ours, never on a thread it disposes of."""
+    def _session_ended(self, link: Link, cause: str) -> None:
+        """The session's end (on a thread of ours): the next client may come."""
         with self._lock:
             self._active = False
-        service_thread(self.on_session_end, name="aml-magics-session-end")

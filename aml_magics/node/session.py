@@ -1,12 +1,14 @@
 """The debug session of this process: the attach windows (start, post-mortem, breakpoint()).
 
 One window at a time (a lock), each reported by an ENDPOINT marker and closed by ATTACHED;
-a client leaving ends the window (one attach per window) unless ``--reattach``.
+a client leaving — with a ``disconnect`` or by vanishing — ends the window (one attach per
+window) unless ``--reattach``, reported by a DETACHED marker with its cause.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import threading
@@ -14,6 +16,7 @@ import time
 
 from .address import report_host
 from .driver import Debugger
+from .liveness import DISCONNECT
 from .markers import emit
 from .wire import BOOTSTRAP_VERSION, service_thread
 
@@ -59,6 +62,9 @@ class DebugSession:
         self.port: int | None = None
         self._lock = threading.RLock()
         self._ignored: set[tuple[str, int]] = set()
+        self._gone = False  # a client left this process's debugger (--reattach: the next one is reported)
+        self._exiting = False  # the interpreter is exiting: a client leaving now is no news
+        self._exit_hooked = False
 
     # -- listening ---------------------------------------------------------------
     def listen(self, timeout: float, reason: str) -> tuple[str, int]:
@@ -74,6 +80,9 @@ class DebugSession:
             started = time.time()
             bound_host, port = self.debugger.listen()
             self.listening = True
+            if not self._exit_hooked:  # after pydevd's own atexit hook (LIFO: ours runs first)
+                self._exit_hooked = True
+                atexit.register(self._exit)
             install_breakpointhook(self)  # importing pydevd installed its own hook
             host = report_host(bound_host)
             self.host, self.port = host, port
@@ -91,6 +100,7 @@ class DebugSession:
         functions kept aside when the user's own ``import debugpy`` is patched)."""
         self.debugger = Debugger(debugpy_module, self.options, self.tunnel)
         self.debugger.on_detached = self._detached
+        self.debugger.on_configured = self._reattached
 
     def wait(self, timeout: float, reason: str) -> bool:
         """Wait at most ``timeout`` for a client; switch the debugger off if none came."""
@@ -106,24 +116,38 @@ class DebugSession:
                 self.debugger.watch_detach()
             return attached
 
-    def _detached(self) -> None:
-        """The client left: one attach per window — stop listening, tracing off, as after a
-        timeout (``--reattach`` keeps the listener open until the run ends)."""
-        if not self._lock.acquire(timeout=5):
+    def _detached(self, cause: str, seconds: float) -> None:
+        """The client left (said goodbye, or its connection was lost: the threads are already
+        resumed). One attach per window — stop listening, tracing off, as after a timeout
+        (``--reattach`` keeps the listener open for the next client until the run ends)."""
+        if self._exiting or not self._lock.acquire(timeout=5):
             return
         try:
             if not self.listening or self.debugger is None:
                 return
-            if self.options.reattach:
-                emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; listening again")
-                return
-            self.debugger.switch_off()
-            self.listening = False
-            print("aml_magics: the debugger detached; the run goes on without it (--reattach keeps it listening)",
-                  file=sys.stderr, flush=True)
-            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason="client left; debugger off")
+            self._gone = True
+            text = detached_text(cause, seconds)
+            then = "listening for the next client (--reattach)" if self.options.reattach else \
+                "the run goes on without it (--reattach keeps it listening)"
+            # Said first: the threads resume as the debugger goes off, and the run may end at once.
+            print(f"aml_magics: {text}; {then}", file=sys.stderr, flush=True)
+            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason=text, cause=cause,
+                 seconds=round(seconds, 1), listening=bool(self.options.reattach))
+            if not self.options.reattach:
+                self.debugger.switch_off()
+                self.listening = False
         finally:
             self._lock.release()
+
+    def _reattached(self) -> None:
+        """A client configured its session: after a detach with ``--reattach``, say it (the window's
+        first client is reported by :meth:`wait`)."""
+        if self._gone and self.options.reattach and self.listening and not self._exiting:
+            print("Debugger attached = True", flush=True)
+            emit("ATTACHED", attached=True, rank=self.options.rank, pid=os.getpid(), reason="reattach")
+
+    def _exit(self) -> None:
+        self._exiting = True
 
     def client_connected(self) -> bool:
         return self.listening and self.debugger is not None and self.debugger.client_connected()
@@ -201,6 +225,12 @@ class DebugSession:
                 attached = self.wait(timeout, "breakpoint")
         if attached:
             Debugger.pause_at(frame)
+
+
+def detached_text(cause: str, seconds: float) -> str:
+    """``debugger gone (connection lost) after 12 s``, ``debugger detached after 3 s``."""
+    after = f"after {seconds:.0f} s"
+    return f"debugger detached {after}" if cause == DISCONNECT else f"debugger gone ({cause}) {after}"
 
 
 def install_breakpointhook(session: DebugSession) -> None:

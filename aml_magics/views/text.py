@@ -42,6 +42,8 @@ def state_detail(run: "DebugRun") -> str:
     left to attach are the endpoint's, beside it)."""
     if run.state in ("failed", "crashed_waiting_for_debugger", "canceled") and run.detail:
         return run.detail
+    if run.state == "running" and run.debugger_note:  # the client left: "debugger gone (connection lost) after 12 s"
+        return run.debugger_note
     return ""
 
 
@@ -56,6 +58,8 @@ def state_label(run: "DebugRun") -> str:
         return run.detail if run.detail.startswith("canceled") else f"{label}: {run.detail}"
     if run.state in ("failed", "crashed_waiting_for_debugger") and run.detail:
         label += f": {run.detail}"
+    elif run.state == "running" and run.debugger_note:
+        label += f"; {run.debugger_note}"  # "running; debugger gone (connection lost) after 12 s"
     return label
 
 
@@ -84,6 +88,10 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
             return EndpointNow(LISTENING, f"listening, {left:.0f} s left" if left is not None else "listening")
         if status.state == "attached":
             return EndpointNow(ATTACHED, "attached")
+        if status.detail.startswith("debugger "):  # the client left: "debugger gone (connection lost) after 12 s"
+            if run.spec.debug.reattach:
+                return EndpointNow(LISTENING, f"listening again ({status.detail})")
+            return EndpointNow(CLOSED, f"closed ({status.detail})")
         return EndpointNow(CLOSED, _nobody_came(run))
     if run.world_size == 1 and run.attached is False:
         return EndpointNow(CLOSED, _nobody_came(run))
@@ -91,9 +99,8 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
 
 
 def _nobody_came(run: "DebugRun") -> str:
-    detached_after = getattr(run, "detached_after", None)
-    if detached_after is not None:  # somebody came, and left
-        return f"closed (detached by you after {detached_after:.0f} s)"
+    if run.debugger_note:  # somebody came, and left: "debugger detached after 3 s"
+        return f"closed ({run.debugger_note})"
     timeout = run.spec.debug.timeout
     return "closed (--timeout 0: no wait)" if timeout == 0 else f"closed (nobody attached in {timeout:g} s)"
 
@@ -115,6 +122,34 @@ def rank_address(run: "DebugRun", status: "RankStatus") -> str:
     if not run.spec.debug.debugs_rank(status.rank):
         return "no debugger"
     return "not known yet"
+
+
+class RankRow(NamedTuple):
+    """One rank as both views show it (the one place a rank's row is worked out)."""
+
+    rank: int
+    address: str  # host:port, or why there is none ("no debugger", "not known yet")
+    now: EndpointNow | None  # what its debugger is now; None without an endpoint
+    state: str
+    state_label: str
+
+    @property
+    def where(self) -> str:
+        """The address, marked ``(closed)`` once nobody can attach there."""
+        return self.address + (" (closed)" if self.now is not None and self.now.kind == CLOSED else "")
+
+    def text(self) -> str:
+        return f"rank {self.rank}: {self.where} — {self.state_label}"
+
+    def summary(self) -> str:
+        return f"rank {self.rank} " + (f"{self.address} {self.now.words}" if self.now is not None else self.address)
+
+
+def rank_row(run: "DebugRun", status: "RankStatus") -> RankRow:
+    if status.endpoint is None:
+        return RankRow(status.rank, rank_address(run, status), None, status.state, rank_state_label(status))
+    return RankRow(status.rank, status.endpoint.address, endpoint_now(run, status), status.state,
+                   rank_state_label(status))
 
 
 def node_host(endpoint: "Endpoint") -> str:
@@ -145,8 +180,7 @@ def endpoint_summary(run: "DebugRun") -> list[str]:
         return [f"{status.endpoint.address} {endpoint_now(run, status).words}"]
     lines = []
     for node, host, statuses in by_node(run):
-        parts = [f"rank {s.rank} " + (f"{s.endpoint.address} {endpoint_now(run, s).words}" if s.endpoint is not None
-                                      else rank_address(run, s)) for s in statuses]
+        parts = [rank_row(run, s).summary() for s in statuses]
         lines.append(f"node {node}" + (f" {host}" if host else "") + ": " + "; ".join(parts))
     return lines
 
@@ -203,7 +237,7 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
             if len(grouped) > 1:
                 lines.append(f"  node {node}" + (f" ({host}):" if host else ":"))
                 indent = "    "
-            lines.extend(f"{indent}rank {s.rank}: {rank_address(run, s)} — {rank_state_label(s)}" for s in statuses)
+            lines.extend(indent + rank_row(run, s).text() for s in statuses)
     elif ranks and ranks[0].endpoint is not None:
         lines.append(f"debugpy at {ranks[0].endpoint.address}: {endpoint_now(run, ranks[0]).words}")
     elif not run.spec.debug.enabled:
