@@ -307,6 +307,8 @@ print(mean([]))
 """
 
 
+@pytest.mark.xfail(strict=True, reason="issue 23 item 1's node half (the bootstrap leaves the user's exception "
+                                       "uncaught for debugpy) is not on main yet; remove this mark when it is")
 def test_an_uncaught_exception_stops_at_the_raising_line(workdir):
     """Issue 23 item 1: ``uncaught`` is the default filter, as in VS Code: the stop is the user's
     raising line (never a file of ours), the exception's type is there, continue ends the run."""
