@@ -161,7 +161,9 @@ class DebuggerPanel(widgets.VBox):
         self._top = 1  # first line of the source window
         self._current: int | None = None
         self._updating = False
-        self._tree_widgets: list[widgets.Widget] = []
+        self._tree_widgets: list[tuple[widgets.Widget, tuple]] = []  # (row widget, its key) as drawn
+        self._reusable: dict[tuple, widgets.Widget] = {}
+        self._drawn: list[tuple[widgets.Widget, tuple]] = []
 
         self.header = widgets.HTML()
         self.exception_html = widgets.HTML()
@@ -641,18 +643,27 @@ class DebuggerPanel(widgets.VBox):
                 self._updating = False
 
     def _draw_tree(self, state: str) -> None:
+        """Redraw the variables: a row whose look did not change is the same widget (no new comm), a
+        block of plain rows or a "more…" button is reused with new contents; the rest is closed."""
         old = self._tree_widgets
-        rows: list[widgets.Widget] = []
+        self._reusable = {key: widget for widget, key in old}
+        self._drawn = []
         if state == STOPPED_STATE:
             page = self.debugger.locals_page
             if page is not None:
-                self._tree_rows(page, 0, rows, self.debugger.loaded_page)
-        self._tree_widgets = rows
+                self._tree_rows(page, 0, [], self.debugger.loaded_page)
+        rows = [widget for widget, _key in self._drawn]
+        self._tree_widgets = self._drawn
         note = self.debugger.locals_note if state == STOPPED_STATE else ""
         empty = f"<i>{html.escape(note)}</i>" if note else "<i>no variables (not stopped)</i>"
         self.tree.children = rows or [widgets.HTML(empty)]
-        for widget in old:
-            widget.close()
+        kept = {id(widget) for widget in rows}
+        for widget, _key in old:
+            if id(widget) not in kept:
+                widget.close()
+
+    def _reuse(self, key: tuple) -> widgets.Widget | None:
+        return self._reusable.pop(key, None)
 
     def _tree_rows(self, page: Page, depth: int, rows: list[widgets.Widget],
                    lookup: Callable[[int, int], Page | None]) -> None:
@@ -674,20 +685,53 @@ class DebuggerPanel(widgets.VBox):
                 if row is not None:
                     plain.append(row)
                     continue
-                _flush(plain, rows)
-                rows.append(self._variable_row(variable, depth))
+                self._flush(plain)
+                self._add_variable_row(variable, depth)
                 with self._lock:
                     inner = list(self._expanded.get(variable.reference, [])) if variable.reference else []
                 if inner:
                     self._children_rows(variable.reference, depth + 1, rows, lookup, inner)
             last = page
-        _flush(plain, rows)
+        self._flush(plain)
         if last is not None and last.more and last.start + PAGE_SIZE not in starts:
             start = last.start + PAGE_SIZE
-            more = widgets.Button(description=f"more… (from {start})", layout=widgets.Layout(width="auto"))
-            more.add_class("aml-dbg-more")
-            more.on_click(lambda _b, r=reference, s=start: self._expand(r, s))
-            rows.append(widgets.HBox([_spacer(1.4 * depth + 1.8), more]))
+            key = ("more", depth, start, len(self._drawn))
+            row = self._reuse(key)
+            if row is None:
+                more = widgets.Button(description=f"more… (from {start})", layout=widgets.Layout(width="auto"))
+                more.add_class("aml-dbg-more")
+                more.on_click(lambda b: self._expand(*b.aml_target))
+                row = widgets.HBox([_spacer(1.4 * depth + 1.8), more])
+            row.children[1].aml_target = (reference, start)  # type: ignore[attr-defined]
+            self._drawn.append((row, key))
+
+    def _flush(self, plain: list[str]) -> None:
+        """A run of plain rows as one HTML block (the block at this position is reused)."""
+        if not plain:
+            return
+        key = ("plain", len(self._drawn))
+        block = self._reuse(key)
+        if block is None:
+            block = widgets.HTML()
+            block.add_class("aml-dbg-plain-rows")
+        text = "".join(plain)
+        if block.value != text:  # type: ignore[attr-defined]
+            block.value = text  # type: ignore[attr-defined]
+        self._drawn.append((block, key))
+        plain.clear()
+
+    def _add_variable_row(self, variable: Variable, depth: int) -> None:
+        with self._lock:
+            summary = self._summaries.get(variable.evaluate_name or variable.name)
+            open_ = variable.reference in self._expanded
+        key = ("var", depth, variable.name, variable.value, variable.type, variable.cut, variable.expandable,
+               summary, open_)
+        row = self._reuse(key)
+        if row is None:
+            row = self._variable_row(variable, depth)
+        for child in row.children:  # type: ignore[attr-defined]
+            child.aml_variable = variable  # what its buttons act on (the reference is new at every stop)
+        self._drawn.append((row, key))
 
     def _plain_row(self, variable: Variable, depth: int) -> str | None:
         """A row with no button (not expandable, short, not summarised) as HTML; ``None`` otherwise."""
@@ -711,7 +755,8 @@ class DebuggerPanel(widgets.VBox):
             toggle = widgets.Button(description="▾" if open_ else "▸", tooltip="collapse" if open_ else "expand",
                                     layout=widgets.Layout(width="1.8em", min_width="1.8em"))
             toggle.add_class("aml-dbg-toggle")
-            toggle.on_click(lambda _b, r=variable.reference, o=open_: self._collapse(r) if o else self._expand(r))
+            toggle.on_click(lambda b, o=open_: self._collapse(b.aml_variable.reference) if o
+                            else self._expand(b.aml_variable.reference))
             parts.append(toggle)
         else:
             parts.append(_spacer(1.8))
@@ -731,12 +776,12 @@ class DebuggerPanel(widgets.VBox):
             stats = widgets.Button(description="stats", tooltip="min/max/mean, NaN/Inf, a preview (computed in the run)",
                                    layout=widgets.Layout(width="auto", min_width="3.5em"))
             stats.add_class("aml-dbg-stats")
-            stats.on_click(lambda _b, v=variable: self._statistics(v))
+            stats.on_click(lambda b: self._statistics(b.aml_variable))
             parts.append(stats)
         elif variable.cut or len(variable.value) > LONG_VALUE:
             show_all = widgets.Button(description="show all", layout=widgets.Layout(width="auto", min_width="5em"))
             show_all.add_class("aml-dbg-show-all")
-            show_all.on_click(lambda _b, v=variable: self._show_all(v))
+            show_all.on_click(lambda b: self._show_all(b.aml_variable))
             parts.append(show_all)
         row = widgets.HBox(parts)
         row.add_class("aml-dbg-var")
@@ -768,14 +813,6 @@ class DebuggerPanel(widgets.VBox):
             return
         self.exception_html.value = (f"<div class='aml-dbg-exception'>{html.escape(info.type)}: "
                                      f"{html.escape(info.message)}</div>")
-
-
-def _flush(plain: list[str], rows: list[widgets.Widget]) -> None:
-    if plain:
-        block = widgets.HTML("".join(plain))
-        block.add_class("aml-dbg-plain-rows")
-        rows.append(block)
-        plain.clear()
 
 
 def _spacer(em: float) -> widgets.HTML:
