@@ -61,6 +61,8 @@ _STYLE = """<style>
 .aml-dbg .aml-dbg-summary {color:#0b5394}
 .aml-dbg .aml-dbg-bplist .aml-dbg-bprow {height:1.8em; align-items:center; width:100%; max-width:100%}
 .aml-dbg .aml-dbg-bplist .aml-dbg-bp-remove {flex:0 0 auto; min-width:2em}
+.aml-dbg .aml-dbg-bplist .aml-dbg-value {flex:1 1 0; width:auto; min-width:0}
+.aml-dbg .aml-dbg-bplist, .aml-dbg .aml-dbg-bplist .aml-dbg-bprow {box-sizing:border-box; padding-right:4px}
 .aml-dbg .aml-dbg-var .widget-button {flex:0 0 auto}
 .aml-dbg .aml-dbg-busy {color:#9a6700}
 .aml-dbg .aml-dbg-plain-rows, .aml-dbg .aml-dbg-plain-rows .widget-html-content {display:block; min-width:0;
