@@ -288,6 +288,8 @@ def test_panel_pages_400_names_cuts_long_values_summarises_arrays_and_lists_brea
         panel.continue_button.click()  # the log point at line 4 is still set: it never stops
         assert run.wait(30) == "completed"
         assert dbg.wait_stopped(30) is None
+        assert "step is 4" in dbg.console  # what the log point printed (k == 2), in the debug console
+        wait_for(lambda: "step is 4" in panel.console_html.value, 10, "the console shown")
     finally:
         dbg.detach()
 

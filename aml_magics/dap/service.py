@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -48,7 +49,8 @@ LOCALS_GRACE = 2.0  # how long a stop waits for its locals before it is publishe
 VARIABLES_TIMEOUT = 10.0  # the locals' own deadline
 HELD_RESUME_WAIT = 1.0  # a resume of a thread a hanging request holds: sent, answered when it runs
 RESUME_COMMANDS = ("continue", "next", "stepIn", "stepOut")
-_WATCHED_EVENTS = ("stopped", "continued", "exited", "terminated", "breakpoint", "process", "debugpyAttach")
+_WATCHED_EVENTS = ("stopped", "continued", "exited", "terminated", "breakpoint", "process", "debugpyAttach", "output")
+CONSOLE_LINES = 200  # the adapter's own output kept (log points print there, not to the run's stdout)
 
 
 class DebugService(Model):
@@ -78,6 +80,7 @@ class DebugService(Model):
         self._cond = threading.Condition()
         self._epoch = 0
         self._inspecting: set[Request] = set()  # variables/evaluate requests not answered yet
+        self.console: deque[str] = deque(maxlen=CONSOLE_LINES)  # log points' lines, debugpy's warnings
         self._leaving = ""  # why we end the session ourselves (detached, closed)
         self._work: queue.Queue[tuple[Callable[..., None], tuple] | None] = queue.Queue()
         self._unsubscribers = [session.channel.on_event(self._on_event),
@@ -316,7 +319,11 @@ class DebugService(Model):
         if name not in _WATCHED_EVENTS:
             return
         body = message.get("body") or {}
-        if name == "breakpoint":
+        if name == "output":
+            if body.get("category") != "telemetry":  # log points come as "stdout" (the run's own output does not)
+                self.console.extend(str(body.get("output") or "").splitlines())
+                self._emit("console")
+        elif name == "breakpoint":
             self.breakpoints.on_event(body)
         elif name == "process":
             self.process = dict(body)

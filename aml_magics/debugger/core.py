@@ -572,6 +572,11 @@ class Debugger(Model):
         return [Frame(f.name, f.path, f.line) for _i, f in self._visible(service)]
 
     @property
+    def console(self) -> list[str]:
+        """The debug console: what log points printed and debugpy said, every process's, oldest first."""
+        return [line for service in self._all_services() for line in service.console]
+
+    @property
     def selected_pid(self) -> int | None:
         service = self._selected
         return _pid(service) if service is not None else None

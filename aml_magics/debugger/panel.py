@@ -43,6 +43,7 @@ from .text import status
 WINDOW = 21  # source lines shown; the current line is centred
 HISTORY = 20
 SHOW_ALL_LIMIT = 1 << 30
+CONSOLE_SHOWN = 12
 LONG_VALUE = 60  # a value longer than this gets "show all" (the row shows it cut with an ellipsis)
 EXCEPTION_TOGGLES = (("uncaught", "uncaught"), ("raised", "raised"), ("user-uncaught", "userUnhandled"))
 BREAKPOINT_KINDS = (("breakpoint", "plain"), ("condition", "condition"), ("log point", "log"))
@@ -228,11 +229,14 @@ class DebuggerPanel(widgets.VBox):
         self.full_value = widgets.Textarea(layout=widgets.Layout(width="100%", display="none"))
         self.full_value.add_class("aml-dbg-full-value")
         self.message = widgets.HTML()
+        self.console_html = widgets.HTML()
+        self.console_html.add_class("aml-dbg-console")
         inspect = widgets.VBox([widgets.HTML("<b>call stack</b>"), self.stack, widgets.HTML("<b>variables</b>"),
                                 self.tree, self.full_value])
         evaluate = widgets.VBox([widgets.HTML("<b>evaluate</b>"), self.expression, self.busy_row, self.history_html,
                                  widgets.HTML("<b>watch</b>"), self.watch_input, self.watches_html,
-                                 widgets.HTML("<b>breakpoints</b>"), self.breakpoint_rows])
+                                 widgets.HTML("<b>breakpoints</b>"), self.breakpoint_rows,
+                                 widgets.HTML("<b>debug console</b> (log points)"), self.console_html])
         columns = widgets.HBox([inspect, evaluate])
         columns.add_class("aml-dbg-columns")
         super().__init__([widgets.HTML(_STYLE), self.header, self.exception_html, self.toolbar, self.exceptions,
@@ -511,6 +515,7 @@ class DebuggerPanel(widgets.VBox):
             self._draw_tree(state)
         self._draw_evaluate()
         self._draw_breakpoints()
+        self._draw_console()
         self._draw_busy()
         self._draw_exception(stop)
         self.header.value = (f"<b>debugger</b> {html.escape(debugger.label)} — <span class='aml-dbg-state' "
@@ -537,6 +542,12 @@ class DebuggerPanel(widgets.VBox):
                     box.value = name in chosen
         finally:
             self._updating = False
+
+    def _draw_console(self) -> None:
+        lines = self.debugger.console[-CONSOLE_SHOWN:]
+        text = "".join(f"<code class='aml-dbg-oneline'>{html.escape(line)}</code>" for line in lines)
+        if self.console_html.value != text:
+            self.console_html.value = text
 
     def _draw_busy(self) -> None:
         busy = self.debugger.busy if self.debugger.state == STOPPED_STATE else None
