@@ -21,6 +21,7 @@ from ._version import __version__
 from .errors import AmlMagicsError, OptionsError, one_line
 from .follow import AttachWait, follow
 from .options import Defaults, build_request, make_parser, parse_cli
+from .output import terminal_safe
 from .run import DebugRun
 from .views.text import LISTENING, attach_hint, can_attach, endpoint_now, shown_launch_json
 
@@ -118,7 +119,8 @@ def print_plan(request, output: str) -> int:
 def follow_run(run: DebugRun) -> int:
     wait = AttachWait(sys.stderr)
     try:
-        follow(run, emit=wait.emit(_say), on_endpoint=announce, on_update=wait.update)
+        follow(run, emit=wait.emit(lambda text: _say(terminal_safe(text))), on_endpoint=announce,
+               on_update=wait.update)
     except KeyboardInterrupt:
         wait.clear()
         run.cancel()

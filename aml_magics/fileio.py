@@ -12,12 +12,12 @@ The rules:
   opened for writing through a name that already exists, so no planted link or hard link is
   followed, and a reader sees the old file or the new one, never half of one. ``rename`` replaces
   a link at the destination instead of following it, which is what a backup or a cell file wants.
-- **Symbolic links at the target** (``follow=True``, launch.json): a link to an existing regular
-  file is written *through* — VS Code users keep dotfiles in linked folders and link shared
-  launch.json files on purpose; the real file is replaced in its own folder and the link stays.
-  A *dangling* link is refused: creating a file wherever a link points is exactly how a planted
-  link writes outside the project. With ``follow=False`` (backups, cell scripts: names this
-  package owns) a link is replaced by a regular file, never followed.
+- **Symbolic links at the target** (``refuse_links=True``, launch.json): a link at the file, or a
+  linked folder holding it (``.vscode -> elsewhere``), is refused in one line: a cloned repository
+  can plant ``.vscode/launch.json -> ~/.config/some/settings.json``, and writing through it would
+  rewrite that file. (``follow=True`` alone writes through a link to an existing regular file and
+  refuses a dangling one.) With ``follow=False`` (backups, cell scripts: names this package owns)
+  a link is replaced by a regular file, never followed.
 - **Refused in one line** (``FileRefused``, an OSError whose ``str`` is ``<path>: <reason>``): a
   dangling link, a target that is not a regular file, a read-only target (no write bit, or no
   write access for us: ``rename`` would otherwise quietly replace a file the user protected).
@@ -46,7 +46,7 @@ try:
 except ImportError:  # not POSIX: writes stay atomic, but are not serialised
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileRefused", "describe", "locked", "private_folder", "resolve_target", "write_atomic"]
+__all__ = ["ChangedMeanwhile", "FileRefused", "same_file_state", "describe", "locked", "private_folder", "resolve_target", "write_atomic"]
 
 LOCK_TIMEOUT = 60.0  # seconds a writer waits for another one (a merge takes milliseconds)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -65,6 +65,16 @@ class FileRefused(AmlMagicsError, OSError):
         return f"{self.filename}: {self.strerror}"
 
 
+class ChangedMeanwhile(FileRefused):
+    """The file changed between our reading it and our replacing it (nothing was replaced)."""
+
+
+def same_file_state(before: os.stat_result, now: os.stat_result) -> bool:
+    """The same file, unmodified: same inode, size, modification and change time."""
+    return (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == \
+        (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns, now.st_ctime_ns)
+
+
 def describe(exc: OSError, path: str | os.PathLike, doing: str = "write") -> str:
     """One line for an OSError met while writing (``doing``) ``path``: the path and the OS's reason."""
     if isinstance(exc, FileRefused):
@@ -77,17 +87,23 @@ def describe(exc: OSError, path: str | os.PathLike, doing: str = "write") -> str
 # -- the target ------------------------------------------------------------------------------------
 
 
-def resolve_target(path: str | os.PathLike, *, follow: bool = True) -> Path:
+def resolve_target(path: str | os.PathLike, *, follow: bool = True, refuse_links: bool = False) -> Path:
     """The absolute path that will be replaced when writing ``path``; refuses what must not be written.
 
     ``follow``: a link to an existing file is resolved to that file (a dangling one is refused);
     otherwise a link is the target itself (it will be replaced by a regular file).
+    ``refuse_links``: a link at ``path``, or a linked folder holding it, is refused.
     """
     target = Path(os.path.abspath(os.fspath(path)))
+    if refuse_links and os.path.islink(target.parent):
+        raise FileRefused(target, f"its folder is a symbolic link ({target.parent} -> "
+                                  f"{os.readlink(target.parent)}); refusing to write through it")
     try:
         info = os.lstat(target)
     except FileNotFoundError:
         return target  # a new file (its folder may not exist yet)
+    if stat.S_ISLNK(info.st_mode) and refuse_links:
+        raise FileRefused(target, f"is a symbolic link ({os.readlink(target)}); refusing to write through it")
     if stat.S_ISLNK(info.st_mode):
         if not follow:
             return target
@@ -106,14 +122,16 @@ def resolve_target(path: str | os.PathLike, *, follow: bool = True) -> Path:
     return target
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, follow: bool = True,
-                 like: os.stat_result | None = None) -> Path:
+def write_atomic(path: str | os.PathLike, data: bytes, *, follow: bool = True, refuse_links: bool = False,
+                 like: os.stat_result | None = None, unchanged: os.stat_result | None = None) -> Path:
     """Make ``path`` hold ``data`` atomically, by the rules above; returns the path replaced.
 
     The new file takes ``like``'s mode and owner when given, else the replaced file's, else the
-    mode a new file gets (``0666 & ~umask``). Missing folders are created.
+    mode a new file gets (``0666 & ~umask``). Missing folders are created. ``unchanged``: the
+    target as it was read; if it changed since (another program saved it: a temp file renamed
+    onto it), nothing is replaced and :class:`ChangedMeanwhile` is raised (read again, retry).
     """
-    target = resolve_target(path, follow=follow)
+    target = resolve_target(path, follow=follow, refuse_links=refuse_links)
     target.parent.mkdir(parents=True, exist_ok=True)
     if like is None:
         with contextlib.suppress(FileNotFoundError):
@@ -121,6 +139,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, follow: bool = True,
             like = existing if stat.S_ISREG(existing.st_mode) else None
     tmp = _write_temp(target, data, like)
     try:
+        if unchanged is not None and not same_file_state(unchanged, os.stat(target)):
+            raise ChangedMeanwhile(target, "changed while it was being merged")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -194,6 +194,35 @@ def redact(env: dict[str, Any]) -> dict[str, Any]:
     return {k: (REDACTED if k == SECRETS_ENV else v) for k, v in env.items()}
 
 
+_CLOSED_IN_FORKS: set[int] = set()  # the owner's ends of its runs' channels
+
+
+def close_in_forked_children(fd: int, close: bool = True) -> None:
+    """A fork of the owner (``multiprocessing`` in a notebook, a library's worker) must not hold
+    ``fd``: it would keep a run alive after the owner died. ``close=False``: ``fd`` was closed."""
+    if close:
+        _CLOSED_IN_FORKS.add(fd)
+    else:
+        _CLOSED_IN_FORKS.discard(fd)
+
+
+def _in_forked_child() -> None:
+    """In the child of a fork: every owner channel's fd points at /dev/null (not closed: an object
+    of the parent's may close its number later, which must never be another file)."""
+    for fd in list(_CLOSED_IN_FORKS):
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd, inheritable=False)
+            os.close(null)
+        except OSError:
+            pass
+    _CLOSED_IN_FORKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_in_forked_child)
+
+
 class OwnerPipe:
     """The owner's end of one run process's channel: the run's secrets as its first line, then
     only liveness — the bootstrap ends its whole tree when the pipe closes, i.e. when the owner
@@ -201,6 +230,7 @@ class OwnerPipe:
 
     def __init__(self, run_secrets: RunSecrets) -> None:
         self.read_fd, self._write_fd = os.pipe()
+        close_in_forked_children(self._write_fd)
         os.write(self._write_fd, run_secrets.payload().encode("utf-8") + b"\n")
 
     @property
@@ -221,6 +251,7 @@ class OwnerPipe:
         """The owner lets go: the process (if still running) ends its tree."""
         self.started()
         if self._write_fd >= 0:
+            close_in_forked_children(self._write_fd, close=False)
             os.close(self._write_fd)
             self._write_fd = -1
 

@@ -49,6 +49,7 @@ WORKSPACE_FOLDER = "${workspaceFolder}"
 WORKSPACE_FOLDER_BASENAME = "${workspaceFolderBasename}"
 DEFAULT_INDENT = "    "
 _LISTS = ("configurations", "compounds")
+MERGE_ATTEMPTS = 5  # a launch.json another program keeps saving while we merge: read again this often
 
 # A launch.json that can't be read or safely edited or written: one line, ``<file>:<line>:<col>: ...``
 # (or ``cannot write <file>: <reason>``), a ValueError; the parts are attributes (path, line, col).
@@ -412,9 +413,14 @@ def merge_into_file(path: str | os.PathLike, configs: Sequence[dict], compounds:
     target = Path(path)
     new = {"configurations": _by_name(configs, "configuration"), "compounds": _by_name(compounds, "compound")}
     try:
-        real = fileio.resolve_target(target, follow=True)
+        real = fileio.resolve_target(target, refuse_links=True)
         real.parent.mkdir(parents=True, exist_ok=True)
         with fileio.locked(real):
+            for _ in range(MERGE_ATTEMPTS - 1):
+                try:
+                    return _merge_locked(target, real, new)
+                except fileio.ChangedMeanwhile:
+                    continue  # VS Code saved it meanwhile (outside our lock): merge into what it saved
             return _merge_locked(target, real, new)
     except OSError as exc:
         raise LaunchJsonError(fileio.describe(exc, target), str(target)) from None
@@ -428,7 +434,7 @@ def check_launch_json(path: str | os.PathLike) -> None:
     """
     target = Path(path)
     try:
-        raw = fileio.resolve_target(target, follow=True).read_bytes()
+        raw = fileio.resolve_target(target, refuse_links=True).read_bytes()
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -439,6 +445,7 @@ def check_launch_json(path: str | os.PathLike) -> None:
 
 def _merge_locked(target: Path, real: Path, new: dict[str, dict[str, dict]]) -> MergeResult:
     try:
+        before = os.stat(real)
         raw = real.read_bytes()
     except FileNotFoundError:
         text = fragment_text(list(new["configurations"].values()), list(new["compounds"].values())) + "\n"
@@ -454,9 +461,12 @@ def _merge_locked(target: Path, real: Path, new: dict[str, dict[str, dict]]) -> 
         return result
     _verify(str(target), text, plan.text, new)
     like = os.stat(real)
+    if not fileio.same_file_state(before, like):
+        raise fileio.ChangedMeanwhile(real, "changed while it was being merged")
     backup = target.with_name(target.name + ".bak")
     fileio.write_atomic(backup, raw, follow=False, like=like)  # a planted .bak link is replaced, not followed
-    fileio.write_atomic(real, (codecs.BOM_UTF8 if bom else b"") + plan.text.encode("utf-8"), like=like)
+    fileio.write_atomic(real, (codecs.BOM_UTF8 if bom else b"") + plan.text.encode("utf-8"), like=like,
+                        refuse_links=True, unchanged=before)
     result.backup = backup
     return result
 

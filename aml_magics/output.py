@@ -8,6 +8,7 @@ are read, before they are ever held whole, and a run keeps at most :data:`MAX_KE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import IO
 
@@ -19,6 +20,31 @@ _CHUNK = 64 * 1024
 
 def cut_note(cut: int) -> str:
     return f"… [{cut} bytes cut]"
+
+
+def fresh_lines(text: str, prefix: str) -> list[str]:
+    """``text`` with a marker (``prefix``...) that followed a ``\r`` on its own line: a progress bar
+    (``50%\r``) printed without a newline must not swallow the marker after it. Markers always
+    start a line; the text before the ``\r`` stays output."""
+    head, sep, tail = text.rpartition("\r" + prefix)
+    if not sep:
+        return [text]
+    return [*fresh_lines(head, prefix), prefix + tail] if head.strip("\r") else [prefix + tail]
+
+
+# Control characters a terminal acts on (C0 but tab, DEL, C1), except a colour (SGR: ESC [ ... m).
+_CONTROLS = re.compile(r"\x1b\[[0-9;]*m|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """A run's line as a terminal may be given it: colours kept, every other escape sequence
+    (OSC 52 clipboard writes, title changes, cursor moves) and control character shown as
+    ``\\x1b`` text, never acted on. Of carriage-return updates (a progress bar) the last is shown,
+    as a terminal would."""
+    if "\r" in text:
+        text = text.rstrip("\r").rsplit("\r", 1)[-1]
+    return _CONTROLS.sub(lambda m: m.group(0) if m.group(0).endswith("m") and len(m.group(0)) > 1
+                         else f"\\x{ord(m.group(0)):02x}", text)
 
 
 def decode(data: bytes) -> str:

@@ -8,7 +8,10 @@ build, a simulated node — so every one of them is stopped the same way.
 A process group is not the whole tree: a descendant may call ``setsid()``
 (``subprocess.Popen(..., start_new_session=True)``). So a stop also ends every descendant
 found in the process tree (psutil), whatever group it moved to; the bootstrap makes itself
-the subreaper of what it starts, so orphans stay in that tree while it lives.
+the subreaper of what it starts, so orphans stay in that tree while it lives. The tree is read
+again at every step, and a leader that outlived the escalation is stopped (still alive, still the
+subreaper) while everything below it is stopped and killed until nothing is left: a process
+started meanwhile, a fork-and-exit walker, are all found.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
 import psutil
@@ -96,8 +100,9 @@ class ProcessGroup:
 
     def stop(self, grace: float = 2.0) -> None:
         """SIGINT, then SIGTERM, then SIGKILL to the whole group and tree, each after ``grace``."""
-        tree = self.descendants()
+        tree = {p.pid: p for p in self.descendants()}
         for sig in (signal.SIGINT, signal.SIGTERM):
+            tree.update((p.pid, p) for p in self.descendants())  # what started since
             if not self._signal(sig):
                 break
             try:
@@ -106,9 +111,19 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 continue
         else:
+            self._sweep_below_leader(tree)
             self._signal(signal.SIGKILL)
             self.process.wait()
-        self._reap_group(tree)
+        self._reap_group(list(tree.values()))
+
+    def _sweep_below_leader(self, seen: dict[int, psutil.Process]) -> None:
+        """The leader outlived SIGTERM: stop it (it stays the subreaper: every orphan comes back
+        to it), then stop and kill everything below it until nothing is left."""
+        try:
+            os.kill(self.process.pid, signal.SIGSTOP)
+        except OSError:
+            return
+        sweep(self.descendants(), seen, lambda: self.descendants())
 
     def _signal(self, sig: int) -> bool:
         try:
@@ -118,9 +133,11 @@ class ProcessGroup:
             return False
 
     def _reap_group(self, tree: list[psutil.Process] | None = None) -> None:
-        """The leader is gone; kill what it left in its group and in its tree."""
+        """The leader is gone; kill what it left in its group and in its tree (and what those
+        started meanwhile)."""
         self._signal(signal.SIGKILL)
-        kill_processes(tree or [])
+        known = {p.pid: p for p in tree or []}
+        sweep(list(known.values()), known, lambda: _below(known.values()))
         self._stopped.set()
         with _live_lock:
             _live.discard(self)
@@ -134,6 +151,52 @@ def kill_processes(processes: Iterable[psutil.Process]) -> None:
                 proc.kill()
         except psutil.Error:
             pass
+
+
+SWEEP_LIMIT = 30.0  # seconds a sweep may take (a tree that outgrows SIGKILL)
+
+
+def _below(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The live descendants of each live process in ``processes``."""
+    found: list[psutil.Process] = []
+    for proc in list(processes):
+        try:
+            if proc.is_running():
+                found.extend(proc.children(recursive=True))
+        except psutil.Error:
+            pass
+    return found
+
+
+def _alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    live = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                live.append(proc)
+        except psutil.Error:
+            pass
+    return live
+
+
+def sweep(first: list[psutil.Process], seen: dict[int, psutil.Process],
+          more: Callable[[], list[psutil.Process]]) -> None:
+    """Stop, then kill, ``first`` and what ``more()`` finds next, until nothing is left alive (a
+    stopped process forks no more; a killed one's last child is found by the next round)."""
+    batch, deadline = first, time.monotonic() + SWEEP_LIMIT
+    while time.monotonic() < deadline:
+        seen.update((p.pid, p) for p in batch)
+        live = _alive(batch)
+        if not live:
+            return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for proc in live:
+                try:
+                    proc.send_signal(sig)
+                except psutil.Error:
+                    pass
+        time.sleep(0.01)
+        batch = _alive([*more(), *seen.values()])
 
 
 def live_groups() -> list[ProcessGroup]:

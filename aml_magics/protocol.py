@@ -40,7 +40,7 @@ else:  # pragma: no cover - 3.10
 __all__ = [
     "BOOTSTRAP_VERSION", "MARKER_PREFIX", "RunState", "TERMINAL", "DEBUG_STATES", "Endpoint", "Marker",
     "EndpointMarker", "AttachedMarker", "PostMortemMarker", "BreakpointMarker", "ErrorMarker", "ExitMarker",
-    "MarkerReader", "register_marker",
+    "MarkerReader", "RefusedEndpoint", "register_marker",
 ]
 
 
@@ -224,6 +224,14 @@ class Malformed(AmlMagicsError, ValueError):
     pass
 
 
+class RefusedEndpoint(ValueError):
+    """An authentic ENDPOINT marker that says what the owner does not accept (an untunnelled port
+    for a secure run, a host or port the rank was never given)."""
+
+
+MAX_SOURCES = 4096  # marker sources (processes) a reader remembers the last sequence number of
+
+
 class MarkerReader:
     """Reads one run's output: authenticated marker lines become typed markers.
 
@@ -238,12 +246,14 @@ class MarkerReader:
         self._lock = threading.Lock()
         self.rejected = 0
         self.accepted = 0
+        self._last_seq: dict[str, int] = {}  # per source (process): the last sequence number accepted
 
     def parse(self, line: str) -> Marker | None:
+        """The marker ``line`` is, once: a line seen again later (re-printed, replayed) is refused."""
         if MARKER_PREFIX not in line:
             return None
         try:
-            marker = self._parse(line)
+            marker = self._parse(line, fresh=True)
         except Malformed:
             marker = None
         with self._lock:
@@ -263,7 +273,7 @@ class MarkerReader:
         except Malformed:
             return None
 
-    def _parse(self, line: str) -> Marker | None:
+    def _parse(self, line: str, fresh: bool = False) -> Marker | None:
         match = _LINE.match(line)
         if match is None:
             raise Malformed("not a whole marker line")
@@ -278,6 +288,8 @@ class MarkerReader:
             raise Malformed("bad JSON") from None
         if not isinstance(data, dict):
             raise Malformed("not an object")
+        if fresh and self._key is not None:
+            self._in_sequence(data.get("src"), data.get("seq"))
         cls = _KINDS.get(kind)
         if cls is None:
             raise Malformed(f"unknown kind {kind}")
@@ -285,6 +297,19 @@ class MarkerReader:
         if tag_rank is not None and "rank" not in data:
             marker = replace(marker, rank=int(tag_rank))
         return marker
+
+
+    def _in_sequence(self, source: object, seq: object) -> None:
+        """An authenticated marker counts up within its source; anything else is a replay."""
+        if not isinstance(source, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            raise Malformed("no sequence number")
+        with self._lock:
+            last = self._last_seq.get(source)
+            if last is not None and seq <= last:
+                raise Malformed(f"sequence number {seq} after {last}: a replayed line")
+            if last is None and len(self._last_seq) >= MAX_SOURCES:
+                raise Malformed("too many marker sources")
+            self._last_seq[source] = seq
 
 
 _HINTS: dict[type, dict[str, Any]] = {}

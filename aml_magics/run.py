@@ -24,9 +24,10 @@ from . import launch
 from .errors import RunFailed
 from .failure import user_lines
 from .lifecycle import RunScope
-from .output import MAX_KEPT_BYTES, MAX_KEPT_LINES, MAX_LINE_BYTES, cut_note
+from .output import MAX_KEPT_BYTES, MAX_KEPT_LINES, MAX_LINE_BYTES, cut_note, fresh_lines
 from .protocol import (
     DEBUG_STATES,
+    MARKER_PREFIX,
     TERMINAL,
     AttachedMarker,
     BreakpointMarker,
@@ -38,6 +39,7 @@ from .protocol import (
     Marker,
     MarkerReader,
     PostMortemMarker,
+    RefusedEndpoint,
     RunState,
 )
 from .spec import RunSpec
@@ -49,6 +51,10 @@ WAITING, ATTACHED, CRASHED = RunState.WAITING, RunState.ATTACHED, RunState.CRASH
 COMPLETED, FAILED, CANCELED = RunState.COMPLETED, RunState.FAILED, RunState.CANCELED
 STATES = tuple(RunState)
 MAX_LOG_LINES = MAX_KEPT_LINES
+# A rank's endpoints: its first, plus the few a later window may move to (a post-mortem's port
+# when the first is gone). Code in the run can sign markers (it is the same process): what it
+# can say is bounded here, never a listener or a launch.json entry per line.
+MAX_ENDPOINTS_PER_RANK = 3
 Listener = Callable[["DebugRun", str], None]
 MarkerHandler = Callable[[Any], None]
 FinishHook = Callable[["DebugRun", str, str], str]
@@ -101,6 +107,7 @@ class DebugRun:
         self._error = ""  # the last ERROR marker's message
         self._state: str = PREPARING
         self._endpoints: list[Endpoint] = []
+        self._endpoints_seen: dict[int, list[tuple[str, int]]] = {}  # per rank: (host, port) as reported
         self._rank_states: dict[int, str] = {}  # from each rank's markers
         self._rank_details: dict[int, str] = {}
         self._lines: deque[tuple[str, bool]] = deque()  # (text, is a marker)
@@ -345,13 +352,21 @@ class DebugRun:
         return _Events(self)
 
     def line(self, text: str) -> None:
-        text = _capped(text.rstrip("\r\n"))
+        text = text.rstrip("\r\n")
+        if "\r" + MARKER_PREFIX in text:
+            for piece in fresh_lines(text, MARKER_PREFIX):
+                self._line(piece)
+        else:
+            self._line(text)
+
+    def _line(self, text: str) -> None:
+        text = _capped(text)
         marker = self.reader.parse(text)
         with self._cond:
             self._lines.append((text, marker is not None))
-            self._kept_bytes += len(text)
+            self._kept_bytes += _size(text)
             while self._lines and (len(self._lines) > MAX_KEPT_LINES or self._kept_bytes > MAX_KEPT_BYTES):
-                self._kept_bytes -= len(self._lines.popleft()[0])
+                self._kept_bytes -= _size(self._lines.popleft()[0])
             self._line_count += 1
             self._cond.notify_all()
         self._notify("line")
@@ -392,6 +407,8 @@ class DebugRun:
         """A marker moves the run's facts (:func:`reduce_marker`, pure); an endpoint is also mapped
         to where this machine reaches it (a container's published port, the tunnel's forwarder)."""
         endpoint = self._mapped(marker) if isinstance(marker, EndpointMarker) else None
+        if isinstance(marker, EndpointMarker) and endpoint is None and marker.endpoint() is not None:
+            return  # refused: it moves nothing
         with self._cond:
             before = self._facts()
             after = reduce_marker(before, marker)
@@ -411,11 +428,39 @@ class DebugRun:
             except Exception as exc:
                 _hook_failed(f"{marker.kind} handler", self, exc)
 
+    def _endpoint_refusal(self, parsed: Endpoint) -> str:
+        """Why an ENDPOINT marker is refused ("" when it is accepted): a rank the run does not
+        have, another host than the rank's first, or more ports than a rank's windows use."""
+        if not 0 <= parsed.rank < max(self.world_size, 1):
+            return f"rank {parsed.rank} is not a rank of this run"
+        with self._cond:
+            seen = self._endpoints_seen.setdefault(parsed.rank, [])
+            where = (parsed.host, parsed.port)
+            if seen and parsed.host != seen[0][0]:
+                return f"{parsed.address} is not on the rank's node address {seen[0][0]}"
+            if where not in seen:
+                if len(seen) >= MAX_ENDPOINTS_PER_RANK:
+                    return f"rank {parsed.rank} already reported {len(seen)} endpoints"
+                seen.append(where)
+        return ""
+
     def _mapped(self, marker: EndpointMarker) -> Endpoint | None:
+        """The endpoint as this machine reaches it; None for none, or one refused (said in a line:
+        code in the run can sign markers, what they may say is bounded here)."""
         parsed = marker.endpoint()
         if parsed is None:
             return None
-        return self._handle.map_endpoint(parsed) if self._handle else parsed
+        endpoint, refused = parsed, self._endpoint_refusal(parsed)
+        if not refused and self._handle is not None:
+            try:
+                endpoint = self._handle.map_endpoint(parsed)
+            except RefusedEndpoint as exc:
+                refused = str(exc)
+        if refused:
+            self.reader.rejected += 1
+            self.line(f"aml_magics: refused an endpoint marker: {refused}")
+            return None
+        return endpoint
 
     def _facts(self) -> RunFacts:
         return RunFacts(self._state, self.world_size, self._rank_states, self._rank_details, self.attach_deadline,
@@ -444,6 +489,11 @@ class DebugRun:
         from .views import mimebundle
 
         return mimebundle(self)
+
+
+def _size(text: str) -> int:
+    """A line's size in bytes (the cap counts bytes: a 4-byte character is 4)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 # -- the marker → run-state reducer (pure) --------------------------------------------------------

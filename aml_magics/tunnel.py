@@ -11,28 +11,35 @@ connection without the run's client certificate is closed during the handshake: 
 reaches debugpy, which has no port of its own — the relay hands it each authenticated session.
 
 The forwarder lives as long as the run (its scope closes it), accepts a new connection each
-time a client (re)attaches, and dies with the owner.
+time a client (re)attaches, and dies with the owner. Its loopback port is reachable by every
+local user, so it serves only connections from the owner's own uid (Linux tells who owns the
+other end of a loopback TCP connection: ``/proc/net/tcp``), and opens the TLS session only once
+the client has spoken (a silent connection never holds the run's one attach).
 """
 
 from __future__ import annotations
 
 import datetime
-import select
+import os
+import selectors
 import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .lifecycle import RunScope
-from .node.wire import close_socket, low_latency, serve_connections
-from .protocol import Endpoint
+from .node.wire import close_socket, low_latency, serve_connections, wait_socket
+from .protocol import Endpoint, RefusedEndpoint
 from .target_base import RunHandle
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 15.0
+PEER_UID_KNOWN = os.path.exists("/proc/net/tcp")  # Linux: who owns a loopback peer (elsewhere: not checked)
+FIRST_BYTES_TIMEOUT = 5.0  # a client that says nothing for this long is closed before the node is reached
 VALIDITY = datetime.timedelta(days=30)
 
 
@@ -135,10 +142,17 @@ def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
         sock.setblocking(False)
         low_latency(sock)
     pair = [a, b]
+    with selectors.DefaultSelector() as selector:  # never select(): fds above 1024 are common in a kernel
+        for sock in pair:
+            selector.register(sock, selectors.EVENT_READ)
+        _pump(selector, a, b, chunk)
+
+
+def _pump(selector: selectors.BaseSelector, a: socket.socket, b: socket.socket, chunk: int) -> None:
     while True:
-        ready: list[socket.socket] = [s for s in pair if isinstance(s, ssl.SSLSocket) and s.pending()]
+        ready = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
         if not ready:
-            ready, _, _ = select.select(pair, [], [])
+            ready = [key.fileobj for key, _ in selector.select()]  # type: ignore[misc]
         for source in ready:
             try:
                 data = source.recv(chunk)
@@ -157,7 +171,10 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
         try:
             view = view[sock.send(view):]
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-            select.select([sock], [sock], [], 1.0)
+            try:
+                wait_socket(sock, True, True, 1.0)
+            except (OSError, ValueError):
+                return False
         except (OSError, ValueError):
             return False
     return True
@@ -194,6 +211,11 @@ class Forwarder:
     def _serve(self, local: socket.socket) -> None:
         remote = None
         try:
+            refused = self._refusal(local)
+            if refused:
+                if self.on_error is not None:
+                    self.on_error(f"aml_magics: forwarder on 127.0.0.1:{self.port}: {refused}")
+                return
             raw = socket.create_connection(self.node, timeout=CONNECT_TIMEOUT)
             remote = self.context.wrap_socket(raw, server_hostname=None)
             if remote.getpeercert(binary_form=True) != self.credentials.node_der:
@@ -215,6 +237,67 @@ class Forwarder:
                     self._connections.discard(remote)
             close_socket(local)
             close_socket(remote)
+
+
+    def _refusal(self, local: socket.socket) -> str:
+        """Why this local connection is not served ("" when it is): another user's, or silent."""
+        peer = local.getpeername()[:2]
+        uid = loopback_peer_uid(local.getsockname()[:2], peer) if PEER_UID_KNOWN else os.getuid()
+        if uid != os.getuid():
+            return f"refused a connection from {'an unknown user' if uid is None else f'uid {uid}'}" \
+                   " (only this run's owner may attach)"
+        return "" if speaks_dap(local) else \
+            f"closed a connection that sent no DAP message within {FIRST_BYTES_TIMEOUT:g}s"
+
+
+DAP_HEADER = b"Content-Length:"
+
+
+def speaks_dap(sock: socket.socket, timeout: float = FIRST_BYTES_TIMEOUT) -> bool:
+    """Whether ``sock``'s client starts a DAP message (its header, peeked: nothing is consumed)
+    within ``timeout``; a silent or foreign client never reaches the node."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while len(seen) < len(DAP_HEADER):
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0 or not wait_socket(sock, timeout=left):
+                return False
+            seen = sock.recv(len(DAP_HEADER), socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return False
+        if not seen or not DAP_HEADER.lower().startswith(seen.lower()):
+            return False  # closed, or not a DAP client
+        if len(seen) < len(DAP_HEADER):
+            time.sleep(0.01)  # the rest of the header is on its way
+    return True
+
+
+def _tcp_address(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (/proc/net/tcp, IPv4) as ``("127.0.0.1", 8080)``."""
+    host, port = text.split(":")
+    return socket.inet_ntoa(int(host, 16).to_bytes(4, "little")), int(port, 16)
+
+
+def loopback_peer_uid(ours: tuple[str, int], peer: tuple[str, int]) -> int | None:
+    """The uid owning the other end of our loopback TCP connection ``ours`` ← ``peer``: the
+    socket whose local address is ``peer`` and remote address ``ours`` (Linux, /proc/net/tcp).
+    None when it cannot be told (no /proc, gone already): never served then."""
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            rows = table.read().splitlines()[1:]
+    except OSError:
+        return None
+    for row in rows:
+        fields = row.split()
+        if len(fields) < 8:
+            continue
+        try:
+            if _tcp_address(fields[1]) == tuple(peer) and _tcp_address(fields[2]) == tuple(ours):
+                return int(fields[7])
+        except ValueError:
+            continue
+    return None
 
 
 class TunnelledHandle:
@@ -239,9 +322,11 @@ class TunnelledHandle:
         return self.inner.is_done()
 
     def map_endpoint(self, endpoint: Endpoint) -> Endpoint:
-        seen = self.inner.map_endpoint(endpoint)  # e.g. a container's published port
+        """The endpoint through a forwarder; an untunnelled one is refused (this run is secure:
+        only code in the run could have signed it, and it must never reach launch.json)."""
         if not endpoint.tunnelled:
-            return seen
+            raise RefusedEndpoint(f"{endpoint.address} is not tunnelled, and this run is secure")
+        seen = self.inner.map_endpoint(endpoint)  # e.g. a container's published port
         key = (seen.host, seen.port)
         with self._lock:
             forwarder = self._forwarders.get(key)

@@ -69,6 +69,7 @@ def test_endpoint_from_the_run_tag_before_the_logs(project, monkeypatch):
 
     events = _Recorder()
     data = {"host": "10.0.0.4", "port": 5678, "rank": 0, "cwd": "/mnt/azureml/cr/j/1/exe/wd", "timeout": 300}
+    tagged = signed("ENDPOINT", data)  # one line (markers are numbered: each signing is another)
 
     class TaggedRun:
         id = "run-1"
@@ -81,7 +82,7 @@ def test_endpoint_from_the_run_tag_before_the_logs(project, monkeypatch):
             return {"status": "Running" if self.calls < 3 else "Completed", "logFiles": {}}
 
         def get_tags(self):
-            return {"aml_magics.endpoint.0": signed("ENDPOINT", data),  # as the bootstrap tags it
+            return {"aml_magics.endpoint.0": tagged,  # as the bootstrap tags it
                     "aml_magics.endpoint.1": signed("ENDPOINT", {**data, "rank": 1}, key=b"x" * 32)}  # forged
 
     backend = type("B", (), {"poll_seconds": 0.01, "read": lambda self, uri, offset: b""})()
@@ -89,7 +90,7 @@ def test_endpoint_from_the_run_tag_before_the_logs(project, monkeypatch):
     wait_for(monitor.is_done, 10, "monitor end")
     at = [i for i, line in enumerate(events.lines) if "endpoint from run tag" in line]
     assert len(at) == 1 and "aml_magics.endpoint.0" in events.lines[at[0]]
-    assert events.lines[at[0] + 1] == signed("ENDPOINT", data)
+    assert events.lines[at[0] + 1] == tagged
     assert monitor.endpoint_ranks == {0} and events.end == ("completed", 0)
 
 

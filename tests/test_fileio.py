@@ -170,18 +170,62 @@ def test_planted_cell_links_leave_the_victims_untouched(workdir):
     assert (cells / "job.py").read_text() == "print('cell ran')\n"
 
 
-def test_a_link_to_an_existing_launch_json_is_written_through(tmp_path):
-    shared = tmp_path / "dotfiles" / "launch.json"
-    shared.parent.mkdir()
-    shared.write_text(USER_FILE)
+def test_a_link_to_an_existing_file_at_launch_json_is_refused(tmp_path):
+    """A planted ``.vscode/launch.json -> ~/somewhere/settings.json`` would have it rewritten: one
+    line, both files untouched."""
+    elsewhere = tmp_path / "home" / "settings.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(USER_FILE)
     link = tmp_path / "proj" / ".vscode" / "launch.json"
     link.parent.mkdir(parents=True)
-    link.symlink_to(shared)
-    merge_into_file(link, [cfg("job")])
-    assert link.is_symlink()
-    assert names(shared) == ["Python Debugger: Current File", "job"]
-    assert link.with_name("launch.json.bak").read_text() == USER_FILE
-    assert leftovers(shared.parent) == [] and leftovers(link.parent) == []
+    link.symlink_to(elsewhere)
+    with pytest.raises(LaunchJsonError) as info:
+        merge_into_file(link, [cfg("job")])
+    assert str(info.value) == f"{link}: is a symbolic link ({elsewhere}); refusing to write through it"
+    assert elsewhere.read_text() == USER_FILE and link.is_symlink()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["launch.json"]
+    with pytest.raises(LaunchJsonError, match="is a symbolic link"):
+        launch.check_launch_json(link)
+
+
+def test_a_linked_vscode_folder_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "launch.json").write_text(USER_FILE)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / ".vscode").symlink_to(elsewhere)
+    path = project / ".vscode" / "launch.json"
+    with pytest.raises(LaunchJsonError) as info:
+        merge_into_file(path, [cfg("job")])
+    assert str(info.value) == (f"{path}: its folder is a symbolic link ({project / '.vscode'} -> {elsewhere}); "
+                               "refusing to write through it")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["launch.json"]
+    assert (elsewhere / "launch.json").read_text() == USER_FILE
+
+
+def test_a_save_by_vs_code_during_a_merge_is_kept(tmp_path, monkeypatch):
+    """VS Code saves launch.json (a temp file renamed onto it) between our reading and our writing:
+    the merge notices, reads again and merges into what VS Code saved — neither side is lost."""
+    path = tmp_path / ".vscode" / "launch.json"
+    path.parent.mkdir()
+    path.write_text(USER_FILE)
+    saved = USER_FILE.replace('"name": "Python Debugger: Current File"', '"name": "Saved by VS Code"')
+    assert saved != USER_FILE
+    plan = launch._plan_merge
+    saves = []
+
+    def plan_while_vs_code_saves(*args, **kwargs):
+        if not saves:  # once: as VS Code does it, a new file renamed over the old one
+            temp = path.with_name("launch.json.vscode-tmp")
+            temp.write_text(saved)
+            os.replace(temp, path)
+            saves.append(1)
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "_plan_merge", plan_while_vs_code_saves)
+    merge_into_file(path, [cfg("job")])
+    assert names(path) == ["Saved by VS Code", "job"]
 
 
 # -- refusals --------------------------------------------------------------------------------------
@@ -195,8 +239,7 @@ def test_dangling_link_launch_json_is_refused(tmp_path):
     with pytest.raises(LaunchJsonError) as info:
         merge_into_file(link, [cfg("job")])
     message = str(info.value)
-    assert message == (f"{link}: is a symbolic link to a missing file ({missing}); "
-                       "refusing to create a file through it")
+    assert message == f"{link}: is a symbolic link ({missing}); refusing to write through it"
     assert not missing.exists() and not missing.parent.exists()
     assert link.is_symlink() and os.readlink(link) == str(missing)
     assert sorted(p.name for p in link.parent.iterdir()) == ["launch.json"]
@@ -353,7 +396,7 @@ def test_check_launch_json_refuses_up_front_what_a_merge_would_refuse(tmp_path):
         launch.check_launch_json(path)
     path.unlink()
     path.symlink_to(tmp_path / "missing.json")
-    with pytest.raises(LaunchJsonError, match="symbolic link to a missing file"):
+    with pytest.raises(LaunchJsonError, match="is a symbolic link"):
         launch.check_launch_json(path)
     assert sorted(p.name for p in folder.iterdir()) == ["launch.json"]
 

@@ -531,16 +531,16 @@ def test_merge_preserves_file_mode(tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinks")
-def test_merge_through_a_symlink_keeps_the_link(tmp_path):
+def test_merge_refuses_a_symlink_and_leaves_both_untouched(tmp_path):
     real = tmp_path / "shared" / "launch.json"
     real.parent.mkdir()
     real.write_text(VSCODE_DEFAULT)
     link = tmp_path / ".vscode" / "launch.json"
     link.parent.mkdir()
     link.symlink_to(real)
-    merge_into_file(link, [cfg("job")])
-    assert link.is_symlink()
-    assert names(read(real)) == ["Python Debugger: Current File", "job"]
+    with pytest.raises(LaunchJsonError, match="is a symbolic link"):
+        merge_into_file(link, [cfg("job")])
+    assert link.is_symlink() and real.read_text() == VSCODE_DEFAULT
 
 
 def test_merge_backup_is_overwritten_each_time(tmp_path):

@@ -19,13 +19,67 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import alive, free_port, port_is_listening, start_kernel, wait_for
+from conftest import DOCKER_BASE, alive, free_port, port_is_listening, start_kernel, wait_for
 
 import aml_magics
 from aml_magics.errors import OptionsError
 from aml_magics.invocation import is_node_command
 
 LONG = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
+# Every kind of descendant a script can leave: a plain child, a multiprocessing child, a double-forked
+# setsid daemon, and a fork-and-exit walker (a new pid every hop). Each notes its pid in FAMILY_PIDS.
+FAMILY_PIDS = "family.pids"
+FAMILY = textwrap.dedent("""
+    import multiprocessing, os, subprocess, sys, time
+    NOTES = os.open(NOTES_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    def note(pid): os.write(NOTES, f"{pid}\\n".encode())
+    def walker():
+        while True:
+            if os.fork():
+                os._exit(0)
+            note(os.getpid())
+            time.sleep(0.2)
+    def daemon():
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        note(os.getpid())
+        time.sleep(600)
+    def sleeper():
+        note(os.getpid())
+        time.sleep(600)
+    if __name__ == "__main__":
+        note(subprocess.Popen(["sleep", "600"]).pid)
+        multiprocessing.get_context("fork").Process(target=sleeper).start()
+        for job in (walker, daemon):
+            if os.fork() == 0:
+                job()
+                os._exit(0)
+        time.sleep(1)
+        print("family started", flush=True)
+        time.sleep(600)
+""")
+
+
+def family(folder: Path) -> str:
+    """The family script, noting pids in ``folder``."""
+    return FAMILY.replace("NOTES_PATH", repr(str(folder / FAMILY_PIDS)))
+
+
+def _family(folder: Path) -> set[int]:
+    path = folder / FAMILY_PIDS
+    return {int(pid) for pid in path.read_text().split()} if path.exists() else set()
+
+
+def assert_family_ends(folder: Path, why: str) -> None:
+    """Every process the script started (the walker's every hop included) ends within 5 s."""
+    wait_for(lambda: len(_family(folder)) >= 5, 20, "the family to start")
+    wait_for(lambda: not any(alive(pid) for pid in _family(folder)), 5, f"every descendant to end after {why}")
+    time.sleep(0.5)  # a walker still hopping would note a new pid meanwhile
+    left = [pid for pid in _family(folder) if alive(pid)]
+    assert not left, f"left running after {why}: {left}"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
@@ -124,6 +178,29 @@ def test_a_killed_cli_takes_its_run_along(workdir, sig):
     wait_for(lambda: not port_is_listening("127.0.0.1", port), 5, "the run's port to close")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
+def test_a_killed_cli_ends_every_descendant_of_its_run(workdir, sig):
+    """Children, multiprocessing children, setsid daemons and a fork-and-exit walker: none runs on
+    with ppid 1 once the owner is gone (the bootstrap's reaper ends the tree, then the bootstrap)."""
+    (workdir / "family.py").write_text(family(workdir))
+    cli = _cli("family.py", "--port", "0", "--timeout", "1", cwd=workdir)
+    try:
+        wait_for(lambda: len(_family(workdir)) >= 5, 30, "the family to start")
+        os.kill(cli.pid, sig)
+        cli.wait(10)
+        assert_family_ends(workdir, f"{sig.name} of the CLI")
+    finally:
+        for pid in _family(workdir):
+            _kill_quietly(pid)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def _run_in_kernel(kc, code: str, timeout: float = 60) -> None:
     msg_id = kc.execute(code)
     deadline = time.time() + timeout
@@ -144,15 +221,19 @@ def test_a_dead_kernel_takes_its_runs_along(tmp_path, how):
     try:
         kernel_pid = km.provisioner.pid if km.provisioner else km.kernel.pid
         _run_in_kernel(kc, "%load_ext aml_magics")
-        _run_in_kernel(kc, "%%aml_debug_run --name k --port 0 --timeout 60\nimport time\ntime.sleep(60)\n")
+        _run_in_kernel(kc, "%%aml_debug_run --name k --port 0 --timeout 1\n" + family(tmp_path))
         wait_for(lambda: _bootstraps(kernel_pid), 20, "the bootstrap to start")
         boot = _bootstraps(kernel_pid)[0]
+        wait_for(lambda: len(_family(tmp_path)) >= 5, 20, "the family to start")
         if how == "restart":
             km.restart_kernel(now=True)
         else:
             os.kill(kernel_pid, getattr(signal, how))
         wait_for(lambda: not alive(boot.pid), 5, f"the bootstrap to end after the kernel's {how}")
+        assert_family_ends(tmp_path, f"the kernel's {how}")
     finally:
+        for pid in _family(tmp_path):
+            _kill_quietly(pid)
         kc.stop_channels()
         km.shutdown_kernel(now=True)
 
@@ -263,3 +344,109 @@ def test_a_build_ends_when_its_owner_is_killed(workdir):
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
     wait_for(lambda: not any(alive(p.pid) for p in build), 5, "the build's processes to end with their owner")
+
+
+STUBBORN = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    NOTES = os.open(NOTES_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    def note(pid): os.write(NOTES, f"{pid}\\n".encode())
+    if os.fork() == 0:  # a walker: fork and exit, a new pid every hop
+        while True:
+            if os.fork():
+                os._exit(0)
+            note(os.getpid())
+            time.sleep(0.2)
+    print("stubborn", flush=True)
+    while True:  # a new session's child every 0.2 s, through the whole escalation
+        note(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+        time.sleep(0.2)
+""")
+
+
+def test_cancel_ends_processes_started_during_the_escalation(workdir):
+    """A script that ignores SIGINT and SIGTERM and keeps starting setsid children (and a walker):
+    nothing it started, before or during the stop, is left."""
+    run = aml_magics.submit(code=STUBBORN.replace("NOTES_PATH", repr(str(workdir / FAMILY_PIDS))), name="stubborn",
+                            no_debug=True)
+    try:
+        wait_for(lambda: "stubborn" in run.logs and len(_family(workdir)) >= 5, 30, "the stubborn script")
+        run.cancel()
+        assert run.state == "canceled"
+        wait_for(lambda: not any(alive(pid) for pid in _family(workdir)), 5, "everything it started to end")
+        time.sleep(0.5)
+        assert not [pid for pid in _family(workdir) if alive(pid)]
+    finally:
+        for pid in _family(workdir):
+            _kill_quietly(pid)
+
+
+FORKING_OWNER = textwrap.dedent("""
+    import os, sys, time
+    import aml_magics
+    extra = {"target": "docker", "base_image": sys.argv[1]} if len(sys.argv) > 1 else {}
+    run = aml_magics.submit(code="import time\\ntime.sleep(600)\\n", name="forked", port=0, timeout=60, **extra)
+    run.wait_for_endpoint(180)
+    if extra:
+        print(run.handle.container.id, flush=True)
+    child = os.fork()  # as multiprocessing does in a notebook: it inherits every file of the owner
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child, run.endpoints[0].pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def _forking_owner(workdir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(aml_magics.__file__).parent.parent)}
+    return subprocess.Popen([sys.executable, "-c", FORKING_OWNER, *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.docker
+def test_a_fork_of_the_owner_does_not_keep_its_container_alive(engine, workdir, no_container_left):
+    """The fork inherits the container's stdin attach socket (the owner's channel): it must not
+    keep the container running after the owner died."""
+    import docker
+
+    owner = _forking_owner(workdir, DOCKER_BASE)
+    child = 0
+    try:
+        container = owner.stdout.readline().strip()
+        child = int(owner.stdout.readline().split()[0])
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        assert alive(child)
+
+        def gone() -> bool:
+            try:
+                return engine.containers.get(container).status != "running"
+            except docker.errors.NotFound:
+                return True
+
+        wait_for(gone, 4, "the container to end with its owner, whatever a fork of it holds")
+    finally:
+        if child:
+            _kill_quietly(child)
+        if owner.poll() is None:
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(10)
+
+
+def test_a_fork_of_the_owner_does_not_keep_its_run_alive(workdir):
+    owner = _forking_owner(workdir)
+    child = 0
+    try:
+        child, boot = map(int, owner.stdout.readline().split())
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        assert alive(child)  # the fork lives on, holding whatever the owner held
+        wait_for(lambda: not alive(boot), 5, "the run to end with its owner, whatever a fork of it holds")
+    finally:
+        if child:
+            _kill_quietly(child)
+        if owner.poll() is None:
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from aml_magics.node.wire import marker_mac
@@ -10,8 +11,12 @@ from aml_magics.protocol import Endpoint, EndpointMarker, ExitMarker, MarkerRead
 KEY = b"k" * 32
 
 
-def signed(kind: str, data: dict, key: bytes = KEY) -> str:
-    payload = json.dumps(data, sort_keys=True)
+_SEQ = itertools.count(1)
+
+
+def signed(kind: str, data: dict, key: bytes = KEY, src: str = "test", seq: int | None = None) -> str:
+    """A marker as the node signs it: numbered within its source (process)."""
+    payload = json.dumps({"src": src, "seq": next(_SEQ) if seq is None else seq, **data}, sort_keys=True)
     return f"AML_MAGICS_{kind} {payload} {marker_mac(key, kind, payload)}"
 
 
@@ -52,3 +57,17 @@ def test_endpoint_validation():
     assert full is not None and full.address == "127.0.0.1:5678" and full.cwd == "/app"
     moved = full.moved_to("127.0.0.1", 40000)
     assert moved.address == "127.0.0.1:40000" and moved.cwd == "/app" and moved.node_address == "127.0.0.1:5678"
+
+
+def test_a_replayed_or_unnumbered_marker_is_refused():
+    """A line re-printed later (an old ENDPOINT after the window moved on) moves nothing back."""
+    reader = MarkerReader(KEY)
+    first = signed("ENDPOINT", {"host": "10.0.0.4", "port": 5679}, src="p1", seq=1)
+    later = signed("DETACHED", {"reason": "left"}, src="p1", seq=2)
+    assert reader.parse(first) is not None and reader.parse(later) is not None
+    assert reader.parse(first) is None  # the same line again
+    assert reader.parse(signed("ENDPOINT", {"host": "10.0.0.4", "port": 5679}, src="p1", seq=2)) is None
+    assert reader.parse(signed("EXIT", {"code": 0}, src="p2", seq=1)) is not None  # another process counts alone
+    payload = json.dumps({"host": "h", "port": 1}, sort_keys=True)  # signed, but not numbered
+    assert reader.parse(f"AML_MAGICS_ENDPOINT {payload} {marker_mac(KEY, 'ENDPOINT', payload)}") is None
+    assert reader.rejected == 3

@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 from ..lifecycle import RunScope
-from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
+from ..output import fresh_lines
+from ..protocol import MARKER_PREFIX, Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
 from ..target_base import RunEvents
 from .backend import first_line
 
@@ -202,6 +203,10 @@ class RunMonitor:
                 self._line(line)
 
     def _line(self, text: str) -> None:
+        for piece in fresh_lines(text.rstrip("\r\n"), MARKER_PREFIX):
+            self._one_line(piece)
+
+    def _one_line(self, text: str) -> None:
         marker = self.reader.parse(text)
         if isinstance(marker, EndpointMarker):
             self.endpoint_ranks.add(marker.rank)

@@ -76,11 +76,15 @@ def remove_image(ref: str, client: Any | None = None) -> str:
     """Remove one of this project's images (by tag or id); refuses any other image."""
     import docker
 
+    if not ref.strip():
+        raise TargetError("--remove takes an image's tag or id (see %aml_images), not an empty name")
     client = client or connect()
     try:
         image = client.images.get(ref)
     except docker.errors.ImageNotFound:
         raise TargetError(f"no image {ref!r}") from None
+    except (docker.errors.APIError, docker.errors.DockerException) as exc:  # a name docker cannot parse
+        raise TargetError(f"cannot look up image {ref!r}: {short_reason(exc)}") from None
     labels = image.labels or {}
     if labels.get(LABEL) is None:
         raise TargetError(f"{ref} is not an aml_magics image (no '{LABEL}' label); not removed")
@@ -134,6 +138,8 @@ def images_command(line: str) -> str:
         raise TargetError(f"{exc}; {usage}") from None
     if argv not in ([], ["--remove-unused"]) and not (len(argv) == 2 and argv[0] == "--remove"):
         raise TargetError(usage)
+    if argv[:1] == ["--remove"] and not argv[1].strip():
+        raise TargetError(f"--remove takes an image's tag or id, not an empty name; {usage}")
     client = connect()
     swept = sweep(client)
     notes = "".join(f"\nremoved {len(items)} {what} left by runs whose owner is gone"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from .address import bind_listener, resolve_bind
 from .liveness import CLOSED, DISCONNECT, Link, WatchedListener
 from .relay import Relay, SessionListener, relay_context
-from .wire import service_thread
+from .wire import close_socket, service_thread
 
 DETACH_POLL = 0.25  # how often a direct (untunnelled) session is checked for a client that left
 
@@ -44,6 +44,29 @@ def hand_to_pydevd(sock: socket.socket) -> None:
     pydevd.create_server_socket = create_server_socket
 
 
+class OneWindowListener:
+    """A direct port's listening socket as pydevd accepts on it, one attach per window: once a
+    client has been attached, a new connection is let in only while a client still is (another
+    client taking the session over); after it left, a new one is closed at once — before the
+    node has switched the debugger off. A port probe before the first attach is no attach."""
+
+    def __init__(self, sock: socket.socket, connected: Callable[[], bool]) -> None:
+        self._sock = sock
+        self._connected = connected
+        self.attached_once = False
+
+    def accept(self) -> tuple[socket.socket, object]:
+        while True:
+            conn, address = self._sock.accept()
+            if self.attached_once and not self._connected():
+                close_socket(conn)
+                continue
+            return conn, address
+
+    def __getattr__(self, name: str) -> object:  # listen, getsockname, shutdown, close, fileno...
+        return getattr(self._sock, name)
+
+
 class Debugger:
     """debugpy, listening for at most ``timeout`` seconds, then off if nobody came."""
 
@@ -59,6 +82,7 @@ class Debugger:
         self.on_configured: Callable[[], None] | None = None  # a client's configurationDone (reader thread)
         self.link: Link | None = None  # the client connection accepted last (in-process adapter)
         self._attached_at = 0.0
+        self._gate: OneWindowListener | None = None  # a direct port's listener, one attach per window
 
     @property
     def tunnelled(self) -> bool:
@@ -89,7 +113,8 @@ class Debugger:
             sock = bind_listener(bind, port, auto=bool(self.options.port_auto) and not self.switched_off)
             import debugpy.server.api  # noqa: F401 - puts pydevd on the path
 
-            hand_to_pydevd(WatchedListener(sock, self._new_link))  # type: ignore[arg-type]
+            self._gate = None if self.options.reattach else OneWindowListener(sock, self.debugpy.is_client_connected)
+            hand_to_pydevd(WatchedListener(self._gate or sock, self._new_link))  # type: ignore[arg-type]
             return self.debugpy.listen((bind, sock.getsockname()[1]), in_process_debug_adapter=True)
         if port:  # debugpy's adapter process binds it: check first (it cannot be handed a socket)
             bind_listener(bind, port).close()
@@ -151,6 +176,8 @@ class Debugger:
         leaving debugpy's separate adapter (which resumes the threads itself). A connection's end
         is noticed by its link at once."""
         link, self._attached_at = self.link, time.monotonic()
+        if self._gate is not None:
+            self._gate.attached_once = True
 
         def poll() -> None:
             while not self.switched_off and self.debugpy.is_client_connected() and not (link and link.ended):

@@ -33,7 +33,7 @@ class Launcher:
         except (ValueError, AttributeError):
             self.key = b""
         self.out = sys.stdout.buffer
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.codes: dict[int, int] = {}
         self.pipes: list[int] = []
         self.procs = [self._start(env) for env in envs]
@@ -79,8 +79,15 @@ class Launcher:
             self.out.write(data)
             self.out.flush()
 
+    def emit(self, kind: str, **data: object) -> None:
+        with self.lock:  # numbered and written in one step: lines leave in sequence order
+            self.write(self.marker(kind, **data))
+
     def marker(self, kind: str, **data: object) -> bytes:
-        payload = json.dumps(data, sort_keys=True)
+        with self.lock:  # sequence numbered, as markers.emit: the owner refuses a replayed line
+            self.seq = getattr(self, "seq", 0) + 1
+            source = self.__dict__.setdefault("source", os.urandom(6).hex())
+            payload = json.dumps({**data, "src": source, "seq": self.seq}, sort_keys=True)
         mac = marker_mac(self.key, kind, payload) if self.key else ""
         return f"{MARKER_PREFIX}{kind} {payload} {mac}".rstrip().encode() + b"\n"
 
@@ -92,7 +99,7 @@ class Launcher:
         self.codes[rank] = code = proc.wait()
         if code:
             self.write(b"aml_magics: rank %d exited with code %d\n" % (rank, code))
-            self.write(self.marker("EXIT", rank=rank, code=code, pid=proc.pid, source="launcher"))
+            self.emit("EXIT", rank=rank, code=code, pid=proc.pid, source="launcher")
 
     def run(self) -> int:
         threads = [threading.Thread(target=self.pump, args=(i, p)) for i, p in enumerate(self.procs)]

@@ -2,18 +2,25 @@
 
 The owner holds a pipe (or a container's stdin) whose end means "gone"; this process is the
 subreaper of everything the user's code starts, so an orphan stays in the tree a stop ends.
+Two watch the owner: a thread here (which says why the run ends) and the reaper
+(:mod:`.reaper`), a process of its own that needs no GIL of ours, so the tree is ended even
+while the user's code holds it. No parent-death SIGKILL: it would end this process, the
+subreaper, before the tree, and orphan every child.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 
+from .reaper import sweep
 from .wire import OWNER_ENV, OWNER_GONE_EXIT, service_thread
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_reaper: subprocess.Popen | None = None
+_reaper_alive_fd = -1  # our end of the pipe whose EOF tells the reaper we ended by ourselves
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -57,11 +64,38 @@ def read_first_line(fd: int, limit: int = 1 << 20) -> str:
     return data.decode("utf-8", "replace")
 
 
+def start_reaper(fd: int) -> None:
+    """The reaper process (:mod:`.reaper`), watching the owner's channel ``fd`` beside us."""
+    global _reaper, _reaper_alive_fd
+    read_end, _reaper_alive_fd = os.pipe()
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
+    try:
+        _reaper = subprocess.Popen([sys.executable, "-I", "-S", path, str(fd), str(read_end), str(os.getpid())],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(fd, read_end),
+                                   start_new_session=True, env={})
+    except OSError as exc:
+        print(f"aml_magics: no reaper for this run ({exc}); the owner's watch is a thread only", file=sys.stderr,
+              flush=True)
+    finally:
+        os.close(read_end)
+
+
+def stop_reaper() -> None:
+    """We end by ourselves: the reaper leaves (it sees its pipe close)."""
+    global _reaper_alive_fd
+    if _reaper_alive_fd >= 0:
+        os.close(_reaper_alive_fd)
+        _reaper_alive_fd = -1
+
+
+def _ours() -> frozenset[int]:
+    return frozenset({_reaper.pid}) if _reaper is not None else frozenset()
+
+
 def watch_owner(fd: int) -> None:
     """End this run (its whole tree) when the owner's channel closes: the owner is gone, whatever
-    killed it (SIGKILL included). Plus the kernel's parent-death signal where there is one."""
-    if os.getppid() != 1:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    killed it (SIGKILL included). The reaper does the same from outside this process."""
+    start_reaper(fd)
 
     def wait_for_eof() -> None:
         try:
@@ -122,21 +156,25 @@ def _left_running(pid: int) -> bool:
 
 
 def kill_descendants() -> int:
-    """SIGKILL whatever is left below this process (and collect it); how many of those the
-    script had left running."""
-    pids = descendants()
-    left = sum(1 for pid in pids if _left_running(pid))
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for pid in pids:
-        try:
-            os.waitpid(pid, 0)
-        except OSError:
-            pass
+    """Stop and kill whatever is left below this process until nothing is (a process started
+    meanwhile, a fork-and-exit walker: every orphan comes back to us, the subreaper), and collect
+    it; how many of those the script had left running. The reaper is ours, not the script's."""
+    skip = _ours()
+    left = sum(1 for pid in descendants() if pid not in skip and _left_running(pid))
+    sweep(os.getpid(), skip)
+    _collect()
     return left
+
+
+def _collect() -> None:
+    """Collect our ended children (the reaper's included once it left)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def end_tree(code: int, why: str) -> None:
@@ -146,6 +184,7 @@ def end_tree(code: int, why: str) -> None:
     except Exception:
         pass
     kill_descendants()
+    stop_reaper()
     try:
         os.killpg(os.getpgid(0), signal.SIGKILL)
     except OSError:

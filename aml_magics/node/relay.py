@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import ssl
 import tempfile
@@ -18,12 +17,36 @@ import time
 from collections.abc import Callable
 
 from .liveness import CLOSED, LOST, Link, keep_alive
-from .wire import close_socket, low_latency, serve_connections
+from .wire import close_socket, low_latency, serve_connections, wait_socket
 
 RELAY_HANDSHAKE_TIMEOUT = 10.0
 
 
-def relay_context(tunnel: dict) -> tuple[ssl.SSLContext, bytes]:
+class NodeTunnel:
+    """The node's side of the tunnel, built once from the secrets: a TLS context (the private key
+    lives in OpenSSL's memory only, never in a Python object user code can walk to) and the
+    client certificate it pins."""
+
+    __slots__ = ("context", "peer")
+
+    def __init__(self, tunnel: dict) -> None:
+        self.context, self.peer = _build_context(tunnel)
+
+    def __repr__(self) -> str:
+        return "<NodeTunnel (hidden)>"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("the tunnel is never serialised")
+
+
+def relay_context(tunnel: NodeTunnel | dict) -> tuple[ssl.SSLContext, bytes]:
+    """The relay's TLS context and the client certificate's DER bytes (built once: NodeTunnel)."""
+    if isinstance(tunnel, NodeTunnel):
+        return tunnel.context, tunnel.peer
+    return _build_context(tunnel)
+
+
+def _build_context(tunnel: dict) -> tuple[ssl.SSLContext, bytes]:
     """The relay's TLS context: this node's certificate, and only the run's client certificate
     accepted (pinned; no CA). Returns the context and the client certificate's DER bytes."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -124,7 +147,7 @@ class TlsSession:
 
     def _wait(self, readable: bool) -> None:
         try:
-            select.select([self._tls] if readable else [], [] if readable else [self._tls], [], 1.0)
+            wait_socket(self._tls, readable, not readable, 1.0)
         except (OSError, ValueError):  # closed under us: the next turn sees it
             time.sleep(0.01)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from collections.abc import Callable
 BOOTSTRAP_VERSION = "2"
 MARKER_PREFIX = "AML_MAGICS_"
 SECRETS_ENV = "AML_MAGICS_SECRETS"  # the run's secrets (JSON), when no owner channel carries them
+SECRETS_FD_ENV = "AML_MAGICS_SECRETS_FD"  # the node re-executed without SECRETS_ENV: the secrets on this pipe
 OWNER_ENV = "AML_MAGICS_OWNER"  # "fd:N" (a pipe from the owner) or "stdin" (a container's stdin, held by the owner)
 OWNER_GONE_EXIT = 137
 
@@ -77,3 +79,12 @@ def close_socket(sock: socket.socket | None) -> None:
         sock.close()
     except OSError:
         pass
+
+
+def wait_socket(sock: socket.socket, readable: bool = True, writable: bool = False,
+                timeout: float | None = None) -> bool:
+    """Wait until ``sock`` is readable (or writable); False on timeout. poll(), never select():
+    a process with more than 1024 files has socket numbers select() refuses."""
+    poller = select.poll()
+    poller.register(sock.fileno(), (select.POLLIN if readable else 0) | (select.POLLOUT if writable else 0))
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))

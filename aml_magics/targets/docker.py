@@ -46,9 +46,16 @@ from typing import Any, ClassVar
 
 from .. import images
 from ..install import needs
-from ..invocation import LOOPBACK, PYTHON_FLAGS, entry_arguments, rank_environment, run_environment
-from ..node.wire import OWNER_ENV
-from ..output import LineCutter
+from ..invocation import (
+    LOOPBACK,
+    PYTHON_FLAGS,
+    close_in_forked_children,
+    entry_arguments,
+    rank_environment,
+    run_environment,
+)
+from ..node.wire import MARKER_PREFIX, OWNER_ENV
+from ..output import LineCutter, fresh_lines
 from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
 from ..spec import DEFAULT_PORT, RunSpec
 from ..target_base import Capabilities, Outcome, RunContext, TargetError, ThreadedRun, option
@@ -134,6 +141,8 @@ class OwnerChannel:
 
     def __init__(self, client: Any, container_id: str) -> None:
         self._socket = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+        self._fd = self._raw().fileno()
+        close_in_forked_children(self._fd)  # a fork of the owner must not keep the container alive
 
     def _raw(self) -> Any:
         return self._socket if hasattr(self._socket, "sendall") else self._socket._sock
@@ -142,6 +151,7 @@ class OwnerChannel:
         self._raw().sendall(payload.encode("utf-8") + b"\n")
 
     def close(self) -> None:
+        close_in_forked_children(self._fd, close=False)
         raw = self._raw()
         try:
             raw.shutdown(socket.SHUT_RDWR)
@@ -216,6 +226,10 @@ class DockerRun(ThreadedRun):
         return endpoint.moved_to(self.client_host, host_port)
 
     def line(self, text: str) -> None:
+        for piece in fresh_lines(text.rstrip("\r\n"), MARKER_PREFIX):
+            self._line(piece)
+
+    def _line(self, text: str) -> None:
         self.tail = (self.tail + [text])[-LOG_TAIL:]
         marker = self.reader.parse(text)
         if isinstance(marker, ExitMarker):
