@@ -370,16 +370,18 @@ class DebugRun:
 
     # -- the in-notebook debugger (aml_magics.debugger) -------------------------
     def attach(self, breakpoints: Any = (), rank: int | None = None, timeout: float = 30.0,
-               connect: bool = True) -> Any:
+               connect: bool = True, exceptions: Any = ("uncaught",)) -> Any:
         """A debugger attached from this kernel (an ``aml_magics.Debugger``), breakpoints armed first.
 
         ``connect=False``: not attached yet (set breakpoints, then ``.connect()``), for every rank
         that waits unless ``rank`` is given — what the run panel's *Debug here* opens.
+        ``exceptions``: where exceptions stop — ``uncaught`` (VS Code's default), ``raised``,
+        ``user-uncaught``; ``()`` never.
         """
         from . import debugger
 
         if not connect:
-            return debugger.prepare(self, rank)
+            return debugger.prepare(self, rank, exceptions=exceptions)
         try:
             self.wait_for_endpoint(timeout, rank=rank)
         except (TimeoutError, RunFailed) as exc:
@@ -387,7 +389,8 @@ class DebugRun:
         config = self.launch_config(rank=rank, workspace_folder=Path.cwd())
         from .debugger.group import track
 
-        return track(debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self))
+        return track(debugger.attach(config, breakpoints=breakpoints, timeout=timeout, run=self,
+                                     exceptions=exceptions))
 
     def attach_all(self, breakpoints: Any = (), timeout: float = 30.0, all_stop: bool = True) -> Any:
         """An ``aml_magics.DebuggerGroup``: one session per debugged rank (waiting up to ``timeout``

@@ -8,7 +8,11 @@
   each on its own local run, alternated step by step;
 * the kernel's memory growth while the panel browses a 1,000,000-element list (its pages)
   and a 10 MB string (cut), vs a client that fetches those values whole; each measured in
-  a fresh process.
+  a fresh process;
+* a step → the panel redrawn (its current line, stack and visible variables), with 3 locals
+  vs the API's step (``Debugger.step_over()``) on the same run, and with 400 names vs 3;
+* the at-a-glance row (shape, dtype, device) of a 10⁸-element tensor vs a 10-element one
+  (numpy arrays when no torch interpreter is known: ``AML_MAGICS_TORCH_PYTHON``).
 
 Prints markdown table rows: figure | ours | baseline | ratio.
 """
@@ -68,7 +72,7 @@ def step_figures(repeat: int, work: Path) -> list[tuple[str, float, float | None
             start = time.perf_counter()
             stop = dbg.step_over()
             elapsed = time.perf_counter() - start
-            assert stop is not None and dbg.service.variables.locals is not None
+            assert stop is not None and dbg.locals_page is not None
             return elapsed
 
         def bare() -> float:
@@ -94,6 +98,118 @@ def step_figures(repeat: int, work: Path) -> list[tuple[str, float, float | None
     ours_ms, bare_ms = statistics.median(ours_times) * 1000, statistics.median(bare_times) * 1000
     return [(f"step → panel models hold the new stack and locals, vs the bare DAP round trips (ms, median of "
              f"{steps})", ours_ms, bare_ms)]
+
+
+FEW = """\
+def work():
+    a, b = 1, 2
+    for i in range(1_000_000):
+        a += i
+        b += 1
+work()
+"""
+MANY = "".join(f"name_{i:03d} = {i}\n" for i in range(400)) + """\
+a = 0
+for i in range(1_000_000):
+    a += i
+    name_000 += 1
+"""
+
+
+def _panel_step_times(code: str, name: str, line: int, steps: int, api: bool = False) -> list[float]:
+    """Seconds from a Step over click to the panel showing the new current line, stack and locals."""
+    import aml_magics
+    from aml_magics.debugger.panel import DebuggerPanel
+
+    run = aml_magics.submit(code=code, name=name, port=0, timeout=60)
+    times = []
+    try:
+        dbg = run.attach(breakpoints=[f"{name}.py:{line}"])
+        dbg.wait_stopped(30)
+        dbg.clear()
+        panel = DebuggerPanel(dbg)
+        for _ in range(steps):
+            serial = dbg.stop_serial
+            start = time.perf_counter()
+            if api:
+                dbg.step_over()
+            else:
+                panel.over_button.click()
+                deadline = start + 30
+                while time.perf_counter() < deadline and not _redrawn(panel, serial):
+                    time.sleep(0.0005)
+            times.append(time.perf_counter() - start)
+        dbg.detach()
+    finally:
+        run.cancel()
+    return times
+
+
+def _redrawn(panel, serial: int) -> bool:
+    dbg = panel.debugger
+    stop = dbg.current_stop
+    return (dbg.stop_serial > serial and stop is not None and panel._seen_stop[0] == dbg.stop_serial
+            and not panel._tree_dirty and dbg.locals_page is not None and bool(panel.tree.children)
+            and any(r.number == stop.line and "aml-dbg-current" in r._dom_classes for r in panel.rows)
+            and bool(panel.stack.options))
+
+
+def panel_figures(repeat: int) -> list[tuple[str, float, float | None]]:
+    steps = max(20, repeat * 6)
+    few = statistics.median(_panel_step_times(FEW, "few", 4, steps))
+    api = statistics.median(_panel_step_times(FEW, "fewapi", 4, steps, api=True))
+    many = statistics.median(_panel_step_times(MANY, "many", 403, steps))
+    return [(f"step → panel redrawn (current line, stack, visible locals), 3 locals, vs the API's step (ms, "
+             f"median of {steps})", few * 1000, api * 1000),
+            (f"step → panel redrawn, 400 names vs 3 locals (ms, median of {steps})", many * 1000, few * 1000)]
+
+
+GLANCED = """\
+import sys
+try:
+    import torch
+    huge, tiny = torch.ones(100_000_000), torch.ones(10)
+except ImportError:
+    import numpy as np
+    huge, tiny = np.ones(100_000_000, dtype="float32"), np.ones(10, dtype="float32")
+ready = True
+"""
+
+
+def glance(repeat: int) -> dict:
+    """In this process (the torch interpreter when there is one): the summary's time, huge vs tiny."""
+    import aml_magics
+
+    os.environ.setdefault("AML_MAGICS_VIEW", "text")
+    os.chdir(tempfile.mkdtemp(prefix="aml-bench-"))
+    run = aml_magics.submit(code=GLANCED, name="glanced", port=0, timeout=60)
+    try:
+        dbg = run.attach(breakpoints=["glanced.py:8"])
+        dbg.wait_stopped(60)
+        summary = dbg.summaries(["huge"])["huge"]
+
+        def timed(name: str) -> float:
+            start = time.perf_counter()
+            dbg.summaries([name])
+            return time.perf_counter() - start
+
+        huge, tiny = [], []
+        for _ in range(max(20, repeat * 10)):
+            huge.append(timed("huge"))
+            tiny.append(timed("tiny"))
+        dbg.detach()
+    finally:
+        run.cancel()
+    return {"summary": summary, "huge_ms": statistics.median(huge) * 1000, "tiny_ms": statistics.median(tiny) * 1000}
+
+
+def glance_figures(repeat: int) -> list[tuple[str, float, float | None]]:
+    python = os.environ.get("AML_MAGICS_TORCH_PYTHON") or sys.executable
+    out = subprocess.run([python, __file__, "--glance", "--repeat", str(repeat)], capture_output=True, text=True,
+                         check=True, cwd=str(HERE))
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return [(f"at-a-glance row of a 10⁸-element value vs a 10-element one ({result['summary']}; ms)",
+             result["huge_ms"], result["tiny_ms"])]
 
 
 def browse(mode: str) -> float:
@@ -156,15 +272,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--browse", choices=("ours", "whole"), help=argparse.SUPPRESS)
+    parser.add_argument("--glance", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=("step", "memory", "panel", "glance"), help="one group of figures")
     options = parser.parse_args()
     if options.browse:
         print(json.dumps({"growth_mib": browse(options.browse)}))
         return
+    if options.glance:
+        print(json.dumps(glance(options.repeat)))
+        return
     os.environ.setdefault("AML_MAGICS_VIEW", "text")
+    rows: list[tuple[str, float, float | None]] = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        rows = step_figures(options.repeat, Path(tmp))
-    rows += memory_figures(options.repeat)
+        if options.only in (None, "step"):
+            rows += step_figures(options.repeat, Path(tmp))
+        if options.only in (None, "panel"):
+            rows += panel_figures(options.repeat)
+    if options.only in (None, "memory"):
+        rows += memory_figures(options.repeat)
+    if options.only in (None, "glance"):
+        rows += glance_figures(options.repeat)
     print_rows(rows)
 
 

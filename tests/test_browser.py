@@ -113,7 +113,9 @@ def lab(tmp_path: Path):
         "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
         "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
         "IPYTHONDIR": str(jupyter / "ipython"),
+        "JUPYTER_PATH": str(jupyter / "data"),  # kernelspecs a test adds (the torch kernel)
     })
+    _add_torch_kernel(jupyter / "data" / "kernels" / "torch")
     port = free_port()
     log = tmp_path / "jupyterlab.log"
     command = [
@@ -143,6 +145,28 @@ def lab(tmp_path: Path):
     finally:
         _stop(server)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _torch_python() -> str | None:
+    python = os.environ.get("AML_MAGICS_TORCH_PYTHON")
+    if python:
+        return python
+    try:
+        done = subprocess.run(["bash", str(REPO / ".ci" / "torch.sh")], capture_output=True, text=True, timeout=900)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _add_torch_kernel(folder: Path) -> None:
+    """A kernelspec "torch": the torch interpreter (over the system site-packages: ipykernel, aml_magics)."""
+    python = _torch_python()
+    if python is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernel.json").write_text(json.dumps({
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (torch)", "language": "python"}))
 
 
 def _stop(server: Lab) -> None:
@@ -549,3 +573,156 @@ def test_rank_roster_in_the_run_panel(lab: Lab, page, tmp_path: Path):
 
     page.keyboard.press("Shift+Enter")  # the last cell: close the group, cancel the run
     expect(cells.nth(3)).to_contain_text("closed canceled", timeout=WAIT_MS)
+
+
+# -- the debugger with data a person scans: long values, 400 names, arrays and tensors -----------------------
+WIDE_NOTEBOOK = "wide.ipynb"
+WIDE_CELL = ("%%aml_debug_run --name wide --port 0 --timeout 120\nimport numpy as np\nimport torch\n"
+             "big = list(range(1000))\ns = 'x' * 100000\ngrid = np.arange(12, dtype='float64').reshape(3, 4)\n"
+             "batch = torch.arange(6, dtype=torch.float32).reshape(2, 3)\n"
+             + "".join(f"name_{i:03d} = {i}\n" for i in range(400))
+             + "total = 1\nprint('done', total)\n")
+WIDE_STOP = 408  # print('done', total) (the magic line is not in the file)
+CRASH_NOTEBOOK = "crash.ipynb"
+CRASH_CELL = "%%aml_debug_run --name crash --port 0 --timeout 120\ndef mean(v):\n    total = sum(v)\n" \
+             "    return total / len(v)\nprint(mean([]))\n"
+SCREENSHOTS = {name: REPO / "docs" / f"{name}.png" for name in ("debugger-stopped", "debugger-tensor",
+                                                                 "debugger-breakpoints")}
+
+
+def _write_notebook(root: Path, name: str, cell_source: str, kernel: str = "python3") -> None:
+    def cell(source: str) -> dict:
+        return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+
+    notebook = {"cells": [cell("%load_ext aml_magics"), cell(cell_source)], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"display_name": kernel, "language": "python", "name": kernel},
+                             "language_info": {"name": "python"}}}
+    (root / name).write_text(json.dumps(notebook))
+
+
+def _debug_here(lab: Lab, page, name: str, run_id: str):
+    """Open the notebook, run its two cells, click Debug here: the debugger panel, armed."""
+    page.goto(f"{lab.url}/lab/tree/{name}?reset")
+    cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+    expect(cells).to_have_count(2, timeout=WAIT_MS)
+    _wait_for_idle(lab, name, timeout=120)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible(timeout=2 * WAIT_MS)
+    cells.nth(0).click()
+    for _ in range(2):
+        page.keyboard.press("Shift+Enter")
+        time.sleep(0.2)
+    run_panel = _panel(page, run_id)
+    expect(run_panel.locator("span.aml-state")).to_have_attribute("data-state", "waiting_for_debugger",
+                                                                  timeout=WAIT_MS)
+    run_panel.get_by_role("button", name="Debug here").click()
+    dbg = run_panel.locator(".aml-dbg")
+    expect(dbg.locator(".aml-dbg-state")).to_have_attribute("data-state", "armed", timeout=WAIT_MS)
+    return run_panel, dbg
+
+
+def _shoot(locator, tmp_path: Path, name: str, height: float = 900) -> None:
+    """A screenshot of ``locator``'s top ``height`` px (a panel with 400 rows is taller than a figure)."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    locator.page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True,
+                            clip={"x": box["x"], "y": box["y"], "width": box["width"],
+                                  "height": min(box["height"], height)})
+    if os.environ.get("AML_MAGICS_UPDATE_SCREENSHOT"):
+        shutil.copy(tmp_path / f"{name}.png", SCREENSHOTS[name])
+
+
+def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: Lab, page, tmp_path: Path):
+    """Go to line 408 and break there; stopped: no variable row is taller than one line and the
+    evaluate column stays in the viewport whatever the values (a 100,000-character string, a
+    1,000-element list); names past the 100th are reached with "more…"; an array and a tensor
+    read as shape/dtype/device, their statistics on demand; the breakpoints list shows it."""
+    if not (lab.root.parent / "jupyter").exists() and _torch_python() is None:
+        pytest.skip("no torch interpreter (bash .ci/torch.sh)")
+    _write_notebook(lab.root, WIDE_NOTEBOOK, WIDE_CELL, kernel="torch")
+    run_panel, dbg = _debug_here(lab, page, WIDE_NOTEBOOK, "wide-1")
+    goto = dbg.locator(".aml-dbg-goto input")
+    goto.fill(str(WIDE_STOP))
+    goto.press("Enter")
+    row = dbg.locator(f".aml-dbg-line-{WIDE_STOP}")
+    expect(row).to_be_visible(timeout=WAIT_MS)
+    row.locator(".aml-dbg-lineno").click()
+    expect(row).to_have_class(re.compile(r"\baml-dbg-bp\b"), timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-bplist")).to_contain_text(f"wide.py:{WIDE_STOP}", timeout=WAIT_MS)
+    for kind, text, number in (("condition", "total > 0", WIDE_STOP - 1), ("log point", "name_399 is {name_399}",
+                                                                          WIDE_STOP - 2)):
+        dbg.locator(".aml-dbg-kind select").select_option(kind)
+        dbg.locator(".aml-dbg-condition input").fill(text)
+        dbg.locator(".aml-dbg-condition input").press("Tab")
+        dbg.locator(f".aml-dbg-line-{number} .aml-dbg-lineno").click()
+        expect(dbg.locator(f".aml-dbg-line-{number}")).to_have_class(
+            re.compile(r"\baml-dbg-bp-(condition|log)\b"), timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-bprow")).to_have_count(3, timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-condition input")).to_have_value("")  # used once
+    _shoot(dbg, tmp_path, "debugger-breakpoints", height=760)
+
+    dbg.get_by_role("button", name="Attach").click()
+    state = dbg.locator(".aml-dbg-state")
+    expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
+    expect(row).to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-var-grid")).to_contain_text("ndarray (3, 4) float64", timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-var-big")).to_be_visible()
+
+    # a tensor at a glance, its statistics computed in the run
+    batch = dbg.locator(".aml-dbg-var-batch")
+    expect(batch).to_contain_text("Tensor (2, 3) torch.float32 cpu", timeout=WAIT_MS)
+    batch.locator(".aml-dbg-stats").click()
+    expect(dbg.locator(".aml-dbg-full-value textarea")).to_have_value(
+        re.compile(r"^batch: min 0 max 5 mean 2\.5 · NaN 0 · Inf 0"), timeout=WAIT_MS)
+    _shoot(dbg.locator(".aml-dbg-columns"), tmp_path, "debugger-tensor", height=330)
+
+    box = dbg.locator(".aml-dbg-expression input")
+    box.fill("s")
+    box.press("Enter")
+    expect(dbg.locator(".aml-dbg-history")).to_contain_text("xxxx", timeout=WAIT_MS)
+    _shoot(dbg, tmp_path, "debugger-stopped", height=1000)
+
+    # the layout, measured in the page: one line per row, the evaluate column inside the viewport
+    heights = dbg.locator(".aml-dbg-var").evaluate_all("rows => rows.map(r => r.getBoundingClientRect().height)")
+    line = dbg.locator(".aml-dbg-var-big").evaluate("r => parseFloat(getComputedStyle(r).fontSize) * 2.2")
+    assert heights and max(heights) <= line, f"a variable row is {max(heights)} px tall (one line: ≤ {line})"
+    right = dbg.locator(".aml-dbg-expression").evaluate("e => e.closest('.widget-vbox').getBoundingClientRect().right")
+    width = page.evaluate("() => document.documentElement.clientWidth")
+    assert right <= width, f"the evaluate column ends at {right} px, the viewport at {width}"
+    results = dbg.locator(".aml-dbg-result").evaluate_all("rs => rs.map(r => r.getBoundingClientRect().height)")
+    assert max(results) <= 2 * line, f"an evaluate result is {max(results)} px tall"
+
+    # 400 names: the rest page by page
+    last = dbg.locator(".aml-dbg-var-name_399")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not last.is_visible() and time.monotonic() < deadline:
+        more = dbg.locator(".aml-dbg-more")
+        if more.count():  # a redraw may replace the button under the pointer: a click event on the one shown now
+            try:
+                more.first.dispatch_event("click", timeout=5_000)
+            except playwright_api.Error:
+                pass
+        time.sleep(1.0)
+    expect(last).to_contain_text("name_399 = 399", timeout=WAIT_MS)
+
+
+    dbg.get_by_role("button", name="Continue").click()
+    expect(run_panel.locator("span.aml-state")).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
+    expect(state).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(row).not_to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)  # nothing current once ended
+    dbg.get_by_role("button", name="Close").click()
+    expect(dbg).to_be_hidden(timeout=WAIT_MS)
+
+
+def test_debugger_stops_at_an_uncaught_exception_in_jupyterlab(lab: Lab, page, tmp_path: Path):
+    """Attach with the default filter (uncaught): the panel stops at the raising line with the
+    exception's banner, instead of saying "ended (failed)"."""
+    _write_notebook(lab.root, CRASH_NOTEBOOK, CRASH_CELL)
+    _run_panel, dbg = _debug_here(lab, page, CRASH_NOTEBOOK, "crash-1")
+    expect(dbg.locator(".aml-dbg-exc-uncaught input")).to_be_checked()
+    expect(dbg.locator(".aml-dbg-exc-raised input")).not_to_be_checked()
+    dbg.get_by_role("button", name="Attach").click()
+    state = dbg.locator(".aml-dbg-state")
+    expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
+    expect(state).to_contain_text("stopped (exception) at crash.py:3")
+    expect(dbg.locator(".aml-dbg-exception")).to_have_text("ZeroDivisionError: division by zero", timeout=WAIT_MS)
+    expect(dbg.locator(".aml-dbg-line-3")).to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)

@@ -257,7 +257,15 @@ def test_magics_attach_and_dbg(shell, workdir, capsys):
             shell.run_line_magic("aml_dbg", "jump 3")
         with pytest.raises(UsageError, match="a breakpoint is FILE:LINE"):
             shell.run_line_magic("aml_dbg", "break mag.py")
-        assert "running" in dbg_says("continue")
+        assert "stop on exceptions: uncaught" in dbg_says("exceptions")
+        assert "stop on exceptions: raised, user-uncaught" in dbg_says("exceptions raised user-uncaught")
+        assert "stop on exceptions: none" in dbg_says("exceptions none")
+        assert "no statistics for int" in dbg_says("stats total")
+        assert "no evaluate is running" in dbg_says("cancel")
+        dbg_says("break mag.py:9")
+        assert "stopped (breakpoint) at mag.py:9" in dbg_says("continue")  # continue shows the next stop
+        dbg_says("clear")
+        assert "the session ended: the run ended (completed)" in dbg_says("continue")
         assert run.wait(30) == "completed"
         with pytest.raises(UsageError, match="the debug session ended"):
             shell.run_line_magic("aml_dbg", "where")
@@ -289,3 +297,71 @@ def test_a_run_canceled_while_stopped_ends_the_session_and_nothing_hangs(workdir
     finally:
         dbg.detach()
     assert "(canceled)" in repr(dbg)
+
+
+MEAN = """\
+def mean(v):
+    total = sum(v)
+    return total / len(v)
+print(mean([]))
+"""
+
+
+def test_an_uncaught_exception_stops_at_the_raising_line(workdir):
+    """Issue 23 item 1: ``uncaught`` is the default filter, as in VS Code: the stop is the user's
+    raising line (never a file of ours), the exception's type is there, continue ends the run."""
+    run = aml_magics.submit(code=MEAN, name="mean", port=0, timeout=60)
+    dbg = run.attach(exceptions=("uncaught",))
+    try:
+        stop = dbg.wait_stopped(30)
+        assert stop is not None and stop.reason == "exception"
+        assert (Path(stop.path), stop.line) == (_script(workdir, "mean"), 3)
+        assert stop.text == "return total / len(v)"
+        info = dbg.exception()
+        assert (info.type, info.message) == ("ZeroDivisionError", "division by zero")
+        assert dbg.locals()["total"] == "0"
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None  # no second stop in our own files
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "failed"
+
+
+def test_exception_filters_are_checked_and_can_change_while_attached(workdir):
+    with pytest.raises(aml_magics.DebuggerError, match="unknown exception filter 'sometimes'"):
+        aml_magics.debugger.attach({"connect": {"host": "127.0.0.1", "port": 1}}, exceptions=("sometimes",))
+    code = "def check(x):\n    try:\n        raise ValueError(x)\n    except ValueError:\n        return x\n" \
+           "print(check(5))\nprint('done', flush=True)\n"
+    run = aml_magics.submit(code=code, name="raised", port=0, timeout=60)
+    dbg = run.attach(breakpoints=["raised.py:6"], exceptions=())
+    try:
+        assert dbg.wait_stopped(30).line == 6
+        assert dbg.set_exceptions(["raised", "user-uncaught"]) == ("raised", "userUnhandled")
+        dbg.continue_()
+        stop = dbg.wait_stopped(30)  # a caught exception stops once "raised" is on
+        assert stop is not None and (stop.reason, stop.line) == ("exception", 3)
+        assert dbg.exception().type == "ValueError"
+        dbg.set_exceptions([])
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "completed"
+
+
+def test_after_detach_the_endpoint_says_detached_not_nobody_attached(workdir):
+    """Issue 23 item 2: detach while the run goes on; the endpoint then reads "debugger detached after N s"
+    (the node's words for a client that left with a disconnect), not "nobody attached"."""
+    from aml_magics.views.text import endpoint_now
+
+    code = "import time\nvalue = 1\ntime.sleep(4)\nprint('slept', flush=True)\n"
+    run = aml_magics.submit(code=code, name="left", port=0, timeout=120)
+    dbg = run.attach(breakpoints=["left.py:3"])
+    assert dbg.wait_stopped(30).line == 3
+    dbg.detach()
+    wait_for(lambda: run.state == "running", 10, "running again")
+    wait_for(lambda: endpoint_now(run, run.ranks[0]).kind == "closed", 10, "endpoint closed")
+    words = endpoint_now(run, run.ranks[0]).words
+    assert words.startswith("closed (debugger detached after ") and words.endswith(" s)"), words
+    assert run.wait(30) == "completed"
+    assert endpoint_now(run, run.ranks[0]).words == words

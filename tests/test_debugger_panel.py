@@ -5,6 +5,7 @@ before the run is released. (tests/test_browser.py does the same in JupyterLab.)
 
 from __future__ import annotations
 
+import ipywidgets as widgets
 import pytest
 from conftest import wait_for
 
@@ -39,7 +40,21 @@ def _var(panel: DebuggerPanel, name: str):
 
 
 def _has(panel: DebuggerPanel, name: str) -> bool:
-    return any(f"aml-dbg-var-{name}" in w._dom_classes for w in panel.tree.children)
+    """A row for ``name``: a widget row, or a plain row inside a block of them."""
+    return any(f"aml-dbg-var-{name}" in w._dom_classes or f"aml-dbg-var-{name}'" in getattr(w, "value", "")
+               for w in panel.tree.children)
+
+
+def _text(panel: DebuggerPanel, name: str) -> str:
+    """The HTML of ``name``'s row (either kind)."""
+    for w in panel.tree.children:
+        if f"aml-dbg-var-{name}" in w._dom_classes:
+            return " ".join(c.value for c in w.children if hasattr(c, "value") and isinstance(c.value, str))
+        value = getattr(w, "value", "")
+        marker = f"aml-dbg-var-{name}'"
+        if marker in value:
+            return value[value.index(marker):].split("</div>", 1)[0]
+    return ""
 
 
 def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
@@ -104,7 +119,7 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
         panel.stack.index = 1  # click the caller's frame
         wait_for(lambda: dbg.frame_index == 1 and "aml-dbg-current" in _row(panel, CALL_LINE)._dom_classes, 10,
                  "caller frame selected")
-        wait_for(lambda: any("aml-dbg-var-total" in w._dom_classes for w in panel.tree.children), 10, "its locals")
+        wait_for(lambda: _has(panel, "total"), 10, "its locals")
 
         _row(panel, TOTAL_LINE).lineno.click()  # toggle the breakpoint off while attached
         wait_for(lambda: dbg.breakpoints.lines(str(run.spec.script_path)) == [], 10, "breakpoint cleared")
@@ -112,7 +127,10 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
         assert run.wait(30) == "completed"
         wait_for(lambda: "data-state='ended'" in panel.header.value, 10, "ended header")
         assert "the run ended (completed)" in panel.header.value
-        assert panel.continue_button.disabled and panel.detach_button.disabled
+        assert panel.continue_button.disabled and panel.detach_button.description == "Close"
+        assert not any("aml-dbg-current" in r._dom_classes for r in panel.rows)  # nothing is current once ended
+        panel.detach_button.click()  # Close
+        assert panel.layout.display == "none"
     finally:
         dbg.detach()
     assert "result 30" in run.logs
@@ -163,9 +181,7 @@ def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
         rank1 = next(p for p in dbg.paused if p.rank == 1)
         panel.processes.value = rank1.pid  # choose rank 1 in the selector
         wait_for(lambda: dbg.service.process.get("systemProcessId") == rank1.pid, 10, "rank 1 selected")
-        wait_for(lambda: _has(panel, "value") and "= 10" in str([w.children[-1].value for w in panel.tree.children
-                                                                  if "aml-dbg-var-value" in w._dom_classes]),
-                 10, "rank 1's locals")
+        wait_for(lambda: "= 10" in _text(panel, "value"), 10, "rank 1's locals")
         assert dbg.locals()["value"] == "10"
         panel.continue_button.click()
         wait_for(lambda: [p.rank for p in dbg.paused] == [0], 30, "rank 0 still paused")
@@ -173,5 +189,129 @@ def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
         panel.continue_button.click()
         assert run.wait(30) == "completed"
         wait_for(lambda: dbg.ended, 10, "ended")
+    finally:
+        dbg.detach()
+
+
+WIDE = """\
+import numpy as np
+def watched(n):
+    step = n * 2
+    return step
+big = list(range(1000))
+s = "x" * 100000
+grid = np.arange(12, dtype="float64").reshape(3, 4)
+""" + "".join(f"name_{i:03d} = {i}\n" for i in range(400)) + """\
+for k in range(3):
+    watched(k)
+print("done", flush=True)
+"""
+WATCHED_LINE = 4  # return step
+LOOP_LINE = 408  # for k in range(3)
+
+
+def _button(panel: DebuggerPanel, css: str):
+    found = [w for row in panel.tree.children for w in getattr(row, "children", ()) if css in getattr(w, "_dom_classes", ())]
+    return found[0] if found else widgets.Button()
+
+
+def test_panel_pages_400_names_cuts_long_values_summarises_arrays_and_lists_breakpoints(workdir):
+    pytest.importorskip("numpy")
+    run = aml_magics.submit(code=WIDE, name="wide", port=0, timeout=60)
+    dbg = run.attach(connect=False)
+    panel = DebuggerPanel(dbg)
+    try:
+        assert [name for name, box in panel.exception_boxes.items() if box.value] == ["uncaught"]
+        panel.exception_boxes["raised"].value = True  # armed with the attach
+        wait_for(lambda: dbg.exception_filters == ("uncaught", "raised"), 10, "raised toggled on")
+        panel.exception_boxes["raised"].value = False
+        wait_for(lambda: dbg.exception_filters == ("uncaught",), 10, "raised toggled off")
+
+        panel.goto.value = LOOP_LINE  # go to a line far down: one step, not 33 clicks
+        wait_for(lambda: any(r.number == LOOP_LINE for r in panel.rows), 10, "went to the line")
+        assert "<span style=" in _row(panel, LOOP_LINE).code.value  # highlighted
+        _row(panel, LOOP_LINE).lineno.click()  # plain
+        panel.kind.value, panel.condition.value = "condition", "k == 1"
+        _row(panel, LOOP_LINE + 1).lineno.click()
+        wait_for(lambda: len(dbg.breakpoint_list()) == 2, 10, "two breakpoints")
+        assert panel.condition.value == "" and panel.kind.value == "breakpoint"  # used once, never again silently
+        panel.goto.value = WATCHED_LINE
+        wait_for(lambda: any(r.number == WATCHED_LINE for r in panel.rows), 10, "back up")
+        panel.kind.value, panel.condition.value = "log point", "step is {step}"
+        _row(panel, WATCHED_LINE).lineno.click()
+        wait_for(lambda: len(dbg.breakpoint_list()) == 3, 10, "the log point")
+        wait_for(lambda: "aml-dbg-bp-log" in _row(panel, WATCHED_LINE)._dom_classes, 10, "log point mark")
+        wait_for(lambda: len(panel.breakpoint_rows.children) == 3, 10, "the breakpoints list")
+        listed = [r.children[1].value for r in panel.breakpoint_rows.children]
+        assert "wide.py:4</code> log “step is {step}”" in listed[0] and "if k == 1" in listed[2]
+
+        run.wait_for_endpoint(30)
+        dbg.connect()
+        stop = dbg.wait_stopped(30)
+        assert stop.line == LOOP_LINE
+        wait_for(lambda: any(r.number == LOOP_LINE + 1 and "aml-dbg-bp-condition" in r._dom_classes
+                             for r in panel.rows), 10, "condition mark")
+        assert "aml-dbg-bp-condition" not in _row(panel, LOOP_LINE)._dom_classes
+
+        # long values: one line each, show all on demand; arrays as their summary, stats on demand
+        wait_for(lambda: _has(panel, "grid") and "ndarray (3, 4) float64" in _var(panel, "grid").children[-2].value,
+                 15, "the array's summary")
+        assert "aml-dbg-show-all" in _var(panel, "big").children[-1]._dom_classes
+        _var(panel, "grid").children[-1].click()
+        wait_for(lambda: "grid: min 0 max 11 mean 5.5" in panel.full_value.value, 10, "statistics")
+
+        # 400 names: the first 100 shown, the rest reachable page by page
+        assert not _has(panel, "name_399")
+        for start in (100, 200, 300, 400):
+            wait_for(lambda s=start: _button(panel, "aml-dbg-more").description == f"more… (from {s})", 10,
+                     f"the page from {start}")
+            _button(panel, "aml-dbg-more").click()
+        wait_for(lambda: _has(panel, "name_399") and _has(panel, "s"), 15, "the 400th name by paging")
+        assert "aml-dbg-show-all" in _var(panel, "s").children[-1]._dom_classes
+
+        # a disabled breakpoint stays listed and stops nothing; a watch that changed is marked
+        enabled = panel.breakpoint_rows.children[0].children[0]
+        panel.watch_input.value = "k"
+        wait_for(lambda: "k = " in panel.watches_html.value, 10, "watch")
+        panel.breakpoint_rows.children[1].children[0].value = False  # the plain one at the loop
+        wait_for(lambda: [e for _p, _s, e in dbg.breakpoint_list()] == [True, False, True], 10, "disabled")
+        serial = dbg.stop_serial
+        panel.continue_button.click()
+        wait_for(lambda: dbg.stop_serial > serial and dbg.state == "stopped", 30, "the next stop")
+        stop = dbg.wait_stopped(30)
+        assert stop.line == LOOP_LINE + 1 and dbg.evaluate("k") == "1"
+        wait_for(lambda: "aml-dbg-changed" in panel.watches_html.value and "k = 1" in panel.watches_html.value,
+                 10, "the changed watch marked")
+        assert enabled.value is True
+        panel.breakpoint_rows.children[2].children[2].click()  # remove the conditional one
+        wait_for(lambda: len(dbg.breakpoint_list()) == 2, 10, "removed")
+        panel.continue_button.click()  # the log point at line 4 is still set: it never stops
+        assert run.wait(30) == "completed"
+        assert dbg.wait_stopped(30) is None
+        assert "step is 4" in dbg.console  # what the log point printed (k == 2), in the debug console
+        wait_for(lambda: "step is 4" in panel.console_html.value, 10, "the console shown")
+    finally:
+        dbg.detach()
+
+
+def test_panel_says_an_evaluate_is_still_running_and_cancels_it(workdir, monkeypatch):
+    from aml_magics.debugger import core
+
+    monkeypatch.setattr(core, "EVALUATE_TIMEOUT", 1.0)
+    run = aml_magics.submit(code="value = 7\nprint(value, flush=True)\n", name="busy", port=0, timeout=60)
+    dbg = run.attach(breakpoints=["busy.py:2"])
+    panel = DebuggerPanel(dbg)
+    try:
+        dbg.wait_stopped(30)
+        panel.expression.value = "next(x for x in iter(int, 1) if x)"
+        wait_for(lambda: "still running" in panel.history_html.value, 15, "said")
+        wait_for(lambda: panel.cancel_button.layout.display is None, 10, "Cancel shown")
+        assert "is still running in the debuggee" in panel.busy_html.value
+        panel.cancel_button.click()
+        wait_for(lambda: panel.cancel_button.layout.display == "none", 15, "cancelled")
+        panel.expression.value = "value * 6"
+        wait_for(lambda: ">42<" in panel.history_html.value, 10, "evaluates again")
+        panel.continue_button.click()
+        assert run.wait(30) == "completed"
     finally:
         dbg.detach()

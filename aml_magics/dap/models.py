@@ -193,6 +193,7 @@ class VariablesModel(Model):
         self.scopes: tuple[Scope, ...] = ()
         self.locals: Page | None = None
         self.pages: dict[tuple[int, int], Page] = {}
+        self.note = ""  # why the locals are not here yet ("loading", not answered in time)
 
     def update(self, frame_id: int, scopes: Sequence[Scope], local_page: Page | None) -> None:
         with self._lock:
@@ -200,7 +201,13 @@ class VariablesModel(Model):
             self.scopes = tuple(scopes)
             self.locals = local_page
             self.pages = {}
+            self.note = ""
         self._emit("frame")
+
+    def set_note(self, note: str) -> None:
+        with self._lock:
+            self.note = note
+        self._emit("note")
 
     def add_page(self, page: Page) -> None:
         with self._lock:
@@ -208,12 +215,16 @@ class VariablesModel(Model):
         self._emit("children")
 
     def page(self, reference: int, start: int = 0) -> Page | None:
+        """A page loaded so far (the locals' first page included)."""
         with self._lock:
+            local = self.locals
+            if local is not None and (local.reference, local.start) == (reference, start):
+                return local
             return self.pages.get((reference, start))
 
     def clear(self) -> None:
         with self._lock:
-            self.frame_id, self.scopes, self.locals, self.pages = None, (), None, {}
+            self.frame_id, self.scopes, self.locals, self.pages, self.note = None, (), None, {}, ""
         self._emit("cleared")
 
 
@@ -226,6 +237,21 @@ class BreakpointState:
     verified: bool | None = None  # None: not sent yet (no session)
     message: str = ""
     id: int | None = None
+    log_message: str | None = None  # a log point: prints this, never stops
+
+    @property
+    def kind(self) -> str:
+        """``log`` (a log point), ``condition`` (stops when it holds) or ``plain``."""
+        return "log" if self.log_message else "condition" if self.condition else "plain"
+
+    def as_dap(self) -> dict:
+        """This breakpoint as a DAP SourceBreakpoint."""
+        entry: dict[str, Any] = {"line": self.line}
+        if self.condition:
+            entry["condition"] = self.condition
+        if self.log_message:
+            entry["logMessage"] = self.log_message
+        return entry
 
 
 class BreakpointsModel(Model):
@@ -239,7 +265,7 @@ class BreakpointsModel(Model):
         """The file's breakpoints as DAP SourceBreakpoints."""
         with self._lock:
             states = self.by_path.get(path, ())
-        return [{"line": s.line, **({"condition": s.condition} if s.condition else {})} for s in states]
+        return [s.as_dap() for s in states]
 
     def set(self, path: str, wanted: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]] | None) -> None:
         """``wanted`` DAP SourceBreakpoints; ``verdicts`` the adapter's Breakpoints (same order), if sent."""
@@ -252,6 +278,7 @@ class BreakpointsModel(Model):
                 verified=None if verdict is None else bool(verdict.get("verified")),
                 message=str((verdict or {}).get("message") or ""),
                 id=(verdict or {}).get("id"),
+                log_message=entry.get("logMessage") or None,
             ))
         with self._lock:
             if states:
@@ -269,7 +296,8 @@ class BreakpointsModel(Model):
             for path, states in self.by_path.items():
                 updated = tuple(
                     BreakpointState(int(verdict.get("line") or s.line), s.condition, bool(verdict.get("verified")),
-                                    str(verdict.get("message") or ""), s.id) if s.id == verdict["id"] else s
+                                    str(verdict.get("message") or ""), s.id, s.log_message)
+                    if s.id == verdict["id"] else s
                     for s in states)
                 if updated != states:
                     self.by_path[path] = updated

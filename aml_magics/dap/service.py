@@ -6,7 +6,9 @@ session → service → models → views). Events arrive on the channel's reader
 service queues them to its own worker thread, which does the follow-up requests — a
 ``stopped`` event becomes ``stackTrace`` → ``scopes`` → ``variables`` of the top frame —
 and only then publishes the stop: a reader that sees ``state == "stopped"`` finds the
-call stack and the locals already in the models.
+call stack already in the models, and the locals too unless they take longer than
+:data:`LOCALS_GRACE` (a ``__repr__`` that hangs in the frame): a stop is a stop, the locals
+follow when (if) they come, and ``variables.note`` says why they are missing.
 
 Each resume (continue, step, pause's opposite) starts a new *epoch*: a refresh still in
 flight for an older stop is dropped rather than shown over a thread that runs again.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .channel import Request
 from .errors import DapError, DapTimeout, RequestFailed
 from .models import (
     PAGE_SIZE,
@@ -41,8 +45,12 @@ STOPPED = "stopped"
 ENDED = "ended"
 STACK_LEVELS = 50
 REQUEST_TIMEOUT = 30.0
+LOCALS_GRACE = 2.0  # how long a stop waits for its locals before it is published without them
+VARIABLES_TIMEOUT = 10.0  # the locals' own deadline
+HELD_RESUME_WAIT = 1.0  # a resume of a thread a hanging request holds: sent, answered when it runs
 RESUME_COMMANDS = ("continue", "next", "stepIn", "stepOut")
-_WATCHED_EVENTS = ("stopped", "continued", "exited", "terminated", "breakpoint", "process", "debugpyAttach")
+_WATCHED_EVENTS = ("stopped", "continued", "exited", "terminated", "breakpoint", "process", "debugpyAttach", "output")
+CONSOLE_LINES = 200  # the adapter's own output kept (log points print there, not to the run's stdout)
 
 
 class DebugService(Model):
@@ -71,6 +79,8 @@ class DebugService(Model):
         self.exit_code: int | None = None
         self._cond = threading.Condition()
         self._epoch = 0
+        self._inspecting: set[Request] = set()  # variables/evaluate requests not answered yet
+        self.console: deque[str] = deque(maxlen=CONSOLE_LINES)  # log points' lines, debugpy's warnings
         self._leaving = ""  # why we end the session ourselves (detached, closed)
         self._work: queue.Queue[tuple[Callable[..., None], tuple] | None] = queue.Queue()
         self._unsubscribers = [session.channel.on_event(self._on_event),
@@ -118,10 +128,6 @@ class DebugService(Model):
                 raise DapTimeout(f"{self.name}: not stopped after {timeout:g}s (still {self.state})")
             return self.stop if self.state == STOPPED else None
 
-    def wait_ended(self, timeout: float = 30.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.state == ENDED, timeout)
-
     # -- control -------------------------------------------------------------------------
     def resume(self, command: str = "continue", thread_id: int | None = None,
                timeout: float = REQUEST_TIMEOUT) -> None:
@@ -137,6 +143,8 @@ class DebugService(Model):
             thread = thread_id if thread_id is not None else (previous.thread_id if previous else None)
             self._epoch += 1
             self.state, self.stop = RUNNING, None
+            held = bool(self._inspecting)
+            self._inspecting.clear()
             self._cond.notify_all()
         if thread is None:
             thread = self._any_thread(timeout)
@@ -144,7 +152,13 @@ class DebugService(Model):
         self.variables.clear()
         self._emit("state")
         try:
-            self.session.channel.request(command, {"threadId": thread}, timeout=timeout)
+            request = self.session.channel.send_request(command, {"threadId": thread})
+            # pydevd answers once the thread runs: a thread held by a hanging request of ours runs
+            # when that request ends; the resume is sent, not refused
+            request.body(HELD_RESUME_WAIT if held else timeout)
+        except DapTimeout:
+            if not held:
+                raise
         except RequestFailed:
             if previous is not None:  # still stopped there: show it again
                 self._work.put((self._refresh, (previous, self._epoch, {"reason": previous.reason,
@@ -193,10 +207,21 @@ class DebugService(Model):
         """Every local of a frame (all pages), without touching the models."""
         scopes = self._scopes(frame_id, timeout)
         page = self._locals_page(scopes, timeout)
-        variables = list(page.variables) if page else []
-        while page is not None and page.more:
-            page = self._variables_page(page.reference, page.start + len(page.variables), timeout)
-            variables.extend(page.variables)
+        return self._all_pages(page, timeout) if page is not None else []
+
+    def _all_pages(self, page: Page, timeout: float) -> list[Variable]:
+        """Every child from ``page`` on. A page size never ends the loop (debugpy ignores ``start``
+        and ``count``): a page that brings no name not seen yet does."""
+        variables = list(page.variables)
+        seen = {v.name for v in variables}
+        first = page.variables[0].name if page.start == 0 and page.variables else None
+        while page.more:
+            page = self._variables_page(page.reference, page.start + len(page.variables), timeout, first=first)
+            fresh = [v for v in page.variables if v.name not in seen]
+            if not fresh:
+                break
+            seen.update(v.name for v in fresh)
+            variables.extend(fresh)
         return variables
 
     def load_children(self, reference: int, start: int = 0, count: int = PAGE_SIZE,
@@ -210,15 +235,41 @@ class DebugService(Model):
                  timeout: float = REQUEST_TIMEOUT, limit: int | None = None) -> Variable:
         """The result as a variable (its ``reference`` expands it); :class:`RequestFailed` carries
         debugpy's message. ``limit`` cuts the value (default :data:`models.VALUE_LIMIT`)."""
+        body = self.send_evaluate(expression, frame_id, context).body(timeout)
+        return evaluated(expression, body, limit)
+
+    def send_evaluate(self, expression: str, frame_id: int | None = None, context: str = "repl") -> Request:
+        """Send an ``evaluate`` without waiting (its answer may never come: an infinite loop)."""
         arguments: dict[str, Any] = {"expression": expression, "context": context}
         if frame_id is None and self.callstack.frame is not None:
             frame_id = self.callstack.frame.id
         if frame_id is not None:
             arguments["frameId"] = frame_id
-        body = self.session.channel.request("evaluate", arguments, timeout=timeout)
-        result = {"name": expression, "value": body.get("result", ""), "type": body.get("type"),
-                  "variablesReference": body.get("variablesReference")}
-        return Variable.from_dap(result) if limit is None else Variable.from_dap(result, limit)
+        return self._send_inspection("evaluate", arguments)
+
+    def _send_inspection(self, command: str, arguments: dict) -> Request:
+        """A request that runs code in the stopped thread (``__repr__``, an evaluate). While one is
+        unanswered, pydevd may resume the *other* threads and say ``continued`` for all: the
+        stopped thread is still stopped, and :meth:`_continued` knows it."""
+        request = self.session.channel.send_request(command, arguments)
+        with self._cond:
+            self._inspecting.add(request)
+        request.add_done_callback(self._inspected)
+        return request
+
+    def _inspected(self, request: Request) -> None:
+        with self._cond:
+            self._inspecting.discard(request)
+
+    def interrupt_evaluations(self, timeout: float = REQUEST_TIMEOUT) -> int:
+        """Raise ``KeyboardInterrupt`` in every debuggee thread busy in an evaluate; how many.
+
+        Sent with no frame, the request runs on pydevd's command thread, not on the stopped
+        thread that the evaluate holds; not as ``repl``, whose output redirection it also holds.
+        """
+        body = self.session.channel.request("evaluate", {"expression": _INTERRUPT, "context": "watch"},
+                                            timeout=timeout)
+        return str(body.get("result", "")).count("1")
 
     def exception_info(self, thread_id: int | None = None, timeout: float = REQUEST_TIMEOUT) -> dict:
         thread = thread_id if thread_id is not None else (self.stop.thread_id if self.stop else None)
@@ -237,6 +288,14 @@ class DebugService(Model):
         for child in list(self.children):
             if child.state in (RUNNING, STOPPED) and not child.session.closed:
                 child.session.set_breakpoints(path, wanted, timeout=timeout)
+
+    def set_exception_filters(self, filters: Iterable[str], timeout: float = REQUEST_TIMEOUT) -> None:
+        """Where exceptions stop (debugpy's filter ids), here and in every child session still live."""
+        self.exception_filters = tuple(filters)
+        for service in [self, *self.children]:
+            if service.state in (RUNNING, STOPPED) and not service.session.closed:
+                service.session.channel.request("setExceptionBreakpoints", {"filters": list(self.exception_filters)},
+                                                timeout=timeout)
 
     # -- the end -------------------------------------------------------------------------
     def detach(self, timeout: float = 10.0) -> None:
@@ -260,7 +319,11 @@ class DebugService(Model):
         if name not in _WATCHED_EVENTS:
             return
         body = message.get("body") or {}
-        if name == "breakpoint":
+        if name == "output":
+            if body.get("category") != "telemetry":  # log points come as "stdout" (the run's own output does not)
+                self.console.extend(str(body.get("output") or "").splitlines())
+                self._emit("console")
+        elif name == "breakpoint":
             self.breakpoints.on_event(body)
         elif name == "process":
             self.process = dict(body)
@@ -300,8 +363,6 @@ class DebugService(Model):
         if thread_id is None:
             thread_id = self._any_thread(REQUEST_TIMEOUT)
         frames, total = self._fetch_stack(int(thread_id), STACK_LEVELS, REQUEST_TIMEOUT)
-        scopes = self._scopes(frames[0].id, REQUEST_TIMEOUT) if frames else []
-        page = self._locals_page(scopes, REQUEST_TIMEOUT)
         reason = str(body.get("reason", ""))
         exception = self.exception_info(int(thread_id)) if reason == "exception" else {}
         stop = previous or StopState(reason, int(thread_id), str(body.get("description") or ""),
@@ -311,7 +372,11 @@ class DebugService(Model):
                 return
         self.callstack.update(int(thread_id), frames, total)
         if frames:
-            self.variables.update(frames[0].id, scopes, page)
+            loaded = threading.Event()
+            self.variables.set_note("loading")
+            threading.Thread(target=self._load_locals, args=(frames[0].id, epoch, loaded), daemon=True,
+                             name=f"{self.name}-locals").start()
+            loaded.wait(LOCALS_GRACE)
         with self._cond:
             if epoch != self._epoch or self.state == ENDED:
                 return
@@ -319,12 +384,33 @@ class DebugService(Model):
             self._cond.notify_all()
         self._emit("state")
 
+    def _load_locals(self, frame_id: int, epoch: int, loaded: threading.Event) -> None:
+        """The top frame's locals, on their own deadline (a hanging ``__repr__`` never holds the stop)."""
+        try:
+            scopes = self._scopes(frame_id, VARIABLES_TIMEOUT)
+            page = self._locals_page(scopes, VARIABLES_TIMEOUT)
+        except DapTimeout:
+            if epoch == self._epoch:
+                self.variables.set_note(f"the locals were not answered in {VARIABLES_TIMEOUT:g}s "
+                                        f"(a __repr__ in the frame may hang)")
+            return
+        except DapError:
+            return
+        finally:
+            loaded.set()
+        with self._cond:
+            if epoch != self._epoch or self.state == ENDED:
+                return
+        self.variables.update(frame_id, scopes, page)
+
     def _continued(self, body: dict) -> None:
         with self._cond:
             stop = self.stop
             if self.state != STOPPED or stop is None:
                 return
             if not body.get("allThreadsContinued", True) and body.get("threadId") != stop.thread_id:
+                return
+            if self._inspecting:  # pydevd let the other threads run while our request holds this one
                 return
             self._epoch += 1
             self.state, self.stop = RUNNING, None
@@ -370,7 +456,7 @@ class DebugService(Model):
         return frames, int(body.get("totalFrames") or len(frames))
 
     def _scopes(self, frame_id: int, timeout: float) -> list[Scope]:
-        body = self.session.channel.request("scopes", {"frameId": frame_id}, timeout=timeout)
+        body = self._send_inspection("scopes", {"frameId": frame_id}).body(timeout)
         return [Scope.from_dap(s) for s in body.get("scopes") or []]
 
     def _locals_page(self, scopes: Sequence[Scope], timeout: float) -> Page | None:
@@ -379,19 +465,44 @@ class DebugService(Model):
             return None
         return self._variables_page(local.reference, 0, timeout)
 
-    def _variables_page(self, reference: int, start: int, timeout: float, count: int = PAGE_SIZE) -> Page:
+    def _variables_page(self, reference: int, start: int, timeout: float, count: int = PAGE_SIZE,
+                        first: str | None = None) -> Page:
         count = max(1, min(count, PAGE_SIZE))
-        body = self.session.channel.request(
-            "variables", {"variablesReference": reference, "start": start, "count": count}, timeout=timeout)
-        return _page(reference, start, count, body.get("variables") or [])
+        if first is None and start:
+            known = self.variables.page(reference, 0)
+            first = known.variables[0].name if known is not None and known.variables else None
+        body = self._send_inspection(  # one more than shown: "more" is what came, never a full page
+            "variables", {"variablesReference": reference, "start": start, "count": count + 1}).body(timeout)
+        return _page(reference, start, count, body.get("variables") or [], first)
 
 
-def _page(reference: int, start: int, count: int, variables: Sequence[Mapping[str, Any]]) -> Page:
-    """debugpy ignores start/count and sends every child (it caps big containers itself): cut the page here."""
-    if len(variables) > count:  # the adapter sent everything: this page is a slice of it
+def evaluated(expression: str, body: Mapping[str, Any], limit: int | None = None) -> Variable:
+    """An ``evaluate`` response body as a variable (its value cut at ``limit``)."""
+    result = {"name": expression, "value": body.get("result", ""), "type": body.get("type"),
+              "variablesReference": body.get("variablesReference")}
+    return Variable.from_dap(result) if limit is None else Variable.from_dap(result, limit)
+
+
+# One expression, evaluated in the debuggee: every other thread whose stack runs pydevd's evaluate
+# gets KeyboardInterrupt (what pydevd's own PYDEVD_INTERRUPT_THREAD_TIMEOUT does, on demand).
+_INTERRUPT = (
+    "[__import__('ctypes').pythonapi.PyThreadState_SetAsyncExc(__import__('ctypes').c_ulong(t), "
+    "__import__('ctypes').py_object(KeyboardInterrupt)) for t, f in __import__('sys')._current_frames().items() "
+    "if t != __import__('threading').get_ident() and any(g.f_code.co_name == '_run_with_interrupt_thread' "
+    "for g in iter(lambda s=[f]: (s.append(s[-1].f_back) or s[-2]) if s[-1] is not None else None, None))]")
+
+
+def _page(reference: int, start: int, count: int, variables: Sequence[Mapping[str, Any]],
+          first: str | None = None) -> Page:
+    """A page of ``count`` from ``start``, whether the adapter honoured ``start``/``count`` (it sends at
+    most ``count + 1``) or, as debugpy does, sent every child from the first (``first`` names the first
+    child, when known) — debugpy caps big containers itself."""
+    everything = len(variables) > count + 1 or (
+        start > 0 and first is not None and bool(variables) and variables[0].get("name") == first)
+    if everything:  # slice it here
         chosen = variables[start:start + count]
         more = start + count < len(variables)
     else:
-        chosen, more = variables, len(variables) == count
+        chosen, more = variables[:count], len(variables) > count
     return Page(reference, start, tuple(Variable.from_dap(v) for v in chosen), more)
 

@@ -5,7 +5,8 @@ to print; a bad command is a :class:`DebuggerError` with one line (the magic sho
 ``UsageError``). The commands follow pdb's names::
 
     break FILE:LINE [if COND] | clear [FILE[:LINE]] | where | up | down | locals | p EXPR |
-    next | step | return | continue | pause | detach
+    next | step | return | continue [SECONDS] | pause | detach | stats EXPR | cancel |
+    exceptions [uncaught] [raised] [user-uncaught] | exceptions none
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from .paths import parse_breakpoint
 from .text import source_context, stack_text, stop_text, variables_text, where_text
 
 USAGE = ("usage: %aml_dbg break FILE:LINE [if COND] | clear [FILE[:LINE]] | where | up | down | locals | p EXPR | "
-         "next | step | return | continue | pause | detach")
+         "next | step | return | continue [SECONDS] | pause | detach | stats EXPR | cancel | "
+         "exceptions [uncaught|raised|user-uncaught|none]")
+CONTINUE_WAIT = 10.0
+_FILTER_WORDS = {"userUnhandled": "user-uncaught"}
 ATTACH_USAGE = "usage: %aml_attach RUN [--rank R] [--break FILE:LINE ...] [--timeout S]"
 
 
@@ -107,8 +111,39 @@ def _stepper(name: str) -> Callable[[Debugger, str], str]:
 
 
 def _continue(debugger: Debugger, rest: str) -> str:
+    """Continue, and show the next stop when it comes within ``[SECONDS]`` (default 10)."""
+    try:
+        wait = float(rest) if rest else CONTINUE_WAIT
+    except ValueError:
+        raise DebuggerError("usage: %aml_dbg continue [SECONDS to wait for the next stop]") from None
     debugger.continue_()
-    return "running"
+    try:
+        stop = debugger.wait_stopped(wait)
+    except DebuggerError:
+        if debugger.ended:
+            return stop_text(debugger, None)
+        return f"running (no stop in {wait:g}s; %aml_dbg where once it stops, or the panel)"
+    return stop_text(debugger, stop)
+
+
+def _cancel(debugger: Debugger, rest: str) -> str:
+    busy = debugger.busy
+    debugger.cancel_evaluate()
+    return f"interrupted {busy}" if busy else "no evaluate is running"
+
+
+def _stats(debugger: Debugger, rest: str) -> str:
+    if not rest:
+        raise DebuggerError("usage: %aml_dbg stats EXPR")
+    return debugger.statistics(rest)
+
+
+def _exceptions(debugger: Debugger, rest: str) -> str:
+    words = rest.replace(",", " ").split()
+    if words:
+        debugger.set_exceptions([] if words == ["none"] else words)
+    chosen = [_FILTER_WORDS.get(f, f) for f in debugger.exception_filters]
+    return "stop on exceptions: " + (", ".join(chosen) or "none")
 
 
 def _detach(debugger: Debugger, rest: str) -> str:
@@ -129,6 +164,9 @@ _COMMANDS: dict[str, Callable[[Debugger, str], str]] = {
     "return": _stepper("step_out"), "r": _stepper("step_out"),
     "continue": _continue, "c": _continue, "cont": _continue,
     "pause": _stepper("pause"),
+    "cancel": _cancel,
+    "stats": _stats,
+    "exceptions": _exceptions,
     "detach": _detach,
 }
 

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from ..dap import DapError, DebugService, RequestFailed, address_of
+from ..dap import DapError, DapTimeout, DebugService, Page, Request, RequestFailed, address_of
 from ..dap.models import BreakpointsModel, BreakpointState, Model, StackFrame, Variable
-from ..dap.service import ENDED, STOPPED
+from ..dap.service import ENDED, STOPPED, evaluated
 from . import holders
 from .errors import DebuggerError
 from .paths import is_bootstrap, is_launcher, local_path, parse_breakpoint, source_line
+from .summaries import SUMMARISED_TYPES, parse_summaries, parse_text, statistics_expression, summaries_expression
 
 ARMED = "armed"
 CONNECTING = "connecting"
@@ -34,6 +37,11 @@ RUNNING = "running"
 STOPPED_STATE = "stopped"
 ENDED_STATE = "ended"
 STEP_TIMEOUT = 30.0
+EVALUATE_TIMEOUT = 30.0  # then the evaluate is said to be still running (it holds the stopped thread)
+VARIABLES_TIMEOUT = 10.0  # the variables' own deadline (a __repr__ may hang)
+CANCEL_TIMEOUT = 10.0
+DEFAULT_EXCEPTIONS = ("uncaught",)  # VS Code's default: stop where an uncaught exception is raised
+EXCEPTION_FILTERS = ("raised", "uncaught", "userUnhandled")  # debugpy's, in its own names
 _GROUPS = frozenset({"special variables", "function variables", "class variables", "protected variables"})
 
 # An attach configuration, several (one per rank), or what makes them at connect time.
@@ -71,6 +79,16 @@ class ExceptionInfo:
 
 
 @dataclass(frozen=True)
+class _Busy:
+    """An evaluate that did not answer in time: it holds the stopped thread until it ends."""
+
+    expression: str
+    service: DebugService
+    request: Request
+    since: float
+
+
+@dataclass(frozen=True)
 class Process:
     """One debugged process (the rank, or a child debugpy announced) and whether it is paused."""
 
@@ -95,13 +113,14 @@ class Debugger(Model):
     """
 
     def __init__(self, config: ConfigSource, *, run: Any = None, rank: int | None = None,
-                 local_root: str | os.PathLike | None = None, exception_filters: Iterable[str] = ()) -> None:
+                 local_root: str | os.PathLike | None = None,
+                 exception_filters: Iterable[str] = DEFAULT_EXCEPTIONS) -> None:
         super().__init__()
         self._config_source = config
         self.run = run
         self.rank = rank
         self.local_root = Path(local_root) if local_root is not None else _local_root(run, config)
-        self.exception_filters = tuple(exception_filters)
+        self.exception_filters = _filters(exception_filters)
         self.breakpoints = BreakpointsModel()
         self.breakpoints.subscribe(lambda _model, _change: self._emit("breakpoints"))
         self.roots: list[DebugService] = []  # one per rank attached; children hang below them
@@ -118,6 +137,9 @@ class Debugger(Model):
         self._rank_of_service: dict[int, int | None] = {}
         self._leaving = ""
         self._run_listener: Callable[[Any, str], None] | None = None
+        self._busy: _Busy | None = None
+        self._disabled: dict[tuple[str, int], dict] = {}  # (path, line) -> the breakpoint, not sent
+        self.stop_serial = 0  # grows at every new stop (views re-evaluate their watches on it)
 
     # -- identity and state ----------------------------------------------------------------
     @property
@@ -211,13 +233,9 @@ class Debugger(Model):
 
     def _open(self, config: dict, address: tuple[str, int], rank: int | None, timeout: float) -> DebugService:
         what = self._what(address, rank)
-        try:
+        with asking(f"{what}: cannot attach", lambda exc: f"{what}: debugpy refused the attach: {exc.adapter_message}"):
             return DebugService.open(config, self.breakpoints, timeout, name=f"dap-{what}",
                                      exception_filters=self.exception_filters)
-        except RequestFailed as exc:
-            raise DebuggerError(f"{what}: debugpy refused the attach: {exc.adapter_message}") from None
-        except DapError as exc:
-            raise DebuggerError(f"{what}: cannot attach: {_first_line(exc)}") from None
 
     def _config(self) -> list[dict]:
         """The attach configuration(s): one, or one per rank."""
@@ -261,37 +279,74 @@ class Debugger(Model):
         return service
 
     # -- breakpoints -----------------------------------------------------------------------
-    def break_at(self, path: str | os.PathLike, line: int, condition: str | None = None) -> BreakpointState | None:
-        """Set (or replace) a breakpoint at a local file's line; armed at once when attached."""
+    def break_at(self, path: str | os.PathLike, line: int, condition: str | None = None,
+                 log_message: str | None = None) -> BreakpointState | None:
+        """Set (or replace) a breakpoint at a local file's line; armed at once when attached.
+        ``condition``: stop only when it holds; ``log_message``: a log point (prints it, ``{expr}``
+        interpolated, and never stops)."""
         _path, line, _cond = parse_breakpoint((os.fspath(path), line, condition))
         local = local_path(path, self.local_root)
+        self._disabled.pop((local, line), None)
         wanted = [b for b in self.breakpoints.requested(local) if b["line"] != line]
-        wanted.append({"line": line, **({"condition": condition} if condition else {})})
+        wanted.append(BreakpointState(line, condition or None, log_message=log_message or None).as_dap())
         wanted.sort(key=lambda b: b["line"])
         self._apply(local, wanted)
         return next((s for s in self.breakpoints.by_path.get(local, ()) if s.line == line), None)
+
+    def enable(self, path: str | os.PathLike, line: int, enabled: bool = True) -> None:
+        """Disable a breakpoint (kept in the list, not sent) or enable it again."""
+        local = local_path(path, self.local_root)
+        if enabled:
+            entry = self._disabled.pop((local, line), None)
+            if entry is not None:
+                self.break_at(local, line, entry.get("condition"), entry.get("logMessage"))
+            return
+        kept = next((b for b in self.breakpoints.requested(local) if b["line"] == line), None)
+        if kept is None:
+            raise DebuggerError(f"no breakpoint at {local}:{line}")
+        self._apply(local, [b for b in self.breakpoints.requested(local) if b["line"] != line])
+        self._disabled[(local, line)] = kept
+        self._emit("breakpoints")
+
+    def breakpoint_list(self) -> list[tuple[str, BreakpointState, bool]]:
+        """Every breakpoint as ``(local path, state, enabled)``, by file and line."""
+        rows = [(path, state, True) for path, states in self.breakpoints.by_path.items() for state in states]
+        rows += [(path, BreakpointState(entry["line"], entry.get("condition"), log_message=entry.get("logMessage")),
+                  False) for (path, _line), entry in self._disabled.items()]
+        return sorted(rows, key=lambda row: (row[0], row[1].line))
 
     def clear(self, path: str | os.PathLike | None = None, line: int | None = None) -> None:
         """Remove one breakpoint, one file's, or (no arguments) all of them."""
         if path is None:
             if line is not None:
                 raise DebuggerError("clear(line=...) needs the path too")
+            self._disabled.clear()
             for known in list(self.breakpoints.by_path):
                 self._apply(known, [])
             return
         local = local_path(path, self.local_root)
         wanted = [b for b in self.breakpoints.requested(local) if line is not None and b["line"] != line]
+        for key in [k for k in self._disabled if k[0] == local and (line is None or k[1] == line)]:
+            del self._disabled[key]
         self._apply(local, wanted)
 
     def _apply(self, path: str, wanted: list[dict]) -> None:
         live = [service for service in self.roots if service.state != ENDED]
         for service in live:
-            try:
+            with asking(f"{self.label}: setBreakpoints failed"):
                 service.set_breakpoints(path, wanted)
-            except DapError as exc:
-                raise DebuggerError(f"{self.label}: setBreakpoints failed: {_first_line(exc)}") from None
         if not live:
             self.breakpoints.set(path, wanted, None)
+
+    def set_exceptions(self, exceptions: Iterable[str]) -> tuple[str, ...]:
+        """Where exceptions stop from now on (``uncaught``, ``raised``, ``user-uncaught``), armed at once."""
+        filters = _filters(exceptions)
+        self.exception_filters = filters
+        for service in [s for s in self._all_services() if s.state != ENDED]:
+            with asking(f"{self.label}: setExceptionBreakpoints failed"):
+                service.set_exception_filters(filters)
+        self._emit("exceptions")
+        return filters
 
     # -- waiting and stepping --------------------------------------------------------------
     def wait_stopped(self, timeout: float = 30.0) -> Stop | None:
@@ -342,17 +397,13 @@ class Debugger(Model):
         service = self._live_or_raise()
         if service.state == STOPPED:
             return self._stop_of(service)
-        try:
+        with asking(f"{self.label}: pause failed"):
             service.pause()
-        except DapError as exc:
-            raise DebuggerError(f"{self.label}: pause failed: {_first_line(exc)}") from None
         return self._wait_on(service, timeout)
 
     def _resume(self, service: DebugService, command: str) -> None:
-        try:
+        with asking(f"{self.label}: {command} failed"):
             service.resume(command)
-        except DapError as exc:
-            raise DebuggerError(f"{self.label}: {command} failed: {_first_line(exc)}") from None
 
     def detach(self) -> None:
         """Leave: the run goes on with its debugger off, as after a timeout (nobody is left attached)."""
@@ -377,53 +428,113 @@ class Debugger(Model):
     # -- inspection ------------------------------------------------------------------------
     def stack(self, thread_id: int | None = None) -> list[Frame]:
         """Frames of the stopped thread (or ``thread_id``), innermost first, bootstrap frames hidden."""
-        service = self._stopped_or_raise()
-        try:
+        service = self._idle_or_raise()
+        with asking(f"{self.label}: stackTrace failed"):
             frames = service.stack(thread_id)
-        except DapError as exc:
-            raise DebuggerError(f"{self.label}: stackTrace failed: {_first_line(exc)}") from None
         return [Frame(f.name, f.path, f.line) for _i, f in visible_frames(frames)]
 
     def select_frame(self, index: int) -> Frame:
         """Make frame ``index`` (0: innermost) the selected one; the variables model follows."""
-        service = self._stopped_or_raise()
+        service = self._idle_or_raise()
         position, frame = self._frame_at(service, index)
-        try:
-            service.select_frame(position)
-        except DapError as exc:
-            raise DebuggerError(f"{self.label}: cannot read frame {index}: {_first_line(exc)}") from None
+        with asking(f"{self.label}: cannot read frame {index}"):
+            service.select_frame(position, timeout=VARIABLES_TIMEOUT)
         self.frame_index = index
         self._emit("frame")
         return Frame(frame.name, frame.path, frame.line)
 
     def locals(self, frame: int | None = None) -> dict[str, str]:
-        """``name -> value`` as debugpy displays them (long values cut), of the selected frame or ``frame``."""
-        return {v.name: v.value for v in self._frame_variables(frame) if v.name not in _GROUPS}
+        """``name -> value`` as debugpy displays them (long values cut), of the selected frame or ``frame``;
+        arrays, tensors and frames as their one-line summary (``ndarray (3, 4) float64``), as the panel."""
+        variables = [v for v in self._frame_variables(frame) if v.name not in _GROUPS]
+        values = {v.name: v.value for v in variables}
+        arrays = [v.name for v in variables if v.type in SUMMARISED_TYPES]
+        if arrays:
+            values.update({name: text for name, text in self.summaries(arrays, frame).items() if text})
+        return values
+
+    def summaries(self, expressions: Sequence[str], frame: int | None = None) -> dict[str, str | None]:
+        """One line per value (shape, dtype, device) of arrays/tensors/frames, computed in the debuggee
+        from metadata only (one evaluate for them all); ``None`` for other values."""
+        if not expressions:
+            return {}
+        text = self.inspect(summaries_expression(expressions), frame, limit=1 << 20, context="watch").value
+        return dict(zip(expressions, parse_summaries(text, len(expressions)), strict=True))
+
+    def statistics(self, expression: str, frame: int | None = None) -> str:
+        """min/max/mean, NaN/Inf counts and a preview of an array/tensor/frame, computed where the data
+        is (on its device; a bounded sample of a huge one)."""
+        return parse_text(self.inspect(statistics_expression(expression), frame, limit=1 << 16,
+                                       context="watch").value)
 
     def variables(self, reference: int | None = None, start: int = 0, frame: int | None = None) -> list[Variable]:
         """Children of ``reference`` (≤ 100 from ``start``), or a frame's locals (with their references)."""
         if reference is None:
             return self._frame_variables(frame)
-        service = self._stopped_or_raise()
-        try:
-            return list(service.load_children(reference, start).variables)
-        except DapError as exc:
-            raise DebuggerError(f"{self.label}: variables failed: {_first_line(exc)}") from None
+        return list(self.load_page(reference, start).variables)
+
+    def load_page(self, reference: int, start: int = 0) -> Page:
+        """One page (≤ 100 from ``start``) of ``reference``'s children (a frame's locals included),
+        kept for the views: :meth:`loaded_page` finds it without a request."""
+        service = self._idle_or_raise()
+        with asking(f"{self.label}: variables failed"):
+            return service.load_children(reference, start, timeout=VARIABLES_TIMEOUT)
 
     def evaluate(self, expression: str, frame: int | None = None) -> str:
         """The value of ``expression`` in a frame, as debugpy displays it; its error as a DebuggerError."""
         return self.inspect(expression, frame, limit=1 << 30).value
 
-    def inspect(self, expression: str, frame: int | None = None, limit: int | None = None) -> Variable:
-        """Like :meth:`evaluate`, as a variable (its ``reference`` expands it; value cut at ``limit``)."""
-        service = self._stopped_or_raise()
+    def inspect(self, expression: str, frame: int | None = None, limit: int | None = None,
+                context: str = "repl") -> Variable:
+        """Like :meth:`evaluate`, as a variable (its ``reference`` expands it; value cut at ``limit``).
+
+        An evaluate that does not answer in :data:`EVALUATE_TIMEOUT` holds the stopped thread
+        (every later request would wait behind it): it is said at once, :attr:`busy` names it,
+        later requests are refused in one line, and :meth:`cancel_evaluate` interrupts it.
+        """
+        service = self._idle_or_raise()
         _position, chosen = self._frame_at(service, self.frame_index if frame is None else frame)
+        with asking(f"{self.label}: evaluate failed"):
+            request = service.send_evaluate(expression, chosen.id, context)
         try:
-            return service.evaluate(expression, chosen.id, limit=limit)
+            body = request.body(EVALUATE_TIMEOUT)
         except RequestFailed as exc:
             raise DebuggerError(_last_line(exc.adapter_message)) from None
+        except DapTimeout:
+            self._busy = _Busy(expression, service, request, time.monotonic() - EVALUATE_TIMEOUT)
+            raise DebuggerError(f"{self.label}: {expression!r} is still running in the debuggee after "
+                                f"{EVALUATE_TIMEOUT:g}s and holds the stopped thread: dbg.cancel_evaluate() "
+                                f"interrupts it (continue_() and detach() still work)") from None
         except DapError as exc:
             raise DebuggerError(f"{self.label}: evaluate failed: {_first_line(exc)}") from None
+        return evaluated(expression, body, limit)
+
+    @property
+    def busy(self) -> str | None:
+        """The evaluate still running in the debuggee (``'expr' (running for Ns)``), if any."""
+        busy = self._busy
+        if busy is None:
+            return None
+        if busy.request.done() or busy.service.state != STOPPED:
+            self._busy = None
+            return None
+        return f"{busy.expression!r} (running for {time.monotonic() - busy.since:.0f}s)"
+
+    def cancel_evaluate(self, timeout: float = CANCEL_TIMEOUT) -> None:
+        """Interrupt the evaluate still running (``KeyboardInterrupt`` in the debuggee's thread)."""
+        busy = self._busy
+        if self.busy is None or busy is None:
+            return
+        with asking(f"{self.label}: cancel failed"):
+            busy.service.interrupt_evaluations(timeout)
+        try:
+            busy.request.body(timeout)
+        except DapTimeout:
+            raise DebuggerError(f"{self.label}: {busy.expression!r} did not stop when interrupted (code that "
+                                f"ignores interrupts); continue_() or detach()") from None
+        except DapError:
+            pass  # KeyboardInterrupt, as asked
+        self._busy = None
 
     def exception(self) -> ExceptionInfo:
         """Type, message and traceback text of the exception the selected process stopped at."""
@@ -434,16 +545,58 @@ class Debugger(Model):
             if stop is None or stop.reason != "exception":
                 raise DebuggerError(f"{self.label}: not stopped at an exception (stopped: "
                                     f"{stop.reason if stop else 'no'})")
-            try:
+            with asking(f"{self.label}: exceptionInfo failed"):
                 info = service.exception_info()
-            except DapError as exc:
-                raise DebuggerError(f"{self.label}: exceptionInfo failed: {_first_line(exc)}") from None
         details = info.get("details") or {}
         # pydevd may append a note to the type ("ZeroDivisionError   (note: ...)"): the name is the first word
         kind = (str(info.get("exceptionId") or details.get("typeName") or "").split() or [""])[0]
         return ExceptionInfo(type=kind.rsplit(".", 1)[-1] if kind.startswith("builtins.") else kind,
                              message=str(info.get("description") or details.get("message") or ""),
                              traceback=str(details.get("stackTrace") or ""))
+
+    # -- what the views read (from the models: never a request) ----------------------------
+    @property
+    def current_stop(self) -> Stop | None:
+        """The selected process's stop, or ``None`` unless stopped."""
+        service = self._selected
+        if self._state != STOPPED_STATE or service is None or service.stop is None:
+            return None
+        return self._stop_of(service)
+
+    @property
+    def frames(self) -> list[Frame]:
+        """The selected process's frames as last fetched, bootstrap frames hidden."""
+        service = self._selected
+        if self._state != STOPPED_STATE or service is None:
+            return []
+        return [Frame(f.name, f.path, f.line) for _i, f in self._visible(service)]
+
+    @property
+    def console(self) -> list[str]:
+        """The debug console: what log points printed and debugpy said, every process's, oldest first."""
+        return [line for service in self._all_services() for line in service.console]
+
+    @property
+    def selected_pid(self) -> int | None:
+        service = self._selected
+        return _pid(service) if service is not None else None
+
+    @property
+    def locals_page(self) -> Page | None:
+        """The first page of the selected frame's locals, once loaded."""
+        service = self._selected
+        return service.variables.locals if self._state == STOPPED_STATE and service is not None else None
+
+    @property
+    def locals_note(self) -> str:
+        """Why the locals are not shown yet ("loading", not answered in time), or ``""``."""
+        service = self._selected
+        return service.variables.note if self._state == STOPPED_STATE and service is not None else ""
+
+    def loaded_page(self, reference: int, start: int = 0) -> Page | None:
+        """A page :meth:`load_page` (or the stop) loaded, without a request."""
+        service = self._selected
+        return service.variables.page(reference, start) if service is not None else None
 
     # -- internals -------------------------------------------------------------------------
     def _all_services(self) -> list[DebugService]:
@@ -466,6 +619,15 @@ class Debugger(Model):
             return other
         return service
 
+    def _idle_or_raise(self) -> DebugService:
+        """A stopped process that can answer requests now (no evaluate still holds its thread)."""
+        service = self._stopped_or_raise()
+        busy = self.busy
+        if busy is not None:
+            raise DebuggerError(f"{self.label}: {busy} is still running in the debuggee and holds the "
+                                f"stopped thread: dbg.cancel_evaluate() interrupts it")
+        return service
+
     def _live_or_raise(self) -> DebugService:
         if self._state == ARMED:
             raise DebuggerError(f"{self.label}: not attached (call .connect() or use run.attach())")
@@ -486,16 +648,21 @@ class Debugger(Model):
         return visible[index]
 
     def _frame_variables(self, frame: int | None) -> list[Variable]:
-        service = self._stopped_or_raise()
-        position, chosen = self._frame_at(service, self.frame_index if frame is None else frame)
+        service = self._idle_or_raise()
+        index = self.frame_index if frame is None else frame
+        position, chosen = self._frame_at(service, index)
         model = service.variables
         page = model.locals
         if model.frame_id == chosen.id and page is not None and not page.more:
             return list(page.variables)
         try:
-            return service.frame_variables(chosen.id)
+            return service.frame_variables(chosen.id, timeout=VARIABLES_TIMEOUT)
+        except DapTimeout:
+            raise DebuggerError(f"{self.label}: the variables of frame {index} were not answered in "
+                                f"{VARIABLES_TIMEOUT:g}s (a __repr__ in the frame may hang; continue_() and "
+                                f"detach() still work)") from None
         except DapError as exc:
-            raise DebuggerError(f"{self.label}: cannot read frame {frame}: {_first_line(exc)}") from None
+            raise DebuggerError(f"{self.label}: cannot read frame {index}: {_first_line(exc)}") from None
 
     def _stop_of(self, service: DebugService) -> Stop | None:
         stop = service.stop
@@ -528,12 +695,23 @@ class Debugger(Model):
 
     def _on_service(self, service: Model, change: str) -> None:
         assert isinstance(service, DebugService)
+        if change == "state" and _our_exit(service):
+            # the run's own SystemExit after the user's exception was reported: never the user's stop
+            threading.Thread(target=self._pass_over, args=(service,), daemon=True, name="aml-dbg-pass").start()
+            return
         if change == "child":
             rank = self._rank_of_service.get(id(service))
             for child in list(service.children):
                 if child not in self._all_services():
                     self._adopt(child, rank)
             self._emit("processes")
+        self._update()
+
+    def _pass_over(self, service: DebugService) -> None:
+        try:
+            service.resume("continue")
+        except DapError:
+            pass  # the session ends with the run: _on_service hears it
         self._update()
 
     def _update(self) -> None:
@@ -550,6 +728,7 @@ class Debugger(Model):
             stop = selected.stop if selected is not None else None
             if stop is not self._seen_stop:
                 self._seen_stop, self.frame_index = stop, 0
+                self.stop_serial += 1 if stop is not None else 0
             all_ended = bool(services) and all(s.state == ENDED for s in services)
             self._state = STOPPED_STATE if stopped is not None else RUNNING
             self._cond.notify_all()
@@ -633,16 +812,18 @@ class Debugger(Model):
 
 # -- module functions ---------------------------------------------------------------------
 def attach(config: ConfigSource, breakpoints: Iterable[Any] = (), timeout: float = 30.0,
-           run: Any = None, rank: int | None = None) -> Debugger:
-    """Attach to a debugpy attach configuration (``run``: the run it belongs to), breakpoints armed first."""
-    debugger = Debugger(config, run=run, rank=rank if rank is not None else _rank_of(run, config))
+           run: Any = None, rank: int | None = None, exceptions: Iterable[str] = DEFAULT_EXCEPTIONS) -> Debugger:
+    """Attach to a debugpy attach configuration (``run``: the run it belongs to), breakpoints armed first;
+    ``exceptions``: where exceptions stop (``uncaught``, ``raised``, ``user-uncaught``; ``()``: never)."""
+    debugger = Debugger(config, run=run, rank=rank if rank is not None else _rank_of(run, config),
+                        exception_filters=exceptions)
     for spec in breakpoints:
         path, line, condition = parse_breakpoint(spec)
         debugger.break_at(path, line, condition)
     return debugger.connect(timeout)
 
 
-def prepare(run: Any, rank: int | None = None) -> Debugger:
+def prepare(run: Any, rank: int | None = None, exceptions: Iterable[str] = DEFAULT_EXCEPTIONS) -> Debugger:
     """A debugger for ``run``, not attached yet: set breakpoints, then :meth:`Debugger.connect`.
 
     The attach configurations are read from the run at connect time (its endpoints may come
@@ -660,7 +841,7 @@ def prepare(run: Any, rank: int | None = None) -> Debugger:
         from .group import DebuggerGroup
 
         return DebuggerGroup(run)
-    return Debugger(configs, run=run, rank=rank)
+    return Debugger(configs, run=run, rank=rank, exception_filters=exceptions)
 
 
 def current() -> Debugger | None:
@@ -720,6 +901,16 @@ def visible_frames(frames: Sequence[StackFrame]) -> list[tuple[int, StackFrame]]
     return kept
 
 
+def _our_exit(service: DebugService) -> bool:
+    """A stop at the ``SystemExit`` our own node code raises (no frame of the user's in the stack)."""
+    stop = service.stop
+    if service.state != STOPPED or stop is None or stop.reason != "exception":
+        return False
+    kind = str((stop.exception or {}).get("exceptionId") or "")
+    frames = service.callstack.frames
+    return "SystemExit" in kind and bool(frames) and all(is_bootstrap(f.path) or is_launcher(f.path) for f in frames)
+
+
 def _pid(service: DebugService) -> int | None:
     pid = service.process.get("systemProcessId")
     return int(pid) if isinstance(pid, int) else None
@@ -732,6 +923,28 @@ def _socket_name(service: DebugService) -> tuple[str, int] | None:
     except OSError:
         return None
     return (name[0], name[1]) if name else None
+
+
+@contextmanager
+def asking(what: str, refused: Callable[[RequestFailed], str] | None = None) -> Iterator[None]:
+    """The one door from the DAP client's errors to :class:`DebuggerError`: ``what: why`` in one
+    line (``refused`` words the adapter's own refusal when it needs other words)."""
+    try:
+        yield
+    except RequestFailed as exc:
+        raise DebuggerError(refused(exc) if refused is not None else f"{what}: {_first_line(exc)}") from None
+    except DapError as exc:
+        raise DebuggerError(f"{what}: {_first_line(exc)}") from None
+
+
+def _filters(names: Iterable[str]) -> tuple[str, ...]:
+    """Exception filters in debugpy's names; ``user-uncaught`` is accepted for ``userUnhandled``."""
+    aliases = {"user-uncaught": "userUnhandled", "user_uncaught": "userUnhandled", "useruncaught": "userUnhandled"}
+    chosen = tuple(aliases.get(str(n).lower(), str(n)) for n in names)
+    unknown = [n for n in chosen if n not in EXCEPTION_FILTERS]
+    if unknown:
+        raise DebuggerError(f"unknown exception filter {unknown[0]!r}: choose from raised, uncaught, user-uncaught")
+    return chosen
 
 
 def _last_line(text: str) -> str:

@@ -5,12 +5,18 @@ callback: clicks go to one worker thread per panel (DAP requests run there), and
 refresher thread redraws from the debugger's models when they say they changed, only by
 setting widget traits (ipywidgets syncs those from any thread).
 
-What it shows: the state and the stop reason (an exception's type and message in plain
+What it shows (JupyterLab's debugger sidebar where it applies: call stack, variables,
+breakpoints, source): the state and the stop reason (an exception's type and message in plain
 sight), a selector of the paused processes, Attach / Continue / Pause / Step over / Step in
-/ Step out / Detach enabled by state, the source around the current line (click a line
-number to toggle a breakpoint, with the condition in the box beside), the call stack (click
-a frame), the selected frame's variables as a lazy tree (pages of 100, long values cut with
-"show all"), an evaluate box with its history, and watches re-evaluated at every stop.
+/ Step out / Detach (Close once ended) enabled by state, where exceptions stop (uncaught by
+default; raised and user-uncaught toggles), the source highlighted around the current line
+(click a line number to toggle a breakpoint — plain, conditional or a log point, marked
+distinctly — go to a line), the breakpoints list (enable/disable, remove), the call stack
+(click a frame), the selected frame's variables as a lazy tree (every scope in pages of 100,
+each row one line cut with an ellipsis, "show all" for the full text; arrays, tensors and
+frames as shape/dtype/device with statistics on demand), an evaluate box with its history,
+and watches re-evaluated at every stop (a changed one is marked). An evaluate that does not
+return is said, with a Cancel button.
 """
 
 from __future__ import annotations
@@ -25,17 +31,45 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..dap.models import PAGE_SIZE, Page, Variable
+from ..dap.models import PAGE_SIZE, BreakpointState, Page, Variable
 from ..frontend import Refresher
 from .core import ARMED, ENDED_STATE, STOPPED_STATE, Debugger
 from .errors import DebuggerError
-from .paths import short, source_lines
+from .highlight import highlighted_lines
+from .paths import short
+from .summaries import SUMMARISED_TYPES
 from .text import status
 
-WINDOW = 15  # source lines shown
+WINDOW = 21  # source lines shown; the current line is centred
 HISTORY = 20
 SHOW_ALL_LIMIT = 1 << 30
+CONSOLE_SHOWN = 12
+LONG_VALUE = 60  # a value longer than this gets "show all" (the row shows it cut with an ellipsis)
+EXCEPTION_TOGGLES = (("uncaught", "uncaught"), ("raised", "raised"), ("user-uncaught", "userUnhandled"))
+BREAKPOINT_KINDS = (("breakpoint", "plain"), ("condition", "condition"), ("log point", "log"))
 _STYLE = """<style>
+.aml-dbg .aml-dbg-source .aml-dbg-row.aml-dbg-bp.aml-dbg-bp-condition .widget-button {background:#ef6c00}
+.aml-dbg .aml-dbg-source .aml-dbg-row.aml-dbg-bp.aml-dbg-bp-log .widget-button {background:#1565c0;
+  border-radius:0.2em}
+.aml-dbg .aml-dbg-var, .aml-dbg .aml-dbg-result, .aml-dbg .aml-dbg-watch {overflow:hidden; flex-wrap:nowrap}
+.aml-dbg .aml-dbg-value {flex:1 1 auto; min-width:0; overflow:hidden}
+.aml-dbg .aml-dbg-value .widget-html-content, .aml-dbg .aml-dbg-oneline {white-space:nowrap; overflow:hidden;
+  text-overflow:ellipsis; display:block}
+.aml-dbg .aml-dbg-columns {width:100%; flex-wrap:nowrap}
+.aml-dbg .aml-dbg-columns > .widget-vbox {flex:1 1 50%; min-width:0; overflow:hidden}
+.aml-dbg .aml-dbg-history .widget-html-content, .aml-dbg .aml-dbg-watches .widget-html-content {overflow:hidden}
+.aml-dbg .aml-dbg-watch.aml-dbg-changed {background:#fff3b0}
+.aml-dbg .aml-dbg-summary {color:#0b5394}
+.aml-dbg .aml-dbg-bplist .aml-dbg-bprow {height:1.8em; align-items:center; width:100%; max-width:100%}
+.aml-dbg .aml-dbg-bplist .aml-dbg-bp-remove {flex:0 0 auto; min-width:2em}
+.aml-dbg .aml-dbg-bplist .aml-dbg-value {flex:1 1 0; width:auto; min-width:0}
+.aml-dbg .aml-dbg-bplist, .aml-dbg .aml-dbg-bplist .aml-dbg-bprow {box-sizing:border-box; padding-right:4px}
+.aml-dbg .aml-dbg-var .widget-button {flex:0 0 auto}
+.aml-dbg .aml-dbg-busy {color:#9a6700}
+.aml-dbg .aml-dbg-plain-rows, .aml-dbg .aml-dbg-plain-rows .widget-html-content {display:block; min-width:0;
+  overflow:hidden; line-height:1.7em}
+.aml-dbg .aml-dbg-plain {height:1.7em; white-space:nowrap; overflow:hidden; text-overflow:ellipsis}
+.aml-dbg .aml-dbg-plain code {background:transparent}
 .aml-dbg .aml-dbg-row {margin:0; min-height:0; height:1.7em; align-items:center}
 .aml-dbg .aml-dbg-row .widget-button {width:3.6em; height:1.6em; margin:0 4px 0 0; padding:0;
   font-family:monospace; font-size:0.85em; text-align:right; background:transparent; color:#888; box-shadow:none}
@@ -83,14 +117,18 @@ class _Row(widgets.HBox):
         super().__init__([self.lineno, self.code])
         self.add_class("aml-dbg-row")
 
-    def show(self, number: int, text: str, current: bool, breakpoint: bool) -> None:
+    def show(self, number: int, markup: str, current: bool, kind: str | None) -> None:
+        """Line ``number`` (HTML ``markup``); ``kind``: its breakpoint's (plain, condition, log) or None."""
         if self.number != number:
             self._swap_class(f"aml-dbg-line-{self.number}", f"aml-dbg-line-{number}")
             self.number = number
         self.lineno.description = str(number) if number else ""
-        self.code.value = f"<code>{html.escape(text) or ' '}</code>"
+        self.lineno.tooltip = "toggle a breakpoint" if kind is None else f"remove this {kind} breakpoint"
+        self.code.value = f"<code>{markup or ' '}</code>"
         self._toggle_class("aml-dbg-current", current)
-        self._toggle_class("aml-dbg-bp", breakpoint)
+        self._toggle_class("aml-dbg-bp", kind is not None)
+        self._toggle_class("aml-dbg-bp-condition", kind == "condition")
+        self._toggle_class("aml-dbg-bp-log", kind == "log")
         self.layout.display = None if number else "none"
 
     def _swap_class(self, old: str, new: str) -> None:
@@ -117,12 +155,18 @@ class DebuggerPanel(widgets.VBox):
         self._history: list[tuple[str, str, bool]] = []
         self._watches: list[str] = []
         self._watch_values: dict[str, str] = {}
-        self._seen_stop: Any = None
+        self._watch_changed: set[str] = set()
+        self._summaries: dict[str, str | None] = {}  # evaluate name -> one-line summary (arrays, tensors)
+        self._drawn_breakpoints: list[tuple] = []
+        self._summarised: Page | None = None
+        self._seen_stop: tuple[int, int | None] = (0, None)
         self._source_path: str | None = None
         self._top = 1  # first line of the source window
         self._current: int | None = None
         self._updating = False
-        self._tree_widgets: list[widgets.Widget] = []
+        self._tree_widgets: list[tuple[widgets.Widget, tuple]] = []  # (row widget, its key) as drawn
+        self._reusable: dict[tuple, widgets.Widget] = {}
+        self._drawn: list[tuple[widgets.Widget, tuple]] = []
 
         self.header = widgets.HTML()
         self.exception_html = widgets.HTML()
@@ -137,16 +181,37 @@ class DebuggerPanel(widgets.VBox):
         self.detach_button = _button("Detach", "detach", "sign-out", "warning")
         self.toolbar = widgets.HBox([self.processes, self.attach_button, self.continue_button, self.pause_button,
                                      self.over_button, self.in_button, self.out_button, self.detach_button])
+        self.exception_boxes = {}
+        for label, name in EXCEPTION_TOGGLES:
+            box = widgets.Checkbox(value=name in debugger.exception_filters, description=label, indent=False,
+                                   layout=widgets.Layout(width="auto", margin="0 1em 0 0"))
+            box.add_class(f"aml-dbg-exc-{label}")
+            box.observe(self._on_exceptions, "value")
+            self.exception_boxes[name] = box
+        self.exceptions = widgets.HBox([widgets.HTML("stop on exceptions:&nbsp;"), *self.exception_boxes.values()])
+        self.exceptions.add_class("aml-dbg-exceptions")
         self.source_title = widgets.HTML()
-        self.condition = widgets.Text(placeholder="condition for new breakpoints (optional)",
-                                      layout=widgets.Layout(width="22em"))
+        self.kind = widgets.Dropdown(options=[label for label, _kind in BREAKPOINT_KINDS], value="breakpoint",
+                                     layout=widgets.Layout(width="9em"))
+        self.kind.add_class("aml-dbg-kind")
+        self.condition = widgets.Text(placeholder="condition / log message ({expr} works) for the next click",
+                                      layout=widgets.Layout(width="24em"))
         self.condition.add_class("aml-dbg-condition")
         self.up_button = _button("▲", "scroll-up")
         self.down_button = _button("▼", "scroll-down")
+        self.goto = widgets.BoundedIntText(value=1, min=1, max=1 << 30, description="go to line",
+                                           layout=widgets.Layout(width="11em"))
+        self.goto.add_class("aml-dbg-goto")
         self.rows = [_Row(self._toggle_breakpoint) for _ in range(WINDOW)]
-        self.source = widgets.VBox([widgets.HBox([self.source_title, self.up_button, self.down_button,
-                                                  self.condition]), *self.rows])
+        self.source = widgets.VBox([widgets.HBox([self.source_title, self.up_button, self.down_button, self.goto,
+                                                  self.kind, self.condition]), *self.rows])
         self.source.add_class("aml-dbg-source")
+        self.breakpoint_rows = widgets.VBox()
+        self.breakpoint_rows.add_class("aml-dbg-bplist")
+        self.busy_html = widgets.HTML()
+        self.cancel_button = _button("Cancel evaluate", "cancel", "stop", "danger")
+        self.cancel_button.layout.display = "none"
+        self.busy_row = widgets.HBox([self.busy_html, self.cancel_button])
         self.stack = widgets.Select(options=[], rows=4, layout=widgets.Layout(width="22em"))
         self.stack.add_class("aml-dbg-stack")
         self.tree = widgets.VBox()
@@ -164,12 +229,18 @@ class DebuggerPanel(widgets.VBox):
         self.full_value = widgets.Textarea(layout=widgets.Layout(width="100%", display="none"))
         self.full_value.add_class("aml-dbg-full-value")
         self.message = widgets.HTML()
+        self.console_html = widgets.HTML()
+        self.console_html.add_class("aml-dbg-console")
         inspect = widgets.VBox([widgets.HTML("<b>call stack</b>"), self.stack, widgets.HTML("<b>variables</b>"),
                                 self.tree, self.full_value])
-        evaluate = widgets.VBox([widgets.HTML("<b>evaluate</b>"), self.expression, self.history_html,
-                                 widgets.HTML("<b>watch</b>"), self.watch_input, self.watches_html])
-        super().__init__([widgets.HTML(_STYLE), self.header, self.exception_html, self.toolbar, self.source,
-                          widgets.HBox([inspect, evaluate]), self.message])
+        evaluate = widgets.VBox([widgets.HTML("<b>evaluate</b>"), self.expression, self.busy_row, self.history_html,
+                                 widgets.HTML("<b>watch</b>"), self.watch_input, self.watches_html,
+                                 widgets.HTML("<b>breakpoints</b>"), self.breakpoint_rows,
+                                 widgets.HTML("<b>debug console</b> (log points)"), self.console_html])
+        columns = widgets.HBox([inspect, evaluate])
+        columns.add_class("aml-dbg-columns")
+        super().__init__([widgets.HTML(_STYLE), self.header, self.exception_html, self.toolbar, self.exceptions,
+                          self.source, columns, self.message])
         self.add_class("aml-dbg")
 
         self.attach_button.on_click(lambda _b: self._do(self._attach))
@@ -178,9 +249,11 @@ class DebuggerPanel(widgets.VBox):
         self.over_button.on_click(lambda _b: self._do(debugger.step_over))
         self.in_button.on_click(lambda _b: self._do(debugger.step_in))
         self.out_button.on_click(lambda _b: self._do(debugger.step_out))
-        self.detach_button.on_click(lambda _b: self._do(debugger.detach))
-        self.up_button.on_click(lambda _b: self._scroll(-(WINDOW - 3)))
-        self.down_button.on_click(lambda _b: self._scroll(WINDOW - 3))
+        self.detach_button.on_click(self._on_detach)
+        self.cancel_button.on_click(lambda _b: self._do(debugger.cancel_evaluate))
+        self.up_button.on_click(lambda _b: self._scroll(-(WINDOW // 2)))
+        self.down_button.on_click(lambda _b: self._scroll(WINDOW // 2))
+        self.goto.observe(self._on_goto, "value")
         self.stack.observe(self._on_frame_selected, "index")
         self.processes.observe(self._on_process_selected, "value")
         self.expression.observe(self._on_expression, "value")
@@ -218,22 +291,55 @@ class DebuggerPanel(widgets.VBox):
     def _attach(self) -> None:
         self.debugger.connect()
 
+    def _on_detach(self, _button: Any) -> None:
+        if self.debugger.ended:  # Close: the panel goes away
+            self.layout.display = "none"
+            self.close()
+            return
+        self._do(self.debugger.detach)
+
+    def _on_exceptions(self, _change: dict) -> None:
+        if self._updating:
+            return
+        chosen = [name for name, box in self.exception_boxes.items() if box.value]
+        self._do(lambda: self.debugger.set_exceptions(chosen))
+
     def _toggle_breakpoint(self, line: int) -> None:
+        """A click on a line number: remove its breakpoint, or set one of the chosen kind (the text is
+        used once, then cleared: it never applies silently to later clicks)."""
         path = self._source_path
         if not path:
             return
-        condition = self.condition.value.strip() or None
+        text = self.condition.value.strip() or None
+        kind = dict(BREAKPOINT_KINDS)[self.kind.value]
+        if kind != "plain" and not text:
+            self._say(f"type the {self.kind.value}'s text first (or choose 'breakpoint')")
+            return
 
         def toggle() -> None:
             if line in self.debugger.breakpoints.lines(path):
                 self.debugger.clear(path, line)
+            elif kind == "log":
+                self.debugger.break_at(path, line, log_message=text)
             else:
-                self.debugger.break_at(path, line, condition)
+                self.debugger.break_at(path, line, text if kind == "condition" else None)
 
+        self._updating = True
+        try:
+            self.condition.value = ""
+            self.kind.value = "breakpoint"
+        finally:
+            self._updating = False
         self._do(toggle)
 
     def _scroll(self, delta: int) -> None:
         self._top = max(1, self._top + delta)
+        self._refresher.poke()
+
+    def _on_goto(self, change: dict) -> None:
+        if self._updating or not change.get("new"):
+            return
+        self._top = max(1, int(change["new"]) - WINDOW // 2)
         self._refresher.poke()
 
     def _on_frame_selected(self, change: dict) -> None:
@@ -255,9 +361,15 @@ class DebuggerPanel(widgets.VBox):
 
         def evaluate() -> tuple[str, bool]:
             try:
-                return self.debugger.inspect(expression).value, True
+                result = self.debugger.inspect(expression)
             except DebuggerError as exc:
                 return str(exc), False
+            if result.type in SUMMARISED_TYPES:  # an array, a tensor, a frame: its summary, not its repr
+                try:
+                    return self.debugger.summaries([expression]).get(expression) or result.value, True
+                except DebuggerError:
+                    pass
+            return result.value, True
 
         def record(result: tuple[str, bool]) -> None:
             with self._lock:
@@ -285,7 +397,8 @@ class DebuggerPanel(widgets.VBox):
             self._updating = False
         self._do(self._evaluate_watches)
 
-    def _evaluate_watches(self) -> None:
+    def _evaluate_watches(self, new_stop: bool = False) -> None:
+        """Evaluate every watch; at a new stop, mark those whose value changed since the last one."""
         if self.debugger.state != STOPPED_STATE:
             return
         values = {}
@@ -295,18 +408,46 @@ class DebuggerPanel(widgets.VBox):
             except DebuggerError as exc:
                 values[expression] = f"({exc})"
         with self._lock:
+            if new_stop:
+                self._watch_changed = {w for w, v in values.items()
+                                       if w in self._watch_values and self._watch_values[w] != v}
             self._watch_values = values
+
+    def _summarise(self, page: Page | None = None) -> None:
+        """One evaluate for the shown arrays/tensors/frames of a page (the stop's first page of locals,
+        or one just loaded): their one-line summaries."""
+        page = page if page is not None else self.debugger.locals_page
+        if page is None:
+            return
+        names = [v.evaluate_name or v.name for v in page.variables if v.type in SUMMARISED_TYPES]
+        if not names:
+            return
+        summaries = self.debugger.summaries(names)
+        with self._lock:
+            self._summaries.update(summaries)
+            self._tree_dirty = True
+
+    def _statistics(self, variable: Variable) -> None:
+        expression = variable.evaluate_name or variable.name
+
+        def show(text: str) -> None:
+            self.full_value.value = f"{expression}: {text}"
+            self.full_value.layout.display = None
+
+        self._do(lambda: self.debugger.statistics(expression), show)
 
     def _expand(self, reference: int, start: int = 0) -> None:
         def load() -> Page:
-            return self.debugger.service.load_children(reference, start)
+            return self.debugger.load_page(reference, start)
 
-        def remember(_page: Page) -> None:
+        def remember(page: Page) -> None:
             with self._lock:
                 starts = self._expanded.setdefault(reference, [])
                 if start not in starts:
                     starts.append(start)
                 self._tree_dirty = True
+            if any(v.type in SUMMARISED_TYPES for v in page.variables):
+                self._do(lambda: self._summarise(page))
 
         self._do(load, remember)
 
@@ -320,7 +461,7 @@ class DebuggerPanel(widgets.VBox):
         expression = variable.evaluate_name or variable.name
 
         def load() -> str:
-            return self.debugger.service.evaluate(expression, context="clipboard", limit=SHOW_ALL_LIMIT).value
+            return self.debugger.inspect(expression, limit=SHOW_ALL_LIMIT, context="clipboard").value
 
         def show(value: str) -> None:
             self.full_value.value = value
@@ -330,7 +471,7 @@ class DebuggerPanel(widgets.VBox):
 
     # -- drawing (refresher thread) --------------------------------------------------------
     def _on_change(self, _debugger: Any, change: str) -> None:
-        if change.startswith("variables.") or change in ("frame", "state"):
+        if change.startswith("variables.") or change in ("frame", "state", "processes"):
             with self._lock:
                 self._tree_dirty = True
         self._refresher.poke()
@@ -347,15 +488,24 @@ class DebuggerPanel(widgets.VBox):
     def refresh(self) -> None:
         debugger = self.debugger
         state = debugger.state
-        stop = self._stop()
-        if stop is not None and stop is not self._seen_stop:
-            self._seen_stop = stop
+        stop = debugger.current_stop
+        seen = (debugger.stop_serial, debugger.selected_pid)
+        if stop is not None and seen != self._seen_stop:
+            self._seen_stop = seen
             with self._lock:
                 self._expanded.clear()
                 self._tree_dirty = True
             if self._watches:
-                self._do(self._evaluate_watches)
+                self._do(lambda: self._evaluate_watches(new_stop=True))
+        page = debugger.locals_page
+        if page is not None and page is not self._summarised:
+            self._summarised = page
+            with self._lock:
+                self._summaries = {}
+            if any(v.type in SUMMARISED_TYPES for v in page.variables):
+                self._do(self._summarise)
         self._draw_buttons(state)
+        self._draw_exceptions()
         self._draw_processes()
         self._draw_source(stop)
         self._draw_stack(state)
@@ -364,17 +514,12 @@ class DebuggerPanel(widgets.VBox):
         if tree_dirty:
             self._draw_tree(state)
         self._draw_evaluate()
+        self._draw_breakpoints()
+        self._draw_console()
+        self._draw_busy()
         self._draw_exception(stop)
         self.header.value = (f"<b>debugger</b> {html.escape(debugger.label)} — <span class='aml-dbg-state' "
                              f"data-state='{state}'>{html.escape(status(debugger))}</span>")
-
-    def _stop(self) -> Any:
-        if self.debugger.state != STOPPED_STATE:
-            return None
-        try:
-            return self.debugger.service.stop
-        except DebuggerError:
-            return None
 
     def _draw_buttons(self, state: str) -> None:
         stopped = state == STOPPED_STATE
@@ -384,8 +529,65 @@ class DebuggerPanel(widgets.VBox):
         for button in (self.continue_button, self.over_button, self.in_button, self.out_button):
             button.disabled = not stopped
         self.pause_button.disabled = not attached or stopped
-        self.detach_button.disabled = state == ENDED_STATE
-        self.detach_button.description = "Close" if state == ARMED else "Detach"
+        self.detach_button.disabled = False
+        self.detach_button.description = "Close" if state in (ARMED, ENDED_STATE) else "Detach"
+        self.detach_button.tooltip = "close this panel" if state == ENDED_STATE else self.detach_button.description
+
+    def _draw_exceptions(self) -> None:
+        chosen = set(self.debugger.exception_filters)
+        self._updating = True
+        try:
+            for name, box in self.exception_boxes.items():
+                if box.value != (name in chosen):
+                    box.value = name in chosen
+        finally:
+            self._updating = False
+
+    def _draw_console(self) -> None:
+        lines = self.debugger.console[-CONSOLE_SHOWN:]
+        text = "".join(f"<code class='aml-dbg-oneline'>{html.escape(line)}</code>" for line in lines)
+        if self.console_html.value != text:
+            self.console_html.value = text
+
+    def _draw_busy(self) -> None:
+        busy = self.debugger.busy if self.debugger.state == STOPPED_STATE else None
+        self.busy_html.value = (f"<span class='aml-dbg-busy'>{html.escape(busy)} is still running in the debuggee "
+                                f"(it holds the stopped thread)</span>") if busy else ""
+        self.cancel_button.layout.display = None if busy else "none"
+
+    def _draw_breakpoints(self) -> None:
+        """The breakpoints list: file:line, its condition or log message, enabled, remove."""
+        listed = self.debugger.breakpoint_list()
+        key = [(path, state.line, state.condition, state.log_message, state.verified, enabled)
+               for path, state, enabled in listed]
+        if key == self._drawn_breakpoints:
+            return
+        self._drawn_breakpoints = key
+        old = list(self.breakpoint_rows.children)
+        rows = [self._breakpoint_row(path, state, enabled) for path, state, enabled in listed]
+        self.breakpoint_rows.children = rows or [widgets.HTML("<i>none (click a line number)</i>")]
+        for widget in old:
+            widget.close()
+
+    def _breakpoint_row(self, path: str, state: BreakpointState, enabled: bool) -> widgets.HBox:
+        where = f"{os.path.basename(short(path, self.debugger.local_root))}:{state.line}"
+        detail = (f" log “{state.log_message}”" if state.log_message else
+                  f" if {state.condition}" if state.condition else "")
+        verdict = "" if state.verified is not False else f" (not verified{': ' + state.message if state.message else ''})"
+        box = widgets.Checkbox(value=enabled, indent=False, layout=widgets.Layout(width="1.6em"), tooltip="enabled")
+        box.add_class("aml-dbg-bp-enabled")
+        box.observe(lambda change, p=path, n=state.line: self._do(
+            lambda: self.debugger.enable(p, n, bool(change["new"]))), "value")
+        remove = widgets.Button(description="✕", tooltip="remove", layout=widgets.Layout(width="2em"))
+        remove.add_class("aml-dbg-bp-remove")
+        remove.on_click(lambda _b, p=path, n=state.line: self._do(lambda: self.debugger.clear(p, n)))
+        text = widgets.HTML(f"<span class='aml-dbg-oneline aml-dbg-bp-{state.kind}'><code>{html.escape(where)}</code>"
+                            f"{html.escape(detail + verdict)}</span>")
+        text.add_class("aml-dbg-value")
+        row = widgets.HBox([box, text, remove])
+        row.add_class("aml-dbg-bprow")
+        row.add_class(f"aml-dbg-bprow-{state.line}")
+        return row
 
     def _draw_processes(self) -> None:
         processes = self.debugger.processes
@@ -403,11 +605,7 @@ class DebuggerPanel(widgets.VBox):
                 self._updating = False
 
     def _selected_pid(self) -> int | None:
-        try:
-            pid = self.debugger.service.process.get("systemProcessId")
-        except DebuggerError:
-            return None
-        return pid if isinstance(pid, int) else None
+        return self.debugger.selected_pid
 
     def _draw_source(self, stop: Any) -> None:
         debugger = self.debugger
@@ -421,37 +619,31 @@ class DebuggerPanel(widgets.VBox):
             self._source_path, self._current = path, line
             if line is not None:
                 self._top = max(1, line - WINDOW // 2)
-        lines = source_lines(self._source_path)
+        if frame is None and self._current is not None and debugger.state != STOPPED_STATE:
+            self._current = None  # running or ended: no line is current
+        lines = highlighted_lines(self._source_path)
         if lines:
             self._top = min(self._top, max(1, len(lines) - WINDOW + 1))
-        marks = set(debugger.breakpoints.lines(self._source_path)) if self._source_path else set()
+        kinds = {s.line: s.kind for s in debugger.breakpoints.by_path.get(self._source_path or "", ())}
         for offset, row in enumerate(self.rows):
             number = self._top + offset
             if number <= len(lines):
-                row.show(number, lines[number - 1], number == self._current, number in marks)
+                row.show(number, lines[number - 1], number == self._current, kinds.get(number))
             else:
-                row.show(0, "", False, False)
+                row.show(0, "", False, None)
         where = short(self._source_path, debugger.local_root) if self._source_path else "no source"
         missing = "" if lines or not self._source_path else " (not a local file)"
         self.source_title.value = f"<b class='aml-dbg-file'>{html.escape(where)}</b>{missing}"
 
     def _selected_frame(self) -> Any:
-        debugger = self.debugger
-        if debugger.state != STOPPED_STATE:
-            return None
-        try:
-            service = debugger.service
-        except DebuggerError:
-            return None
-        visible = debugger._visible(service)
-        index = debugger.frame_index
-        return visible[index][1] if 0 <= index < len(visible) else None
+        frames = self.debugger.frames
+        index = self.debugger.frame_index
+        return frames[index] if 0 <= index < len(frames) else None
 
     def _draw_stack(self, state: str) -> None:
         options: list[tuple[str, int]] = []
         if state == STOPPED_STATE:
-            service = self.debugger.service
-            for index, (_position, frame) in enumerate(self.debugger._visible(service)):
+            for index, frame in enumerate(self.debugger.frames):
                 where = short(frame.path, self.debugger.local_root)
                 options.append((f"{frame.name} — {os.path.basename(where)}:{frame.line}", index))
         if options != list(self.stack.options) or (options and self.stack.index != self.debugger.frame_index):
@@ -464,56 +656,145 @@ class DebuggerPanel(widgets.VBox):
                 self._updating = False
 
     def _draw_tree(self, state: str) -> None:
+        """Redraw the variables: a row whose look did not change is the same widget (no new comm), a
+        block of plain rows or a "more…" button is reused with new contents; the rest is closed."""
         old = self._tree_widgets
-        rows: list[widgets.Widget] = []
+        self._reusable = {key: widget for widget, key in old}
+        self._drawn = []
         if state == STOPPED_STATE:
-            service = self.debugger.service
-            page = service.variables.locals
+            page = self.debugger.locals_page
             if page is not None:
-                self._tree_rows(page, 0, rows, service.variables.page)
-        self._tree_widgets = rows
-        self.tree.children = rows or [widgets.HTML("<i>no variables (not stopped)</i>")]
-        for widget in old:
-            widget.close()
+                self._tree_rows(page, 0, [], self.debugger.loaded_page)
+        rows = [widget for widget, _key in self._drawn]
+        self._tree_widgets = self._drawn
+        note = self.debugger.locals_note if state == STOPPED_STATE else ""
+        empty = f"<i>{html.escape(note)}</i>" if note else "<i>no variables (not stopped)</i>"
+        self.tree.children = rows or [widgets.HTML(empty)]
+        kept = {id(widget) for widget in rows}
+        for widget, _key in old:
+            if id(widget) not in kept:
+                widget.close()
+
+    def _reuse(self, key: tuple) -> widgets.Widget | None:
+        return self._reusable.pop(key, None)
 
     def _tree_rows(self, page: Page, depth: int, rows: list[widgets.Widget],
                    lookup: Callable[[int, int], Page | None]) -> None:
-        for variable in page.variables:
-            rows.append(self._variable_row(variable, depth))
-            with self._lock:
-                starts = list(self._expanded.get(variable.reference, [])) if variable.reference else []
-            for start in starts:
-                child = lookup(variable.reference, start)
-                if child is not None:
-                    self._tree_rows(child, depth + 1, rows, lookup)
-                    if child.more and start + PAGE_SIZE not in starts:
-                        more = widgets.Button(description=f"more… (from {start + PAGE_SIZE})",
-                                              layout=widgets.Layout(width="auto"))
-                        more.add_class("aml-dbg-more")
-                        more.on_click(lambda _b, r=variable.reference, s=start + PAGE_SIZE: self._expand(r, s))
-                        rows.append(widgets.HBox([_spacer(1.4 * (depth + 1)), more]))
-        if depth == 0 and page.more:
-            rows.append(widgets.HTML(f"<i>… more than {PAGE_SIZE} locals</i>"))
+        """The locals (first page, and the pages asked for with "more…"), children under expanded rows."""
+        with self._lock:
+            starts = [0, *self._expanded.get(page.reference, [])]
+        self._children_rows(page.reference, depth, rows, lookup, starts)
+
+    def _children_rows(self, reference: int, depth: int, rows: list[widgets.Widget],
+                       lookup: Callable[[int, int], Page | None], starts: list[int]) -> None:
+        last: Page | None = None
+        plain: list[str] = []  # rows with nothing to click: one HTML widget for a run of them (cheap to redraw)
+        for start in sorted(set(starts)):
+            page = lookup(reference, start)
+            if page is None:
+                continue
+            for variable in page.variables:
+                row = self._plain_row(variable, depth)
+                if row is not None:
+                    plain.append(row)
+                    continue
+                self._flush(plain)
+                self._add_variable_row(variable, depth)
+                with self._lock:
+                    inner = list(self._expanded.get(variable.reference, [])) if variable.reference else []
+                if inner:
+                    self._children_rows(variable.reference, depth + 1, rows, lookup, inner)
+            last = page
+        self._flush(plain)
+        if last is not None and last.more and last.start + PAGE_SIZE not in starts:
+            start = last.start + PAGE_SIZE
+            key = ("more", depth, start, len(self._drawn))
+            row = self._reuse(key)
+            if row is None:
+                more = widgets.Button(description=f"more… (from {start})", layout=widgets.Layout(width="auto"))
+                more.add_class("aml-dbg-more")
+                more.on_click(lambda b: self._expand(*b.aml_target))
+                row = widgets.HBox([_spacer(1.4 * depth + 1.8), more])
+            row.children[1].aml_target = (reference, start)  # type: ignore[attr-defined]
+            self._drawn.append((row, key))
+
+    def _flush(self, plain: list[str]) -> None:
+        """A run of plain rows as one HTML block (the block at this position is reused)."""
+        if not plain:
+            return
+        key = ("plain", len(self._drawn))
+        block = self._reuse(key)
+        if block is None:
+            block = widgets.HTML()
+            block.add_class("aml-dbg-plain-rows")
+        text = "".join(plain)
+        if block.value != text:  # type: ignore[attr-defined]
+            block.value = text  # type: ignore[attr-defined]
+        self._drawn.append((block, key))
+        plain.clear()
+
+    def _add_variable_row(self, variable: Variable, depth: int) -> None:
+        with self._lock:
+            summary = self._summaries.get(variable.evaluate_name or variable.name)
+            open_ = variable.reference in self._expanded
+        key = ("var", depth, variable.name, variable.value, variable.type, variable.cut, variable.expandable,
+               summary, open_)
+        row = self._reuse(key)
+        if row is None:
+            row = self._variable_row(variable, depth)
+        for child in row.children:  # type: ignore[attr-defined]
+            child.aml_variable = variable  # what its buttons act on (the reference is new at every stop)
+        self._drawn.append((row, key))
+
+    def _plain_row(self, variable: Variable, depth: int) -> str | None:
+        """A row with no button (not expandable, short, not summarised) as HTML; ``None`` otherwise."""
+        with self._lock:
+            summarised = (variable.evaluate_name or variable.name) in self._summaries
+        if variable.expandable or variable.cut or len(variable.value) > LONG_VALUE or summarised \
+                or variable.type in SUMMARISED_TYPES:
+            return None
+        kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type else ""
+        value = f" = {html.escape(variable.value)}" if variable.value else ""
+        return (f"<div class='aml-dbg-var aml-dbg-plain aml-dbg-var-{_css(variable.name)}' "
+                f"style='padding-left:{1.4 * depth + 1.8:g}em' title='{html.escape(variable.value, quote=True)}'>"
+                f"<code><b>{html.escape(variable.name)}</b>{value}</code>{kind}</div>")
 
     def _variable_row(self, variable: Variable, depth: int) -> widgets.HBox:
+        """One line, whatever the value: cut with an ellipsis, the full text on demand."""
         parts: list[widgets.Widget] = [_spacer(1.4 * depth)] if depth else []
         if variable.expandable:
             with self._lock:
                 open_ = variable.reference in self._expanded
             toggle = widgets.Button(description="▾" if open_ else "▸", tooltip="collapse" if open_ else "expand",
-                                    layout=widgets.Layout(width="1.8em"))
+                                    layout=widgets.Layout(width="1.8em", min_width="1.8em"))
             toggle.add_class("aml-dbg-toggle")
-            toggle.on_click(lambda _b, r=variable.reference, o=open_: self._collapse(r) if o else self._expand(r))
+            toggle.on_click(lambda b, o=open_: self._collapse(b.aml_variable.reference) if o
+                            else self._expand(b.aml_variable.reference))
             parts.append(toggle)
         else:
             parts.append(_spacer(1.8))
-        kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type else ""
-        value = f" = {html.escape(variable.value)}" if variable.value else ""
-        parts.append(widgets.HTML(f"<code><b>{html.escape(variable.name)}</b>{value}</code>{kind}"))
-        if variable.cut:
-            show_all = widgets.Button(description="show all", layout=widgets.Layout(width="auto"))
+        with self._lock:
+            summary = self._summaries.get(variable.evaluate_name or variable.name)
+        kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type and not summary else ""
+        if summary:
+            value = f" = <span class='aml-dbg-summary'>{html.escape(summary)}</span>"
+        else:
+            value = f" = {html.escape(variable.value)}" if variable.value else ""
+        title = html.escape(summary or variable.value[:2000], quote=True)
+        text = widgets.HTML(f"<span class='aml-dbg-oneline' title='{title}'><code><b>{html.escape(variable.name)}"
+                            f"</b>{value}</code>{kind}</span>")
+        text.add_class("aml-dbg-value")
+        parts.append(text)
+        if summary:
+            stats = widgets.Button(description="stats", tooltip="min/max/mean, NaN/Inf, a preview (computed in the run)",
+                                   layout=widgets.Layout(width="auto", min_width="3.5em"))
+            stats.add_class("aml-dbg-stats")
+            stats.on_click(lambda b: self._statistics(b.aml_variable))
+            parts.append(stats)
+        elif variable.cut or len(variable.value) > LONG_VALUE:
+            show_all = widgets.Button(description="show all", layout=widgets.Layout(width="auto", min_width="5em"))
             show_all.add_class("aml-dbg-show-all")
-            show_all.on_click(lambda _b, v=variable: self._show_all(v))
+            show_all.on_click(lambda b: self._show_all(b.aml_variable))
             parts.append(show_all)
         row = widgets.HBox(parts)
         row.add_class("aml-dbg-var")
@@ -523,14 +804,17 @@ class DebuggerPanel(widgets.VBox):
     def _draw_evaluate(self) -> None:
         with self._lock:
             history = list(self._history)
-            watches = [(w, self._watch_values.get(w, "")) for w in self._watches]
+            watches = [(w, self._watch_values.get(w, ""), w in self._watch_changed) for w in self._watches]
         self.history_html.value = "".join(
-            f"<div class='aml-dbg-result'><code>&gt; {html.escape(expression)}</code><br><code"
+            f"<div class='aml-dbg-result'><code class='aml-dbg-oneline'>&gt; {html.escape(expression)}</code>"
+            f"<code class='aml-dbg-oneline' title='{html.escape(value[:2000], quote=True)}'"
             f"{'' if ok else ' style=color:#b00020'}>{html.escape(value)}</code></div>"
             for expression, value, ok in reversed(history))
         self.watches_html.value = "".join(
-            f"<div class='aml-dbg-watch'><code>{html.escape(expression)} = {html.escape(value)}</code></div>"
-            for expression, value in watches)
+            f"<div class='aml-dbg-watch{' aml-dbg-changed' if changed else ''}'"
+            f"{' title=' + chr(39) + 'changed since the last stop' + chr(39) if changed else ''}>"
+            f"<code class='aml-dbg-oneline'>{'● ' if changed else ''}{html.escape(expression)} = {html.escape(value)}"
+            f"</code></div>" for expression, value, changed in watches)
 
     def _draw_exception(self, stop: Any) -> None:
         if stop is None or stop.reason != "exception":

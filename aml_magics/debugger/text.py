@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .errors import DebuggerError
 from .paths import short, source_lines
 
 if TYPE_CHECKING:
@@ -88,8 +89,8 @@ def render(debugger: Debugger) -> str:
             try:
                 info = debugger.exception()
                 lines.append(f"exception: {info.type}: {info.message}")
-            except Exception:
-                pass
+            except DebuggerError as exc:
+                lines.append(f"exception: ({exc})")
         paused = debugger.paused
         if len(debugger.processes) > 1:
             lines.append("paused processes: " + (", ".join(p.label for p in paused) or "none"))
@@ -97,8 +98,4 @@ def render(debugger: Debugger) -> str:
 
 
 def _current_stop(debugger: Debugger) -> Stop | None:
-    try:
-        service = debugger.service
-    except Exception:
-        return None
-    return debugger._stop_of(service) if service.stop is not None else None
+    return debugger.current_stop

@@ -99,6 +99,8 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
 
 
 def _nobody_came(run: "DebugRun") -> str:
+    if run.debugger_note:  # somebody came, and left: "debugger detached after 3 s"
+        return f"closed ({run.debugger_note})"
     timeout = run.spec.debug.timeout
     return "closed (--timeout 0: no wait)" if timeout == 0 else f"closed (nobody attached in {timeout:g} s)"
 
