@@ -59,6 +59,11 @@ def _sdk_value(value: Any) -> None:
         raise ValueError(f"azureml_sdk must be 'v1' or 'v2', not {value!r}")
 
 
+def _connect_value(value: Any) -> None:
+    if value not in ("auto", "direct", "proxy"):
+        raise ValueError(f"connect must be 'auto', 'direct' or 'proxy', not {value!r}")
+
+
 @magics_class
 class AmlDebugMagics(Magics):
     """Run code with debugpy listening, on a target of your choice. Configure with %config."""
@@ -77,10 +82,11 @@ class AmlDebugMagics(Magics):
     experiment = Unicode(None, allow_none=True, help="Default --experiment (azureml)").tag(config=True)
     workspace_config = Unicode(None, allow_none=True, help="Default --workspace-config (azureml)").tag(config=True)
     azureml_sdk = Unicode(None, allow_none=True, help="Default --sdk (azureml): v1 or v2").tag(config=True)
+    connect = Unicode(None, allow_none=True, help="Default --connect (azureml): auto, direct or proxy").tag(config=True)
 
     # Traits that are a target's option defaults (trait name → option name).
     TARGET_TRAITS = {"compute": "compute", "experiment": "experiment", "workspace_config": "workspace_config",
-                     "azureml_sdk": "sdk"}
+                     "azureml_sdk": "sdk", "connect": "connect"}
 
     @validate("port")
     def _valid_port(self, proposal: Any) -> Any:
@@ -97,6 +103,10 @@ class AmlDebugMagics(Magics):
     @validate("azureml_sdk")
     def _valid_sdk(self, proposal: Any) -> Any:
         return _checked(proposal, _sdk_value)
+
+    @validate("connect")
+    def _valid_connect(self, proposal: Any) -> Any:
+        return _checked(proposal, _connect_value)
 
     def __init__(self, shell: Any = None, registry: engine.RunRegistry | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)

@@ -12,6 +12,12 @@ reaches debugpy, which has no port of its own — the relay hands it each authen
 
 The forwarder lives as long as the run (its scope closes it), accepts a new connection each
 time a client (re)attaches, and dies with the owner.
+
+How the forwarder reaches the relay is its **route**: ``direct`` (TCP to the node's address:
+the owner shares the node's network) or ``proxy`` (:mod:`.sshproxy`: the job's SSH service
+through the workspace's websocket proxy, a ``direct-tcpip`` channel to the relay). A target
+whose handle has ``route_for(endpoint)`` chooses it per endpoint; the TLS inside, launch.json
+and the notebook debugger are the same on both.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from .bootstrap import close_socket, low_latency, serve_connections
 from .lifecycle import RunScope
@@ -164,13 +171,34 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
     return True
 
 
+class Route(Protocol):
+    """How a forwarder's connection reaches the relay: a connected socket, or OSError."""
+
+    name: str  # "direct" or "proxy"
+    detail: str  # what the views say, e.g. "via the workspace proxy (SSH service, node 1)"
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket: ...
+
+
+class DirectRoute:
+    """TCP to the node's address (the owner is on the node's network)."""
+
+    name = "direct"
+    detail = "direct to the node's address"
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((host, port), timeout=timeout)
+
+
 class Forwarder:
-    """``127.0.0.1:<port>`` here → TLS (the run's client certificate) → the node's relay."""
+    """``127.0.0.1:<port>`` here → TLS (the run's client certificate) → the node's relay, over
+    its route (direct TCP by default)."""
 
     def __init__(self, node_host: str, node_port: int, credentials: TunnelCredentials,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None, route: Route | None = None) -> None:
         self.node = (node_host, node_port)
         self.on_error = on_error
+        self.route: Route = route or DirectRoute()
         self.credentials = credentials
         self.context = credentials.client_context()
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -195,7 +223,7 @@ class Forwarder:
     def _serve(self, local: socket.socket) -> None:
         remote = None
         try:
-            raw = socket.create_connection(self.node, timeout=CONNECT_TIMEOUT)
+            raw = self.route.connect(*self.node, timeout=CONNECT_TIMEOUT)
             remote = self.context.wrap_socket(raw, server_hostname=None)
             if remote.getpeercert(binary_form=True) != self.credentials.node_der:
                 raise ssl.SSLError("the node presented another certificate")
@@ -208,7 +236,8 @@ class Forwarder:
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             if self.on_error is not None:
-                self.on_error(f"aml_magics: tunnel to {self.node[0]}:{self.node[1]} failed: {reason}")
+                via = f" ({self.route.detail})" if self.route.name != "direct" else ""
+                self.on_error(f"aml_magics: tunnel to {self.node[0]}:{self.node[1]}{via} failed: {reason}")
         finally:
             with self._lock:
                 self._connections.discard(local)
@@ -246,12 +275,19 @@ class TunnelledHandle:
         key = (seen.host, seen.port)
         with self._lock:
             forwarder = self._forwarders.get(key)
-            if forwarder is None:
-                forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error).start()
-                self.scope.callback(forwarder.close)
-                self._forwarders[key] = forwarder
-        return Endpoint(LOOPBACK, forwarder.port, rank=seen.rank, pid=seen.pid, cwd=seen.cwd, script=seen.script,
-                        node_address=seen.address, tunnelled=True)
+        if forwarder is None:
+            choose = getattr(self.inner, "route_for", None)
+            route = choose(seen) if callable(choose) else None  # may take a bounded moment (auto's probe)
+            with self._lock:
+                forwarder = self._forwarders.get(key)
+                if forwarder is None:
+                    forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error, route).start()
+                    self.scope.callback(forwarder.close)
+                    self._forwarders[key] = forwarder
+        mapped = Endpoint(LOOPBACK, forwarder.port, rank=seen.rank, pid=seen.pid, cwd=seen.cwd, script=seen.script,
+                          node_address=seen.address, tunnelled=True)
+        route = forwarder.route
+        return replace(mapped, route=route.name, route_detail=route.detail if route.name != "direct" else "")
 
 
 def fingerprint(pem: str) -> str:

@@ -34,6 +34,7 @@ from .text import (
     endpoint_now,
     rank_address,
     rank_state_label,
+    route_line,
     state_detail,
 )
 
@@ -183,6 +184,8 @@ class DebugRunPanel(widgets.VBox):
             + (f"<span class='aml-detail'>{html.escape(detail)}</span>" if detail else "")
             + "</div>"
             + (f"<i>{html.escape(run.description)}</i>" if run.description else "")
+            + (f"<div class='aml-route'>debuggers reached {html.escape(route_line(run))}</div>"
+               if route_line(run) else "")
             + "".join(facet.html() for facet in run.facets)
         )
 

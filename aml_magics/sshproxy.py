@@ -1,0 +1,254 @@
+"""The proxy route's transport: SSH inside a websocket, as ``az ml job connect-ssh`` does it.
+
+Azure ML gives a job's owner an authenticated way onto a node that works from any network:
+the job's SSH service, reached through the workspace's websocket proxy. Microsoft's client
+(azure-cli-extensions, ``azext_mlv2/manual/custom/_ssh_connector.py``) opens
+``{ProxyEndpoint}/nbip/v1.0/ws-tcp`` with ``Authorization: Bearer <ARM token>``, retries only
+the opening handshake with a backoff, and carries the SSH byte stream in binary messages;
+``ssh`` logs in as ``azureuser``. This module does the same with the same websocket library
+(``websockets``) and paramiko as the SSH client, and then asks the node's sshd for a
+``direct-tcpip`` channel to the run's TLS relay on the node: the mutual TLS of
+:mod:`.tunnel` runs inside that channel unchanged, so the SSH layer only carries it.
+
+What protects what: the bearer token (the workspace lets only the job's owner through) and
+the run's own SSH key (made by the owner for this run; only its public half goes into the
+job) get the owner onto the node; the node's SSH host key is accepted as offered (it is not
+known ahead; it is not what protects the session); the relay's pinned certificate is, as on
+the direct route. The private key never leaves this process: no file, no repr, no pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .bootstrap import close_socket, low_latency
+
+WS_PATH = "/nbip/v1.0/ws-tcp"
+SSH_USER = "azureuser"  # the user Azure ML's SSH service logs in (az ml job connect-ssh)
+ARM_SCOPE = "https://management.core.windows.net/.default"  # the token the proxy takes
+CONNECT_RETRIES = 4  # the opening handshake only, as Microsoft's connector (which tries 5)
+RETRY_BASE = 0.5
+RETRY_MAX = 8.0
+
+
+class RouteError(OSError):
+    """One line saying why the proxy route failed (token, key, service, network)."""
+
+
+@dataclass(frozen=True, repr=False)
+class SshKeyPair:
+    """A per-run Ed25519 key pair: the public half goes into the job's SSH service, the private
+    half stays in this process (``repr`` hides it; never serialised)."""
+
+    public: str  # OpenSSH's one-line form, "ssh-ed25519 AAAA... aml-magics"
+    private: str  # OpenSSH private key (PEM), never written anywhere
+
+    @classmethod
+    def new(cls) -> SshKeyPair:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        key = ed25519.Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()).decode("ascii")
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode("ascii")
+        return cls(f"{public} aml-magics", private)
+
+    def pkey(self) -> Any:
+        import paramiko  # type: ignore[import-untyped]
+
+        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private))
+
+    def __repr__(self) -> str:
+        return f"<SshKeyPair public={self.public[:24]}... (private hidden)>"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("SSH keys are never serialised")
+
+
+# -- the websocket ---------------------------------------------------------------------------------
+
+
+def websocket_url(proxy_endpoint: str, node_index: int) -> str:
+    """``{ProxyEndpoint}/nbip/v1.0/ws-tcp`` with the endpoint's ``<nodeIndex>`` filled in."""
+    return proxy_endpoint.replace("<nodeIndex>", str(node_index)).rstrip("/") + WS_PATH
+
+
+def open_websocket(url: str, token: str | None, timeout: float = 15.0,
+                   stop: threading.Event | None = None) -> Any:
+    """The websocket to the node's SSH service; retries only the opening handshake, with backoff.
+    A refusal (401/403: token expired, not the job's owner) is final and says so in one line."""
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return connect(url, additional_headers=headers, open_timeout=timeout, max_size=None,
+                           compression=None, close_timeout=2)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise RouteError(f"the workspace proxy refused the token ({status}: expired, or not the job's "
+                                 "owner; sign in again as the job's owner)") from None
+            last: Exception = exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            last = exc
+        if attempt > CONNECT_RETRIES or (stop is not None and stop.is_set()):
+            raise RouteError(f"the workspace proxy could not be reached after {attempt} attempt(s): {last}")
+        delay = min(RETRY_MAX, RETRY_BASE * 2 ** (attempt - 1)) + random.uniform(0, RETRY_BASE)
+        if stop is not None and stop.wait(delay):
+            raise RouteError("canceled while connecting to the workspace proxy")
+        if stop is None:
+            time.sleep(delay)
+
+
+class WebSocketStream:
+    """A websocket's binary messages as the byte stream paramiko reads (``recv``/``send``/
+    ``settimeout``/``close``, as its ``ProxyCommand``)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._buffer = b""
+        self._timeout: float | None = None
+        self.closed = False
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def recv(self, size: int) -> bytes:
+        from websockets.exceptions import ConnectionClosed
+
+        if not self._buffer:
+            try:
+                message = self.ws.recv(timeout=self._timeout)
+            except TimeoutError:
+                raise TimeoutError() from None
+            except (ConnectionClosed, OSError, EOFError, RuntimeError):
+                return b""
+            self._buffer = message.encode() if isinstance(message, str) else bytes(message)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def send(self, data: bytes) -> int:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self.ws.send(bytes(data))
+        except (ConnectionClosed, RuntimeError) as exc:
+            raise OSError(f"the websocket closed: {exc}") from None
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.ws.close()
+            except Exception:
+                pass
+
+
+# -- SSH ---------------------------------------------------------------------------------------------
+
+
+class SshSession:
+    """One SSH connection to a node's sshd, over the websocket; channels to the relay on demand."""
+
+    def __init__(self, ws: Any, key: SshKeyPair, timeout: float = 15.0, user: str = SSH_USER) -> None:
+        import paramiko  # type: ignore[import-untyped]
+
+        self.stream = WebSocketStream(ws)
+        self.transport = paramiko.Transport(self.stream)  # type: ignore[arg-type]  # socket-like, as ProxyCommand
+        self.transport.set_keepalive(30)
+        try:
+            try:
+                self.transport.start_client(timeout=timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise RouteError(f"no SSH session with the node's SSH service: {exc or type(exc).__name__}") from None
+            try:
+                self.transport.auth_publickey(user, key.pkey())
+            except paramiko.AuthenticationException:
+                raise RouteError(f"the node's SSH service refused the run's key for user {user} (a key of another "
+                                 "job or run?)") from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise RouteError(f"SSH login to the node failed: {exc or type(exc).__name__}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def alive(self) -> bool:
+        return self.transport.is_active() and self.transport.is_authenticated()
+
+    def channel(self, host: str, port: int, timeout: float = 15.0) -> Any:
+        """A ``direct-tcpip`` channel from the node's sshd to ``host:port`` (the relay)."""
+        import paramiko  # type: ignore[import-untyped]
+
+        try:
+            return self.transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise RouteError(f"the node's SSH service could not reach {host}:{port}: {exc or type(exc).__name__}") \
+                from None
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            self.stream.close()
+
+
+def channel_socket(channel: Any, on_end: Callable[[], None] | None = None) -> socket.socket:
+    """A connected socket whose other end is pumped to ``channel`` (so TLS can wrap a real
+    socket); the pump thread ends, closing both, when either side closes."""
+    ours, theirs = socket.socketpair()
+    low_latency(ours)
+
+    def pump() -> None:
+        try:
+            _pump_channel(theirs, channel)
+        finally:
+            close_socket(theirs)
+            try:
+                channel.close()
+            except Exception:
+                pass
+            if on_end is not None:
+                on_end()
+
+    threading.Thread(target=pump, daemon=True, name="aml-magics-ssh-channel").start()
+    return ours
+
+
+def _pump_channel(sock: socket.socket, channel: Any, chunk: int = 65536) -> None:
+    while True:
+        try:
+            ready, _, _ = select.select([sock, channel], [], [], 5.0)
+        except (OSError, ValueError):
+            return
+        if not ready and channel.closed:
+            return
+        for source in ready:
+            try:
+                data = source.recv(chunk)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                if source is sock:
+                    channel.sendall(data)
+                else:
+                    sock.sendall(data)
+            except OSError:
+                return
