@@ -122,7 +122,7 @@ class WebSocketStream:
         self.ws = ws
         self._buffer = b""
         self._timeout: float | None = None
-        self.closed = False
+        self._closed = False  # the name paramiko's Transport.close() reads
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
@@ -151,8 +151,8 @@ class WebSocketStream:
         return len(data)
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
+        if not self._closed:
+            self._closed = True
             try:
                 self.ws.close()
             except Exception:

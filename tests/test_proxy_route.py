@@ -11,7 +11,6 @@ the emitted launch configuration or the in-notebook debugger.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -98,8 +97,8 @@ def _last_job():
 
 
 def _submit(connect: str = "proxy", script: str = "proj/ranks.py", **options):
-    return aml_magics.submit(script, target="azureml", sdk="v2", compute="cpu-cluster", connect=connect,
-                             timeout=90, **options)
+    options.setdefault("timeout", 90)
+    return aml_magics.submit(script, target="azureml", sdk="v2", compute="cpu-cluster", connect=connect, **options)
 
 
 # -- attach through the proxy -------------------------------------------------------------------------
@@ -142,21 +141,24 @@ def test_rank_on_node_1_through_the_proxy_only_cluster(project):
 
 
 def test_in_notebook_debugger_and_post_mortem_through_the_proxy(project):
-    run = _submit(script="proj/crash.py", post_mortem=True, timeout=60)
-    endpoint = run.wait_for_endpoint(90)
-    assert endpoint.route == "proxy"
-    dbg = run.attach()
+    run = _submit(script="proj/crash.py", post_mortem=True, timeout=60, post_mortem_timeout=60)
+    dbg = run.attach(breakpoints=["crash.py:4"], timeout=90)
     try:
-        dbg.continue_()  # nothing to stop at: the crash is caught post-mortem
+        assert run.endpoints[0].route == "proxy"
         stop = dbg.wait_stopped(60)
-        if stop is None:  # the session ended with the crash; post-mortem reopens the window
-            wait_for(lambda: run.state == "crashed_waiting_for_debugger", 60, "the post-mortem window")
-            dbg.detach()
-            dbg = run.attach()
-            stop = dbg.wait_stopped(60)
-        assert stop is not None and stop.line == 5
+        assert stop.reason == "breakpoint" and stop.line == 4
+        assert dbg.locals()["rank"] == "0"
+    finally:
+        dbg.detach()  # the run goes on, and crashes with nobody attached
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 60, "the post-mortem window")
+    dbg = run.attach()  # through the same forwarder, a new channel on the node's SSH session
+    try:
+        stop = dbg.wait_stopped(60)
+        assert stop.reason == "exception" and stop.line == 5
+        assert dbg.exception().type == "KeyError"
         assert dbg.locals()["data"] == "{'rank': 0}"
         dbg.continue_()
+        assert dbg.wait_stopped(30) is None
     finally:
         dbg.detach()
     assert run.wait(90) == "failed"
@@ -192,7 +194,10 @@ def test_the_proxy_refuses_without_the_token_and_sshd_refuses_another_key(projec
 
 
 def test_connect_proxy_with_sdk_v1_is_one_line(project):
-    with pytest.raises(aml_magics.OptionsError, match="--connect proxy needs --sdk v2: SDK v1 runs have no job "):
+    from aml_magics.errors import OptionsError
+
+    pytest.importorskip("azureml.core", reason="azureml-core is not installed (pip install 'aml-magics[azureml]')")
+    with pytest.raises(OptionsError, match="--connect proxy needs --sdk v2: SDK v1 runs have no job "):
         aml_magics.submit("proj/ranks.py", target="azureml", sdk="v1", compute="cpu-cluster", connect="proxy")
 
 
@@ -262,21 +267,30 @@ def test_cancel_while_waiting_for_the_ssh_service_leaves_nothing(project, monkey
     wait_for(lambda: not _ssh_threads(), 15, "the route's threads gone")
 
 
+def _job_sshd(project: Path) -> list[psutil.Process]:
+    """The sshd processes of the simulated jobs under ``project`` (their config lives there)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if "sshd" in line and "sshd_config" in line and str(project) in line:
+            found.append(process)
+    return found
+
+
 def test_owner_killed_while_connecting_through_the_proxy_leaves_nothing(project, monkeypatch):
-    monkeypatch.setenv("AML_MAGICS_SIM_SSH_DELAY", "3")
+    monkeypatch.setenv("AML_MAGICS_SIM_SSH_DELAY", "2")
     env = {**os.environ, "PYTHONPATH": str(Path(aml_magics.__file__).parent.parent)}
     owner = subprocess.Popen([sys.executable, "-m", "aml_magics.cli", "run", "--target", "azureml", "--sdk", "v2",
                               "--compute", "cpu-cluster", "--connect", "proxy", "--nodes", "2", "--timeout", "90",
                               "--wait", "proj/ranks.py"], cwd=project, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen = []
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(owner.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
-        for line in owner.stdout:  # type: ignore[union-attr]
-            seen.append(line)
-            if "waiting for the node's SSH service" in line:
-                break
-        assert any("waiting for the node's SSH service" in line for line in seen), "".join(seen)
-        time.sleep(3.5)  # sshd starts; the route connects
+        wait_for(lambda: any("waiting for the node's SSH service" in line for line in seen), 90,
+                 "the owner waiting for the SSH service")
+        wait_for(lambda: len(_job_sshd(project)) >= 2, 30, "an sshd on each node")  # the route is connecting
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
     finally:
@@ -290,6 +304,5 @@ def test_owner_killed_while_connecting_through_the_proxy_leaves_nothing(project,
         return not any(name.startswith(prefix) for name in names)
 
     wait_for(gone, 30, "the killed owner's cluster removed")
-    sshd = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and shutil.which("sshd")
-            and str(project) in " ".join(p.info["cmdline"])]
-    assert not sshd, "an sshd of the killed owner's job is left"
+    wait_for(lambda: not _job_sshd(project), 15, "the killed owner's sshd gone")
+    assert not [c for c in psutil.net_connections(kind="tcp") if c.pid == owner.pid]
