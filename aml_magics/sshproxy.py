@@ -95,8 +95,10 @@ def open_websocket(url: str, token: str | None, timeout: float = 15.0,
     while True:
         attempt += 1
         try:
-            return connect(url, additional_headers=headers, open_timeout=timeout, max_size=None,
-                           compression=None, close_timeout=2)
+            connection = connect(url, additional_headers=headers, open_timeout=timeout, max_size=None,
+                                 compression=None, close_timeout=2)
+            connection.__enter__()  # held open past this call (websockets >= 17.1 asks for it); closed by its user
+            return connection
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
