@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import io
 import random
-import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,28 +82,24 @@ def websocket_url(proxy_endpoint: str, node_index: int) -> str:
 
 
 def open_websocket(url: str, token: str | None, timeout: float = 15.0,
-                   stop: threading.Event | None = None) -> Any:
+                   stop: threading.Event | None = None) -> WebSocketStream:
     """The websocket to the node's SSH service; retries only the opening handshake, with backoff.
     A refusal (401/403: token expired, not the job's owner) is final and says so in one line."""
     from websockets.exceptions import InvalidHandshake, InvalidStatus
-    from websockets.sync.client import connect
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     attempt = 0
     while True:
         attempt += 1
         try:
-            connection = connect(url, additional_headers=headers, open_timeout=timeout, max_size=None,
-                                 compression=None, close_timeout=2)
-            connection.__enter__()  # held open past this call (websockets >= 17.1 asks for it); closed by its user
-            return connection
+            return WebSocketStream.connect(url, headers, timeout)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
                 raise RouteError(f"the workspace proxy refused the token ({status}: expired, or not the job's "
                                  "owner; sign in again as the job's owner)") from None
             last: Exception = exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
+        except (OSError, InvalidHandshake) as exc:
             last = exc
         if attempt > CONNECT_RETRIES or (stop is not None and stop.is_set()):
             raise RouteError(f"the workspace proxy could not be reached after {attempt} attempt(s): {last}")
@@ -118,47 +112,131 @@ def open_websocket(url: str, token: str | None, timeout: float = 15.0,
 
 class WebSocketStream:
     """A websocket's binary messages as the byte stream paramiko reads (``recv``/``send``/
-    ``settimeout``/``close``, as its ``ProxyCommand``)."""
+    ``settimeout``/``close``, as its ``ProxyCommand``).
 
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self._buffer = b""
-        self._timeout: float | None = None
+    websockets' own protocol (its Sans-I/O ``ClientProtocol``: handshake, framing, masking,
+    ping replies, closing) driven on the caller's threads: paramiko's transport thread reads,
+    whoever writes a channel sends. No thread of its own, so no extra hand-over per message."""
+
+    def __init__(self, sock: socket.socket, protocol: Any, pending: list[bytes]) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self._buffer = b"".join(pending)
+        self._lock = threading.Lock()  # the protocol object: one thread at a time
         self._closed = False  # the name paramiko's Transport.close() reads
 
+    @classmethod
+    def connect(cls, url: str, headers: dict[str, str], timeout: float) -> WebSocketStream:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url)
+        sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+        try:
+            if uri.secure:
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=uri.host)
+            low_latency(sock)
+            protocol = ClientProtocol(uri, max_size=None)
+            request = protocol.connect()
+            request.headers.update(headers)
+            protocol.send_request(request)
+            sock.sendall(b"".join(protocol.data_to_send()))
+            pending = cls._handshake(sock, protocol)
+        except BaseException:
+            close_socket(sock)
+            raise
+        return cls(sock, protocol, pending)
+
+    @staticmethod
+    def _handshake(sock: socket.socket, protocol: Any) -> list[bytes]:
+        """Read until the server's response; the data of any message that came with it."""
+        from websockets.exceptions import InvalidHandshake
+        from websockets.http11 import Response
+        from websockets.protocol import State
+
+        pending: list[bytes] = []
+        while True:
+            data = sock.recv(65536)
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            for event in protocol.events_received():
+                if not isinstance(event, Response):
+                    pending.append(bytes(event.data))
+            if protocol.handshake_exc is not None:
+                raise protocol.handshake_exc
+            if protocol.state is State.OPEN:
+                return pending
+            if not data:
+                raise InvalidHandshake("the proxy closed the connection during the handshake")
+
     def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
+        self.sock.settimeout(timeout)
 
     def recv(self, size: int) -> bytes:
-        from websockets.exceptions import ConnectionClosed
+        from websockets.frames import Opcode
 
-        if not self._buffer:
-            try:
-                message = self.ws.recv(timeout=self._timeout)
-            except TimeoutError:
-                raise TimeoutError() from None
-            except (ConnectionClosed, OSError, EOFError, RuntimeError):
+        while not self._buffer:
+            if self._closed:
                 return b""
-            self._buffer = message.encode() if isinstance(message, str) else bytes(message)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise
+            except OSError:
+                return b""
+            with self._lock:
+                if data:
+                    self.protocol.receive_data(data)
+                else:
+                    self.protocol.receive_eof()
+                events = self.protocol.events_received()
+                reply = b"".join(self.protocol.data_to_send())  # pongs, the closing handshake
+            if reply:
+                self._send_raw(reply)
+            for frame in events:
+                if frame.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
+                    self._buffer += bytes(frame.data)
+                elif frame.opcode is Opcode.CLOSE:
+                    self._closed = True
+            if not data:
+                return b""
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
     def send(self, data: bytes) -> int:
-        from websockets.exceptions import ConnectionClosed
+        from websockets.exceptions import InvalidState
 
-        try:
-            self.ws.send(bytes(data))
-        except (ConnectionClosed, RuntimeError) as exc:
-            raise OSError(f"the websocket closed: {exc}") from None
+        with self._lock:
+            try:
+                self.protocol.send_binary(bytes(data))
+            except InvalidState as exc:
+                raise OSError(f"the websocket closed: {exc}") from None
+            out = b"".join(self.protocol.data_to_send())
+            self.sock.sendall(out)  # under the lock: frames leave in the order they were made
         return len(data)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+    def _send_raw(self, data: bytes) -> None:
+        with self._lock:
             try:
-                self.ws.close()
+                self.sock.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.sock.fileno() == -1:
+            return
+        self._closed = True
+        with self._lock:
+            try:
+                self.protocol.send_close()
+                self.sock.sendall(b"".join(self.protocol.data_to_send()))
             except Exception:
                 pass
+        close_socket(self.sock)
 
 
 # -- SSH ---------------------------------------------------------------------------------------------
@@ -167,10 +245,10 @@ class WebSocketStream:
 class SshSession:
     """One SSH connection to a node's sshd, over the websocket; channels to the relay on demand."""
 
-    def __init__(self, ws: Any, key: SshKeyPair, timeout: float = 15.0, user: str = SSH_USER) -> None:
+    def __init__(self, stream: WebSocketStream, key: SshKeyPair, timeout: float = 15.0, user: str = SSH_USER) -> None:
         import paramiko  # type: ignore[import-untyped]
 
-        self.stream = WebSocketStream(ws)
+        self.stream = stream
         self.transport = paramiko.Transport(self.stream)  # type: ignore[arg-type]  # socket-like, as ProxyCommand
         self.transport.set_keepalive(30)
         try:
@@ -208,49 +286,3 @@ class SshSession:
             self.transport.close()
         finally:
             self.stream.close()
-
-
-def channel_socket(channel: Any, on_end: Callable[[], None] | None = None) -> socket.socket:
-    """A connected socket whose other end is pumped to ``channel`` (so TLS can wrap a real
-    socket); the pump thread ends, closing both, when either side closes."""
-    ours, theirs = socket.socketpair()
-    low_latency(ours)
-
-    def pump() -> None:
-        try:
-            _pump_channel(theirs, channel)
-        finally:
-            close_socket(theirs)
-            try:
-                channel.close()
-            except Exception:
-                pass
-            if on_end is not None:
-                on_end()
-
-    threading.Thread(target=pump, daemon=True, name="aml-magics-ssh-channel").start()
-    return ours
-
-
-def _pump_channel(sock: socket.socket, channel: Any, chunk: int = 65536) -> None:
-    while True:
-        try:
-            ready, _, _ = select.select([sock, channel], [], [], 5.0)
-        except (OSError, ValueError):
-            return
-        if not ready and channel.closed:
-            return
-        for source in ready:
-            try:
-                data = source.recv(chunk)
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                if source is sock:
-                    channel.sendall(data)
-                else:
-                    sock.sendall(data)
-            except OSError:
-                return

@@ -171,13 +171,23 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
     return True
 
 
+class Channel(Protocol):
+    """A byte stream that is not a socket (an SSH channel): TLS runs over it in memory."""
+
+    def recv(self, size: int) -> bytes: ...
+    def sendall(self, data: bytes) -> None: ...
+    def fileno(self) -> int: ...
+    def settimeout(self, timeout: float | None) -> None: ...
+    def close(self) -> None: ...
+
+
 class Route(Protocol):
-    """How a forwarder's connection reaches the relay: a connected socket, or OSError."""
+    """How a forwarder's connection reaches the relay: a connected socket or a channel, or OSError."""
 
     name: str  # "direct" or "proxy"
     detail: str  # what the views say, e.g. "via the workspace proxy (SSH service, node 1)"
 
-    def connect(self, host: str, port: int, timeout: float) -> socket.socket: ...
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket | Channel: ...
 
 
 class DirectRoute:
@@ -224,6 +234,9 @@ class Forwarder:
         remote = None
         try:
             raw = self.route.connect(*self.node, timeout=CONNECT_TIMEOUT)
+            if not isinstance(raw, socket.socket):
+                self._serve_channel(local, raw)
+                return
             remote = self.context.wrap_socket(raw, server_hostname=None)
             if remote.getpeercert(binary_form=True) != self.credentials.node_der:
                 raise ssl.SSLError("the node presented another certificate")
@@ -245,6 +258,97 @@ class Forwarder:
                     self._connections.discard(remote)
             close_socket(local)
             close_socket(remote)
+
+
+    def _serve_channel(self, local: socket.socket, channel: Channel) -> None:
+        """TLS over a channel, in memory (``ssl.MemoryBIO``), pumped on this thread."""
+        with self._lock:
+            if self._closed:
+                channel.close()
+                return
+            self._connections.add(local)
+        try:
+            tls = TlsOverChannel(channel, self.context)
+            if tls.peer_der != self.credentials.node_der:
+                raise ssl.SSLError("the node presented another certificate")
+            tls.pump(local)
+        finally:
+            with self._lock:
+                self._connections.discard(local)
+            channel.close()
+
+
+class TlsOverChannel:
+    """The forwarder's TLS client over a channel: records go through memory buffers; the channel
+    carries only ciphertext."""
+
+    def __init__(self, channel: Channel, context: ssl.SSLContext, timeout: float = CONNECT_TIMEOUT) -> None:
+        self.channel = channel
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=None)
+        channel.settimeout(timeout)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._feed():
+                    raise ssl.SSLError("the relay closed the connection during the TLS handshake") from None
+        self._flush()
+        channel.settimeout(None)
+        self.peer_der = self.tls.getpeercert(binary_form=True)
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.channel.sendall(data)
+
+    def _feed(self) -> bool:
+        data = self.channel.recv(65536)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    def pump(self, local: socket.socket) -> None:
+        """Copy both ways until either side closes (or fails: the session is over either way)."""
+        low_latency(local)
+        try:
+            self._pump(local)
+        except (OSError, ValueError):
+            pass
+
+    def _pump(self, local: socket.socket) -> None:
+        while True:
+            ready, _, _ = select.select([local, self.channel], [], [])
+            if local in ready:
+                data = local.recv(65536)
+                _quick_ack(local)
+                if not data:
+                    return
+                self.tls.write(data)
+                self._flush()
+            if self.channel in ready:
+                if not self._feed():
+                    return
+                if not self._deliver(local):
+                    return
+                self._flush()
+
+    def _deliver(self, local: socket.socket) -> bool:
+        while True:
+            try:
+                data = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                return True
+            except ssl.SSLZeroReturnError:
+                return False
+            if not data:
+                return False
+            local.sendall(data)
 
 
 class TunnelledHandle:

@@ -140,23 +140,35 @@ def test_rank_on_node_1_through_the_proxy_only_cluster(project):
     assert any(line.endswith("via the workspace proxy (SSH service, node 1)") for line in endpoint_summary(run))
 
 
-def test_in_notebook_debugger_and_post_mortem_through_the_proxy(project):
-    run = _submit(script="proj/crash.py", post_mortem=True, timeout=60, post_mortem_timeout=60)
+def test_in_notebook_debugger_through_the_proxy(project):
+    run = _submit(script="proj/crash.py", post_mortem=True, timeout=60)
     dbg = run.attach(breakpoints=["crash.py:4"], timeout=90)
     try:
         assert run.endpoints[0].route == "proxy"
         stop = dbg.wait_stopped(60)
         assert stop.reason == "breakpoint" and stop.line == 4
         assert dbg.locals()["rank"] == "0"
+        dbg.continue_()
+        stop = dbg.wait_stopped(60)  # the crash, caught with the debugger still attached
+        assert stop is not None and stop.reason == "exception" and stop.line == 5
+        assert dbg.locals()["data"] == "{'rank': 0}"
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
     finally:
-        dbg.detach()  # the run goes on, and crashes with nobody attached
-    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 60, "the post-mortem window")
-    dbg = run.attach()  # through the same forwarder, a new channel on the node's SSH session
+        dbg.detach()
+    assert run.wait(90) == "failed"
+
+
+def test_post_mortem_window_reopens_through_the_proxy(project):
+    run = _submit(script="proj/crash.py", post_mortem=True, timeout=2, post_mortem_timeout=60)
+    endpoint = run.wait_for_endpoint(90)
+    assert endpoint.route == "proxy"
+    wait_for(lambda: run.state == "crashed_waiting_for_debugger", 60, "the post-mortem window")  # nobody came first
+    dbg = run.attach(timeout=60)  # the same forwarder: a new channel on the node's SSH session
     try:
         stop = dbg.wait_stopped(60)
-        assert stop.reason == "exception" and stop.line == 5
+        assert stop is not None and stop.reason == "exception" and stop.line == 5, run.logs[-2000:]
         assert dbg.exception().type == "KeyError"
-        assert dbg.locals()["data"] == "{'rank': 0}"
         dbg.continue_()
         assert dbg.wait_stopped(30) is None
     finally:

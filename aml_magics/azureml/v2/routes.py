@@ -21,7 +21,7 @@ import socket
 import threading
 from typing import Any
 
-from ...sshproxy import RouteError, SshKeyPair, SshSession, channel_socket, open_websocket, websocket_url
+from ...sshproxy import RouteError, SshKeyPair, SshSession, open_websocket, websocket_url
 from ..backend import first_line
 
 CONNECT_MODES = ("auto", "direct", "proxy")
@@ -168,8 +168,9 @@ class NodeRoute:
             waited += SERVICE_POLL
         raise RouteError("canceled")
 
-    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        """A socket to ``host:port`` on the node (the relay), through the SSH session."""
+    def connect(self, host: str, port: int, timeout: float) -> Any:
+        """A channel to ``host:port`` on the node (the relay), through the SSH session (the
+        forwarder runs TLS over it in memory: no socket pair, no thread of its own)."""
         if not self._wait_ready():
             raise RouteError("canceled" if self.routes.stop.is_set() else "the node's SSH session is not open yet")
         with self._lock:
@@ -178,9 +179,7 @@ class NodeRoute:
             raise RouteError(self.error or "no SSH session with the node")
         if not session.alive:  # dropped (idle proxy timeout, node restart): one new session
             session = self._reopen(session)
-        sock = channel_socket(session.channel(host, port, timeout))
-        sock.settimeout(timeout)
-        return sock
+        return session.channel(host, port, timeout)
 
     def _wait_ready(self) -> bool:
         waited = 0.0
