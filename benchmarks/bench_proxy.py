@@ -42,7 +42,7 @@ WORKSPACE = '{"subscription_id": "00000000-0000-0000-0000-000000000001", "resour
 
 
 def _submit(folder: Path, connect: str):
-    return aml_magics.submit(str(folder / "t.py"), target="azureml", sdk="v2", compute="cpu-cluster",
+    return aml_magics.submit(str(folder / "proj" / "t.py"), target="azureml", sdk="v2", compute="cpu-cluster",
                              connect=connect, timeout=120)
 
 
@@ -72,7 +72,7 @@ def _trip_and_finish(client, folder: Path, run) -> float:
 def _ours(folder: Path) -> float:
     run = _submit(folder, "proxy")
     run.wait_for_endpoint(120)
-    client = attach_with_launch_config(run.launch_config(), {str(folder / "t.py"): [BREAK]},
+    client = attach_with_launch_config(run.launch_config(), {str(folder / "proj" / "t.py"): [BREAK]},
                                        workspace_folder=str(folder), timeout=120)
     return _trip_and_finish(client, folder, run)
 
@@ -129,7 +129,7 @@ def _openssh(folder: Path) -> float:
                     raise
                 time.sleep(0.1)
         config = {**run.launch_config(), "connect": {"host": "127.0.0.1", "port": forwarder.port}}
-        client = attach_with_launch_config(config, {str(folder / "t.py"): [BREAK]}, workspace_folder=str(folder),
+        client = attach_with_launch_config(config, {str(folder / "proj" / "t.py"): [BREAK]}, workspace_folder=str(folder),
                                            timeout=60)
         return _trip_and_finish(client, folder, run)
     finally:
@@ -146,7 +146,7 @@ def _running_to_attached(folder: Path, connect: str) -> float:
         time.sleep(0.01)
     running = time.perf_counter()
     run.wait_for_endpoint(120)
-    client = attach_with_launch_config(run.launch_config(), {str(folder / "t.py"): [BREAK]},
+    client = attach_with_launch_config(run.launch_config(), {str(folder / "proj" / "t.py"): [BREAK]},
                                        workspace_folder=str(folder), timeout=120)
     attached = time.perf_counter()
     _trip_and_finish(client, folder, run)
@@ -159,7 +159,8 @@ def main() -> None:
     repeat = parser.parse_args().repeat
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "t.py").write_text(SCRIPT)
+        (folder / "proj").mkdir()
+        (folder / "proj" / "t.py").write_text(SCRIPT)
         (folder / ".azureml").mkdir()
         (folder / ".azureml" / "config.json").write_text(WORKSPACE)
         os.chdir(folder)
