@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .invocation import BOOTSTRAP_NAME
+from .invocation import is_node_file
 
 TRACEBACK_HEADER = "Traceback (most recent call last):"
 _PREFIX = re.compile(r"^\[rank \d+\] ")
@@ -30,11 +30,8 @@ CANCELED_BY_USER = "canceled by user"
 
 
 def own_frame(path: str) -> bool:
-    """A frame of the bootstrap (a local run, a snapshot's copy, an image's) or of runpy."""
-    path = path.replace("\\", "/")
-    name = path.rsplit("/", 1)[-1]
-    return (name == BOOTSTRAP_NAME or path.endswith("aml_magics/bootstrap.py")
-            or name == "runpy.py" or path == "<frozen runpy>")
+    """A frame of the node package (a local run, a snapshot's copy, an image's) or of runpy."""
+    return is_node_file(path) or path.replace("\\", "/").endswith("/runpy.py") or path in ("runpy.py", "<frozen runpy>")
 
 
 def _split(line: str) -> tuple[str, str]:

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bootstrap import OWNER_ENV, SECRETS_ENV
+from .node.wire import OWNER_ENV, SECRETS_ENV
 from .spec import DistributedSpec, RunSpec
 
-BOOTSTRAP_PATH = Path(__file__).resolve().parent / "bootstrap.py"
-BOOTSTRAP_NAME = "aml_magics_bootstrap.py"  # its name beside the user's files (a snapshot, a node)
+NODE_PATH = Path(__file__).resolve().parent / "node"  # the node package, run as a folder
+NODE_FOLDER = "aml_magics_node"  # its name beside the user's files (a snapshot, a node)
+NODE_ENTRY = f"{NODE_FOLDER}/__main__.py"  # the entry script of a snapshot (Azure ML runs a file)
 IMAGE_ROOT = "/aml_magics"  # our folder in images built by the docker target
-BOOTSTRAP_IN_IMAGE = f"{IMAGE_ROOT}/bootstrap.py"
+NODE_IN_IMAGE = f"{IMAGE_ROOT}/node"
 PYTHON_FLAGS = ("-X", "frozen_modules=off")  # debugpy's advice for breakpoints in frozen stdlib modules
 LOOPBACK = "127.0.0.1"
 DEFAULT_MASTER_PORT = 29500  # torchrun's default; free on a node (or in a container) of the run's own
@@ -35,6 +36,33 @@ DEFAULT_MASTER_PORT = 29500  # torchrun's default; free on a node (or in a conta
 # warning about frozen modules.
 RUN_ENV = {"PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 REDACTED = "<redacted>"
+
+
+def node_files() -> dict[str, bytes]:
+    """What ships to a node: the package's modules by name (never caches or stray files)."""
+    return {path.name: path.read_bytes() for path in sorted(NODE_PATH.glob("*.py"))}
+
+
+def is_node_file(path: str | None) -> bool:
+    """A file of the node package: here (``aml_magics/node``), in a snapshot or an image."""
+    if not path:
+        return False
+    folder = path.replace("\\", "/").rpartition("/")[0]
+    return folder.endswith(("aml_magics/node", NODE_FOLDER))
+
+
+def is_node_command(argv: Sequence[str]) -> bool:
+    """A process running the node package (its command line names the folder or a snapshot's entry)."""
+    return any(part.replace("\\", "/").rstrip("/").endswith(("aml_magics/node", NODE_ENTRY)) for part in argv)
+
+
+def copy_node(dest: Path) -> Path:
+    """The node package as ``dest/aml_magics_node/``; returns that folder."""
+    folder = dest / NODE_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in node_files().items():
+        (folder / name).write_bytes(data)
+    return folder
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -88,8 +116,8 @@ def entry_arguments(spec: RunSpec, bind: str, port: int, *, rank: int | None = N
 
 def bootstrap_argv(python: str, spec: RunSpec, bind: str, port: int, *, rank: int | None = None,
                    script: str | None = None, bootstrap: str | None = None) -> list[str]:
-    """``python -X frozen_modules=off bootstrap.py <options> -- <script> <args>``."""
-    return [python, *PYTHON_FLAGS, bootstrap or str(BOOTSTRAP_PATH),
+    """``python -X frozen_modules=off path/to/node <options> -- <script> <args>``."""
+    return [python, *PYTHON_FLAGS, bootstrap or str(NODE_PATH),
             *map(str, entry_arguments(spec, bind, port, rank=rank, script=script))]
 
 

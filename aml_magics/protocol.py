@@ -8,7 +8,7 @@ row, a dependency's log line — so the reader accepts a line as a marker only w
 whole line (after an optional ``[rank N] `` tag) *and* its MAC verifies; anything else is
 ordinary output and changes no endpoint, state or file.
 
-Prefix, version and the MAC recipe are the bootstrap's (``bootstrap.py`` is stdlib-only and
+Prefix, version and the MAC recipe are the node's (``node/wire.py``: the node package is stdlib-only and
 safe to import), so the two sides cannot drift apart. Malformed markers are counted and
 ignored: a reader never dies of a line.
 """
@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from .bootstrap import BOOTSTRAP_VERSION, MARKER_PREFIX, marker_mac
+from .node.wire import BOOTSTRAP_VERSION, MARKER_PREFIX, marker_mac
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -132,10 +132,20 @@ class AttachedMarker(Marker):
 
 @dataclass(frozen=True)
 class DetachedMarker(Marker):
-    """The client left; the node stopped listening (one attach per window)."""
+    """The client left — said ``disconnect``, or its connection was lost (killed, gone silent):
+    the run's threads resumed; the node stopped listening (one attach per window) unless
+    ``listening`` (``--reattach``). ``reason`` is the words to show: ``debugger gone (connection
+    lost) after 12 s``, ``debugger detached after 3 s``."""
 
     kind: ClassVar[str] = "DETACHED"
     reason: str = ""
+    cause: str = ""  # "disconnect" or "connection lost" (empty from an older node)
+    seconds: float | None = None  # how long the client was attached
+    listening: bool = False
+
+    @property
+    def lost(self) -> bool:
+        return self.cause == "connection lost"
 
 
 @dataclass(frozen=True)

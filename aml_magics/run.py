@@ -91,6 +91,7 @@ class DebugRun:
         self.detail = ""
         self.attached: bool | None = None
         self.attach_deadline: float | None = None
+        self.debugger_note = ""  # how the last client left: "debugger gone (connection lost) after 12 s"
         self.reader = reader or MarkerReader(None)
         self.facets: list[Facet] = []
         self.launch_json_path: Path | None = None  # where "write launch.json" writes (--launch-json / %config)
@@ -387,10 +388,13 @@ class DebugRun:
             self._on_endpoint(marker)
         elif isinstance(marker, AttachedMarker):
             self.attached = marker.attached
+            if marker.attached:
+                self.debugger_note = ""
             self._on_rank_marker(marker, ATTACHED if marker.attached else RUNNING)
         elif isinstance(marker, DetachedMarker):
             self.attached = False
-            self._on_rank_marker(marker, RUNNING)
+            self.debugger_note = marker.reason or "debugger detached"
+            self._on_rank_marker(marker, RUNNING, self.debugger_note)
         elif isinstance(marker, PostMortemMarker):
             self._on_rank_marker(marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
                                  deadline=marker.deadline)

@@ -34,8 +34,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from .bootstrap import close_socket, low_latency, serve_connections
 from .lifecycle import RunScope
+from .node.wire import close_socket, low_latency, serve_connections
 from .protocol import Endpoint
 from .target_base import RunHandle
 

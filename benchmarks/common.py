@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BOOTSTRAP = HERE.parent / "aml_magics" / "bootstrap.py"
+BOOTSTRAP = HERE.parent / "aml_magics" / "node"  # the node package, run as a folder
 LOOP = """
 import time
 def work():

@@ -29,7 +29,7 @@ from aml_magics.azureml.backend import AzureMLService, get_backend, service_erro
 from aml_magics.azureml.monitor import STATUS_STATES, followed_logs  # noqa: E402
 from aml_magics.azureml.submission import build_submission
 from aml_magics.errors import TargetError  # noqa: E402
-from aml_magics.invocation import BOOTSTRAP_NAME  # noqa: E402
+from aml_magics.invocation import NODE_ENTRY, NODE_FOLDER  # noqa: E402
 from aml_magics.options import OptionsError, build_request, parse_cli  # noqa: E402
 from aml_magics.spec import DebugOptions, EnvironmentSpec, RunSpec  # noqa: E402
 from aml_magics.targets import make_target  # noqa: E402
@@ -46,12 +46,12 @@ def test_script_run_config_wraps_the_script_with_the_bootstrap(tmp_path):
 
         config = submission.config
         assert isinstance(config, ScriptRunConfig) and isinstance(submission.environment, Environment)
-        assert config.script == BOOTSTRAP_NAME
+        assert config.script == NODE_ENTRY
         assert config.arguments == FULL_ARGUMENTS
         assert config.run_config.target == "cpu-cluster"
         snapshot = Path(config.source_directory)
-        assert snapshot != source and not (source / BOOTSTRAP_NAME).exists()  # never into the user's folder
-        assert sorted(p.name for p in snapshot.iterdir()) == [BOOTSTRAP_NAME, "data.csv", "train.py"]
+        assert snapshot != source and not (source / NODE_ENTRY).exists()  # never into the user's folder
+        assert sorted(p.name for p in snapshot.iterdir()) == [NODE_FOLDER, "data.csv", "train.py"]
         pip = list(submission.environment.python.conda_dependencies.pip_packages)
         assert "numpy==2.0" in pip and "pandas>=2" in pip and "debugpy>=1.8.1" in pip
         assert config.run_config.environment_variables["MODE"] == "debug"
@@ -117,10 +117,10 @@ def test_dry_run_json_from_the_cli(tmp_path, monkeypatch, capsys):
     assert plan["backend"] == "simulated Azure ML" and plan["submitted"] is False
     assert plan["workspace"]["workspace_name"] == WORKSPACE["workspace_name"]
     assert plan["compute"] == "gpu-cluster" and plan["experiment"] == "exp1"
-    assert plan["entry_script"] == BOOTSTRAP_NAME
+    assert plan["entry_script"] == NODE_ENTRY
     assert plan["arguments"][-4:] == ["--", "train.py", "--epochs", "2"]
     assert {"torch", "debugpy>=1.8.1"} <= set(plan["environment"]["pip_packages"])
-    assert plan["snapshot_files"] == [BOOTSTRAP_NAME, "train.py"]
+    assert plan["snapshot_files"] == [f"{NODE_FOLDER}/", "train.py"]
     assert not (tmp_path / "sim" / "runs").exists()  # nothing reached the (simulated) service
     assert cli.main(["run", "proj/train.py", "--target", "azureml", "--compute", "gpu-cluster", "--dry-run"]) == 0
     assert "nothing was submitted" in capsys.readouterr().out

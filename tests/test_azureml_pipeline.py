@@ -71,7 +71,7 @@ def test_dry_run_wraps_the_chosen_step_and_keeps_its_arguments(steps, tmp_path, 
     plan = debug_pipeline([train, score], dry_run=True)  # chosen by the guide's --remote_debug
     assert [s["step"] for s in plan["steps"]] == ["train"] and plan["other_steps"] == ["score"]
     step = plan["steps"][0]
-    assert step["entry_script"] == "aml_magics_bootstrap.py"
+    assert step["entry_script"] == "aml_magics_node/__main__.py"
     assert step["arguments"][:7] == ["--port", "5678", "--bind", "node", "--timeout", "300", "--"]
     assert step["arguments"][7:9] == ["train.py", "--out"] and step["arguments"][10] == "--lr"
     assert not any(a.startswith("--remote_debug") for a in step["arguments"])  # the script won't start debugpy

@@ -52,7 +52,7 @@ from aml_magics.azureml.v2.job import (  # noqa: E402
 from aml_magics.azureml.v2.service import MLClientBackend, get_v2_backend  # noqa: E402
 from aml_magics.azureml.v2.simulator import get_v2_simulator  # noqa: E402
 from aml_magics.errors import TargetError  # noqa: E402
-from aml_magics.invocation import BOOTSTRAP_NAME, entry_arguments  # noqa: E402
+from aml_magics.invocation import NODE_ENTRY, NODE_FOLDER, entry_arguments  # noqa: E402
 from aml_magics.protocol import MarkerReader  # noqa: E402
 from aml_magics.spec import DebugOptions, DistributedSpec, EnvironmentSpec, RunSpec  # noqa: E402
 from aml_magics.targets import make_target  # noqa: E402
@@ -78,12 +78,12 @@ def test_command_job_runs_the_bootstrap_in_the_snapshot_with_debugpy(tmp_path):
     try:
         assert isinstance(job, Command) and job.type == "command"
         argv = shlex.split(job.command)
-        assert argv[:2] == ["python", BOOTSTRAP_NAME]
+        assert argv[:2] == ["python", NODE_ENTRY]
         assert argv[2:] == FULL_ARGUMENTS
         assert argv[2:] == entry_arguments(spec, "node", 5679)  # the very arguments the v1 path passes
         snapshot = Path(job.code)
-        assert snapshot == submission.snapshot and snapshot != source and not (source / BOOTSTRAP_NAME).exists()
-        assert sorted(p.name for p in snapshot.iterdir()) == [BOOTSTRAP_NAME, "data.csv", "train.py"]
+        assert snapshot == submission.snapshot and snapshot != source and not (source / NODE_ENTRY).exists()
+        assert sorted(p.name for p in snapshot.iterdir()) == [NODE_FOLDER, "data.csv", "train.py"]
         assert (job.compute, job.experiment_name, job.display_name) == ("cpu-cluster", "exp", "train")
         env = job.environment
         assert isinstance(env, Environment) and env.image == DEFAULT_IMAGE
@@ -405,8 +405,8 @@ def test_breakpoint_through_launch_json_with_the_vscode_service(shell, project, 
     assert run.target == "azureml" and "simulated Azure ML, SDK v2" in run.description
     endpoint, config = wait_for_the_debugger(run, node)
     job = _last_job()
-    assert Path(endpoint.cwd, "train.py").is_file() and Path(endpoint.cwd, BOOTSTRAP_NAME).is_file()
-    assert job.experiment == "e2e" and job.command.startswith(f"python {BOOTSTRAP_NAME} --port 0 --bind node")
+    assert Path(endpoint.cwd, "train.py").is_file() and Path(endpoint.cwd, NODE_ENTRY).is_file()
+    assert job.experiment == "e2e" and job.command.startswith(f"python {NODE_ENTRY} --port 0 --bind node")
     assert "user_logs/std_log.txt" in job.get_details()["logFiles"]
     wait_for(lambda: "VS Code on the node: https://" in run.description, 15, "the VS Code service URL")
     assert f"aml_magics: VS Code service: {job.service_url(VSCODE_SERVICE, 0)}" in run.logs
@@ -509,7 +509,7 @@ def test_dry_run_shows_the_job_as_azure_ai_ml_would_submit_it(project, monkeypat
     plan = json.loads(capsys.readouterr().out)
     assert plan["backend"] == "simulated Azure ML (SDK v2)" and plan["submitted"] is False and plan["sdk"] == "v2"
     assert plan["workspace"]["workspace_name"] == WORKSPACE["workspace_name"]
-    assert plan["snapshot_files"] == [BOOTSTRAP_NAME, "train.py"]
+    assert plan["snapshot_files"] == [f"{NODE_FOLDER}/", "train.py"]
     job = plan["job"]
     assert job["type"] == "command" and job["compute"] == "azureml:gpu-cluster" and job["experiment_name"] == "exp1"
     assert shlex.split(job["component"]["command"])[-4:] == ["--", "train.py", "--epochs", "2"]

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aml_magics import bootstrap
+from aml_magics.invocation import NODE_PATH
+from aml_magics.node import address
 from aml_magics.protocol import MarkerReader
 
-BOOTSTRAP = Path(bootstrap.__file__)
+BOOTSTRAP = NODE_PATH  # the node package, run as a folder as every target runs it
 
 
 def run_bootstrap(tmp_path: Path, body: str, *options: str, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -96,8 +97,8 @@ def test_script_dir_first_on_path(tmp_path):
 
 
 def test_bind_node_uses_a_non_loopback_interface_address():
-    address = bootstrap.node_address()
-    assert address and not address.startswith("127.") or not bootstrap._interface_addresses()
+    found = address.node_address()
+    assert found and not found.startswith("127.") or not address._interface_addresses()
 
 
 def _free_port() -> int:

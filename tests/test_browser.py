@@ -382,7 +382,7 @@ def test_widget_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     expect(panel.locator(".aml-header .aml-detail")).to_have_text("KeyError: 'b' (exit code 1)")
     log = panel.locator("pre.aml-log")
     expect(log).to_contain_text("failing.py")
-    expect(log).not_to_contain_text("bootstrap.py")
+    expect(log).not_to_contain_text("aml_magics/node/")
     expect(panel.locator(".aml-log-line").last).to_have_text("KeyError: 'b'")
 
 

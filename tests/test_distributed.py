@@ -173,7 +173,7 @@ def test_spec_and_bootstrap_args_for_a_single_command_line(workdir):
 
 
 def test_bootstrap_reads_rank_and_port_from_the_launchers_env(monkeypatch):
-    from aml_magics import bootstrap
+    from aml_magics.node import args as bootstrap
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)

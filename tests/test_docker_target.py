@@ -76,7 +76,7 @@ def test_api_breakpoint_in_local_copy_through_launch_config(engine, workdir, no_
     assert "total=10 ['--lr', '0.1']" in run.logs
     assert "Debugger attached = True" in run.logs
     assert run.attached is True
-    assert not (src / "bootstrap.py").exists() and not (src / "__pycache__").exists()
+    assert not (src / "node").exists() and not (src / "aml_magics_node").exists() and not (src / "__pycache__").exists()
 
 
 @pytest.mark.docker

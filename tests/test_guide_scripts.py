@@ -26,13 +26,13 @@ import pytest
 from conftest import DOCKER_BASE, port_is_listening, wait_for
 
 import aml_magics
-from aml_magics import bootstrap
+from aml_magics.invocation import NODE_PATH
 from aml_magics.testing.dap import attach_with_launch_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GUIDE_TRAIN = EXAMPLES / "guide_train.py"
 GUIDE_SCORE = EXAMPLES / "guide_score.py"
-BOOTSTRAP = Path(bootstrap.__file__)
+BOOTSTRAP = NODE_PATH
 
 
 def line_of(path: Path, text: str) -> int:

@@ -23,6 +23,7 @@ from conftest import alive, free_port, port_is_listening, start_kernel, wait_for
 
 import aml_magics
 from aml_magics.errors import OptionsError
+from aml_magics.invocation import is_node_command
 
 LONG = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
 
@@ -37,7 +38,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
 def _bootstraps(owner: int) -> list[psutil.Process]:
     try:
         return [p for p in psutil.Process(owner).children(recursive=True)
-                if any("bootstrap.py" in part for part in p.cmdline())]
+                if is_node_command(p.cmdline())]
     except psutil.Error:
         return []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from aml_magics.bootstrap import marker_mac
+from aml_magics.node.wire import marker_mac
 from aml_magics.protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader
 
 KEY = b"k" * 32

@@ -27,7 +27,8 @@ import pytest
 from conftest import BREAK_LINE, CELL, DOCKER_BASE, port_is_listening, wait_for
 
 import aml_magics
-from aml_magics.bootstrap import marker_mac
+from aml_magics.invocation import is_node_command
+from aml_magics.node.wire import marker_mac
 from aml_magics.testing.dap import attach_with_launch_config
 from aml_magics.tunnel import TunnelCredentials
 
@@ -182,7 +183,7 @@ def _the_bootstrap() -> psutil.Process:
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if any("bootstrap.py" in part for part in process.cmdline()):
+            if is_node_command(process.cmdline()):
                 found.append(process)
         except psutil.Error:  # ended meanwhile, or a zombie of an earlier test
             pass
@@ -333,7 +334,7 @@ def test_the_simulated_azureml_node_is_tunnelled(shell, tmp_path, monkeypatch, s
 def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
     """The node's and the owner's ends of one authenticated connection, as the relay and the
     forwarder make them (the run's real certificates, TLS 1.3)."""
-    from aml_magics.bootstrap import relay_context
+    from aml_magics.node.relay import relay_context
 
     credentials = TunnelCredentials.new()
     node_context, _ = relay_context(credentials.node_side())
@@ -351,11 +352,12 @@ def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
 def test_a_tls_session_hands_debugpy_whole_messages_and_ends_once():
     """What debugpy reads and writes on the node when tunnelled: a header leaves with its body in
     one record; a client that vanishes ends the session once, whichever side notices first."""
-    from aml_magics.bootstrap import TlsSession
+    from aml_magics.node.liveness import Link
+    from aml_magics.node.relay import TlsSession
 
     node, owner = _tls_pair()
     ended = []
-    session = TlsSession(node, lambda: ended.append(time.monotonic()))
+    session = TlsSession(node, Link(lambda link, cause: ended.append(cause)))
     body = b'{"seq":1,"type":"event","event":"stopped"}'
     session.sendall(b"Content-Length: %d\r\n\r\n" % len(body))
     session.sendall(body)
@@ -372,4 +374,5 @@ def test_a_tls_session_hands_debugpy_whole_messages_and_ends_once():
             time.sleep(0.01)
     assert session.recv(1024) == b""
     session.close()
-    assert len(ended) == 1
+    wait_for(lambda: ended, 5, "the session's end")
+    assert ended == ["connection lost"]

@@ -113,3 +113,47 @@ def test_deployment_options_reach_docker_only(shell, workdir):
     (workdir / "score.py").write_text("def init():\n    pass\ndef run(raw):\n    return raw\n")
     with pytest.raises(UsageError, match="--container-user: for --target docker"):
         shell.run_line_magic("aml_debug_deploy", "--container-user root score.py")
+
+
+def test_the_owner_side_imports_only_the_node_wire():
+    """The node package is the node's: outside it, only ``node.wire`` (the shared format) is imported."""
+    import ast
+    from pathlib import Path
+
+    package = Path(aml_magics.__file__).parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.parent.name == "node" and path.parent.parent == package:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if node.level == 0 else "." * node.level + node.module
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                parts = name.lstrip(".").split(".")
+                if "node" in parts and parts[parts.index("node") + 1:parts.index("node") + 2] != ["wire"]:
+                    if name.lstrip(".").startswith(("node", "aml_magics.node")):
+                        offenders.append(f"{path.relative_to(package)}: {name}")
+    assert offenders == [], offenders
+
+
+def test_the_node_package_runs_as_a_folder_under_a_private_name(tmp_path):
+    """Shipped whole and run as ``python FOLDER``: it loads as ``_aml_magics_node`` and its module
+    names never shadow the user's (a user module named ``session`` is the user's)."""
+    import subprocess
+    import sys
+
+    from aml_magics.invocation import copy_node
+
+    folder = copy_node(tmp_path)
+    (tmp_path / "session.py").write_text("WHO = 'user'\n")
+    (tmp_path / "main.py").write_text(
+        "import sys, session\nprint('who', session.WHO, '_aml_magics_node.session' in sys.modules)\n")
+    result = subprocess.run([sys.executable, str(folder / "__main__.py"), "--no-debug", "--", str(tmp_path / "main.py")],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "who user True" in result.stdout

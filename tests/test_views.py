@@ -116,8 +116,8 @@ def test_a_failed_run_says_why_with_the_users_frames_only(workdir):
     # The log: the traceback from the user's own frames; the bootstrap's and runpy's are left out.
     for shown in (run.logs, panel.log_html.value):
         assert "failing.py" in shown and "lookup" in shown and "KeyError" in shown
-        assert "bootstrap.py" not in shown and "runpy" not in shown
-    assert "bootstrap.py" in run.raw_logs and "runpy" in run.raw_logs  # kept as they came
+        assert "aml_magics/node/" not in shown and "runpy" not in shown
+    assert "aml_magics/node/script.py" in run.raw_logs and "runpy" in run.raw_logs  # kept as they came
     traceback = run.logs.split("Traceback (most recent call last):\n", 1)[1].splitlines()
     script = run.spec.script_path
     assert [line for line in traceback if line.startswith("  File ")] == [
@@ -176,7 +176,7 @@ def test_traceback_frames_of_ranks_and_chains():
     lines = [
         "[rank 1] Traceback (most recent call last):",
         '[rank 0] step 3',
-        '[rank 1]   File "/aml_magics/bootstrap.py", line 752, in run_user_script',
+        '[rank 1]   File "/aml_magics/node/script.py", line 34, in run_user_script',
         "[rank 1]     runpy.run_path(script_path, run_name=\"__main__\")",
         '[rank 1]   File "<frozen runpy>", line 291, in run_path',
         '[rank 1]   File "/app/train.py", line 3, in <module>',
@@ -189,7 +189,7 @@ def test_traceback_frames_of_ranks_and_chains():
     assert failure is not None and failure.summary == "rank 1: ZeroDivisionError: division by zero"
     chain = [
         "Traceback (most recent call last):",
-        '  File "/mnt/wd/aml_magics_bootstrap.py", line 1, in run_user_script',
+        '  File "/mnt/wd/aml_magics_node/script.py", line 1, in run_user_script',
         "    x",
         '  File "/mnt/wd/train.py", line 2, in <module>',
         "    {}['k']",

@@ -25,7 +25,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import TargetError
-from ..invocation import BOOTSTRAP_NAME, RUN_ENV, RunSecrets, entry_arguments
+from ..invocation import NODE_ENTRY, RUN_ENV, RunSecrets, entry_arguments
 from ..protocol import Endpoint, MarkerReader, RunState
 from ..spec import DEFAULT_PORT, DEFAULT_TIMEOUT, DebugOptions, RunSpec
 from ..target_base import RunContext
@@ -116,7 +116,7 @@ class StepPlan:
         self.saved = {name: getattr(self.step, name) for name in _PATCHED}
         runconfig = copy.deepcopy(self.runconfig)
         runconfig.environment_variables = {**dict(runconfig.environment_variables or {}), **secrets.environment()}
-        self.step._script_name = BOOTSTRAP_NAME
+        self.step._script_name = NODE_ENTRY
         self.step._source_directory = str(self.snapshot)
         self.step._arguments = self.arguments
         self.step._runconfig = runconfig
@@ -134,7 +134,7 @@ class StepPlan:
             "compute": self.compute,
             "source_dir": str(self.spec.source_dir),
             "snapshot_files": snapshot_files(self.snapshot),
-            "entry_script": BOOTSTRAP_NAME,
+            "entry_script": NODE_ENTRY,
             "arguments": [_show(a) for a in self.arguments],
             "user_script": self.spec.script,
             "pip_packages": pip_packages(environment),

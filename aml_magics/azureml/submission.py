@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
-from ..invocation import BOOTSTRAP_NAME, BOOTSTRAP_PATH, RUN_ENV, RunSecrets, entry_arguments, redact
+from ..invocation import NODE_ENTRY, NODE_FOLDER, RUN_ENV, RunSecrets, copy_node, entry_arguments, redact
 from ..spec import RunSpec
 
 DEBUGPY_REQUIREMENT = "debugpy>=1.8.1"  # listen(..., in_process_debug_adapter=True)
@@ -84,7 +84,7 @@ def make_snapshot(source_dir: Path, script: str | None = None, script_text: str 
             target = dest / script
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(script_text if script_text.endswith("\n") else script_text + "\n")
-        shutil.copy2(BOOTSTRAP_PATH, dest / BOOTSTRAP_NAME)
+        copy_node(dest)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -92,7 +92,9 @@ def make_snapshot(source_dir: Path, script: str | None = None, script_text: str 
 
 
 def snapshot_files(snapshot: Path) -> list[str]:
-    return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+    """The snapshot's files as shown in a dry run; the node package is one entry (``aml_magics_node/``)."""
+    names = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    return sorted({f"{NODE_FOLDER}/" if name.startswith(f"{NODE_FOLDER}/") else name for name in names})
 
 
 # -- environment -----------------------------------------------------------------------
@@ -310,7 +312,7 @@ def build_submission(spec: RunSpec, compute: str, experiment: str, *, registered
             from azureml.core.runconfig import PyTorchConfiguration
 
             job_config = PyTorchConfiguration(process_count=distributed.world_size, node_count=distributed.nodes)
-        config = ScriptRunConfig(source_directory=str(snapshot), script=BOOTSTRAP_NAME,
+        config = ScriptRunConfig(source_directory=str(snapshot), script=NODE_ENTRY,
                                  arguments=entry_arguments(spec, bind, port), compute_target=compute,
                                  environment=environment, distributed_job_config=job_config)
         config.run_config.environment_variables = {**RUN_ENV_VARS, **dict(spec.environment.env_vars),

@@ -368,7 +368,7 @@ class Debugger(Model):
         self._finish(self._leaving)
 
     def close(self) -> None:
-        """Drop the connection without a disconnect request (the adapter resumes the run)."""
+        """Drop the connection without a disconnect request (the run's node takes it as one: the run resumes)."""
         self._leaving = self._leaving or "closed"
         for root in self.roots:
             root.close()

@@ -14,11 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..invocation import is_node_file
 from .errors import DebuggerError
-
-# Frames of our own entry point (the bootstrap, under its local or its shipped name): hidden.
-_BOOTSTRAP_NAMES = ("aml_magics_bootstrap.py",)
-_BOOTSTRAP_SUFFIX = os.path.join("aml_magics", "bootstrap.py")
 
 
 def parse_breakpoint(spec: Any) -> tuple[str, int, str | None]:
@@ -73,9 +70,8 @@ def source_lines(path: str | None) -> list[str]:
 
 
 def is_bootstrap(path: str | None) -> bool:
-    if not path:
-        return False
-    return os.path.basename(path) in _BOOTSTRAP_NAMES or path.endswith(_BOOTSTRAP_SUFFIX)
+    """A frame of the node package (ours, under its local or its shipped name): hidden."""
+    return is_node_file(path)
 
 
 def is_launcher(path: str | None) -> bool:

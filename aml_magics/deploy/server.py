@@ -4,7 +4,7 @@ Standalone on purpose (stdlib + ``azureml-inference-server-http``): the bootstra
 the user script, so debugpy is already listening (and, if asked, attached) when ``init()``
 runs, and every request is handled in this same process.
 
-    python bootstrap.py [debug options] -- deploy_server.py --entry-script score.py
+    python node [debug options] -- deploy_server.py --entry-script score.py
                         [--host H] [--http-port N]
 
 Why not ``azmlinfsrv``: on Linux it runs gunicorn, whose worker is a forked child. Debugging
@@ -30,7 +30,7 @@ import os
 import sys
 
 SERVING_MARKER = "AML_MAGICS_SERVING"
-BOOTSTRAP_RUNTIME = "_aml_magics_bootstrap"  # bootstrap.RUNTIME_MODULE (this file is standalone)
+BOOTSTRAP_RUNTIME = "_aml_magics_bootstrap"  # node.wire.RUNTIME_MODULE: the node's markers (this file is standalone)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -24,10 +24,9 @@ from .build import (
     run_build,
 )
 from .client import (
-    BOOTSTRAP,
-    BOOTSTRAP_IN_IMAGE,
     IMAGE_REPO,
     LABEL,
+    NODE_IN_IMAGE,
     ROOT,
     VENV,
     VENV_PYTHON,
@@ -47,7 +46,7 @@ from .owners import owner_labels, sweep
 from .recipe import ImagePython, canonical, dockerfile, image_tag, probe_python, redact
 
 __all__ = [
-    "BOOTSTRAP", "BOOTSTRAP_IN_IMAGE", "IMAGE_REPO", "LABEL", "ROOT", "VENV", "VENV_PYTHON", "WHEELS_CHOICES",
+    "NODE_IN_IMAGE", "IMAGE_REPO", "LABEL", "ROOT", "VENV", "VENV_PYTHON", "WHEELS_CHOICES",
     "WHEELS_HOST", "WHEELS_INDEX", "Canceled", "ImageBuildError", "ImageInfo", "ImagePython", "ImageUses",
     "canonical", "connect", "credentials_problem", "default_base_image", "docker_host", "dockerfile", "ensure_image",
     "ensure_inference_image", "format_images", "image_id_of", "image_tag", "images_command", "list_images",

@@ -32,13 +32,13 @@ from ..lifecycle import CancelToken
 from ..spec import EnvironmentSpec
 from .client import (
     _ANSI,
-    BOOTSTRAP,
     LABEL,
     LOG_TAIL,
     WHEELS_HOST,
     WHEELS_INDEX,
     ImageBuildError,
     docker_host,
+    node_files,
     short_reason,
 )
 from .owners import build_folder_prefix, owner_labels, sweep_build_folders, sweep_build_images
@@ -73,7 +73,8 @@ def build_context(recipe: str, env: EnvironmentSpec, wheels_dir: Path | None,
             tar.addfile(info, io.BytesIO(data))
 
         add_bytes("Dockerfile", recipe.encode())
-        add_bytes("bootstrap.py", BOOTSTRAP.read_bytes())
+        for name, data in node_files().items():
+            add_bytes(f"node/{name}", data)
         for name, data in (files or {}).items():
             add_bytes(name, data)
         if env.requirements.strip():

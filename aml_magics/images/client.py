@@ -12,14 +12,13 @@ import threading
 from typing import Any
 
 from ..errors import Canceled, TargetError
-from ..invocation import BOOTSTRAP_IN_IMAGE, BOOTSTRAP_PATH, IMAGE_ROOT
+from ..invocation import IMAGE_ROOT, NODE_IN_IMAGE, node_files
 
 LABEL = "aml_magics"
 IMAGE_REPO = "aml-magics/env"
 ROOT = IMAGE_ROOT
 VENV = f"{ROOT}/venv"
 VENV_PYTHON = f"{VENV}/bin/python"
-BOOTSTRAP = BOOTSTRAP_PATH
 WHEELS_HOST = "host"
 WHEELS_INDEX = "index"
 WHEELS_CHOICES = (WHEELS_HOST, WHEELS_INDEX)
@@ -105,5 +104,5 @@ def _remove_quietly(container: Any) -> None:
 
 
 
-__all__ = ["BOOTSTRAP", "BOOTSTRAP_IN_IMAGE", "Canceled", "ImageBuildError", "LABEL", "IMAGE_REPO", "connect",
+__all__ = ["NODE_IN_IMAGE", "node_files", "Canceled", "ImageBuildError", "LABEL", "IMAGE_REPO", "connect",
            "default_base_image", "docker_host", "short_reason", "shorten"]

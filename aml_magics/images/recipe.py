@@ -27,16 +27,16 @@ from .. import venvs
 from ..invocation import redact_credentials as redact
 from ..spec import EnvironmentSpec
 from .client import (
-    BOOTSTRAP,
-    BOOTSTRAP_IN_IMAGE,
     IMAGE_REPO,
     LABEL,
+    NODE_IN_IMAGE,
     ROOT,
     VENV,
     VENV_PYTHON,
     WHEELS_HOST,
     ImageBuildError,
     _remove_quietly,
+    node_files,
     short_reason,
 )
 from .owners import owner_labels
@@ -49,7 +49,10 @@ _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://\S+")
 
 
 def bootstrap_hash() -> str:
-    return hashlib.sha256(BOOTSTRAP.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name, data in node_files().items():
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def canonical(env: EnvironmentSpec) -> EnvironmentSpec:
@@ -226,7 +229,7 @@ def dockerfile(base_ref: str, env: EnvironmentSpec, python: str, wheels: str | N
         lines += [_run([python, "-m", "venv", "--system-site-packages", VENV]),
                   _run([VENV_PYTHON, "-m", "pip", "install", *pip_options, *requirements])]
     lines += [
-        f"COPY bootstrap.py {BOOTSTRAP_IN_IMAGE}",
+        f"COPY node {NODE_IN_IMAGE}",
         f"ENV PATH={VENV}/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYDEVD_DISABLE_FILE_VALIDATION=1",
         "WORKDIR /app",
     ]
@@ -307,7 +310,7 @@ def inference_dockerfile(image_id: str, python: str, pip_wheel: str, files: dict
               _run([python, f"{ROOT}/wheels/{pip_wheel}/pip", "install", "--disable-pip-version-check",
                     "--no-cache-dir", "--progress-bar", "off", "--no-index", "--find-links", f"{ROOT}/wheels",
                     "--target", SITE, venvs.debugpy_requirement()]),
-              f"COPY bootstrap.py {BOOTSTRAP_IN_IMAGE}"]
+              f"COPY node {NODE_IN_IMAGE}"]
     lines += [f"COPY {name} {ROOT}/{name}" for name in sorted(files)]
     lines.append(f"ENV PYTHONPATH={SITE}${{PYTHONPATH:+:$PYTHONPATH}} PYTHONUNBUFFERED=1 "
                  "PYDEVD_DISABLE_FILE_VALIDATION=1")

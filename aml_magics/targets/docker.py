@@ -22,7 +22,7 @@ numeric uid the container's HOME is /tmp (writable by anyone there). A source di
 home folder or ``/`` (or holds the home folder) is refused unless ``--mount-any-dir``.
 
 ``--procs-per-node M`` (one node only): one container whose entry point is a tiny stdlib
-launcher (``LAUNCHER``, run with ``python -c`` so nothing extra goes into the image) that
+launcher (the node package's ``--launch``: ``node/launcher.py``) that
 starts M bootstrap processes with torchrun's environment (RANK = LOCAL_RANK = i, WORLD_SIZE
 = LOCAL_WORLD_SIZE = M, NODE_RANK 0, MASTER_ADDR 127.0.0.1, a MASTER_PORT free in the
 container), prefixes their output lines with ``[rank i] `` and exits when all have ended
@@ -45,8 +45,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from .. import images
-from ..bootstrap import OWNER_ENV
 from ..invocation import LOOPBACK, PYTHON_FLAGS, entry_arguments, rank_environment, run_environment
+from ..node.wire import OWNER_ENV
 from ..output import LineCutter
 from ..protocol import Endpoint, EndpointMarker, ExitMarker, MarkerReader, RunState
 from ..spec import DEFAULT_PORT, RunSpec
@@ -59,91 +59,6 @@ LOG_TAIL = 15
 MAX_PROCESSES = 64
 EXIT_CODE_WAIT = 60.0  # seconds the daemon may take to report the exit code once the output has ended
 CONTAINER_HOME = "/tmp"  # HOME of a numeric uid the image has no home folder for
-
-# The launcher of a container with several processes: argv[1] is a JSON list of each rank's
-# environment (from invocation.rank_environment), the rest the command every rank runs. It reads
-# the owner's secrets line from stdin and gives each rank a pipe of its own with that line (the
-# rank's owner channel); EOF on stdin (the owner is gone) closes those pipes, which ends every
-# rank. Lines get a ``[rank i] `` tag; a rank that exits non-zero gets an authenticated EXIT marker
-# (it may have died without printing its own); the launcher exits with the first failing rank's code.
-LAUNCHER = r"""
-import hashlib, hmac, json, os, signal, subprocess, sys, threading, time
-envs, cmd = json.loads(sys.argv[1]), sys.argv[2:]
-owned = os.environ.pop("AML_MAGICS_OWNER", "") == "stdin"
-def first_line(fd):
-    data = bytearray()
-    while len(data) < 1 << 20:
-        byte = os.read(fd, 1)
-        if not byte or byte == b"\n":
-            break
-        data += byte
-    return bytes(data)
-line = first_line(0) if owned else b""
-try:
-    key = bytes.fromhex(json.loads(line.decode() or "{}").get("marker_key", ""))
-except (ValueError, AttributeError):
-    key = b""
-out, lock, codes, procs, pipes = sys.stdout.buffer, threading.Lock(), {}, [], []
-for env in envs:
-    child_env, fds = dict(os.environ, **env), ()
-    if owned:
-        read_end, write_end = os.pipe()
-        os.write(write_end, line + b"\n")
-        child_env["AML_MAGICS_OWNER"] = "fd:%d" % read_end
-        fds = (read_end,)
-        pipes.append(write_end)
-    procs.append(subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, pass_fds=fds))
-    for fd in fds:
-        os.close(fd)
-def owner_gone():
-    try:
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    for fd in pipes:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    time.sleep(5)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-if owned:
-    threading.Thread(target=owner_gone, daemon=True).start()
-def forward(signum, frame):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signum)
-signal.signal(signal.SIGTERM, forward)
-signal.signal(signal.SIGINT, forward)
-def write(data):
-    with lock:
-        out.write(data)
-        out.flush()
-def marker(kind, **data):
-    payload = json.dumps(data, sort_keys=True)
-    mac = hmac.new(key, ("%s %s" % (kind, payload)).encode(), hashlib.sha256).hexdigest()[:32] if key else ""
-    return ("AML_MAGICS_%s %s %s" % (kind, payload, mac)).rstrip().encode() + b"\n"
-def pump(i, p):
-    prefix = b"[rank %d] " % i
-    for line in p.stdout:
-        write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
-    codes[i] = code = p.wait()
-    if code:
-        write(b"aml_magics: rank %d exited with code %d\n" % (i, code))
-        write(marker("EXIT", rank=i, code=code, pid=p.pid, source="launcher"))
-threads = [threading.Thread(target=pump, args=(i, p)) for i, p in enumerate(procs)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-failed = [codes[i] for i in range(len(procs)) if codes[i]]
-sys.exit(0 if not failed else failed[0] if failed[0] > 0 else 128 - failed[0])
-"""
-
 
 REMOVAL_WAIT = 10  # seconds a removal the daemon has in progress (auto-remove) may take
 
@@ -451,11 +366,11 @@ class DockerTarget:
     def _command(self, spec: RunSpec, python: str, script: str) -> tuple[list[str], list[str]]:
         """(entrypoint, command): the bootstrap, or the launcher of several bootstraps."""
         command = [str(a) for a in entry_arguments(spec, "0.0.0.0", CONTAINER_PORT, script=script)]
-        entrypoint = [python, *PYTHON_FLAGS, images.BOOTSTRAP_IN_IMAGE]
+        entrypoint = [python, *PYTHON_FLAGS, images.NODE_IN_IMAGE]
         procs = self.processes(spec)
-        if procs > 1:
+        if procs > 1:  # the node package's launcher (node/launcher.py) starts every rank
             envs = [rank_environment(spec.distributed, rank) for rank in range(procs)]
-            entrypoint = [python, "-c", LAUNCHER, json.dumps(envs), *entrypoint]
+            entrypoint = [python, images.NODE_IN_IMAGE, "--launch", json.dumps(envs), "--", *entrypoint]
         return entrypoint, command
 
     def _start(self, run: DockerRun, spec: RunSpec, tag: str, python: str, publish: str) -> None:

@@ -22,8 +22,8 @@ import threading
 from typing import ClassVar
 
 from .. import venvs
-from ..bootstrap import OWNER_ENV, SECRETS_ENV
 from ..invocation import LOOPBACK, OwnerPipe, bootstrap_argv, rank_environment, run_environment
+from ..node.wire import OWNER_ENV, SECRETS_ENV
 from ..output import read_lines
 from ..ports import PortBusy, choose_port, free_port
 from ..processes import ProcessGroup

@@ -42,6 +42,8 @@ def state_detail(run: "DebugRun") -> str:
     left to attach are the endpoint's, beside it)."""
     if run.state in ("failed", "crashed_waiting_for_debugger", "canceled") and run.detail:
         return run.detail
+    if run.state == "running" and run.debugger_note:  # the client left: "debugger gone (connection lost) after 12 s"
+        return run.debugger_note
     return ""
 
 
@@ -56,6 +58,8 @@ def state_label(run: "DebugRun") -> str:
         return run.detail if run.detail.startswith("canceled") else f"{label}: {run.detail}"
     if run.state in ("failed", "crashed_waiting_for_debugger") and run.detail:
         label += f": {run.detail}"
+    elif run.state == "running" and run.debugger_note:
+        label += f"; {run.debugger_note}"  # "running; debugger gone (connection lost) after 12 s"
     return label
 
 
@@ -84,6 +88,10 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
             return EndpointNow(LISTENING, f"listening, {left:.0f} s left" if left is not None else "listening")
         if status.state == "attached":
             return EndpointNow(ATTACHED, "attached")
+        if status.detail.startswith("debugger "):  # the client left: "debugger gone (connection lost) after 12 s"
+            if run.spec.debug.reattach:
+                return EndpointNow(LISTENING, f"listening again ({status.detail})")
+            return EndpointNow(CLOSED, f"closed ({status.detail})")
         return EndpointNow(CLOSED, _nobody_came(run))
     if run.world_size == 1 and run.attached is False:
         return EndpointNow(CLOSED, _nobody_came(run))

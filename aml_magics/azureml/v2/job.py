@@ -1,6 +1,6 @@
 """What an SDK v2 submission sends: a ``command()`` job, built offline.
 
-The job runs ``python aml_magics_bootstrap.py <bootstrap options> -- <script> <args>`` in
+The job runs ``python aml_magics_node/__main__.py <node options> -- <script> <args>`` in
 ``code`` = the same snapshot the v1 path builds (the bootstrap copied beside the user's
 files, never into the user's folder), in an environment with debugpy added:
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import TargetError
-from ...invocation import BOOTSTRAP_NAME, RunSecrets, entry_arguments, redact
+from ...invocation import NODE_ENTRY, RunSecrets, entry_arguments, redact
 from ...spec import RunSpec
 from ..submission import (
     DEBUGPY_REQUIREMENT,
@@ -246,12 +246,12 @@ def build_environment(spec: RunSpec, registered: Any = None, registered_name: st
 
 
 def job_command(spec: RunSpec, bind: str, port: int) -> str:
-    """``python aml_magics_bootstrap.py <bootstrap options> -- <script> <args>``, shell-quoted."""
+    """``python aml_magics_node/__main__.py <node options> -- <script> <args>``, shell-quoted."""
     arguments = entry_arguments(spec, bind, port)
     bad = next((a for a in arguments if "${{" in a), None)
     if bad is not None:
         raise TargetError(f"argument {bad!r} contains '${{{{', which Azure ML reads as an input/output binding")
-    return " ".join(["python", BOOTSTRAP_NAME, *(shlex.quote(str(a)) for a in arguments)])
+    return " ".join(["python", NODE_ENTRY, *(shlex.quote(str(a)) for a in arguments)])
 
 
 def build_distribution(kind: str | None, procs_per_node: int) -> Any:
@@ -314,7 +314,7 @@ class JobSubmission:
             "experiment": self.experiment,
             "source_dir": str(self.spec.source_dir),
             "snapshot_files": snapshot_files(self.snapshot),
-            "entry_script": BOOTSTRAP_NAME,
+            "entry_script": NODE_ENTRY,
             "arguments": self.arguments,
             "command": job.command,
             "user_script": self.spec.script,
