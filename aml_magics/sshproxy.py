@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .bootstrap import close_socket, low_latency
+from .node.wire import close_socket, low_latency
 
 WS_PATH = "/nbip/v1.0/ws-tcp"
 SSH_USER = "azureuser"  # the user Azure ML's SSH service logs in (az ml job connect-ssh)
