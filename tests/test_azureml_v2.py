@@ -529,3 +529,25 @@ def test_dry_run_shows_the_job_as_azure_ai_ml_would_submit_it(project, monkeypat
     assert "ssh_public_keys: ssh-ed25519 " in text and "PRIVATE KEY" not in text
     assert cli.main([*argv, "--connect", "direct", "--output", "json"]) == 0
     assert SSH_SERVICE not in json.loads(capsys.readouterr().out)["job"]["services"]
+
+
+def test_connect_option_from_the_cli_the_magic_and_config(shell, project, monkeypatch, capsys):
+    use_simulator(monkeypatch, project / "sim")
+    assert cli.main(["run", "proj/train.py", *V2, "--compute", "cpu-cluster", "--connect", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--connect" in err and "'nowhere'" in err and len(err.splitlines()) == 1
+    assert cli.main(["run", "proj/train.py", *V2, "--compute", "cpu-cluster", "--connect", "proxy", "--insecure"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--connect proxy carries the authenticated tunnel; it cannot be "
+                                                    "used with --insecure")
+    shell.run_line_magic("config", "AmlDebugMagics.connect = 'nowhere'")  # refused in one line, default kept
+    assert shell.run_line_magic("config", "AmlDebugMagics.connect") is None
+    shell.run_line_magic("config", "AmlDebugMagics.connect = 'direct'")
+    try:
+        plan = shell.run_line_magic("aml_debug_run", f"{' '.join(V2)} --compute cpu-cluster "
+                                    "--dry-run proj/train.py")
+    finally:
+        shell.run_line_magic("config", "AmlDebugMagics.connect = None")
+    assert plan["ssh_service"] is None and SSH_SERVICE not in plan["job"].get("services", {})
+    plan = shell.run_line_magic("aml_debug_run", f"{' '.join(V2)} --compute cpu-cluster --nodes 2 "
+                                "--connect proxy --dry-run proj/train.py")
+    assert plan["job"]["services"][SSH_SERVICE]["nodes"] == "all"  # every node: each rank's node is reached

@@ -115,7 +115,8 @@ class SimJobRun(SimRun):
         every = any(getattr(s, "nodes", None) == "all" for s in services.values())
         chosen = nodes if every else nodes[:1]
         ssh = JobSsh(self.id, self.dir / "ssh", keys)
-        self.proxy.start().jobs[self.id] = ssh
+        if cluster is not None:  # elsewhere the service fails (a one-line reason): no node address to serve
+            self.proxy.start().jobs[self.id] = ssh
         self.ssh = ssh
         ssh.start([(n.index, n.address or "", cluster.proxy_address if cluster else None) for n in chosen],
                   {n.index: n.prefix for n in chosen})
