@@ -73,7 +73,7 @@ def project(tmp_path, monkeypatch, machinery):
     use_simulator(monkeypatch, root / "sim")
     monkeypatch.setenv("AML_MAGICS_SIM_NETWORK", "bridge")
     monkeypatch.setenv("AML_MAGICS_SIM_INBOUND", "proxy")
-    for name in ("AML_MAGICS_SIM_SSH", "AML_MAGICS_SIM_SSH_DELAY"):
+    for name in ("AML_MAGICS_SIM_SSH", "AML_MAGICS_SIM_SSH_DELAY", "AML_MAGICS_SIM_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     write_project(root / "proj", SCRIPT, name="ranks.py")
     write_project(root / "proj", CRASH, name="crash.py")
@@ -203,6 +203,23 @@ def test_the_proxy_refuses_without_the_token_and_sshd_refuses_another_key(projec
     client.close()
     assert endpoint.route == "proxy"
     run.cancel()
+
+
+@pytest.mark.parametrize("setting, line", [
+    ("AML_MAGICS_SIM_TOKEN=stale", "aml_magics: node 0: the workspace proxy refused the token (401: expired, or not "
+                                   "the job's owner; sign in again as the job's owner)"),
+    ("AML_MAGICS_SIM_SSH=other-key", "aml_magics: node 0: the node's SSH service refused the run's key for user "
+                                     "azureuser"),
+])
+def test_a_refusal_during_the_run_is_one_line_and_the_run_goes_on(project, monkeypatch, setting, line):
+    name, value = setting.split("=")
+    monkeypatch.setenv(name, value)
+    run = _submit(timeout=8)
+    wait_for(lambda: line in run.logs, 60, "the refusal's line")
+    assert sum(line in text for text in run.logs.splitlines()) == 1
+    assert run.state in ("waiting_for_debugger", "running")  # the run keeps its state
+    assert run.wait(90) == "completed"  # nobody could attach: the window ran out, the script ran
+    assert "rank-0-value done" in run.logs
 
 
 def test_connect_proxy_with_sdk_v1_is_one_line(project):

@@ -40,7 +40,9 @@ Settings (environment variables, read at each use):
 ``AML_MAGICS_SIM_INBOUND``         ``proxy`` (with ``bridge``): the nodes accept no connection from this
                                  machine's address; only the workspace proxy reaches them (SDK v2's
                                  SSH service, :mod:`.v2.simssh`)
-``AML_MAGICS_SIM_SSH``             ``fail``: a job's SSH service fails to start
+``AML_MAGICS_SIM_SSH``             ``fail``: a job's SSH service fails to start; ``other-key``: it lets in
+                                 another key than the job's
+``AML_MAGICS_SIM_TOKEN``           ``stale``: the credential's token is expired (the proxy answers 401)
 ``AML_MAGICS_SIM_SSH_DELAY``       seconds a job's SSH service takes to start after Running (default 0)
 """
 

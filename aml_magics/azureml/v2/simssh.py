@@ -20,8 +20,9 @@ our client, so the two can disagree):
   from the proxy's own address on the cluster's bridge (the one a closed node lets in);
   anything else is answered 401.
 
-Settings: ``AML_MAGICS_SIM_SSH=fail`` (the service fails), ``AML_MAGICS_SIM_SSH_DELAY``
-(seconds before sshd starts after the job runs).
+Settings: ``AML_MAGICS_SIM_SSH=fail`` (the service fails), ``=other-key`` (it lets in another key
+than the job's), ``AML_MAGICS_SIM_SSH_DELAY`` (seconds before sshd starts after the job runs),
+``AML_MAGICS_SIM_TOKEN=stale`` (the identity's credential hands out an expired token: 401).
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def _host_key(path: Path) -> None:
                                        serialization.NoEncryption()))
 
 
+def _other_public_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " other"
+
+
 def sshd_config(folder: Path, address: str) -> str:
     return "\n".join([
         f"ListenAddress {address}:{SSH_PORT}",
@@ -130,7 +139,10 @@ class JobSsh:
     def start(self, nodes: list[tuple[int, str, str | None]], prefixes: dict[int, list[str]]) -> None:
         """sshd on every node given as (index, address, proxy address), after the service's delay."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.folder / "authorized_keys").write_text(self.keys.strip() + "\n")
+        keys = self.keys.strip()
+        if _env("AML_MAGICS_SIM_SSH") == "other-key":  # the service holds another key than the run's
+            keys = _other_public_key()
+        (self.folder / "authorized_keys").write_text(keys + "\n")
         for index, address, proxy in nodes:
             self.nodes[index] = NodeSsh(index, address, proxy or "")
         threading.Thread(target=self._start_all, args=(prefixes,), daemon=True,
