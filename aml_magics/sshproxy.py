@@ -250,6 +250,7 @@ class SshSession:
 
         self.stream = stream
         self.transport = paramiko.Transport(self.stream)  # type: ignore[arg-type]  # socket-like, as ProxyCommand
+        self.transport.name = "aml-magics-ssh-transport"  # its reader thread: one per node, ends with close()
         self.transport.set_keepalive(30)
         try:
             try:
