@@ -12,11 +12,13 @@ the run on Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from . import engine
-from .errors import OptionsError
+from ._version import __version__
+from .errors import AmlMagicsError, OptionsError, one_line
 from .follow import AttachWait, follow
 from .options import Defaults, build_request, make_parser, parse_cli
 from .run import DebugRun
@@ -32,13 +34,48 @@ EPILOG = """examples:
 
 Everything after -- goes to the script untouched. Ctrl-C cancels the run (its whole process
 tree, container or Azure ML run)."""
+HELP = f"""{USAGE}
+       aml-debug --version
+
+Debug code that runs somewhere else (a child process, a Docker container, an Azure ML node)
+with debugpy: the run starts with the debugger listening, the endpoint and a ready VS Code
+launch.json attach configuration are printed as soon as they are known, and the terminal counts
+down the attach window.
+
+commands:
+  run      run a script with debugpy listening, on a target (--target: see aml-debug run --help)
+  deploy   serve a scoring script (init()/run()) with the Azure ML inference server and debugpy
+
+options:
+  -h, --help  show this help and exit
+  --version   show the version and exit
+
+{EPILOG}"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a reader that leaves early (``aml-debug run --help | head``) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(HELP if argv else USAGE, file=sys.stdout if argv else sys.stderr, flush=True)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"aml-debug (aml_magics) {__version__}", flush=True)
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "deploy":
         from .deploy.request import cli_main
@@ -49,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     ours = rest[:rest.index("--")] if "--" in rest else rest  # a script's own --help is the script's
     if "-h" in ours or "--help" in ours:
-        print(run_parser().format_help())
+        print(run_parser().format_help(), flush=True)
         return 0
     try:
         ns = parse_cli(rest, PROG)
@@ -59,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if request.dry_run:
             return print_plan(request, getattr(ns, "output", None) or "text")
         run = engine.start(request)
-    except OptionsError as exc:
-        print(f"aml-debug: {exc}", file=sys.stderr)
+    except AmlMagicsError as exc:  # the one door: a user error is one line and exit code 2
+        print(f"aml-debug: {one_line(exc)}", file=sys.stderr)
         return 2
     return follow_run(run)
 

@@ -1,7 +1,7 @@
 """``--dry-run``: build what a run would submit and show it, without starting anything.
 
-Targets that submit somewhere (azureml) implement ``plan(spec, cell=None) -> dict``;
-nothing is contacted, no cell is written into the user's folder.
+Targets that submit somewhere (azureml) say so in their capabilities (``dry_run``) and implement
+``plan(spec, cell=None) -> dict``; nothing is contacted, no cell is written into the user's folder.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from .errors import OptionsError, TargetError
 from .invocation import redact_credentials
 from .options import RunRequest, check_syntax
-from .targets import make_target
+from .targets import all_targets, make_target, target_info
 
 
 class Plan(dict):
@@ -24,10 +24,11 @@ class Plan(dict):
 
 def plan(request: RunRequest) -> Plan:
     try:
-        target = make_target(request.target, **request.target_options)
-        if not hasattr(target, "plan"):
-            raise OptionsError(f"--dry-run: target '{request.target}' submits nothing ahead that could be shown; "
-                               "it is for --target azureml")
+        if not target_info(request.target).capabilities.dry_run:
+            able = " or ".join(f"--target {i.name}" for i in all_targets() if i.capabilities.dry_run)
+            raise OptionsError(f"--dry-run: target '{request.target}' submits nothing ahead that could be shown"
+                               + (f"; it is for {able}" if able else ""))
+        target: Any = make_target(request.target, **request.target_options)  # dry_run: it has plan()
         if request.cell is not None and request.cell_file is not None:
             check_syntax(request.cell, str(request.cell_file))
         return Plan(_redacted(target.plan(request.spec, cell=request.cell)))

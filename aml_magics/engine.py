@@ -25,7 +25,7 @@ from .protocol import Endpoint, MarkerReader
 from .run import DebugRun
 from .spec import RunSpec
 from .target_base import RunContext, RunHandle
-from .targets import make_target
+from .targets import make_target, target_info
 from .tunnel import TunnelCredentials, TunnelledHandle
 
 MakeRun = Callable[..., DebugRun]
@@ -104,11 +104,12 @@ def _new_run(registry: RunRegistry, spec: RunSpec, target: str, make_run: MakeRu
 
 def needs_tunnel(spec: RunSpec, target: str) -> bool:
     """Whether the run's debug port leaves this machine (then the tunnel is on, unless --insecure):
-    every remote or container target; a local run bound to anything but loopback."""
+    every target whose capabilities say so (``leaves_machine``: a container, a remote node); any
+    other bound to anything but loopback."""
     debug = spec.debug
     if not debug.enabled or not debug.secure:
         return False
-    if target != "local":
+    if target_info(target).capabilities.leaves_machine:
         return True
     bind = debug.bind or "127.0.0.1"
     return not (bind.startswith("127.") or bind == "localhost")

@@ -25,3 +25,9 @@ class RunFailed(AmlMagicsError, RuntimeError):
 
 class Canceled(AmlMagicsError):
     """The run was canceled while something was being prepared for it (a build, a venv)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """What a user sees of an error: its message on one line (the type's name if it has none)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__

@@ -39,6 +39,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import AmlMagicsError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: writes stay atomic, but are not serialised
@@ -53,7 +55,7 @@ _BINARY = getattr(os, "O_BINARY", 0)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF}
 
 
-class FileRefused(OSError):
+class FileRefused(AmlMagicsError, OSError):
     """A write this module will not do; ``str()`` is one line, ``<path>: <reason>``."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

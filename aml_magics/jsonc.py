@@ -16,12 +16,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import AmlMagicsError
+
 __all__ = ["Document", "JsoncError", "Node", "Token", "error_at", "parse_document", "parse_jsonc"]
 
 MAX_DEPTH = 200
 
 
-class JsoncError(ValueError):
+class JsoncError(AmlMagicsError, ValueError):
     """A JSONC text that can't be read (``launch.LaunchJsonError`` is this class).
 
     The message is one line, ``<file>:<line>:<col>: <what is wrong>``; the parts are also attributes

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any, TypeVar
 
 from .errors import Canceled
+
+_log = logging.getLogger("aml_magics")
 
 T = TypeVar("T")
 Callback = Callable[[], object]
@@ -124,8 +127,8 @@ class RunScope:
             stack = self._stack.pop_all()
         try:
             stack.close()
-        except Exception:
-            pass  # each release is best effort; a failing one must not keep the others
+        except Exception as exc:  # each release is best effort; a failing one must not keep the others
+            _log.warning("aml_magics: releasing what run %s held failed: %s: %s", self.name, type(exc).__name__, exc)
         with _live_lock:
             _live.discard(self)
 
@@ -140,8 +143,8 @@ class RunScope:
 def _quietly(callback: Callback) -> None:
     try:
         callback()
-    except Exception:
-        pass
+    except Exception as exc:
+        _log.warning("aml_magics: a release failed: %s: %s", type(exc).__name__, exc)
 
 
 _live: set[RunScope] = set()

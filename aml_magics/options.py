@@ -8,6 +8,7 @@ whole request has been checked.
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import re
@@ -29,7 +30,7 @@ from .spec import (
     RunSpec,
 )
 from .target_base import Option, option
-from .targets import TargetInfo, all_targets, target_info
+from .targets import TargetInfo, all_targets, target_info, target_names
 
 DEFAULT_CELL_DIR = ".aml_magics/cells"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -50,12 +51,27 @@ class _Parser(argparse.ArgumentParser):
                            else self._unrecognized(message))
 
     def _unrecognized(self, message: str) -> str:
+        extra = message.removeprefix("unrecognized arguments: ")
+        typo = self._close_option(extra.split())
+        if typo:
+            return typo
         if not self.takes_script_args:
             return message
-        extra = message.removeprefix("unrecognized arguments: ")
         if self.prog.startswith("aml_magics."):  # the Python API: keywords, not flags
             return f"{message} (not an option of {self.prog}; the script's own arguments go in args=[...])"
         return f"{message} ({SCRIPT_ARGS_HINT.format(prog=self.prog, args=extra)})"
+
+    def _close_option(self, words: list[str]) -> str:
+        """``--timout`` → ``unrecognized option --timout: did you mean --timeout?`` (a near miss of an
+        option, not the script's own argument)."""
+        known = [flag for flag in self._option_string_actions if flag.startswith("--")]
+        for word in words:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+                if close:
+                    return f"unrecognized option {flag}: did you mean {close[0]}?"
+        return ""
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         raise OptionsError(message or "invalid options")
@@ -167,7 +183,7 @@ def bind_value(text: str) -> str:
 
 COMMON_OPTIONS: tuple[Option, ...] = (
     option("-t", "--target", default=None, metavar="TARGET",
-           help="where the run executes: local, docker, azureml (default: local)"),
+           help="where the run executes: {targets} (default: local)"),  # the registry's names
     option("--name", type=name_value, default=None,
            help="run name, also the launch.json configuration name (default: the script's name; a cell: cell)"),
     option("--source-dir", default=None, metavar="DIR",
@@ -225,11 +241,15 @@ COMMON_OPTIONS: tuple[Option, ...] = (
 
 
 def add_options(parser: "argparse._ActionsContainer", options: Iterable[Option]) -> None:
-    """Add each option once (several targets may declare the same one)."""
+    """Add each option once (several targets may declare the same one); ``{targets}`` in a help
+    text is the registry's target names."""
     seen = {action.dest for action in parser._actions}
     for item in options:
         if item.dest not in seen:
-            parser.add_argument(*item.flags, **item.kwargs)
+            kwargs = dict(item.kwargs)
+            if "{targets}" in kwargs.get("help", ""):
+                kwargs["help"] = kwargs["help"].replace("{targets}", ", ".join(target_names()))
+            parser.add_argument(*item.flags, **kwargs)
             seen.add(item.dest)
 
 
@@ -424,8 +444,9 @@ def _distributed(ns: argparse.Namespace, info: TargetInfo, debug: DebugOptions) 
     procs = getattr(ns, "procs_per_node", None) or 1
     caps, target = info.capabilities, info.name
     if caps.max_nodes is not None and nodes > caps.max_nodes:
-        raise OptionsError(f"--nodes {nodes}: target '{target}' runs one container on one machine; "
-                           f"use --procs-per-node for several processes, or --target azureml for several nodes")
+        raise OptionsError(f"--nodes {nodes}: target '{target}' runs {caps.one_machine or 'its processes'} on "
+                           f"{'one machine' if caps.max_nodes == 1 else f'at most {caps.max_nodes} nodes'}; "
+                           f"use --procs-per-node for several processes{_targets_for(nodes)}")
     world = nodes * procs
     if caps.max_processes is not None and world > caps.max_processes:
         raise OptionsError(f"--nodes {nodes} --procs-per-node {procs}: {world} processes; "
@@ -436,6 +457,13 @@ def _distributed(ns: argparse.Namespace, info: TargetInfo, debug: DebugOptions) 
             raise OptionsError(f"--debug-ranks {','.join(map(str, outside))}: the run has {world} rank(s) "
                                f"(0-{world - 1})")
     return DistributedSpec(nodes=nodes, procs_per_node=procs)
+
+
+def _targets_for(nodes: int) -> str:
+    """``, or --target X for several nodes`` from the registry (every target that takes ``nodes``)."""
+    able = [info.name for info in all_targets()
+            if info.capabilities.max_nodes is None or info.capabilities.max_nodes >= nodes]
+    return f", or --target {' or '.join(able)} for several nodes" if able else ""
 
 
 def _target_options(ns: argparse.Namespace, info: TargetInfo, defaults: Defaults) -> dict[str, Any]:

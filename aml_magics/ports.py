@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
+
+from .errors import AmlMagicsError
+from .node.wire import OWNER_ENV
 
 
-class PortBusy(Exception):
+class PortBusy(AmlMagicsError):
     pass
 
 
@@ -43,12 +47,36 @@ def holder(port: int) -> str | None:
                     return None
                 try:
                     proc = psutil.Process(conn.pid)
-                    return f"pid {conn.pid} ({' '.join(proc.cmdline()[:3]) or proc.name()})"
+                    return _our_run(proc) or f"pid {conn.pid} ({_command(proc)})"
                 except psutil.Error:
                     return f"pid {conn.pid}"
     except (psutil.Error, OSError):
         return None
     return None
+
+
+def _our_run(proc: Any) -> str | None:
+    """``another aml-debug run (pid N)`` when the holder is a run's node side (its bootstrap has
+    an owner channel in its environment) or a process under it; None for anything else."""
+    import psutil
+
+    for candidate in [proc, *proc.parents()[:3]]:
+        try:
+            if OWNER_ENV not in candidate.environ():
+                continue
+            owner = candidate.parent()
+            started_by = " ".join(owner.cmdline()) if owner is not None else ""
+        except psutil.Error:
+            continue
+        kind = "aml-debug run" if "aml_magics.cli" in started_by or "aml-debug" in started_by else "aml_magics run"
+        return f"another {kind} (pid {candidate.pid})"
+    return None
+
+
+def _command(proc: Any) -> str:
+    """A process's command line on one short line (a ``python -c`` program has several)."""
+    words = " ".join(" ".join(proc.cmdline()[:3]).split()) or proc.name()
+    return words if len(words) <= 80 else words[:77] + "..."
 
 
 def choose_port(host: str, port: int, auto: bool) -> int:

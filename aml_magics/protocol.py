@@ -26,6 +26,7 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+from .errors import AmlMagicsError
 from .node.wire import BOOTSTRAP_VERSION, MARKER_PREFIX, marker_mac
 
 if sys.version_info >= (3, 11):
@@ -39,7 +40,7 @@ else:  # pragma: no cover - 3.10
 __all__ = [
     "BOOTSTRAP_VERSION", "MARKER_PREFIX", "RunState", "TERMINAL", "DEBUG_STATES", "Endpoint", "Marker",
     "EndpointMarker", "AttachedMarker", "PostMortemMarker", "BreakpointMarker", "ErrorMarker", "ExitMarker",
-    "MarkerReader", "register_marker", "rank_of",
+    "MarkerReader", "register_marker",
 ]
 
 
@@ -83,9 +84,12 @@ class Endpoint:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def moved_to(self, host: str, port: int, *, tunnelled: bool | None = None) -> "Endpoint":
-        """The same listener seen from elsewhere (a published container port, a forwarder)."""
-        far = self.node_address or self.address
+    def moved_to(self, host: str, port: int, *, tunnelled: bool | None = None,
+                 far: str | None = None) -> "Endpoint":
+        """The same listener seen from elsewhere (a published container port, a forwarder): every
+        other field is kept; ``node_address`` becomes ``far`` (where the new hop connects to),
+        else the far side already known, else where it was seen until now."""
+        far = far or self.node_address or self.address
         return replace(self, host=host, port=port, node_address=far,
                        tunnelled=self.tunnelled if tunnelled is None else tunnelled)
 
@@ -116,11 +120,17 @@ class EndpointMarker(Marker):
     version: str | None = None
     tunnel: bool = False  # the port is the node's authenticated TLS relay, not debugpy itself
 
+    # Marker fields whose Endpoint field has another name; every other shared name is copied as is,
+    # so a field added to both travels without another edit.
+    _ENDPOINT_NAMES: ClassVar[dict[str, str]] = {"tunnel": "tunnelled"}
+
     def endpoint(self) -> Endpoint | None:
         if not self.host or not 0 < self.port < 65536:
             return None
-        return Endpoint(self.host, self.port, rank=self.rank, pid=self.pid, cwd=self.cwd, script=self.script,
-                        tunnelled=self.tunnel)
+        wanted = {item.name for item in dataclasses.fields(Endpoint)}
+        values = {self._ENDPOINT_NAMES.get(item.name, item.name): getattr(self, item.name)
+                  for item in dataclasses.fields(self)}
+        return Endpoint(**{name: value for name, value in values.items() if name in wanted})
 
 
 @dataclass(frozen=True)
@@ -212,7 +222,7 @@ _LINE = re.compile(r"^(?:\[rank (\d+)\] )?" + re.escape(MARKER_PREFIX)
                    + r"([A-Z][A-Z_]*) (\{.*\})(?: ([0-9a-f]{32}))?[ \t\r\n]*$")
 
 
-class Malformed(ValueError):
+class Malformed(AmlMagicsError, ValueError):
     pass
 
 
@@ -324,7 +334,3 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
     else:
         return value
     raise Malformed(f"{name}: expected {getattr(base, '__name__', base)}, got {type(value).__name__}")
-
-
-def rank_of(marker: Marker) -> int:
-    return marker.rank if marker.rank >= 0 else 0

@@ -11,10 +11,12 @@ views show, :meth:`DebugRun.on_finish` a hook that explains how the run ended.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -50,8 +52,9 @@ MAX_LOG_LINES = MAX_KEPT_LINES
 Listener = Callable[["DebugRun", str], None]
 MarkerHandler = Callable[[Any], None]
 FinishHook = Callable[["DebugRun", str, str], str]
+_log = logging.getLogger("aml_magics")
 
-__all__ = ["DebugRun", "RankStatus", "RunFailed", "Facet", *[s.name for s in RunState]]
+__all__ = ["DebugRun", "RankStatus", "RunFailed", "Facet", "RunFacts", "reduce_marker", "summed_state", *[s.name for s in RunState]]
 
 
 class _RankTuple(NamedTuple):
@@ -370,8 +373,8 @@ class DebugRun:
         for hook in self._finish_hooks:
             try:
                 detail = hook(self, state, detail)
-            except Exception:
-                pass
+            except Exception as exc:  # a broken hook must never keep the run from ending
+                _hook_failed("finish hook", self, exc)
         with self._cond:
             if self.done:
                 return
@@ -384,92 +387,51 @@ class DebugRun:
         self._notify("state")
 
     def _on_marker(self, marker: Marker) -> None:
-        if isinstance(marker, EndpointMarker):
-            self._on_endpoint(marker)
-        elif isinstance(marker, AttachedMarker):
-            self.attached = marker.attached
-            if marker.attached:
-                self.debugger_note = ""
-            self._on_rank_marker(marker, ATTACHED if marker.attached else RUNNING)
-        elif isinstance(marker, DetachedMarker):
-            self.attached = False
-            self.debugger_note = marker.reason or "debugger detached"
-            self._on_rank_marker(marker, RUNNING, self.debugger_note)
-        elif isinstance(marker, PostMortemMarker):
-            self._on_rank_marker(marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
-                                 deadline=marker.deadline)
-        elif isinstance(marker, BreakpointMarker):
-            where = f"breakpoint() at {marker.file}:{marker.line}"
-            self._on_rank_marker(marker, ATTACHED if marker.attached else WAITING, where, deadline=marker.deadline)
-        elif isinstance(marker, ExitMarker):
-            if marker.code == 0:
-                self._on_rank_marker(marker, COMPLETED)
-            elif marker.code == 130:  # KeyboardInterrupt: what a cancel (SIGINT) does to a rank
-                self._on_rank_marker(marker, CANCELED, "interrupted")
-            else:
-                self._on_rank_marker(marker, FAILED, f"exit code {marker.code}")
-        elif isinstance(marker, ErrorMarker):
-            self._error = self.detail = marker.message
+        """A marker moves the run's facts (:func:`reduce_marker`, pure); an endpoint is also mapped
+        to where this machine reaches it (a container's published port, the tunnel's forwarder)."""
+        endpoint = self._mapped(marker) if isinstance(marker, EndpointMarker) else None
+        with self._cond:
+            before = self._facts()
+            after = reduce_marker(before, marker)
+            if endpoint is not None:
+                self._endpoints = [e for e in self._endpoints if e.rank != endpoint.rank] + [endpoint]
+                self._endpoints.sort(key=lambda e: e.rank)
+            self._apply(after)  # state and endpoint change together: a waiter woken by one sees both
+            self._cond.notify_all()
+        if endpoint is not None:
+            self._notify("endpoint")
+            self._notify("state")
+        elif (after.state, after.detail, after.debugger_note) != (before.state, before.detail, before.debugger_note):
+            self._notify("state")
         for handler in self._handlers.get(type(marker), []):
             try:
                 handler(marker)
-            except Exception:
-                pass
+            except Exception as exc:
+                _hook_failed(f"{marker.kind} handler", self, exc)
 
-    def _on_rank_marker(self, marker: Marker, state: str, detail: str = "", run_detail: bool = False,
-                        deadline: float | None = None) -> None:
-        """A rank moved to ``state``; the run's state follows its ranks (while it runs)."""
-        rank = marker.rank
-        with self._cond:
-            self._rank_states[rank] = state
-            if detail or state in (RUNNING, ATTACHED):
-                self._rank_details[rank] = detail
-            if state in (WAITING, CRASHED) and deadline:
-                self.attach_deadline = deadline
-            if self.done or (state in TERMINAL and self.world_size == 1):
-                return  # a one-process run ends through its target, not through its EXIT line
-            summed = self._summed_state()
-            changed = summed != self._state and (self._state in DEBUG_STATES or summed != RUNNING)
-            if changed:
-                self._state = summed
-            if run_detail and detail:
-                self.detail = f"rank {rank}: {detail}" if self.world_size > 1 else detail
-                changed = True
-            self._cond.notify_all()
-        if changed:
-            self._notify("state")
-
-    def _summed_state(self) -> str:
-        """A crashed rank first, then one waiting for a debugger, then one attached."""
-        live = {state for state in self._rank_states.values() if state not in TERMINAL}
-        return next((state for state in (CRASHED, WAITING, ATTACHED) if state in live), RUNNING)
-
-    def _on_endpoint(self, marker: EndpointMarker) -> None:
+    def _mapped(self, marker: EndpointMarker) -> Endpoint | None:
         parsed = marker.endpoint()
         if parsed is None:
-            return
-        endpoint = self._handle.map_endpoint(parsed) if self._handle else parsed
-        waits = bool(marker.timeout)
-        with self._cond:
-            self._endpoints = [e for e in self._endpoints if e.rank != endpoint.rank] + [endpoint]
-            self._endpoints.sort(key=lambda e: e.rank)
-            self.attach_deadline = marker.deadline
-            self._rank_states[endpoint.rank] = WAITING if waits else RUNNING
-            # State and endpoint change together: a waiter woken by one sees both.
-            if waits and not self.done:
-                self._state = WAITING
-            elif not self.done and self._state in DEBUG_STATES:
-                self._state = self._summed_state()
-            self._cond.notify_all()
-        self._notify("endpoint")
-        self._notify("state")
+            return None
+        return self._handle.map_endpoint(parsed) if self._handle else parsed
+
+    def _facts(self) -> RunFacts:
+        return RunFacts(self._state, self.world_size, self._rank_states, self._rank_details, self.attach_deadline,
+                        self.attached, self.detail, self._error, self.debugger_note)
+
+    def _apply(self, facts: RunFacts) -> None:
+        self._state, self._rank_states, self._rank_details = facts.state, dict(facts.rank_states), \
+            dict(facts.rank_details)
+        self.attach_deadline, self.attached, self.detail, self._error = (facts.attach_deadline, facts.attached,
+                                                                          facts.detail, facts.error)
+        self.debugger_note = facts.debugger_note
 
     def _notify(self, what: str) -> None:
         for listener in list(self._listeners):
             try:
                 listener(self, what)
-            except Exception:  # a broken view must never break the run
-                pass
+            except Exception as exc:  # a broken view must never break the run
+                _hook_failed("listener", self, exc)
 
     # -- display ---------------------------------------------------------------
     def __repr__(self) -> str:
@@ -480,6 +442,103 @@ class DebugRun:
         from .views import mimebundle
 
         return mimebundle(self)
+
+
+# -- the marker → run-state reducer (pure) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What markers move: the run's state, each rank's state and detail, the attach window."""
+
+    state: str
+    world_size: int = 1
+    rank_states: Mapping[int, str] = field(default_factory=dict)
+    rank_details: Mapping[int, str] = field(default_factory=dict)
+    attach_deadline: float | None = None
+    attached: bool | None = None
+    detail: str = ""
+    error: str = ""  # the last ERROR marker's message
+    debugger_note: str = ""  # how the last client left: "debugger gone (connection lost) after 12 s"
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+def reduce_marker(facts: RunFacts, marker: Marker) -> RunFacts:
+    """The facts after ``marker`` (no lock, no I/O, no listener: the run applies and announces them)."""
+    if isinstance(marker, EndpointMarker):
+        return _endpoint_reported(facts, marker)
+    if isinstance(marker, AttachedMarker):
+        note = "" if marker.attached else facts.debugger_note
+        return _rank_moved(replace(facts, attached=marker.attached, debugger_note=note), marker,
+                           ATTACHED if marker.attached else RUNNING)
+    if isinstance(marker, DetachedMarker):
+        note = marker.reason or "debugger detached"
+        return _rank_moved(replace(facts, attached=False, debugger_note=note), marker, RUNNING, note)
+    if isinstance(marker, PostMortemMarker):
+        return _rank_moved(facts, marker, ATTACHED if marker.attached else CRASHED, marker.what, run_detail=True,
+                           deadline=marker.deadline)
+    if isinstance(marker, BreakpointMarker):
+        return _rank_moved(facts, marker, ATTACHED if marker.attached else WAITING,
+                           f"breakpoint() at {marker.file}:{marker.line}", deadline=marker.deadline)
+    if isinstance(marker, ExitMarker):
+        if marker.code == 0:
+            return _rank_moved(facts, marker, COMPLETED)
+        if marker.code == 130:  # KeyboardInterrupt: what a cancel (SIGINT) does to a rank
+            return _rank_moved(facts, marker, CANCELED, "interrupted")
+        return _rank_moved(facts, marker, FAILED, f"exit code {marker.code}")
+    if isinstance(marker, ErrorMarker):
+        return replace(facts, error=marker.message, detail=marker.message)
+    return facts
+
+
+def summed_state(rank_states: Mapping[int, str]) -> str:
+    """The run's state from its ranks': a crashed rank first, then one waiting for a debugger,
+    then one attached, else running."""
+    live = {state for state in rank_states.values() if state not in TERMINAL}
+    return next((state for state in (CRASHED, WAITING, ATTACHED) if state in live), RUNNING)
+
+
+def _endpoint_reported(facts: RunFacts, marker: EndpointMarker) -> RunFacts:
+    if marker.endpoint() is None:
+        return facts
+    waits = bool(marker.timeout)
+    facts = replace(facts, rank_states={**facts.rank_states, marker.rank: WAITING if waits else RUNNING},
+                    attach_deadline=marker.deadline)
+    if facts.done:
+        return facts
+    if waits:
+        return replace(facts, state=WAITING)
+    if facts.state in DEBUG_STATES:
+        return replace(facts, state=summed_state(facts.rank_states))
+    return facts
+
+
+def _rank_moved(facts: RunFacts, marker: Marker, state: str, detail: str = "", run_detail: bool = False,
+                deadline: float | None = None) -> RunFacts:
+    """A rank moved to ``state``; the run's state follows its ranks (while it runs)."""
+    rank = marker.rank
+    details = dict(facts.rank_details)
+    if detail or state in (RUNNING, ATTACHED):
+        details[rank] = detail
+    facts = replace(facts, rank_states={**facts.rank_states, rank: state}, rank_details=details,
+                    attach_deadline=deadline if state in (WAITING, CRASHED) and deadline else facts.attach_deadline)
+    if facts.done or (state in TERMINAL and facts.world_size == 1):
+        return facts  # a one-process run ends through its target, not through its EXIT line
+    summed = summed_state(facts.rank_states)
+    if summed != facts.state and (facts.state in DEBUG_STATES or summed != RUNNING):
+        facts = replace(facts, state=summed)
+    if run_detail and detail:
+        facts = replace(facts, detail=f"rank {rank}: {detail}" if facts.world_size > 1 else detail)
+    return facts
+
+
+def _hook_failed(what: str, run: DebugRun, exc: Exception) -> None:
+    """A hook's failure, logged (one line; the traceback at debug level), never raised into the run."""
+    _log.warning("aml_magics: a %s of run %s failed: %s: %s", what, run.id, type(exc).__name__, exc)
+    _log.debug("the %s's traceback", what, exc_info=exc)
 
 
 def _capped(text: str) -> str:

@@ -55,14 +55,27 @@ class Option:
     flags: tuple[str, ...]
     kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     to_target: bool = True  # a keyword argument of the target's factory (else it shapes the RunSpec)
+    config: str | None = None  # its default is the %config trait of this name (AmlDebugMagics.<config>)
 
     @property
     def dest(self) -> str:
         return self.kwargs.get("dest") or self.flags[-1].lstrip("-").replace("-", "_")
 
+    def check(self, value: Any, name: str | None = None) -> Any:
+        """``value`` as the flag would take it (its ``type``, its ``choices``); ValueError or
+        argparse.ArgumentTypeError in one line that names ``name`` (default: the flag)."""
+        name = name or self.flags[-1]
+        convert = self.kwargs.get("type")
+        if convert is not None:
+            value = convert(value)
+        choices = self.kwargs.get("choices")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, not {value!r}")
+        return value
 
-def option(*flags: str, to_target: bool = True, **kwargs: Any) -> Option:
-    return Option(tuple(flags), kwargs, to_target)
+
+def option(*flags: str, to_target: bool = True, config: str | None = None, **kwargs: Any) -> Option:
+    return Option(tuple(flags), kwargs, to_target, config)
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,10 @@ class Capabilities:
 
     max_nodes: int | None = None  # None: no limit
     max_processes: int | None = None
-    dry_run: bool = False
+    dry_run: bool = False  # plan(spec, cell=None) -> dict shows what would be submitted (--dry-run)
     subprocesses: bool = False  # child processes' debug sessions are reachable (--subprocesses)
+    leaves_machine: bool = True  # the debug port is reached from elsewhere: the authenticated tunnel is on
+    one_machine: str = ""  # with max_nodes=1: what the run is on one machine ("one container")
 
 
 class Target(Protocol):

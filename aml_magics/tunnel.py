@@ -23,7 +23,6 @@ and the notebook debugger are the same on both.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import select
 import socket
 import ssl
@@ -388,12 +387,6 @@ class TunnelledHandle:
                     forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error, route).start()
                     self.scope.callback(forwarder.close)
                     self._forwarders[key] = forwarder
-        mapped = Endpoint(LOOPBACK, forwarder.port, rank=seen.rank, pid=seen.pid, cwd=seen.cwd, script=seen.script,
-                          node_address=seen.address, tunnelled=True)
         route = forwarder.route
-        return replace(mapped, route=route.name, route_detail=route.detail if route.name != "direct" else "")
-
-
-def fingerprint(pem: str) -> str:
-    """SHA-256 of a certificate, as the panel and logs may show it."""
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        return replace(seen.moved_to(LOOPBACK, forwarder.port, tunnelled=True, far=seen.address), route=route.name,
+                       route_detail=route.detail if route.name != "direct" else "")

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import Canceled
+from .errors import AmlMagicsError, Canceled
 from .lifecycle import RunScope
 from .output import read_lines
 from .processes import ProcessGroup
@@ -94,7 +94,7 @@ def _check(code: int, what: str) -> None:
         raise EnvironmentBuildError(f"{what} failed (exit code {code}); see the log above")
 
 
-class EnvironmentBuildError(RuntimeError):
+class EnvironmentBuildError(AmlMagicsError, RuntimeError):
     pass
 
 

@@ -20,6 +20,22 @@ import pytest
 
 os.environ.setdefault("AML_MAGICS_VIEW", "text")
 
+# The fast loop (`python -m pytest -m "not slow"`, about two minutes) leaves out what takes minutes:
+# a Docker engine, a browser, image and virtual-environment builds, real kernels and notebooks,
+# the simulated multi-node cluster. Tests that build one say so with @pytest.mark.slow; these are
+# marked here by what they use.
+SLOW_FIXTURES = {"engine", "kernel", "notebook_env", "repo_copy", "inference_server"}
+SLOW_MODULES = {"test_azureml_cluster", "test_notebooks", "test_binder", "test_browser", "test_kernel"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = getattr(item.module, "__name__", "").rpartition(".")[2]
+        if (item.get_closest_marker("docker") or item.get_closest_marker("browser") or module in SLOW_MODULES
+                or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+
+
 # The base image `.ci/docker-engine.sh` makes (no registry is reachable from CI).
 DOCKER_BASE = os.environ.get("AML_MAGICS_TEST_BASE", "aml-magics-test-base:bookworm-py3")
 

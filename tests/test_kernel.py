@@ -50,18 +50,23 @@ def test_widget_is_the_rich_display_in_a_kernel(kernel):
     assert "aml_magics run k-1 (k) on local" in data["text/plain"]
 
 
-def test_kernel_interrupt_cancels_a_waiting_run(kernel):
+def test_kernel_interrupt_cancels_a_waiting_run(kernel, tmp_path):
     execute(kernel, "%load_ext aml_magics")
+    started = tmp_path / "started"
     km_pids: list[int] = []
 
-    def interrupt(msg):
-        pid = int(msg["content"]["text"].split("started", 1)[1].split()[0])
-        km_pids.append(pid)
-        kernel_manager.interrupt_kernel()
+    def interrupt_once_started() -> None:  # the run's output is the panel's (--wait shows it), not a stream
+        deadline = time.time() + 60
+        while not started.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        km_pids.append(int(started.read_text()))
+        kernel.parent.interrupt_kernel()
 
-    kernel_manager = kernel.parent
-    messages = execute(kernel, "%%aml_debug_run --no-debug --wait\nimport os, time\nprint('started', os.getpid(), flush=True)\ntime.sleep(300)\n",
-                       on_started=interrupt)
+    import threading
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    messages = execute(kernel, "%%aml_debug_run --no-debug --wait\nimport os, time\n"
+                               f"open({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
     text = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
     assert "canceled (interrupted)" in text
     assert km_pids
@@ -69,3 +74,19 @@ def test_kernel_interrupt_cancels_a_waiting_run(kernel):
     while psutil.pid_exists(km_pids[0]) and time.time() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(km_pids[0])
+
+
+def test_wait_shows_the_live_panel_and_the_log_once(kernel):
+    """``--wait`` in a notebook: the panel (state, countdown, Cancel, the log) while the cell blocks;
+    the run's output is in the panel only, not streamed beside it and shown again."""
+    execute(kernel, "%load_ext aml_magics")
+    messages = execute(kernel, "%%aml_debug_run --name w --port 0 --timeout 0 --wait\nprint('said-once')\n")
+    kinds = [m["msg_type"] for m in messages]
+    shown = [m for m in messages if m["msg_type"] == "display_data"]
+    assert shown and "application/vnd.jupyter.widget-view+json" in shown[0]["content"]["data"], kinds
+    assert "execute_result" not in kinds  # the panel above is the cell's output, not a second one
+    streamed = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    assert "said-once" not in streamed
+    state = "".join(str(m["content"].get("data", {}).get("state", {})) for m in messages
+                    if m["msg_type"] == "comm_msg")
+    assert "said-once" in state and "completed" in state  # the panel's log and badge, updated live

@@ -242,6 +242,7 @@ OWNER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a virtual-environment build
 def test_a_build_ends_when_its_owner_is_killed(workdir):
     """pip cannot watch an owner pipe: it runs under a parent-death guard that ends its whole group
     (pip and the build backend it started) when the owner is gone."""

@@ -149,6 +149,7 @@ def test_runs_table_logs_and_launch_json_magics(shell, workdir, capsys):
     assert json.loads((workdir / "out" / "launch.json").read_text())["configurations"][0]["name"] == "listed"
 
 
+@pytest.mark.slow  # builds a virtual environment
 def test_cached_virtual_environment_is_built_once(shell, workdir):
     cell = "import six, sys\nprint('six', six.__version__, sys.prefix)\n"
     first = shell.run_cell_magic("aml_debug_run", "--name venv --no-debug --wait --pip six", cell)

@@ -44,6 +44,7 @@ def _pips() -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow  # a virtual-environment build
 def test_cancel_while_building_stops_pip_and_ends_canceled(workdir):
     package = workdir / "slowpkg"
     package.mkdir()

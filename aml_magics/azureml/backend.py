@@ -19,15 +19,19 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from ..errors import TargetError
+from ..install import needs
 from .settings import WorkspaceRef
 
 T = TypeVar("T")
 BACKEND_ENV = "AML_MAGICS_AZUREML_BACKEND"
 POLL_ENV = "AML_MAGICS_AZUREML_POLL_SECONDS"
 DEFAULT_POLL = 2.0  # the SDK's own streaming backs off 2 s → 60 s: too slow for an attach window
-MISSING_EXTRA = "target 'azureml' needs azureml-core: install aml-magics[azureml] (pip install 'aml-magics[azureml]')"
-MISSING_PIPELINE_EXTRA = ("pipelines need azureml-pipeline-steps: install aml-magics[azureml] "
-                          "(pip install 'aml-magics[azureml]')")
+def missing_extra() -> str:
+    return needs("target 'azureml' needs azureml-core", "azureml")
+
+
+def missing_pipeline_extra() -> str:
+    return needs("pipelines need azureml-pipeline-steps", "azureml")
 
 
 def require_sdk(pipelines: bool = False) -> None:
@@ -35,12 +39,12 @@ def require_sdk(pipelines: bool = False) -> None:
     try:
         import azureml.core  # noqa: F401
     except ImportError:
-        raise TargetError(MISSING_EXTRA) from None
+        raise TargetError(missing_extra()) from None
     if pipelines:
         try:
             import azureml.pipeline.steps  # noqa: F401
         except ImportError:
-            raise TargetError(MISSING_PIPELINE_EXTRA) from None
+            raise TargetError(missing_pipeline_extra()) from None
 
 
 def first_line(exc: BaseException) -> str:
@@ -205,10 +209,6 @@ def chosen_backend() -> str:
         names = " or ".join(repr(name) for name in known)
         raise TargetError(f"{BACKEND_ENV}={choice!r}: expected {names}, or nothing (the real service)")
     return choice
-
-
-def simulator_chosen() -> bool:
-    return chosen_backend() == "simulator"
 
 
 def backend_for(sdk: str, service: Any) -> Any:

@@ -15,20 +15,21 @@ import importlib.util
 import os
 
 from ..errors import TargetError
-from .backend import MISSING_EXTRA as MISSING_V1
+from ..install import install_command, needs
+from .backend import missing_extra
 
 SDK_ENV = "AML_MAGICS_AZUREML_SDK"
 SDKS = ("v1", "v2")
 V1_MODULES = ("azureml.core",)
 V2_MODULES = ("azure.ai.ml", "azure.identity")  # azure-ai-ml does not bring azure-identity itself
 
-MISSING_V2 = ("--sdk v2 needs azure-ai-ml and azure-identity: install aml-magics[azureml-v2] "
-              "(pip install 'aml-magics[azureml-v2]')")
-MISSING_BOTH = ("target 'azureml' needs an Azure ML SDK: install aml-magics[azureml-v2] (azure-ai-ml, SDK v2) "
-                "or aml-magics[azureml] (azureml-core, SDK v1)")
+def missing_v2() -> str:
+    return needs("--sdk v2 needs azure-ai-ml and azure-identity", "azureml-v2")
 
-# Options only SDK v2 can honour (given with v1 they are an error, never silently dropped).
-V2_ONLY = {"vscode_service": "--vscode-service", "distribution": "--distribution"}
+
+def missing_both() -> str:
+    return (f"target 'azureml' needs an Azure ML SDK: {install_command('azureml-v2')} (azure-ai-ml, SDK v2) "
+            f"or {install_command('azureml')} (azureml-core, SDK v1)")
 
 
 def installed(module: str) -> bool:
@@ -54,18 +55,18 @@ def choose_sdk(option: str | None = None) -> str:
         if sdk not in SDKS:
             raise TargetError(f"--sdk {value!r}: expected v1 (azureml-core) or v2 (azure-ai-ml)")
         if not have[sdk]:
-            raise TargetError(MISSING_V1 if sdk == "v1" else MISSING_V2)
+            raise TargetError(missing_extra() if sdk == "v1" else missing_v2())
         return sdk
     if have["v2"]:
         return "v2"
     if have["v1"]:
         return "v1"
-    raise TargetError(MISSING_BOTH)
+    raise TargetError(missing_both())
 
 
 def require_v2() -> None:
     if not available()["v2"]:
-        raise TargetError(MISSING_V2)
+        raise TargetError(missing_v2())
 
 
 def v1_options(options: dict) -> dict:

@@ -45,6 +45,11 @@ class WorkspaceRef:
         }
 
 
+SIMULATED_WORKSPACE = WorkspaceRef("simulated-workspace", "simulated-resource-group",
+                                   "00000000-0000-0000-0000-000000000000", None,
+                                   "a simulated workspace (AML_MAGICS_AZUREML_BACKEND=simulator, no config.json found)")
+
+
 # -- compute instance -------------------------------------------------------------------
 
 
@@ -157,6 +162,10 @@ def locate_workspace(workspace_config: str | os.PathLike | None, cwd: Path | Non
     if ci.get("workspace") and ci.get("resource_group"):
         return WorkspaceRef(ci["workspace"], ci["resource_group"], None, None,
                             f"compute instance {ci.get('name', '?')} (CI_WORKSPACE/CI_RESOURCE_GROUP)")
+    from .backend import chosen_backend
+
+    if chosen_backend() == "simulator":  # the simulator needs no real workspace: one of its own, said so
+        return SIMULATED_WORKSPACE
     raise TargetError(f"no Azure ML workspace config: none in .azureml/, aml_config/ or the folder itself, from {cwd} "
                       "up; give --workspace-config PATH (config.json from the Azure ML studio)")
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import psutil
 
+from ..errors import AmlMagicsError
 from ..fileio import locked, private_folder, write_atomic
 from ..owner import Owner
 from ..processes import ProcessGroup
@@ -65,7 +66,7 @@ LOCK_TIMEOUT = 600.0  # a cluster of many nodes is built under the lock
 WATCHER_WAIT = 20.0
 
 
-class NamespaceUnavailable(RuntimeError):
+class NamespaceUnavailable(AmlMagicsError, RuntimeError):
     """Network namespaces cannot be made here (not root, no iproute2, no CAP_NET_ADMIN)."""
 
 

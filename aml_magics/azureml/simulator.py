@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import sys
@@ -732,9 +731,3 @@ def simulated_azureml(root: str | os.PathLike, *, layout: str = "user_logs", net
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def describe_run(run: SimRun) -> str:
-    """One JSON line about a simulated run (for demos and debugging the simulator)."""
-    return json.dumps({"id": run.id, "status": run.get_status(), "history": run.history, "layout": run.layout,
-                       "node_dir": str(run.node_dir)})

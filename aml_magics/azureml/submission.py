@@ -9,6 +9,7 @@ arguments follow ``--`` untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,9 +24,14 @@ from ..invocation import NODE_ENTRY, NODE_FOLDER, RUN_ENV, RunSecrets, copy_node
 from ..spec import RunSpec
 
 DEBUGPY_REQUIREMENT = "debugpy>=1.8.1"  # listen(..., in_process_debug_adapter=True)
-SNAPSHOT_LIMIT = 300 * 1024 * 1024  # Azure ML refuses larger snapshots
-ALWAYS_IGNORED = {".git", "__pycache__", ".ipynb_checkpoints", ".aml_magics_snapshot"}
-IGNORED_BELOW_ROOT = {".aml_magics"}  # our own cell/cache folder inside a project
+# Azure ML's snapshot limits (azureml-core's SNAPSHOT_MAX_SIZE_BYTES and SNAPSHOT_MAX_FILES; the file
+# limit is lifted by AML_SNAPSHOT_NO_FILE_LIMIT): SDK v1 refuses beyond them, v2 uploads slowly.
+SNAPSHOT_LIMIT = 300 * 1024 * 1024
+SNAPSHOT_MAX_FILES = 2000
+UPLOAD_LINE_BYTES = 5 * 1024 * 1024  # above this, the upload gets a line of its own
+# Never uploaded: version control, caches, the workspace's own settings (.azureml/ holds its
+# config.json) and our own cell/cache folder.
+ALWAYS_IGNORED = {".git", "__pycache__", ".ipynb_checkpoints", ".aml_magics_snapshot", ".azureml", ".aml_magics"}
 RUN_ENV_VARS = RUN_ENV
 _REQ_UNSUPPORTED = re.compile(r"^(-r|--requirement|-c|--constraint|-e|--editable)\b")
 
@@ -62,14 +68,13 @@ def make_snapshot(source_dir: Path, script: str | None = None, script_text: str 
             for root, dirs, files in os.walk(source_dir):
                 rel_root = Path(root).relative_to(source_dir)
                 dirs[:] = sorted(d for d in dirs if d not in ALWAYS_IGNORED
-                                 and d not in IGNORED_BELOW_ROOT
                                  and not (spec and spec.match_file(f"{(rel_root / d).as_posix()}/")))
                 for name in sorted(files):
                     rel = rel_root / name
                     if spec and spec.match_file(rel.as_posix()):
                         continue
                     src = Path(root) / name
-                    if not src.is_file():
+                    if not src.is_file() or is_workspace_config(src):
                         continue
                     total += src.stat().st_size
                     if total > SNAPSHOT_LIMIT:
@@ -89,6 +94,31 @@ def make_snapshot(source_dir: Path, script: str | None = None, script_text: str 
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return dest
+
+
+def is_workspace_config(path: Path) -> bool:
+    """A workspace's config.json (it names a workspace and a subscription): never uploaded."""
+    if path.name != "config.json" or path.stat().st_size > 64 * 1024:
+        return False
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "workspace_name" in data and "subscription_id" in data
+
+
+def snapshot_notes(snapshot: Path) -> list[str]:
+    """What a user should know about a snapshot before it is uploaded: above Azure ML's file
+    limit, or big enough that the upload takes a while (a line of our own, not the SDK's bar)."""
+    files = [p for p in snapshot.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    notes = []
+    if len(files) > SNAPSHOT_MAX_FILES and not os.environ.get("AML_SNAPSHOT_NO_FILE_LIMIT"):
+        notes.append(f"WARNING the snapshot has {len(files)} files, above Azure ML's limit of {SNAPSHOT_MAX_FILES} "
+                     "(SDK v1 refuses it): leave data out with an .amlignore file")
+    if size > UPLOAD_LINE_BYTES:
+        notes.append(f"uploading the snapshot: {size / 1024 / 1024:.1f} MB in {len(files)} files")
+    return notes
 
 
 def snapshot_files(snapshot: Path) -> list[str]:
@@ -306,6 +336,7 @@ def build_submission(spec: RunSpec, compute: str, experiment: str, *, registered
     snapshot = make_snapshot(spec.source_dir, spec.script, script_text)
     try:
         check_snapshot(spec, snapshot, script_text)
+        notes += snapshot_notes(snapshot)
         distributed = getattr(spec, "distributed", None)
         job_config = None
         if distributed is not None and distributed.world_size > 1:

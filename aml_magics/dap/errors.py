@@ -6,8 +6,10 @@ layer, and code above them, can name an error without importing the machinery.
 
 from __future__ import annotations
 
+from ..errors import AmlMagicsError
 
-class DapError(RuntimeError):
+
+class DapError(AmlMagicsError, RuntimeError):
     """A DAP request failed, a wait timed out, or the connection is gone.
 
     ``response`` holds the failed response message when there was one.

@@ -6,6 +6,8 @@ own message for a failed evaluate, who holds the debugger for a refused attach.
 
 from __future__ import annotations
 
+from ..errors import AmlMagicsError
 
-class DebuggerError(RuntimeError):
+
+class DebuggerError(AmlMagicsError, RuntimeError):
     """Attaching, a request or a wait of the in-notebook debugger failed; the text says why."""

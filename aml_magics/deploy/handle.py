@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import RunFailed
+from ..errors import AmlMagicsError, RunFailed
 from ..protocol import Marker, MarkerReader, register_marker
 from ..run import FAILED, RUNNING, DebugRun
 from ..spec import RunSpec
@@ -49,7 +49,7 @@ class ServingMarker(Marker):
     scoring_uri: str = ""
 
 
-class ScoringError(RuntimeError):
+class ScoringError(AmlMagicsError, RuntimeError):
     """A scoring request that did not succeed: an HTTP error status, or no answer at all."""
 
     def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:

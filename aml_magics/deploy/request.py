@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import engine
 from ..follow import AttachWait, follow
+from ..install import install_command
 from ..options import (
     COMMON_OPTIONS,
     Defaults,
@@ -217,7 +218,7 @@ def _check_server_installed() -> None:
     import importlib.util
 
     if importlib.util.find_spec(SERVER_MODULE) is None:
-        raise OptionsError(f"local deployments need the Azure ML inference server: pip install 'aml-magics[deploy]' "
+        raise OptionsError(f"local deployments need the Azure ML inference server: {install_command('deploy')} "
                            f"(or pip install {SERVER_PACKAGE}), or give --pip/--requirements to build an "
                            "environment that gets it")
 

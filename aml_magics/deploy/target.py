@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import images
+from ..install import needs
 from ..spec import RunSpec
 from ..target_base import RunContext
 from ..targets import TargetError, register_target
@@ -130,7 +131,7 @@ def _factory(**options: Any) -> DockerDeployTarget:
     try:
         import docker  # noqa: F401 - the SDK is an extra
     except ImportError:
-        raise TargetError("deployments in docker need the docker SDK: pip install 'aml-magics[docker]'") from None
+        raise TargetError(needs("deployments in docker need the docker SDK", "docker")) from None
     return DockerDeployTarget(**options)
 
 

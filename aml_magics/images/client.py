@@ -11,7 +11,8 @@ import sys
 import threading
 from typing import Any
 
-from ..errors import Canceled, TargetError
+from ..errors import AmlMagicsError, Canceled, TargetError
+from ..install import needs
 from ..invocation import IMAGE_ROOT, NODE_IN_IMAGE, node_files
 
 LABEL = "aml_magics"
@@ -26,7 +27,7 @@ LOG_TAIL = 15
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-class ImageBuildError(Exception):
+class ImageBuildError(AmlMagicsError):
     """The image could not be made; ``tail`` holds the last lines of the build log. ``final``: the
     cause is the user's own (a dependency pip cannot resolve): no other way of building is tried."""
 
@@ -72,7 +73,7 @@ def connect(timeout: float = 15.0) -> Any:
     try:
         import docker
     except ImportError:
-        raise TargetError("the docker target needs the docker package: pip install 'aml-magics[docker]'") from None
+        raise TargetError(needs("the docker target needs the docker package", "docker")) from None
     key = tuple(os.environ.get(name) for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"))
     with _clients_lock:
         client = _clients.pop(key, None)

@@ -117,6 +117,8 @@ class AzureMLTargetBase:
         if self._checked != spec:
             self.check(spec)
         events = ctx.events
+        if self.workspace_ref == settings.SIMULATED_WORKSPACE:
+            events.line(f"aml_magics: using {self.workspace_ref.source}: workspace {self.workspace_ref.workspace_name}")
         submission = self._build(spec, ctx.secrets)
         try:
             for note in submission.notes:
@@ -221,13 +223,13 @@ def _placeholder_environment(name: str) -> Any:
 
 
 OPTIONS = (
-    option("--compute", default=None, help="azureml: compute target name (default: %%config, or this compute instance)"),
-    option("--experiment", default=None, help="azureml: experiment name (default: the notebook's name)"),
-    option("--workspace-config", default=None,
+    option("--compute", default=None, config="compute", help="azureml: compute target name (default: %%config, or this compute instance)"),
+    option("--experiment", default=None, config="experiment", help="azureml: experiment name (default: the notebook's name)"),
+    option("--workspace-config", default=None, config="workspace_config",
            help="azureml: workspace config.json, or a folder to search (default: Workspace.from_config() lookup)"),
     option("--environment", default=None, metavar="NAME[:VERSION]",
            help="azureml: an existing/curated Azure ML environment to use, with debugpy added"),
-    option("--sdk", choices=("v1", "v2"), default=None,
+    option("--sdk", choices=("v1", "v2"), default=None, config="azureml_sdk",
            help="azureml: submit with azureml-core (v1) or azure-ai-ml (v2); default: %%config "
                 "AmlDebugMagics.azureml_sdk, else the one installed (v2 when both are)"),
     option("--subscription", default=None, help="azureml: subscription id (with --resource-group, --workspace)"),
@@ -237,7 +239,7 @@ OPTIONS = (
            help="azureml v2: add a VS Code job service (reach the node from outside its network)"),
     option("--distribution", choices=("pytorch", "mpi"), default=None,
            help="azureml v2: launcher of a distributed job (--nodes/--procs-per-node; default pytorch)"),
-    option("--connect", choices=("auto", "direct", "proxy"), default=None,
+    option("--connect", choices=("auto", "direct", "proxy"), default=None, config="connect",
            help="azureml: how this machine reaches the node's debug relay: direct (its address: the same virtual "
                 "network), proxy (v2: the job's SSH service through the workspace proxy), auto (default: direct "
                 "if the address answers within 3 s, else the proxy)"),

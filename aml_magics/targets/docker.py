@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from .. import images
+from ..install import needs
 from ..invocation import LOOPBACK, PYTHON_FLAGS, entry_arguments, rank_environment, run_environment
 from ..node.wire import OWNER_ENV
 from ..output import LineCutter
@@ -252,7 +253,8 @@ def broad_source_dir(source: Path) -> str | None:
 
 class DockerTarget:
     name = "docker"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES)
+    capabilities: ClassVar[Capabilities] = Capabilities(max_nodes=1, max_processes=MAX_PROCESSES,
+                                                        one_machine="one container")
     run_type = DockerRun
     app_dir = APP_DIR  # where the source dir is mounted; the run's working directory
     name_prefix = ""  # containers are named aml-magics-<prefix><run>-<hex>
@@ -528,8 +530,7 @@ def _factory(**options: Any) -> DockerTarget:
     try:
         import docker  # noqa: F401 - the SDK is an extra
     except ImportError:
-        raise TargetError("target 'docker' needs the docker SDK: install aml-magics[docker] "
-                          "(pip install 'aml-magics[docker]')") from None
+        raise TargetError(needs("target 'docker' needs the docker SDK", "docker")) from None
     return DockerTarget(**options)
 
 

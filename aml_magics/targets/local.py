@@ -122,7 +122,8 @@ class LocalRun(ThreadedRun):
 
 class LocalTarget:
     name = "local"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_processes=MAX_LOCAL_PROCESSES, subprocesses=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(max_processes=MAX_LOCAL_PROCESSES, subprocesses=True,
+                                                        leaves_machine=False)
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable

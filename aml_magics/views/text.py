@@ -122,6 +122,34 @@ def rank_address(run: "DebugRun", status: "RankStatus") -> str:
     return "not known yet"
 
 
+class RankRow(NamedTuple):
+    """One rank as both views show it (the one place a rank's row is worked out)."""
+
+    rank: int
+    address: str  # host:port, or why there is none ("no debugger", "not known yet")
+    now: EndpointNow | None  # what its debugger is now; None without an endpoint
+    state: str
+    state_label: str
+
+    @property
+    def where(self) -> str:
+        """The address, marked ``(closed)`` once nobody can attach there."""
+        return self.address + (" (closed)" if self.now is not None and self.now.kind == CLOSED else "")
+
+    def text(self) -> str:
+        return f"rank {self.rank}: {self.where} — {self.state_label}"
+
+    def summary(self) -> str:
+        return f"rank {self.rank} " + (f"{self.address} {self.now.words}" if self.now is not None else self.address)
+
+
+def rank_row(run: "DebugRun", status: "RankStatus") -> RankRow:
+    if status.endpoint is None:
+        return RankRow(status.rank, rank_address(run, status), None, status.state, rank_state_label(status))
+    return RankRow(status.rank, status.endpoint.address, endpoint_now(run, status), status.state,
+                   rank_state_label(status))
+
+
 def node_host(endpoint: "Endpoint") -> str:
     """The address of the machine a debugger runs on (its far side when reached through a tunnel)."""
     far = getattr(endpoint, "node_address", None)
@@ -159,8 +187,7 @@ def endpoint_summary(run: "DebugRun") -> list[str]:
         return [f"{status.endpoint.address} {endpoint_now(run, status).words}" + (f" {via}" if via else "")]
     lines = []
     for node, host, statuses in by_node(run):
-        parts = [f"rank {s.rank} " + (f"{s.endpoint.address} {endpoint_now(run, s).words}" if s.endpoint is not None
-                                      else rank_address(run, s)) for s in statuses]
+        parts = [rank_row(run, s).summary() for s in statuses]
         via = next((s.endpoint.route_detail for s in statuses if s.endpoint is not None and s.endpoint.route_detail),
                    "")
         lines.append(f"node {node}" + (f" {host}" if host else "") + ": " + "; ".join(parts) + (f" {via}" if via else ""))
@@ -221,7 +248,7 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
             if len(grouped) > 1:
                 lines.append(f"  node {node}" + (f" ({host}):" if host else ":"))
                 indent = "    "
-            lines.extend(f"{indent}rank {s.rank}: {rank_address(run, s)} — {rank_state_label(s)}" for s in statuses)
+            lines.extend(indent + rank_row(run, s).text() for s in statuses)
     elif ranks and ranks[0].endpoint is not None:
         lines.append(f"debugpy at {ranks[0].endpoint.address}: {endpoint_now(run, ranks[0]).words}")
     elif not run.spec.debug.enabled:

@@ -32,8 +32,7 @@ from .text import (
     by_node,
     can_attach,
     endpoint_now,
-    rank_address,
-    rank_state_label,
+    rank_row,
     route_line,
     state_detail,
 )
@@ -214,16 +213,15 @@ class DebugRunPanel(widgets.VBox):
                 f"{''.join(rows)}</table>")
 
     def _rank_row(self, status: "RankStatus") -> str:
-        run = self.run
-        if status.endpoint is not None:
-            now = endpoint_now(run, status)
-            where = f"<td class='aml-endpoint'><code>{html.escape(status.endpoint.address)}</code></td>"
-            debugger = f"<td class='aml-endpoint-state' data-endpoint='{now.kind}'>{html.escape(now.words)}</td>"
+        row = rank_row(self.run, status)
+        if row.now is not None:
+            where = f"<td class='aml-endpoint'><code>{html.escape(row.address)}</code></td>"
+            debugger = f"<td class='aml-endpoint-state' data-endpoint='{row.now.kind}'>{html.escape(row.now.words)}</td>"
         else:
-            where = f"<td class='aml-no-endpoint'>{html.escape(rank_address(run, status))}</td>"
+            where = f"<td class='aml-no-endpoint'>{html.escape(row.address)}</td>"
             debugger = "<td></td>"
-        return (f"<tr class='aml-rank' data-rank='{status.rank}'><td>{status.rank}</td>{where}{debugger}"
-                f"<td class='aml-rank-state' data-state='{status.state}'>{html.escape(rank_state_label(status))}</td></tr>")
+        return (f"<tr class='aml-rank' data-rank='{row.rank}'><td>{row.rank}</td>{where}{debugger}"
+                f"<td class='aml-rank-state' data-state='{row.state}'>{html.escape(row.state_label)}</td></tr>")
 
     def _launch_json_html(self) -> str:
         text = json.dumps(self.run.launch_json(launch.workspace_folder_for(self.launch_json_path)), indent=4)

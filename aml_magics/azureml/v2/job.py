@@ -49,6 +49,7 @@ from ..submission import (
     port_notes,
     requirement_lines,
     snapshot_files,
+    snapshot_notes,
 )
 
 DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
@@ -362,6 +363,7 @@ def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any =
                                ssh_public_key)
     try:
         check_snapshot(spec, snapshot, script_text)
+        notes += snapshot_notes(snapshot)
         options: dict[str, Any] = {}
         if dist.world_size > 1:
             options["instance_count"] = dist.nodes

@@ -27,8 +27,6 @@ from ..backend import (
 from ..settings import WorkspaceRef
 from .job import quiet_sdk
 
-ARM_SCOPE = "https://management.azure.com/.default"
-
 
 class MLClientBackend:
     """The real Azure ML service through azure-ai-ml (``DefaultAzureCredential``)."""
@@ -72,10 +70,12 @@ class MLClientBackend:
 
         with service_errors(f"open workspace {ref.workspace_name}"), quiet_sdk():
             credential = self.credential()
+            # show_progress=False: no tqdm bar per upload (a big snapshot gets a line of ours, snapshot_notes)
             if ref.config_path is not None:  # MLClient.from_config(): the same config.json the lookup found
-                return MLClient.from_config(credential=credential, path=str(ref.config_path))
+                return MLClient.from_config(credential=credential, path=str(ref.config_path), show_progress=False)
             return MLClient(credential=credential, subscription_id=ref.subscription_id,
-                            resource_group_name=ref.resource_group, workspace_name=ref.workspace_name)
+                            resource_group_name=ref.resource_group, workspace_name=ref.workspace_name,
+                            show_progress=False)
 
     # -- checks ------------------------------------------------------------------------
     def check_compute(self, client: Any, name: str, workspace: str) -> Any:
@@ -101,7 +101,7 @@ class MLClientBackend:
 
     # -- jobs --------------------------------------------------------------------------
     def create_job(self, client: Any, job: Any, experiment: str) -> Any:
-        with service_errors(f"submit the job to experiment {experiment}"):
+        with service_errors(f"submit the job to experiment {experiment}"), quiet_sdk():
             return client.jobs.create_or_update(job, experiment_name=experiment)
 
     def job_details(self, client: Any, name: str) -> dict:
