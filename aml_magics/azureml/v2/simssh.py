@@ -33,6 +33,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ def unavailable_reason() -> str | None:
 
 def ensure_user(name: str = SSH_USER) -> None:
     """The job's SSH user on this machine (created once, system account, no login shell or password)."""
-    with _user_lock, locked(Path("/tmp/aml-magics-sim-user"), timeout=60):
+    with _user_lock, locked(Path(tempfile.gettempdir()) / "aml-magics-sim-user", timeout=60):
         try:
             pwd.getpwnam(name)
             return
@@ -211,7 +212,9 @@ class JobSsh:
 
 
 class WorkspaceProxy:
-    """The simulated workspace's websocket proxy, on ``127.0.0.1:<free port>`` (one per simulator)."""
+    """The simulated workspace's websocket proxy, on ``127.0.0.1:<free port>``: one per simulator,
+    started with its first job that has an SSH service, up for the rest of the process (as the
+    workspace's is); it lets nobody in without the token, and reaches only running jobs' nodes."""
 
     def __init__(self, token: str) -> None:
         self.token = token
@@ -235,15 +238,18 @@ class WorkspaceProxy:
         return self
 
     def _serve(self) -> None:
+        import tornado.httpserver
+        import tornado.netutil
         import tornado.web
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
-        app = tornado.web.Application([(r"/jobs/([^/]+)/nodes/(\d+)/nbip/v1\.0/ws-tcp", _handler_class(), {"proxy": self})],
-                                      websocket_max_message_size=1 << 24)
-        server = app.listen(0, address="127.0.0.1")
-        self.port = next(iter(server._sockets.values())).getsockname()[1]
+        app = tornado.web.Application([(r"/jobs/([^/]+)/nodes/(\d+)/nbip/v1\.0/ws-tcp", _handler_class(),
+                                        {"proxy": self})], websocket_max_message_size=1 << 24)
+        sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1")
+        tornado.httpserver.HTTPServer(app).add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
         self._ready.set()
         loop.run_forever()
 
