@@ -56,6 +56,7 @@ class JobRoutes:
         self.say = say
         self.stop = threading.Event()
         self._nodes: dict[int, NodeRoute] = {}
+        self._probed: dict[str, bool] = {}  # node address → answered the probe
         self._lock = threading.Lock()
 
     def route_for(self, endpoint: Any) -> NodeRoute | None:
@@ -64,7 +65,7 @@ class JobRoutes:
         if self.mode == "direct":
             return None
         if self.mode == "auto":
-            if direct_reachable(endpoint.host, endpoint.port):
+            if self._direct(endpoint):
                 self.say(f"aml_magics: rank {endpoint.rank}: direct route to node {node} ({endpoint.address})")
                 return None
             self.say(f"aml_magics: rank {endpoint.rank}: node {node} ({endpoint.address}) does not answer from here "
@@ -72,6 +73,16 @@ class JobRoutes:
         route = self.node(node)
         self.say(f"aml_magics: rank {endpoint.rank}: {route.detail}")
         return route
+
+    def _direct(self, endpoint: Any) -> bool:
+        """The probe, once per node address (its other ranks' relays are on the same network)."""
+        with self._lock:
+            known = self._probed.get(endpoint.host)
+        if known is None:
+            known = direct_reachable(endpoint.host, endpoint.port)
+            with self._lock:
+                self._probed[endpoint.host] = known
+        return known
 
     def node(self, index: int) -> NodeRoute:
         with self._lock:
