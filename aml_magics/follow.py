@@ -74,6 +74,8 @@ def waiting_text(run: DebugRun, left: float) -> str:
     """``waiting for a debugger at 127.0.0.1:5678 — 27 s left — Ctrl-C cancels``."""
     listening = listening_endpoints(run)
     where = f" at {listening[0].address}" if listening else ""
+    if listening and listening[0].route_detail:
+        where += f" ({listening[0].route_detail})"
     if len(listening) > 1:
         where += f" and {len(listening) - 1} more rank(s)"
     crashed = f"crashed ({run.detail}) — " if run.state == "crashed_waiting_for_debugger" and run.detail else ""

@@ -77,6 +77,8 @@ class Endpoint:
     script: str | None = None  # the entry script's path, as the run sees it
     node_address: str | None = None  # the far side ("host:port" on the node), when it differs
     tunnelled: bool = False  # an authenticated TLS relay (reached through the owner's forwarder once mapped)
+    route: str = "direct"  # how the forwarder reaches the relay: "direct" (TCP) or "proxy" (the job's SSH service)
+    route_detail: str = ""  # e.g. "via the workspace proxy (SSH service, node 1)"
 
     @property
     def address(self) -> str:

@@ -15,6 +15,13 @@ time a client (re)attaches, and dies with the owner. Its loopback port is reacha
 local user, so it serves only connections from the owner's own uid (Linux tells who owns the
 other end of a loopback TCP connection: ``/proc/net/tcp``), and opens the TLS session only once
 the client has spoken (a silent connection never holds the run's one attach).
+
+
+How the forwarder reaches the relay is its **route**: ``direct`` (TCP to the node's address:
+the owner shares the node's network) or ``proxy`` (:mod:`.sshproxy`: the job's SSH service
+through the workspace's websocket proxy, a ``direct-tcpip`` channel to the relay). A target
+whose handle has ``route_for(endpoint)`` chooses it per endpoint; the TLS inside, launch.json
+and the notebook debugger are the same on both.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from .lifecycle import RunScope
 from .node.wire import close_socket, low_latency, serve_connections, wait_socket
@@ -180,13 +188,44 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
     return True
 
 
+class Channel(Protocol):
+    """A byte stream that is not a socket (an SSH channel): TLS runs over it in memory."""
+
+    def recv(self, size: int) -> bytes: ...
+    def sendall(self, data: bytes) -> None: ...
+    def fileno(self) -> int: ...
+    def settimeout(self, timeout: float | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class Route(Protocol):
+    """How a forwarder's connection reaches the relay: a connected socket or a channel, or OSError."""
+
+    name: str  # "direct" or "proxy"
+    detail: str  # what the views say, e.g. "via the workspace proxy (SSH service, node 1)"
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket | Channel: ...
+
+
+class DirectRoute:
+    """TCP to the node's address (the owner is on the node's network)."""
+
+    name = "direct"
+    detail = "direct to the node's address"
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((host, port), timeout=timeout)
+
+
 class Forwarder:
-    """``127.0.0.1:<port>`` here → TLS (the run's client certificate) → the node's relay."""
+    """``127.0.0.1:<port>`` here → TLS (the run's client certificate) → the node's relay, over
+    its route (direct TCP by default)."""
 
     def __init__(self, node_host: str, node_port: int, credentials: TunnelCredentials,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None, route: Route | None = None) -> None:
         self.node = (node_host, node_port)
         self.on_error = on_error
+        self.route: Route = route or DirectRoute()
         self.credentials = credentials
         self.context = credentials.client_context()
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -216,7 +255,10 @@ class Forwarder:
                 if self.on_error is not None:
                     self.on_error(f"aml_magics: forwarder on 127.0.0.1:{self.port}: {refused}")
                 return
-            raw = socket.create_connection(self.node, timeout=CONNECT_TIMEOUT)
+            raw = self.route.connect(*self.node, timeout=CONNECT_TIMEOUT)
+            if not isinstance(raw, socket.socket):
+                self._serve_channel(local, raw)
+                return
             remote = self.context.wrap_socket(raw, server_hostname=None)
             if remote.getpeercert(binary_form=True) != self.credentials.node_der:
                 raise ssl.SSLError("the node presented another certificate")
@@ -229,7 +271,8 @@ class Forwarder:
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             if self.on_error is not None:
-                self.on_error(f"aml_magics: tunnel to {self.node[0]}:{self.node[1]} failed: {reason}")
+                via = f" ({self.route.detail})" if self.route.name != "direct" else ""
+                self.on_error(f"aml_magics: tunnel to {self.node[0]}:{self.node[1]}{via} failed: {reason}")
         finally:
             with self._lock:
                 self._connections.discard(local)
@@ -238,6 +281,22 @@ class Forwarder:
             close_socket(local)
             close_socket(remote)
 
+    def _serve_channel(self, local: socket.socket, channel: Channel) -> None:
+        """TLS over a channel, in memory (``ssl.MemoryBIO``), pumped on this thread."""
+        with self._lock:
+            if self._closed:
+                channel.close()
+                return
+            self._connections.add(local)
+        try:
+            tls = TlsOverChannel(channel, self.context)
+            if tls.peer_der != self.credentials.node_der:
+                raise ssl.SSLError("the node presented another certificate")
+            tls.pump(local)
+        finally:
+            with self._lock:
+                self._connections.discard(local)
+            channel.close()
 
     def _refusal(self, local: socket.socket) -> str:
         """Why this local connection is not served ("" when it is): another user's, or silent."""
@@ -248,6 +307,84 @@ class Forwarder:
                    " (only this run's owner may attach)"
         return "" if speaks_dap(local) else \
             f"closed a connection that sent no DAP message within {FIRST_BYTES_TIMEOUT:g}s"
+
+
+class TlsOverChannel:
+    """The forwarder's TLS client over a channel: records go through memory buffers; the channel
+    carries only ciphertext."""
+
+    def __init__(self, channel: Channel, context: ssl.SSLContext, timeout: float = CONNECT_TIMEOUT) -> None:
+        self.channel = channel
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=None)
+        channel.settimeout(timeout)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._feed():
+                    raise ssl.SSLError("the relay closed the connection during the TLS handshake") from None
+        self._flush()
+        channel.settimeout(None)
+        self.peer_der = self.tls.getpeercert(binary_form=True)
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.channel.sendall(data)
+
+    def _feed(self) -> bool:
+        data = self.channel.recv(65536)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    def pump(self, local: socket.socket) -> None:
+        """Copy both ways until either side closes (or fails: the session is over either way)."""
+        low_latency(local)
+        try:
+            self._pump(local)
+        except (OSError, ValueError):
+            pass
+
+    def _pump(self, local: socket.socket) -> None:
+        with selectors.DefaultSelector() as selector:  # never select.select: it fails for fds >= 1024
+            selector.register(local, selectors.EVENT_READ)
+            selector.register(self.channel, selectors.EVENT_READ)  # type: ignore[arg-type]  # it has fileno()
+            while self._turn(local, {key.fileobj for key, _ in selector.select()}):
+                pass
+
+    def _turn(self, local: socket.socket, ready: set) -> bool:
+        """One round of the pump; False when either side closed."""
+        if local in ready:
+            data = local.recv(65536)
+            _quick_ack(local)
+            if not data:
+                return False
+            self.tls.write(data)
+            self._flush()
+        if self.channel in ready:
+            if not self._feed() or not self._deliver(local):
+                return False
+            self._flush()
+        return True
+
+    def _deliver(self, local: socket.socket) -> bool:
+        while True:
+            try:
+                data = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                return True
+            except ssl.SSLZeroReturnError:
+                return False
+            if not data:
+                return False
+            local.sendall(data)
 
 
 DAP_HEADER = b"Content-Length:"
@@ -330,8 +467,15 @@ class TunnelledHandle:
         key = (seen.host, seen.port)
         with self._lock:
             forwarder = self._forwarders.get(key)
-            if forwarder is None:
-                forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error).start()
-                self.scope.callback(forwarder.close)
-                self._forwarders[key] = forwarder
-        return seen.moved_to(LOOPBACK, forwarder.port, tunnelled=True, far=seen.address)
+        if forwarder is None:
+            choose = getattr(self.inner, "route_for", None)
+            route = choose(seen) if callable(choose) else None  # may take a bounded moment (auto's probe)
+            with self._lock:
+                forwarder = self._forwarders.get(key)
+                if forwarder is None:
+                    forwarder = Forwarder(seen.host, seen.port, self.credentials, self.on_error, route).start()
+                    self.scope.callback(forwarder.close)
+                    self._forwarders[key] = forwarder
+        route = forwarder.route
+        return replace(seen.moved_to(LOOPBACK, forwarder.port, tunnelled=True, far=seen.address), route=route.name,
+                       route_detail=route.detail if route.name != "direct" else "")

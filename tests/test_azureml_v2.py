@@ -42,7 +42,13 @@ from conftest import port_is_listening  # noqa: E402
 
 from aml_magics import cli  # noqa: E402
 from aml_magics.azureml import sdk, settings  # noqa: E402
-from aml_magics.azureml.v2.job import DEFAULT_IMAGE, VSCODE_SERVICE, build_environment, build_job  # noqa: E402
+from aml_magics.azureml.v2.job import (  # noqa: E402
+    DEFAULT_IMAGE,
+    SSH_SERVICE,
+    VSCODE_SERVICE,
+    build_environment,
+    build_job,
+)
 from aml_magics.azureml.v2.service import MLClientBackend, get_v2_backend  # noqa: E402
 from aml_magics.azureml.v2.simulator import get_v2_simulator  # noqa: E402
 from aml_magics.errors import TargetError  # noqa: E402
@@ -510,10 +516,40 @@ def test_dry_run_shows_the_job_as_azure_ai_ml_would_submit_it(project, monkeypat
     assert job["type"] == "command" and job["compute"] == "azureml:gpu-cluster" and job["experiment_name"] == "exp1"
     assert shlex.split(job["component"]["command"])[-4:] == ["--", "train.py", "--epochs", "2"]
     assert {"torch", "debugpy>=1.8.1"} <= set(_pip(job["environment"]["conda_file"]))
+    ssh = job["services"].pop(SSH_SERVICE)  # --connect auto: the proxy route's way in, with a public key only
     assert job["services"] == {VSCODE_SERVICE: {"type": "vs_code"}}
+    assert ssh["type"] == "ssh" and ssh["ssh_public_keys"].startswith("ssh-ed25519 ")
+    assert plan["ssh_service"]["ssh_public_keys"] == ssh["ssh_public_keys"] and plan["ssh_service"]["user"] == "azureuser"
+    assert "PRIVATE KEY" not in json.dumps(plan)
+    job["services"][SSH_SERVICE] = ssh
     assert yaml.safe_load(plan["job_yaml"]) == job
     assert not (project / "sim" / "runs").exists() and not Path(job["component"]["code"]).exists()
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "nothing was submitted" in text and "job (YAML, as azure-ai-ml would submit it):" in text
     assert "  type: command" in text and "This is an experimental class" not in text
+    assert "ssh_public_keys: ssh-ed25519 " in text and "PRIVATE KEY" not in text
+    assert cli.main([*argv, "--connect", "direct", "--output", "json"]) == 0
+    assert SSH_SERVICE not in json.loads(capsys.readouterr().out)["job"]["services"]
+
+
+def test_connect_option_from_the_cli_the_magic_and_config(shell, project, monkeypatch, capsys):
+    use_simulator(monkeypatch, project / "sim")
+    assert cli.main(["run", "proj/train.py", *V2, "--compute", "cpu-cluster", "--connect", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--connect" in err and "'nowhere'" in err and len(err.splitlines()) == 1
+    assert cli.main(["run", "proj/train.py", *V2, "--compute", "cpu-cluster", "--connect", "proxy", "--insecure"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--connect proxy carries the authenticated tunnel; it cannot be "
+                                                    "used with --insecure")
+    shell.run_line_magic("config", "AmlDebugMagics.connect = 'nowhere'")  # refused in one line, default kept
+    assert shell.run_line_magic("config", "AmlDebugMagics.connect") is None
+    shell.run_line_magic("config", "AmlDebugMagics.connect = 'direct'")
+    try:
+        plan = shell.run_line_magic("aml_debug_run", f"{' '.join(V2)} --compute cpu-cluster "
+                                    "--dry-run proj/train.py")
+    finally:
+        shell.run_line_magic("config", "AmlDebugMagics.connect = None")
+    assert plan["ssh_service"] is None and SSH_SERVICE not in plan["job"].get("services", {})
+    plan = shell.run_line_magic("aml_debug_run", f"{' '.join(V2)} --compute cpu-cluster --nodes 2 "
+                                "--connect proxy --dry-run proj/train.py")
+    assert plan["job"]["services"][SSH_SERVICE]["nodes"] == "all"  # every node: each rank's node is reached

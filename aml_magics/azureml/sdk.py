@@ -77,4 +77,7 @@ def v1_options(options: dict) -> dict:
         raise TargetError(f"--distribution {distribution} needs --sdk v2 (SDK v1 runs use PyTorchConfiguration)")
     if options.pop("vscode_service", None):
         raise TargetError("--vscode-service needs --sdk v2 (interactive job services are an azure-ai-ml feature)")
+    if options.pop("connect", None) == "proxy":
+        raise TargetError("--connect proxy needs --sdk v2: SDK v1 runs have no job services, so no SSH service "
+                          "to reach the node through the workspace proxy")
     return options

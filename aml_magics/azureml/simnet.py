@@ -9,6 +9,11 @@ interfaces and binds its own private address, as on an Azure ML node:
   own namespace with an ``eth0`` on a private Linux bridge, on a /24 of 10.213.0.0/16 that
   nothing else here uses: node ``i`` is ``10.213.K.(10+i)``, this machine ``10.213.K.1``.
   Nodes reach each other and this machine, and nothing else (no default route).
+  ``10.213.K.2`` is a second address of this machine's end: the simulated workspace proxy's,
+  from which it reaches a node's SSH service. With ``inbound="proxy"``
+  (``AML_MAGICS_SIM_INBOUND=proxy``) every node drops each TCP connection this machine opens
+  from its own address (``10.213.K.1``), as a node in another network is out of the owner's
+  reach: the only way in is the proxy.
 
 Why the bridge sits in a namespace of its own (the "switch"): on a machine where Docker
 runs, ``br_netfilter`` sends bridged frames through the host's iptables ``FORWARD`` chain,
@@ -50,6 +55,8 @@ from ..processes import ProcessGroup
 
 CLUSTER_NET = "10.213"  # 10.213.K.0/24 per cluster; 10.211/16 is NodeNamespace's, 172.17/16 Docker's
 FIRST_NODE_HOST = 10  # node i is 10.213.K.(10 + i)
+PROXY_HOST = 2  # the simulated workspace proxy's address, 10.213.K.2
+INBOUND = ("", "proxy")
 MAX_NODES = 240
 _NS_PREFIX = "amlsimc"  # + <pid>x<k> (the switch), + <pid>x<k>n<i> (node i)
 _STALE_NS = re.compile(rf"^{_NS_PREFIX}(\d+)x\d+(?:n\d+)?$")
@@ -144,9 +151,12 @@ class BridgeCluster:
 
     _counter = itertools.count(1)
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, inbound: str = "") -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise NamespaceUnavailable(f"a simulated cluster has 1 to {MAX_NODES} nodes, not {nodes}")
+        if inbound not in INBOUND:
+            raise NamespaceUnavailable(f"AML_MAGICS_SIM_INBOUND={inbound!r}: expected proxy (or unset)")
+        self.inbound = inbound
         pid = os.getpid()
         k = next(self._counter)
         self.nodes = nodes
@@ -163,6 +173,11 @@ class BridgeCluster:
     @property
     def host_address(self) -> str:
         return f"{CLUSTER_NET}.{self._subnet()}.1"
+
+    @property
+    def proxy_address(self) -> str:
+        """The simulated workspace proxy's side of the bridge (a second address of this machine)."""
+        return f"{CLUSTER_NET}.{self._subnet()}.{PROXY_HOST}"
 
     def node_address(self, node: int) -> str:
         return f"{CLUSTER_NET}.{self._subnet()}.{FIRST_NODE_HOST + node}"
@@ -211,6 +226,7 @@ class BridgeCluster:
         _ip("link", "add", self.host_if, "type", "veth", "peer", "name", "host", "netns", sw)
         _ip("-n", sw, "link", "set", "host", "master", "br0", "up")
         _ip("addr", "add", f"{self.host_address}/24", "dev", self.host_if)
+        _ip("addr", "add", f"{self.proxy_address}/24", "dev", self.host_if)  # secondary: never a default source
         _ip("link", "set", self.host_if, "up")
         for i, ns in enumerate(self.namespaces):
             _ip("netns", "add", ns)
@@ -219,6 +235,8 @@ class BridgeCluster:
             _ip("-n", ns, "addr", "add", f"{self.node_address(i)}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
+            if self.inbound == "proxy":
+                _closed_to_owner(ns, self.host_address)
 
     def _start_watcher(self) -> None:
         """A process that removes the cluster once the owner is gone (EOF on a pipe only the
@@ -271,6 +289,16 @@ class BridgeCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def _closed_to_owner(namespace: str, owner_address: str) -> None:
+    """The node drops every TCP connection opened from the owner's address (its own firewall, in
+    its namespace: this machine's rules are never touched); connections it opens still work."""
+    result = subprocess.run(["ip", "netns", "exec", namespace, "iptables", "-w", "-A", "INPUT", "-s", owner_address,
+                             "-p", "tcp", "--syn", "-j", "DROP"], capture_output=True, text=True, timeout=20)
+    if result.returncode != 0:
+        raise NamespaceUnavailable(f"AML_MAGICS_SIM_INBOUND=proxy needs iptables in the node's namespace: "
+                                   f"{result.stderr.strip() or result.returncode}")
 
 
 def _remove_namespace(name: str) -> None:

@@ -37,6 +37,13 @@ Settings (environment variables, read at each use):
 ``AML_MAGICS_SIM_COMPUTES``        compute names in the workspace (default cpu-cluster,gpu-cluster)
 ``AML_MAGICS_SIM_AUTH``            ``fail``: opening a workspace fails as an expired login does
 ``AML_MAGICS_SIM_STATE_SECONDS``   time spent in each state before Running (default 0.2)
+``AML_MAGICS_SIM_INBOUND``         ``proxy`` (with ``bridge``): the nodes accept no connection from this
+                                 machine's address; only the workspace proxy reaches them (SDK v2's
+                                 SSH service, :mod:`.v2.simssh`)
+``AML_MAGICS_SIM_SSH``             ``fail``: a job's SSH service fails to start; ``other-key``: it lets in
+                                 another key than the job's
+``AML_MAGICS_SIM_TOKEN``           ``stale``: the credential's token is expired (the proxy answers 401)
+``AML_MAGICS_SIM_SSH_DELAY``       seconds a job's SSH service takes to start after Running (default 0)
 """
 
 from __future__ import annotations
@@ -185,6 +192,9 @@ def shape_error(nodes: int, what: str) -> str | None:
     network = _env("AML_MAGICS_SIM_NETWORK").strip()
     if network not in NETWORKS:
         return f"AML_MAGICS_SIM_NETWORK={network!r}: expected bridge (or unset)"
+    inbound = _env("AML_MAGICS_SIM_INBOUND").strip()
+    if inbound and (inbound != "proxy" or network != "bridge"):
+        return f"AML_MAGICS_SIM_INBOUND={inbound!r}: expected proxy, with AML_MAGICS_SIM_NETWORK=bridge"
     if network == "bridge":
         reason = unavailable_reason()
         return f"AML_MAGICS_SIM_NETWORK=bridge: {reason}" if reason else None
@@ -412,7 +422,7 @@ class SimRun:
 
     def _run_processes(self, submitted: Submitted) -> list[int] | None:
         shape = submitted.shape
-        cluster = BridgeCluster(shape.nodes) if self.simulator.network == "bridge" else None
+        cluster = BridgeCluster(shape.nodes, self.simulator.inbound) if self.simulator.network == "bridge" else None
         try:
             if cluster is not None:
                 cluster.create()
@@ -423,8 +433,10 @@ class SimRun:
                     shutil.rmtree(node.workdir)
                 shutil.copytree(submitted.snapshot, node.workdir)
                 self._link_outputs(node.workdir)
+            self._nodes_up(nodes, cluster)
             return self._start_and_wait(submitted, nodes, master)
         finally:
+            self._nodes_down()
             if cluster is not None:
                 cluster.remove()  # with whatever still runs on its nodes
 
@@ -435,6 +447,13 @@ class SimRun:
         outputs.mkdir(parents=True, exist_ok=True)
         if not (workdir / "outputs").exists():
             (workdir / "outputs").symlink_to(outputs, target_is_directory=True)
+
+    def _nodes_up(self, nodes: list[SimNode], cluster: BridgeCluster | None) -> None:
+        """The nodes are there, the job's processes not yet: what the service starts beside them
+        (SDK v2: the job's SSH service)."""
+
+    def _nodes_down(self) -> None:
+        """Before the nodes go: stop what :meth:`_nodes_up` started."""
 
     def _start_and_wait(self, submitted: Submitted, nodes: list[SimNode], master: str) -> list[int] | None:
         shape = submitted.shape
@@ -538,9 +557,14 @@ class Simulator:
         return _env("AML_MAGICS_SIM_NETWORK").strip()
 
     @property
+    def inbound(self) -> str:
+        return _env("AML_MAGICS_SIM_INBOUND").strip()
+
+    @property
     def detail(self) -> str:
         if self.network == "bridge":
-            return "each node in its own network namespace, on a private bridge"
+            closed = "; nodes reachable only through the workspace proxy" if self.inbound == "proxy" else ""
+            return f"each node in its own network namespace, on a private bridge{closed}"
         ns = self.netns
         return f"node in network namespace {ns}" if ns else "node on loopback, no network namespace"
 

@@ -239,6 +239,10 @@ OPTIONS = (
            help="azureml v2: add a VS Code job service (reach the node from outside its network)"),
     option("--distribution", choices=("pytorch", "mpi"), default=None,
            help="azureml v2: launcher of a distributed job (--nodes/--procs-per-node; default pytorch)"),
+    option("--connect", choices=("auto", "direct", "proxy"), default=None, config="connect",
+           help="azureml: how this machine reaches the node's debug relay: direct (its address: the same virtual "
+                "network), proxy (v2: the job's SSH service through the workspace proxy), auto (default: direct "
+                "if the address answers within 3 s, else the proxy)"),
 )
 
 

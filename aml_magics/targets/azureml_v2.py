@@ -16,11 +16,13 @@ from typing import Any
 from ..azureml.sdk import require_v2
 from ..azureml.v2.job import VSCODE_SERVICE, JobSubmission, build_job
 from ..azureml.v2.monitor import JobMonitor
+from ..azureml.v2.routes import CONNECT_MODES, JobRoutes
 from ..azureml.v2.service import JobRun, get_v2_backend
 from ..invocation import RunSecrets
 from ..protocol import MarkerReader
 from ..spec import RunSpec
-from ..target_base import RunContext
+from ..sshproxy import SshKeyPair
+from ..target_base import RunContext, TargetError
 from .azureml import AzureMLTargetBase
 
 
@@ -36,14 +38,32 @@ class AzureMLV2Target(AzureMLTargetBase):
     def __init__(self, compute: str | None = None, experiment: str | None = None,
                  workspace_config: str | None = None, environment: str | None = None,
                  subscription: str | None = None, resource_group: str | None = None, workspace: str | None = None,
-                 vscode_service: bool | None = None, distribution: str | None = None,
+                 vscode_service: bool | None = None, distribution: str | None = None, connect: str | None = None,
                  backend: Any = None, cwd: Path | None = None) -> None:
         require_v2()
         super().__init__(backend or get_v2_backend(), compute, experiment, workspace_config, environment,
                          subscription, resource_group, workspace, cwd)
         self.vscode_service = bool(vscode_service)
         self.distribution = distribution
+        self.connect = connect or "auto"
+        if self.connect not in CONNECT_MODES:
+            raise TargetError(f"--connect {connect!r}: expected auto, direct or proxy")
         self.client: Any = None
+        self.ssh_key: SshKeyPair | None = None  # this run's, when the job carries the SSH service
+
+    def _wants_ssh(self, spec: RunSpec) -> bool:
+        """The job carries the SSH service: a debugged, tunnelled run whose route may be the proxy."""
+        if self.connect == "direct" or not spec.debug.enabled:
+            return False
+        if not spec.debug.secure:
+            if self.connect == "proxy":
+                raise TargetError("--connect proxy carries the authenticated tunnel; it cannot be used with --insecure")
+            return False
+        return True
+
+    def check(self, spec: RunSpec) -> None:
+        self._wants_ssh(spec)  # a refused combination, before the service is asked anything
+        super().check(spec)
 
     def _described(self, spec: RunSpec, cell: str | None) -> dict:
         """The job as azure-ai-ml would submit it."""
@@ -55,9 +75,10 @@ class AzureMLV2Target(AzureMLTargetBase):
             notes.append(f"registered environment {self._environment_label()} is read at submit (a dry run contacts "
                          "no service); debugpy is added to it then (to its conda file, or by a Docker build FROM its "
                          "image)")
+        key = SshKeyPair.new() if self._wants_ssh(spec) else None  # a dry run's own: its public half is shown
         submission = build_job(spec, self.compute or "", self.experiment or "", registered=registered,
                                script_text=cell, vscode_service=self.vscode_service, distribution=self.distribution,
-                               tags=self._tags())
+                               tags=self._tags(), ssh_public_key=key.public if key else None)
         try:
             described = submission.describe()
         finally:
@@ -79,9 +100,11 @@ class AzureMLV2Target(AzureMLTargetBase):
             self.registered = self.backend.get_environment(self.client, env_name, version)
 
     def _build(self, spec: RunSpec, secrets: RunSecrets) -> JobSubmission:
+        self.ssh_key = SshKeyPair.new() if self._wants_ssh(spec) and secrets.tunnel is not None else None
         return build_job(spec, self.compute or "", self.experiment or "", registered=self.registered,
                          registered_name=self._environment_label(), vscode_service=self.vscode_service,
-                         distribution=self.distribution, tags=self._tags(), secrets=secrets)
+                         distribution=self.distribution, tags=self._tags(), secrets=secrets,
+                         ssh_public_key=self.ssh_key.public if self.ssh_key else None)
 
     def _send(self, submission: JobSubmission) -> JobRun:
         job = self.backend.create_job(self.client, submission.job, self.experiment or "")
@@ -89,9 +112,14 @@ class AzureMLV2Target(AzureMLTargetBase):
 
     def _follow(self, spec: RunSpec, run: Any, ctx: RunContext) -> JobMonitor:
         services = (VSCODE_SERVICE,) if self.vscode_service else ()
+        routes = None
+        if self.ssh_key is not None:
+            routes = JobRoutes(self.backend, self.client, run.id, self.ssh_key, self.connect,
+                               spec.distributed.placement, ctx.events.line)
+            ctx.scope.callback(routes.close)
         monitor = JobMonitor(self.backend, run, ctx.events, reader=MarkerReader(ctx.secrets.marker_key),
                              scope=ctx.scope, services=services, nodes=spec.distributed.nodes,
-                             description=self.description)
+                             description=self.description, routes=routes)
         monitor.start()
         return monitor
 

@@ -158,6 +158,14 @@ def node_host(endpoint: "Endpoint") -> str:
     return far.rsplit(":", 1)[0] if far else endpoint.host
 
 
+def route_line(run: "DebugRun") -> str:
+    """How the debuggers are reached when not directly, e.g. "via the workspace proxy (SSH service,
+    node 1)"; "" when every endpoint is reached directly."""
+    details = sorted({e.route_detail for e in run.endpoints if getattr(e, "route", "direct") != "direct"
+                      and getattr(e, "route_detail", "")})
+    return "; ".join(details)
+
+
 def by_node(run: "DebugRun") -> list[tuple[int, str, list["RankStatus"]]]:
     """The ranks grouped by node: (node index, the node's address or "", its ranks)."""
     nodes: dict[int, list[RankStatus]] = {}
@@ -177,11 +185,14 @@ def endpoint_summary(run: "DebugRun") -> list[str]:
         status = ranks[0] if ranks else None
         if status is None or status.endpoint is None:
             return ["-"]
-        return [f"{status.endpoint.address} {endpoint_now(run, status).words}"]
+        via = getattr(status.endpoint, "route_detail", "")
+        return [f"{status.endpoint.address} {endpoint_now(run, status).words}" + (f" {via}" if via else "")]
     lines = []
     for node, host, statuses in by_node(run):
         parts = [rank_row(run, s).summary() for s in statuses]
-        lines.append(f"node {node}" + (f" {host}" if host else "") + ": " + "; ".join(parts))
+        via = next((s.endpoint.route_detail for s in statuses if s.endpoint is not None and s.endpoint.route_detail),
+                   "")
+        lines.append(f"node {node}" + (f" {host}" if host else "") + ": " + "; ".join(parts) + (f" {via}" if via else ""))
     return lines
 
 
@@ -276,6 +287,8 @@ def render_text(run: "DebugRun", log_lines: int = 0) -> str:
     lines = [f"aml_magics run {run.id} ({run.name}) on {run.target}: {state_label(run)}"]
     if run.description:
         lines.append(run.description)
+    if route_line(run):
+        lines.append(f"debuggers reached {route_line(run)}")
     for facet in run.facets:  # e.g. a deployment's scoring URI
         lines.extend(facet.text_lines())
     ranks = run.ranks

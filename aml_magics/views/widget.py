@@ -35,6 +35,7 @@ from .text import (
     endpoint_now,
     rank_row,
     roster_order,
+    route_line,
     seconds_words,
     state_detail,
 )
@@ -195,6 +196,8 @@ class DebugRunPanel(widgets.VBox):
             + (f"<span class='aml-detail'>{html.escape(detail)}</span>" if detail else "")
             + "</div>"
             + (f"<i>{html.escape(run.description)}</i>" if run.description else "")
+            + (f"<div class='aml-route'>debuggers reached {html.escape(route_line(run))}</div>"
+               if route_line(run) else "")
             + "".join(facet.html() for facet in run.facets)
         )
 

@@ -54,6 +54,7 @@ from ..submission import (
 
 DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 VSCODE_SERVICE = "aml_magics_vscode"
+SSH_SERVICE = "aml_magics_ssh"  # the proxy route's way onto the node (--connect auto|proxy)
 ANONYMOUS_ENVIRONMENT = "CliV2AnonymousEnvironment"  # azure-ai-ml's name for an unnamed environment
 DISTRIBUTIONS = ("pytorch", "mpi")
 # azure-ai-ml prints "This is an experimental class" while serializing a job, and
@@ -278,6 +279,7 @@ class JobSubmission:
     port: int
     vscode_service: bool = False
     notes: list[str] = field(default_factory=list)
+    ssh_public_key: str | None = None
 
     @property
     def arguments(self) -> list[str]:
@@ -322,6 +324,10 @@ class JobSubmission:
             "environment_variables": redact(dict(job.environment_variables or {})),
             "distributed": distribution,
             "services": {name: service.type for name, service in (job.services or {}).items()},
+            "ssh_service": ({"name": SSH_SERVICE, "user": "azureuser", "nodes": "all" if self.spec.distributed.nodes > 1
+                             else "node 0", "ssh_public_keys": self.ssh_public_key,
+                             "note": "a key pair made for this run; its private half never leaves this process"}
+                            if self.ssh_public_key else None),
             "debug": describe_debug(self.spec, self.bind, self.port),
             "notes": list(self.notes),
             "job": self.job_dict(),
@@ -332,11 +338,12 @@ class JobSubmission:
 def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any = None,
               registered_name: str | None = None, script_text: str | None = None, vscode_service: bool = False,
               distribution: str | None = None, tags: dict[str, str] | None = None,
-              secrets: RunSecrets | None = None) -> JobSubmission:
+              secrets: RunSecrets | None = None, ssh_public_key: str | None = None) -> JobSubmission:
     """Snapshot + Environment + ``command()`` job for ``spec``; nothing is contacted (``secrets``
-    travel in the job's environment variables; a dry run has none)."""
+    travel in the job's environment variables; a dry run has none). ``ssh_public_key``: the job
+    carries an SSH service that lets that key in (every node), the proxy route's way in."""
     from azure.ai.ml import command
-    from azure.ai.ml.entities import VsCodeJobService
+    from azure.ai.ml.entities import SshJobService, VsCodeJobService
 
     bind = spec.debug.bind or "node"
     port = spec.debug.port
@@ -352,7 +359,8 @@ def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any =
         if plan.build_dir is not None:
             shutil.rmtree(plan.build_dir, ignore_errors=True)
         raise
-    submission = JobSubmission(spec, snapshot, None, plan, compute, experiment, bind, port, vscode_service, notes)
+    submission = JobSubmission(spec, snapshot, None, plan, compute, experiment, bind, port, vscode_service, notes,
+                               ssh_public_key)
     try:
         check_snapshot(spec, snapshot, script_text)
         notes += snapshot_notes(snapshot)
@@ -362,9 +370,14 @@ def build_job(spec: RunSpec, compute: str, experiment: str, *, registered: Any =
             options["distribution"] = build_distribution(distribution, dist.procs_per_node)
         elif distribution == "mpi":
             notes.append("--distribution mpi with one process: submitted without a distribution")
+        services: dict[str, Any] = {}
         if vscode_service:
-            options["services"] = {VSCODE_SERVICE: VsCodeJobService(nodes="all") if dist.nodes > 1
-                                   else VsCodeJobService()}
+            services[VSCODE_SERVICE] = VsCodeJobService(nodes="all") if dist.nodes > 1 else VsCodeJobService()
+        if ssh_public_key:
+            services[SSH_SERVICE] = SshJobService(ssh_public_keys=ssh_public_key,
+                                                  nodes="all" if dist.nodes > 1 else None)
+        if services:
+            options["services"] = services
         with quiet_sdk():
             submission.job = command(
                 code=str(snapshot), command=cmd, environment=plan.environment, compute=compute,

@@ -19,12 +19,17 @@ SERVICE_STATES = {"Running", "Finalizing"}
 class JobMonitor(RunMonitor):
     def __init__(self, backend: Any, run: Any, events: Any, *, reader: Any, scope: Any = None,
                  services: tuple[str, ...] = (), nodes: int = 1, description: str = "",
-                 poll: float | None = None) -> None:
+                 poll: float | None = None, routes: Any = None) -> None:
         super().__init__(backend, run, events, reader=reader, scope=scope, poll=poll)
+        self.routes = routes  # JobRoutes (--connect auto|proxy), or None: direct
         self.services = services
         self.nodes = max(1, nodes)
         self.description = description
         self.service_urls: dict[tuple[str, int], str] = {}
+
+    def route_for(self, endpoint: Any) -> Any:
+        """How the tunnel's forwarder reaches ``endpoint``'s relay (None: directly)."""
+        return self.routes.route_for(endpoint) if self.routes is not None else None
 
     def _read_logs(self, details: dict) -> None:
         super()._read_logs(details)

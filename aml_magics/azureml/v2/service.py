@@ -139,6 +139,22 @@ class MLClientBackend:
         instances = client.jobs.show_services(name, node_index)
         return {key: value.endpoint for key, value in (instances or {}).items() if getattr(value, "endpoint", None)}
 
+    def ssh_service(self, client: Any, name: str, node_index: int) -> tuple[str | None, str | None, str | None]:
+        """(status, ProxyEndpoint, error) of the job's first SSH service on one node, as
+        ``az ml job connect-ssh`` picks it; (None, None, None) while the job lists none."""
+        instances = client.jobs.show_services(name, node_index) or {}
+        ssh = next((i for i in instances.values() if str(getattr(i, "type", "") or "").upper() == "SSH"), None)
+        if ssh is None:
+            return None, None, None
+        return ssh.status, (ssh.properties or {}).get("ProxyEndpoint"), getattr(ssh, "error", None)
+
+    def access_token(self, client: Any) -> str:
+        """A token for the workspace proxy, from the credential the MLClient uses."""
+        from ...sshproxy import ARM_SCOPE as PROXY_SCOPE
+
+        credential = getattr(client, "_credential", None) or self.credential()
+        return credential.get_token(PROXY_SCOPE).token
+
     def studio_url(self, job: Any) -> str | None:
         return getattr(job, "studio_url", None)
 

@@ -16,8 +16,11 @@ the client it is handed is this one, with the operations it calls:
   with the variables each launcher sets), on simulated nodes (the v1 simulator's process
   and network machinery: a cluster on a private bridge with ``AML_MAGICS_SIM_NETWORK=bridge``,
   else one node); ``jobs.get``, ``jobs.begin_cancel``,
-  ``jobs.show_services`` (the VS Code service's URL once running) and the run-history
-  details ``jobs.stream`` reads (status, ``user_logs/std_log*.txt`` URLs, tags, error).
+  ``jobs.show_services`` (the VS Code service's URL once running; the SSH service's status
+  and ``ProxyEndpoint``, see :mod:`.simssh`) and the run-history details ``jobs.stream``
+  reads (status, ``user_logs/std_log*.txt`` URLs, tags, error);
+- ``_credential.get_token`` (what an MLClient holds): the simulated identity's token, the one
+  bearer token the simulated workspace proxy lets through.
 
 With ``AML_MAGICS_SIM_AUTH=fail`` the first call fails the way ``DefaultAzureCredential``
 does without a login (azure-core's ``ClientAuthenticationError``). What it does not do:
@@ -27,8 +30,10 @@ build images (the nodes run this machine's interpreter), authenticate, schedule.
 from __future__ import annotations
 
 import itertools
+import secrets
 import shlex
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +41,10 @@ from typing import Any
 
 from ..backend import one_instance, poll_interval, register_backend
 from ..settings import WorkspaceRef
+from ..simnet import BridgeCluster
 from ..simulator import (
     Shape,
+    SimNode,
     SimRun,
     SimWorkspace,
     Submitted,
@@ -51,6 +58,7 @@ from ..simulator import (
 )
 from .job import DEFAULT_IMAGE, dockerfile_packages, pip_list
 from .service import MLClientBackend
+from .simssh import JobSsh, WorkspaceProxy
 
 # name → (version, image, conda file or None); image-only is what curated environments are
 ENVIRONMENTS: dict[str, tuple[str, str, dict | None]] = {
@@ -83,15 +91,63 @@ class SimJobRun(SimRun):
     """A command job on a simulated node: the v1 machinery, logs under ``user_logs/``."""
 
     def __init__(self, *args: Any, distribution: str | None = None, services: dict | None = None,
-                 **kwargs: Any) -> None:
+                 proxy: WorkspaceProxy | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.layout = "user_logs"  # SDK v2 jobs write user_logs/std_log*.txt
         self.distribution = distribution
         self.services = dict(services or {})
         self.command: str = ""
+        self.proxy = proxy
+        self.ssh: JobSsh | None = None
 
     def service_url(self, service: str, node: int) -> str:
         return f"https://{self.id.replace('_', '-')}-{node}.{service.replace('_', '-')}.simulated.invalid/"
+
+    def ssh_services(self) -> dict[str, Any]:
+        return {k: v for k, v in self.services.items() if getattr(v, "type", None) == "ssh"}
+
+    def _nodes_up(self, nodes: list[SimNode], cluster: BridgeCluster | None) -> None:
+        """The job's SSH service: sshd on its nodes (every node with ``nodes="all"``), behind the proxy."""
+        services = self.ssh_services()
+        if not services or self.proxy is None:
+            return
+        keys = "\n".join(str(getattr(s, "ssh_public_keys", "") or "") for s in services.values())
+        every = any(getattr(s, "nodes", None) == "all" for s in services.values())
+        chosen = nodes if every else nodes[:1]
+        ssh = JobSsh(self.id, self.dir / "ssh", keys)
+        if cluster is not None:  # elsewhere the service fails (a one-line reason): no node address to serve
+            self.proxy.start().jobs[self.id] = ssh
+        self.ssh = ssh
+        ssh.start([(n.index, n.address or "", cluster.proxy_address if cluster else None) for n in chosen],
+                  {n.index: n.prefix for n in chosen})
+
+    def _nodes_down(self) -> None:
+        ssh, self.ssh = self.ssh, None
+        if ssh is not None:
+            ssh.stop()
+            if self.proxy is not None:
+                self.proxy.jobs.pop(self.id, None)
+
+    def service_instances(self, node_index: int) -> dict[str, Any]:
+        """``show_services``: each service's instance on one node."""
+        from azure.ai.ml.entities import ServiceInstance
+
+        instances = {}
+        for key, service in self.services.items():
+            if getattr(service, "type", None) != "ssh":
+                instances[key] = ServiceInstance(type="VSCode", status="Running",
+                                                 endpoint=self.service_url(key, node_index))
+                continue
+            ssh = self.ssh
+            node = ssh.nodes.get(node_index) if ssh is not None else None
+            if node is None:
+                status, error = ("Starting", None) if ssh is None else ("Failed", f"no SSH service on node {node_index}")
+            else:
+                status, error = node.status, node.error
+            endpoint = self.proxy.endpoint(self.id) if self.proxy is not None else None
+            instances[key] = ServiceInstance(type="SSH", status=status, error=error, port=22,
+                                             properties={"ProxyEndpoint": endpoint} if endpoint else {})
+        return instances
 
 
 @dataclass
@@ -187,14 +243,11 @@ class _Jobs:
             shutil.copytree(outputs, dest, dirs_exist_ok=True)
 
     def show_services(self, name: str, node_index: int = 0) -> dict[str, Any] | None:
-        from azure.ai.ml.entities import ServiceInstance
-
         _auth_check()
         run = self.client.simulator.get_run(name)
         if run.get_status() not in RUNNING or not run.services:
             return None
-        return {key: ServiceInstance(type="VSCode", status="Running", endpoint=run.service_url(key, node_index))
-                for key in run.services}
+        return run.service_instances(node_index)
 
 
 class _Computes:
@@ -232,11 +285,27 @@ class _Environments:
         return Environment(name=name, version=env_version, image=image, conda_file=conda)
 
 
+class _SimCredential:
+    """The credential an MLClient holds (``_credential``): the simulated identity's tokens."""
+
+    def __init__(self, simulator: SimV2Backend) -> None:
+        self.simulator = simulator
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        _auth_check()
+        if _env("AML_MAGICS_SIM_TOKEN") == "stale":  # an expired login's token: the proxy answers 401
+            return AccessToken("stale-" + self.simulator.token[:8], int(time.time()) - 60)
+        return AccessToken(self.simulator.token, int(time.time()) + 3600)
+
+
 class SimMLClient:
     """The ``MLClient`` surface the v2 backend uses; constructing it contacts nothing (as MLClient)."""
 
     def __init__(self, simulator: SimV2Backend, ref: WorkspaceRef) -> None:
         self.simulator = simulator
+        self._credential = _SimCredential(simulator)
         self.subscription_id = ref.subscription_id or "sim-subscription"
         self.resource_group_name = ref.resource_group
         self.workspace_name = ref.workspace_name
@@ -259,6 +328,8 @@ class SimV2Backend(MLClientBackend):
         super().__init__()
         self.runs: dict[str, SimJobRun] = {}
         self._runs_lock = threading.Lock()
+        self.token = secrets.token_urlsafe(32)  # the simulated identity's bearer token
+        self.proxy = WorkspaceProxy(self.token)  # started with the first job that has an SSH service
 
     @property
     def detail(self) -> str:  # type: ignore[override]
@@ -311,7 +382,7 @@ class SimV2Backend(MLClientBackend):
         workspace = SimWorkspace(client.workspace_name, client.resource_group_name, client.subscription_id)
         run = SimJobRun(get_simulator(), workspace, experiment, name, submitted, dict(job.tags or {}),
                         name=job.display_name or name, distribution=kind,
-                        services=dict(job.services or {}))
+                        services=dict(job.services or {}), proxy=self.proxy)
         run.command = job.command
         with self._runs_lock:
             self.runs[name] = run
@@ -319,12 +390,15 @@ class SimV2Backend(MLClientBackend):
         return self.job_view(name)
 
     def job_view(self, name: str) -> SimJob:
-        from azure.ai.ml.entities import VsCodeJobService
+        from azure.ai.ml.entities import SshJobService, VsCodeJobService
 
         run = self.get_run(name)
         status = run.get_status()
-        services = {}
-        for key in run.services:
+        services: dict[str, Any] = {}
+        for key, service in run.services.items():
+            if getattr(service, "type", None) == "ssh":
+                services[key] = SshJobService(ssh_public_keys=service.ssh_public_keys, nodes=service.nodes)
+                continue
             url = run.service_url(key, 0) if status in RUNNING else None
             services[key] = VsCodeJobService(endpoint=url, status="Running" if url else None)
         return SimJob(name=run.id, display_name=run.name, experiment_name=run.experiment, status=status,
