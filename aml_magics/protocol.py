@@ -226,7 +226,7 @@ class Malformed(AmlMagicsError, ValueError):
     pass
 
 
-class RefusedEndpoint(ValueError):
+class RefusedEndpoint(AmlMagicsError, ValueError):
     """An authentic ENDPOINT marker that says what the owner does not accept (an untunnelled port
     for a secure run, a host or port the rank was never given)."""
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import AmlMagicsError
 from .node.wire import close_socket, low_latency
 
 WS_PATH = "/nbip/v1.0/ws-tcp"
@@ -37,7 +38,7 @@ RETRY_BASE = 0.5
 RETRY_MAX = 8.0
 
 
-class RouteError(OSError):
+class RouteError(AmlMagicsError, OSError):
     """One line saying why the proxy route failed (token, key, service, network)."""
 
 

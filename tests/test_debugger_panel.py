@@ -258,7 +258,7 @@ def test_panel_pages_400_names_cuts_long_values_summarises_arrays_and_lists_brea
                  15, "the array's summary")
         assert "aml-dbg-show-all" in _var(panel, "big").children[-1]._dom_classes
         _var(panel, "grid").children[-1].click()
-        wait_for(lambda: "grid: min 0 max 11 mean 5.5" in panel.full_value.value, 10, "statistics")
+        wait_for(lambda: "grid: NaN 0 Inf 0; min 0 max 11 mean 5.5" in panel.full_value.value, 10, "statistics")
 
         # 400 names: the first 100 shown, the rest reachable page by page
         assert not _has(panel, "name_399")

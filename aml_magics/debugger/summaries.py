@@ -22,7 +22,7 @@ from collections.abc import Iterable
 # The type names debugpy reports for values this module summarises (its ``type`` field).
 SUMMARISED_TYPES = frozenset({"ndarray", "matrix", "memmap", "Tensor", "Parameter", "DataFrame", "Series", "Index"})
 SAMPLE = 10_000_000  # statistics look at no more elements than this (a strided sample beyond)
-PREVIEW = 6
+PREVIEW = 5  # as the node's renderer (node/render.py): one format, whichever renders
 
 # The fallback renderer: stdlib only, metadata only for summary(); statistics() on the device.
 FALLBACK = r'''
@@ -43,15 +43,16 @@ def summary(v):
 def statistics(v, sample=SAMPLE, preview=PREVIEW):
     kind = _kind(v)
     if kind is None:
-        return 'no statistics for ' + type(v).__name__
+        text = repr(v)
+        return text if len(text) <= 200 else text[:200] + '…'
     if kind == 'pandas':
         v = v.to_numpy() if hasattr(v, 'to_numpy') else v.values
     flat = v.detach().reshape(-1) if kind == 'torch' else v.reshape(-1)
     size = int(flat.shape[0])
     step = max(1, -(-size // sample))
     part = flat[::step]
-    note = f' (1 in {step} sampled)' if step > 1 else ''
-    head = ', '.join(repr(x) for x in flat[:preview].tolist())
+    note = f'; (statistics over a sample of {int(part.shape[0])} of {size})' if step > 1 else ''
+    head = ', '.join(format(x, '.6g') if isinstance(x, float) else repr(x) for x in flat[:preview].tolist())
     if size == 0:
         return 'empty'
     try:
@@ -69,8 +70,8 @@ def statistics(v, sample=SAMPLE, preview=PREVIEW):
             lo, hi, mean = (ok.min().item(), ok.max().item(), ok.mean().item()) if ok.size else (None,) * 3
     except Exception as exc:
         return f'no statistics: {type(exc).__name__}: {exc}; first: [{head}]'
-    return (f'min {lo:.6g} max {hi:.6g} mean {mean:.6g}' if lo is not None else 'no finite values') + \
-        f' · NaN {nan} · Inf {inf}{note} · first: [{head}{", …" if size > preview else ""}]'
+    spread = f'; min {lo:.6g} max {hi:.6g} mean {mean:.6g}' if lo is not None else ''
+    return f'NaN {nan} Inf {inf}{spread}; first [{head}{", …" if size > preview else ""}]{note}'
 def renderer():
     for name in ('_aml_magics_node.render', 'aml_magics.node.render'):
         module = sys.modules.get(name)
