@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("aml_magics")
 DEFAULT_PORT_CHOICE = "auto"  # spec.DEFAULT_PORT_CHOICE (checked by a test), without importing spec at load
 F = TypeVar("F", bound=Callable[..., Any])
+TRANSCRIPT_LINES = 100_000  # a --wait cell's text form keeps the whole log (within the run's output cap)
 
 
 def user_errors(method: F) -> F:
@@ -212,9 +213,13 @@ class AmlDebugMagics(Magics):
             if shown:
                 from IPython.display import display
 
-                display(run)
+                from .views import mimebundle
+
+                handle = display(run, display_id=True)
                 while not run.done:
                     run.wait_for_change(0.5)
+                if handle is not None:  # the same panel; its text form now holds the log, once
+                    handle.update(mimebundle(run, log_lines=TRANSCRIPT_LINES), raw=True)
             elif wait:
                 follow(run, emit=_say)
             elif not widget_frontend():

@@ -90,3 +90,7 @@ def test_wait_shows_the_live_panel_and_the_log_once(kernel):
     state = "".join(str(m["content"].get("data", {}).get("state", {})) for m in messages
                     if m["msg_type"] == "comm_msg")
     assert "said-once" in state and "completed" in state  # the panel's log and badge, updated live
+    # Once ended, the same display's text form holds the log (a saved notebook, nbconvert), once.
+    updates = [m["content"]["data"] for m in messages if m["msg_type"] == "update_display_data"]
+    assert updates and updates[-1]["text/plain"].count("said-once") == 1
+    assert "application/vnd.jupyter.widget-view+json" in updates[-1]  # still the panel where widgets render

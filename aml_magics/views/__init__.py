@@ -14,8 +14,10 @@ if TYPE_CHECKING:
     from ..run import DebugRun
 
 
-def mimebundle(run: "DebugRun") -> dict:
-    text = render_text(run)
+def mimebundle(run: "DebugRun", log_lines: int = 0) -> dict:
+    """The panel where widgets render, and always a text form (``log_lines``: with the log's last
+    lines: what a saved notebook or nbconvert keeps of a run that ended)."""
+    text = render_text(run, log_lines)
     if not widget_frontend():
         return {"text/plain": text}
     from .widget import widget_for
