@@ -23,7 +23,7 @@ import os
 import sys
 from datetime import timedelta
 
-from .shim import _PatchingLoader
+from .imports import patch_on_import
 
 MIN_DEFAULT = 7200.0  # the default floor: two hours, however short the debug windows
 KEEP = "keep"
@@ -196,27 +196,6 @@ def raise_nccl_settings(floor: float, version: tuple[int, int], environ=os.envir
     return changed
 
 
-class _PatchOnImport:
-    """A meta path finder: the first ``import torch.distributed`` (by anyone) yields the patched module."""
-
-    def __init__(self, patch) -> None:
-        self._patch = patch
-
-    def find_spec(self, name: str, path=None, target=None):
-        if name != MODULE:
-            return None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is self or find is None:
-                continue
-            spec = find(name, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _PatchingLoader(spec.loader, self._patch)
-                return spec
-        return None
-
-
 def patch_collectives(options: argparse.Namespace, stop_here=None) -> Collectives | None:
     """Before the user's code runs, in a debugged run: torch.distributed patched as it is imported.
 
@@ -226,8 +205,5 @@ def patch_collectives(options: argparse.Namespace, stop_here=None) -> Collective
     if options.no_debug:
         return None
     collectives = Collectives(collective_timeout(options), stop_here)
-    if MODULE in sys.modules:
-        collectives.patch(sys.modules[MODULE])
-    else:
-        sys.meta_path.insert(0, _PatchOnImport(collectives.patch))
+    patch_on_import(MODULE, collectives.patch)
     return collectives

@@ -6,6 +6,7 @@ import sys
 import threading
 
 from .address import resolve_bind
+from .imports import patch_on_import
 from .session import DebugSession
 from .wire import LOOPBACK
 
@@ -223,51 +224,10 @@ class _OriginalDebugpy:
         return self._user.original(name)
 
 
-class _PatchingLoader:
-    """debugpy's own loader, plus the patch once the module has run."""
-
-    def __init__(self, loader, patch) -> None:
-        self._loader, self._patch = loader, patch
-
-    def create_module(self, spec):
-        create = getattr(self._loader, "create_module", None)
-        return create(spec) if create is not None else None
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        self._patch(module)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._loader, name)
-
-
-class _PatchDebugpyOnImport:
-    """A meta path finder: ``import debugpy`` (the first, by anyone) yields the cooperating module."""
-
-    def __init__(self, patch) -> None:
-        self._patch = patch
-
-    def find_spec(self, name: str, path=None, target=None):
-        if name != "debugpy":
-            return None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is self or find is None:
-                continue
-            spec = find(name, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _PatchingLoader(spec.loader, self._patch)
-                return spec
-        return None
-
-
 def cooperate_with_user_debugpy(session: DebugSession) -> UserDebugpy:
     """Before the user's code runs: its ``import debugpy`` gets functions that cooperate with ``session``."""
     user = UserDebugpy(session)
     if session.enabled and session.debugger is None:
         session.use_debugpy(_OriginalDebugpy(user))
-    if "debugpy" in sys.modules:
-        user.patch(sys.modules["debugpy"])
-    sys.meta_path.insert(0, _PatchDebugpyOnImport(user.patch))
+    patch_on_import("debugpy", user.patch)
     return user
