@@ -5,6 +5,8 @@ before the run is released. (tests/test_browser.py does the same in JupyterLab.)
 
 from __future__ import annotations
 
+import re
+
 import ipywidgets as widgets
 import pytest
 from conftest import wait_for
@@ -315,3 +317,31 @@ def test_panel_says_an_evaluate_is_still_running_and_cancels_it(workdir, monkeyp
         assert run.wait(30) == "completed"
     finally:
         dbg.detach()
+
+
+def test_the_panels_detach_reads_detached_by_you(workdir):
+    """Issue 23 item 2: the debugger panel's Detach while the run goes on: the run panel's HTML says
+    "detached by you after N s" (state line and endpoint), never "nobody attached"."""
+    code = "import time\nvalue = 1\ntime.sleep(4)\nprint('slept', flush=True)\n"
+    run = aml_magics.submit(code=code, name="pdetach", port=0, timeout=120)
+    run.wait_for_endpoint(30)
+    run_panel = DebugRunPanel(run)
+    wait_for(lambda: not run_panel.debug_button.disabled, 10, "Debug here enabled")
+    run_panel.debug_button.click()
+    panel = run_panel.children[-1]
+    dbg = panel.debugger
+    try:
+        dbg.break_at(str(run.spec.script_path), 3)
+        panel.attach_button.click()
+        assert dbg.wait_stopped(30).line == 3
+        panel.detach_button.click()
+        wait_for(lambda: "detached by you after " in run_panel.endpoints_html.value, 15, "the endpoint's words")
+        assert re.search(r"data-endpoint='closed'>closed \(detached by you after \d+ s\)<",
+                         run_panel.endpoints_html.value), run_panel.endpoints_html.value
+        assert "nobody attached" not in run_panel.endpoints_html.value
+        wait_for(lambda: "detached by you after " in run_panel.header_html.value, 10, "the state line")
+        assert "debugger detached" not in run_panel.header_html.value + run_panel.endpoints_html.value
+        assert "detached (the run goes on)" in panel.header.value and panel.detach_button.description == "Close"
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "completed"

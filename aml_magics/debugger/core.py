@@ -411,6 +411,11 @@ class Debugger(Model):
             self._finish("detached before attaching" if self._state == ARMED else self.end_reason)
             return
         self._leaving = "detached (the run goes on)"
+        told = getattr(self.run, "detaching_debugger", None)  # the run then says "detached by you after N s"
+        if told is not None:
+            for rank in self.ranks:
+                if rank is not None:
+                    told(rank)
         for root in self.roots:
             try:
                 root.detach()
