@@ -150,7 +150,7 @@ def _redrawn(panel, serial: int) -> bool:
     stop = dbg.current_stop
     return (dbg.stop_serial > serial and stop is not None and panel._seen_stop[0] == dbg.stop_serial
             and not panel._tree_dirty and dbg.locals_page is not None and bool(panel.tree.children)
-            and any(r.number == stop.line and "aml-dbg-current" in r._dom_classes for r in panel.rows)
+            and panel.source_view.current == stop.line
             and bool(panel.stack.options))
 
 

@@ -108,5 +108,5 @@ def test_tensors_show_shape_dtype_and_device(workdir):
     assert out["line"] == 5
     assert out["locals"]["weights"] == "Tensor (2, 3) torch.float32 cpu"
     assert out["locals"]["ids"] == "Tensor (3,) torch.int64 cpu"
-    assert out["stats"].startswith("min 0 max 5 mean 2.5 · NaN 0 · Inf 0")
+    assert out["stats"].startswith("NaN 0 Inf 0; min 0 max 5 mean 2.5")
     assert (out["after"], out["state"]) == ("None", "completed")
