@@ -656,6 +656,7 @@ class Debugger(Model):
         service = self._idle_or_raise()
         index = self.frame_index if frame is None else frame
         position, chosen = self._frame_at(service, index)
+        service.wait_locals()  # the stop's own load, if still coming (not a second request for the same)
         model = service.variables
         page = model.locals
         if model.frame_id == chosen.id and page is not None and not page.more:
