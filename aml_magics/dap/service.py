@@ -200,7 +200,9 @@ class DebugService(Model):
         return frames
 
     def select_frame(self, index: int, timeout: float = REQUEST_TIMEOUT) -> Page | None:
-        """Make frame ``index`` the selected one and load its locals into the variables model."""
+        """Make frame ``index`` the selected one and load its locals into the variables model (after the
+        stop's own load of the top frame's, which would otherwise land over them)."""
+        self.wait_locals()
         frame = self.callstack.select(index)
         scopes = self._scopes(frame.id, timeout)
         page = self._locals_page(scopes, timeout)
