@@ -140,6 +140,9 @@ class AttachedMarker(Marker):
     reason: str = "start"
 
 
+DETACHED_BY_YOU = "detached by you"  # the owner's words for its own debugger's disconnect (DebugRun)
+
+
 @dataclass(frozen=True)
 class DetachedMarker(Marker):
     """The client left — said ``disconnect``, or its connection was lost (killed, gone silent):
@@ -156,6 +159,11 @@ class DetachedMarker(Marker):
     @property
     def lost(self) -> bool:
         return self.cause == "connection lost"
+
+    @property
+    def said_goodbye(self) -> bool:
+        """The client left with a DAP ``disconnect`` (not a lost connection)."""
+        return self.cause == "disconnect"
 
 
 @dataclass(frozen=True)

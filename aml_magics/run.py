@@ -27,6 +27,7 @@ from .lifecycle import RunScope
 from .output import MAX_KEPT_BYTES, MAX_KEPT_LINES, MAX_LINE_BYTES, cut_note, fresh_lines
 from .protocol import (
     DEBUG_STATES,
+    DETACHED_BY_YOU,
     MARKER_PREFIX,
     TERMINAL,
     AttachedMarker,
@@ -149,6 +150,7 @@ class DebugRun:
         self._rank_details: dict[int, str] = {}
         self._debuggers: dict[int, _DebuggerNow] = {}  # from each rank's markers
         self._sessions: dict[int, _DebuggerNow] = {}  # from this kernel's DAP sessions (report_debugger)
+        self._detaching: set[int] = set()  # ranks this kernel's debugger is detaching from (detaching_debugger)
         self.debugger_group: Any = None  # the DebuggerGroup attached to this run's ranks, if any
         self._lines: deque[tuple[str, bool]] = deque()  # (text, is a marker)
         self._kept_bytes = 0
@@ -263,6 +265,22 @@ class DebugRun:
                 self._sessions[rank] = self._moved(self._sessions.get(rank), state, where, reason)
             self._cond.notify_all()
         self._notify("state")
+
+    def detaching_debugger(self, rank: int) -> None:
+        """This kernel's debugger is about to detach from ``rank`` (a DAP ``disconnect``): the node's
+        next DETACHED marker for it reads "detached by you after N s". A client elsewhere (VS Code)
+        detaching says what the node says, "debugger detached after N s"."""
+        with self._cond:
+            self._detaching.add(rank)
+
+    def _own_detach(self, marker: DetachedMarker) -> DetachedMarker:
+        """The marker in the owner's words when it is this kernel's own detach (a disconnect it sent)."""
+        with self._cond:
+            ours = marker.rank in self._detaching
+            self._detaching.discard(marker.rank)
+        if not ours or not marker.said_goodbye or marker.seconds is None:
+            return marker
+        return replace(marker, reason=f"{DETACHED_BY_YOU} after {marker.seconds:.0f} s")
 
     @staticmethod
     def _moved(before: _DebuggerNow | None, state: str, where: str = "", reason: str = "",
@@ -519,6 +537,8 @@ class DebugRun:
     def _on_marker(self, marker: Marker) -> None:
         """A marker moves the run's facts (:func:`reduce_marker`, pure); an endpoint is also mapped
         to where this machine reaches it (a container's published port, the tunnel's forwarder)."""
+        if isinstance(marker, DetachedMarker):
+            marker = self._own_detach(marker)
         endpoint = self._mapped(marker) if isinstance(marker, EndpointMarker) else None
         if isinstance(marker, EndpointMarker) and endpoint is None and marker.endpoint() is not None:
             return  # refused: it moves nothing

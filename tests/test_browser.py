@@ -443,6 +443,43 @@ def _wait_for_idle(lab: Lab, name: str, timeout: float = 60) -> None:
     raise AssertionError(f"no idle kernel for {name} after {timeout}s:\n{lab.log_tail()}")
 
 
+CURRENT_BG = "rgb(255, 243, 176)"  # the current line (#fff3b0)
+MARK_BG = {"plain": "rgb(211, 47, 47)", "condition": "rgb(239, 108, 0)", "log": "rgb(21, 101, 192)"}
+
+
+def _line_number(dbg, line: int):
+    """Line ``line``'s number in the source view's gutter (a click toggles its breakpoint)."""
+    return dbg.locator(".aml-dbg-gutter .widget-radio-box label").nth(line - 1)
+
+
+def _expect_mark(dbg, line: int, kind: str) -> None:
+    expect(_line_number(dbg, line)).to_have_css("background-color", MARK_BG[kind], timeout=WAIT_MS)
+
+
+def _expect_current(dbg, line: int, current: bool = True) -> None:
+    """``line`` drawn as the current one (or not), and in view when it is: centred in the scroll box."""
+    row = dbg.locator(f".aml-dbg-line-{line}")
+    if not current:
+        expect(row).not_to_have_css("background-color", CURRENT_BG, timeout=WAIT_MS)
+        return
+    expect(row).to_have_css("background-color", CURRENT_BG, timeout=WAIT_MS)
+    dbg.locator(".aml-dbg-scroll").scroll_into_view_if_needed()
+    expect(row).to_be_in_viewport(timeout=WAIT_MS)
+    def off_centre() -> float:  # px between the line's middle and the scroll box's (the snap may glide there)
+        box, here = dbg.locator(".aml-dbg-scroll").bounding_box(), row.bounding_box()
+        return abs(here["y"] + here["height"] / 2 - (box["y"] + box["height"] / 2))
+
+    def centred() -> bool:  # or as near as the scroll goes: a line near the top stays below the middle
+        at_top = dbg.locator(".aml-dbg-scroll").evaluate("box => box.scrollTop") == 0
+        return off_centre() <= 20 or (at_top and row.evaluate("r => r.offsetTop") < 11 * r_height)
+
+    r_height = row.bounding_box()["height"]
+    deadline = time.monotonic() + 5
+    while not centred() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert centred(), f"line {line} is {off_centre()} px off the source view's centre"
+
+
 def test_debugger_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path):
     """Debug here → click a line number → Attach: the run stops there (armed before release), the
     stop line is highlighted, a variable expands, an expression evaluates, a step moves the
@@ -470,16 +507,15 @@ def test_debugger_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path):
 
     # 1. click the line number of `scaled = total * 2`: a breakpoint, not sent anywhere yet
     line = 5
-    row = dbg.locator(f".aml-dbg-line-{line}")
-    row.locator(".aml-dbg-lineno").click()
-    expect(row).to_have_class(re.compile(r"\baml-dbg-bp\b"), timeout=WAIT_MS)
+    _line_number(dbg, line).click()
+    _expect_mark(dbg, line, "plain")
     assert run_state.get_attribute("data-state") == "waiting_for_debugger"
 
     # 2. Attach: armed before release, so the run stops there; the stop line is highlighted
     dbg.get_by_role("button", name="Attach").click()
     expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
     expect(state).to_contain_text(f"stopped (breakpoint) at nbdbg.py:{line}")
-    expect(row).to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)
+    _expect_current(dbg, line)
     expect(run_state).to_have_attribute("data-state", "attached", timeout=WAIT_MS)
     expect(dbg.locator(".aml-dbg-stack select option").first).to_contain_text(f"<module> — nbdbg.py:{line}")
 
@@ -501,8 +537,8 @@ def test_debugger_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path):
 
     # 5. step over: the highlight moves to the next line
     dbg.get_by_role("button", name="Step over").click()
-    expect(dbg.locator(f".aml-dbg-line-{line + 1}")).to_have_class(re.compile(r"\baml-dbg-current\b"),
-                                                                    timeout=WAIT_MS)
+    _expect_current(dbg, line + 1)
+    _expect_current(dbg, line, current=False)
     expect(dbg.locator(".aml-dbg-var-scaled")).to_contain_text("scaled = 9.0", timeout=WAIT_MS)
 
     # 6. continue: the cell's process runs to its end, and both panels say so
@@ -644,18 +680,17 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
     goto.fill(str(WIDE_STOP))
     goto.press("Enter")
     row = dbg.locator(f".aml-dbg-line-{WIDE_STOP}")
-    expect(row).to_be_visible(timeout=WAIT_MS)
-    row.locator(".aml-dbg-lineno").click()
-    expect(row).to_have_class(re.compile(r"\baml-dbg-bp\b"), timeout=WAIT_MS)
+    expect(row).to_be_in_viewport(timeout=WAIT_MS)
+    _line_number(dbg, WIDE_STOP).click()
+    _expect_mark(dbg, WIDE_STOP, "plain")
     expect(dbg.locator(".aml-dbg-bplist")).to_contain_text(f"wide.py:{WIDE_STOP}", timeout=WAIT_MS)
     for kind, text, number in (("condition", "total > 0", WIDE_STOP - 1), ("log point", "name_399 is {name_399}",
                                                                           WIDE_STOP - 2)):
         dbg.locator(".aml-dbg-kind select").select_option(kind)
         dbg.locator(".aml-dbg-condition input").fill(text)
         dbg.locator(".aml-dbg-condition input").press("Tab")
-        dbg.locator(f".aml-dbg-line-{number} .aml-dbg-lineno").click()
-        expect(dbg.locator(f".aml-dbg-line-{number}")).to_have_class(
-            re.compile(r"\baml-dbg-bp-(condition|log)\b"), timeout=WAIT_MS)
+        _line_number(dbg, number).click()
+        _expect_mark(dbg, number, "condition" if kind == "condition" else "log")
     expect(dbg.locator(".aml-dbg-bprow")).to_have_count(3, timeout=WAIT_MS)
     expect(dbg.locator(".aml-dbg-condition input")).to_have_value("")  # used once
     _shoot(dbg, tmp_path, "debugger-breakpoints", height=760)
@@ -663,7 +698,7 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
     dbg.get_by_role("button", name="Attach").click()
     state = dbg.locator(".aml-dbg-state")
     expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
-    expect(row).to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)
+    _expect_current(dbg, WIDE_STOP)
     expect(dbg.locator(".aml-dbg-var-grid")).to_contain_text("ndarray (3, 4) float64", timeout=WAIT_MS)
     expect(dbg.locator(".aml-dbg-var-big")).to_be_visible()
 
@@ -708,9 +743,56 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
     dbg.get_by_role("button", name="Continue").click()
     expect(run_panel.locator("span.aml-state")).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
     expect(state).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
-    expect(row).not_to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)  # nothing current once ended
+    _expect_current(dbg, WIDE_STOP, current=False)  # nothing current once ended
     dbg.get_by_role("button", name="Close").click()
     expect(dbg).to_be_hidden(timeout=WAIT_MS)
+
+
+LONG_NOTEBOOK = "longsrc.ipynb"
+LONG_CELL = ("%%aml_debug_run --name longsrc --port 0 --timeout 120\n"
+             + "".join(f"x = {i}  # filler line {i}\n" for i in range(1, 401))
+             + "total = 0\nfor k in range(3):\n    total += k\nafter = total * 2\nprint('after', after)\nprint('done')\n")
+LONG_STOP = 404  # after = total * 2
+
+
+def test_debugger_source_view_whole_file_current_line_centred_in_jupyterlab(lab: Lab, page, tmp_path: Path):
+    """Issue 23 item 5: the whole file scrolls in the source view; go to line 404 (one step), click its
+    number, attach: the current line is centred in view, a step moves it and keeps it in view even
+    after the user scrolled elsewhere; the file is sent once (one code block, its lines highlighted)."""
+    _write_notebook(lab.root, LONG_NOTEBOOK, LONG_CELL)
+    _run_panel, dbg = _debug_here(lab, page, LONG_NOTEBOOK, "longsrc-1")
+    expect(dbg.locator(".aml-dbg-lines > div")).to_have_count(406, timeout=WAIT_MS)  # the whole file
+    expect(dbg.locator(".aml-dbg-gutter .widget-radio-box label")).to_have_count(406)
+    row = dbg.locator(f".aml-dbg-line-{LONG_STOP}")
+    dbg.locator(".aml-dbg-scroll").scroll_into_view_if_needed()
+    expect(row).not_to_be_in_viewport()  # scrolled out of the box at first
+    goto = dbg.locator(".aml-dbg-goto input")
+    goto.fill(str(LONG_STOP))
+    goto.press("Enter")
+    expect(row).to_be_in_viewport(timeout=WAIT_MS)
+    expect(row.locator("span").first).to_have_attribute("style", re.compile("color"))  # highlighted
+    _line_number(dbg, LONG_STOP).click()
+    _expect_mark(dbg, LONG_STOP, "plain")
+    expect(dbg.locator(".aml-dbg-bplist")).to_contain_text(f"longsrc.py:{LONG_STOP}", timeout=WAIT_MS)
+
+    dbg.get_by_role("button", name="Attach").click()
+    state = dbg.locator(".aml-dbg-state")
+    expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
+    _expect_current(dbg, LONG_STOP)
+    # the user scrolls to the top; a step brings the new current line back to the centre
+    time.sleep(0.6)  # the centring lasts 0.4 s (the box is a snap container only that long)
+    dbg.locator(".aml-dbg-scroll").evaluate("box => { box.scrollTop = 0; box.scrollIntoView(); }")
+    expect(dbg.locator(".aml-dbg-line-1")).to_be_in_viewport(timeout=WAIT_MS)
+    time.sleep(0.6)  # the user's scroll stays where it is (no snapping back)
+    expect(dbg.locator(".aml-dbg-line-1")).to_be_in_viewport()
+    dbg.get_by_role("button", name="Step over").click()
+    _expect_current(dbg, LONG_STOP + 1)
+    _expect_current(dbg, LONG_STOP, current=False)
+    _line_number(dbg, LONG_STOP).click()  # toggled off while attached
+    expect(_line_number(dbg, LONG_STOP)).not_to_have_css("background-color", MARK_BG["plain"], timeout=WAIT_MS)
+    dbg.get_by_role("button", name="Continue").click()
+    expect(state).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    _expect_current(dbg, LONG_STOP + 1, current=False)
 
 
 def test_debugger_stops_at_an_uncaught_exception_in_jupyterlab(lab: Lab, page, tmp_path: Path):
@@ -725,4 +807,4 @@ def test_debugger_stops_at_an_uncaught_exception_in_jupyterlab(lab: Lab, page, t
     expect(state).to_have_attribute("data-state", "stopped", timeout=WAIT_MS)
     expect(state).to_contain_text("stopped (exception) at crash.py:3")
     expect(dbg.locator(".aml-dbg-exception")).to_have_text("ZeroDivisionError: division by zero", timeout=WAIT_MS)
-    expect(dbg.locator(".aml-dbg-line-3")).to_have_class(re.compile(r"\baml-dbg-current\b"), timeout=WAIT_MS)
+    _expect_current(dbg, 3)

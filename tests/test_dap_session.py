@@ -61,7 +61,7 @@ def test_session_open_arms_breakpoints_before_release(tmp_path, debuggee):
     assert proc.wait(15) == 0
 
 
-def test_service_models_hold_the_stop_before_the_state_says_stopped(tmp_path, debuggee):
+def test_service_models_hold_the_stack_when_the_state_says_stopped_the_locals_follow(tmp_path, debuggee):
     script = tmp_path / "app.py"
     script.write_text(SCRIPT)
     proc, port = debuggee(script)
@@ -70,13 +70,14 @@ def test_service_models_hold_the_stop_before_the_state_says_stopped(tmp_path, de
 
     def on_state(model: Model, change: str) -> None:
         if change == "state" and service.state == STOPPED:
-            seen.append((service.callstack.frames[0].line, service.variables.locals is not None))
+            seen.append(service.callstack.frames[0].line)  # the locals are not waited for (they follow)
 
     service.subscribe(on_state)
     try:
         stop = service.wait_stopped(20)
         assert stop is not None and stop.reason == "breakpoint"
-        assert seen == [(LOOP_LINE, True)]
+        assert seen == [LOOP_LINE]
+        assert service.wait_locals(10) and service.variables.locals is not None
         top = service.callstack.frames[0]
         assert os.path.samefile(top.path, script) and top.name == "<module>"
         local = {v.name: v for v in service.variables.locals.variables}
@@ -89,6 +90,7 @@ def test_service_models_hold_the_stop_before_the_state_says_stopped(tmp_path, de
         service.resume("continue")
         assert service.state in (RUNNING, STOPPED)
         stop = service.wait_stopped(20)
+        assert service.wait_locals(10)
         assert {v.name: v.value for v in service.variables.locals.variables}["i"] == "3"
 
         # step over: the line advances, the models follow
@@ -102,6 +104,7 @@ def test_service_models_hold_the_stop_before_the_state_says_stopped(tmp_path, de
         service.resume("next")
         service.wait_stopped(20)
         assert service.callstack.frames[0].line == DOUBLED_LINE
+        assert service.wait_locals(10)
         assert {v.name: v.value for v in service.variables.locals.variables}["message"] == "'total is 6'"
 
         # evaluate: a value, an expandable result, and debugpy's own error text
@@ -152,6 +155,7 @@ def test_service_follows_a_child_process_with_the_same_breakpoints(tmp_path, deb
         stop = child.wait_stopped(20)
         assert stop is not None and stop.reason == "breakpoint"
         assert os.path.samefile(child.callstack.frames[0].path, child_path)
+        assert child.wait_locals(10)
         assert {v.name: v.value for v in child.variables.locals.variables}["secret"] == "'from-child-42'"
         assert child.process.get("systemProcessId") not in (None, proc.pid)
         child.resume("continue")

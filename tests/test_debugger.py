@@ -11,6 +11,7 @@ one-client rule gives one clear line and never wedges the run.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -349,19 +350,43 @@ def test_exception_filters_are_checked_and_can_change_while_attached(workdir):
     assert run.wait(30) == "completed"
 
 
-def test_after_detach_the_endpoint_says_detached_not_nobody_attached(workdir):
-    """Issue 23 item 2: detach while the run goes on; the endpoint then reads "debugger detached after N s"
-    (the node's words for a client that left with a disconnect), not "nobody attached"."""
-    from aml_magics.views.text import endpoint_now
+def test_after_our_detach_the_run_says_detached_by_you(workdir):
+    """Issue 23 item 2: this kernel's Debugger.detach() while the run goes on: the run's state line,
+    its endpoint and %aml_runs' table say "detached by you after N s", not "nobody attached"."""
+    from aml_magics.views.text import endpoint_now, endpoint_summary, render_text, state_label
 
     code = "import time\nvalue = 1\ntime.sleep(4)\nprint('slept', flush=True)\n"
     run = aml_magics.submit(code=code, name="left", port=0, timeout=120)
     dbg = run.attach(breakpoints=["left.py:3"])
     assert dbg.wait_stopped(30).line == 3
     dbg.detach()
-    wait_for(lambda: run.state == "running", 10, "running again")
-    wait_for(lambda: endpoint_now(run, run.ranks[0]).kind == "closed", 10, "endpoint closed")
+    wait_for(lambda: run.state == "running" and run.debugger_note, 10, "running again, the detach said")
+    assert re.fullmatch(r"detached by you after \d+ s", run.debugger_note), run.debugger_note
+    assert state_label(run) == f"running; {run.debugger_note}"
     words = endpoint_now(run, run.ranks[0]).words
-    assert words.startswith("closed (debugger detached after ") and words.endswith(" s)"), words
+    assert words == f"closed ({run.debugger_note})", words
+    assert endpoint_summary(run)[0].endswith(words) and words in render_text(run)
+    assert run.ranks[0].reason == run.debugger_note  # the roster's words too
     assert run.wait(30) == "completed"
     assert endpoint_now(run, run.ranks[0]).words == words
+
+
+def test_another_clients_detach_stays_the_nodes_words(workdir):
+    """A client elsewhere (VS Code) that says disconnect: "debugger detached after N s" (not "by you")."""
+    from aml_magics.views.text import endpoint_now, state_label
+
+    code = "import time\nvalue = 1\ntime.sleep(3)\nprint('slept', flush=True)\n"
+    run = aml_magics.submit(code=code, name="vsleft", port=0, timeout=120)
+    run.wait_for_endpoint(30)
+    script = _script(workdir, "vsleft")
+    vscode = attach_with_launch_config(run.launch_config(), {str(script): [3]}, workspace_folder=str(workdir))
+    try:
+        assert vscode.wait_stopped(30).line == 3
+        vscode.disconnect()
+    finally:
+        vscode.close()
+    wait_for(lambda: run.state == "running" and run.debugger_note, 10, "running again, the detach said")
+    assert re.fullmatch(r"debugger detached after \d+ s", run.debugger_note), run.debugger_note
+    assert state_label(run) == f"running; {run.debugger_note}"
+    assert endpoint_now(run, run.ranks[0]).words == f"closed ({run.debugger_note})"
+    assert run.wait(30) == "completed"

@@ -5,6 +5,8 @@ before the run is released. (tests/test_browser.py does the same in JupyterLab.)
 
 from __future__ import annotations
 
+import re
+
 import ipywidgets as widgets
 import pytest
 from conftest import wait_for
@@ -31,8 +33,25 @@ TOTAL_LINE = 7
 CALL_LINE = 8
 
 
-def _row(panel: DebuggerPanel, line: int):
-    return next(r for r in panel.rows if r.number == line)
+def _click(panel: DebuggerPanel, line: int) -> None:
+    """A click on line ``line``'s number in the source view's gutter."""
+    panel.source_view.gutter.value = line
+
+
+def _mark(panel: DebuggerPanel, line: int) -> str | None:
+    """Line ``line``'s breakpoint mark (plain, condition, log) as the view's style rules draw it."""
+    view = panel.source_view
+    kind = view.kinds.get(line)
+    if kind is not None:
+        assert f"label:nth-child({line}) {{" in view.marks.value
+    return kind
+
+
+def _current(panel: DebuggerPanel) -> int | None:
+    view = panel.source_view
+    if view.current is not None:
+        assert f".aml-dbg-lines > div:nth-child({view.current})," in view.marks.value
+    return view.current
 
 
 def _var(panel: DebuggerPanel, name: str):
@@ -70,15 +89,15 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
         assert dbg.state == "armed" and run.state == "waiting_for_debugger"
         assert "panel.py" in panel.source_title.value  # the run's script, to click breakpoints in
         assert not panel.attach_button.disabled and panel.continue_button.disabled
-        _row(panel, TOTAL_LINE).lineno.click()
-        wait_for(lambda: "aml-dbg-bp" in _row(panel, TOTAL_LINE)._dom_classes, 10, "breakpoint mark")
+        _click(panel, TOTAL_LINE)
+        wait_for(lambda: _mark(panel, TOTAL_LINE) == "plain", 10, "breakpoint mark")
         assert dbg.breakpoints.lines(str(run.spec.script_path)) == [TOTAL_LINE]
 
         panel.attach_button.click()
         wait_for(lambda: dbg.state != "armed", 10, "attaching")
         stop = dbg.wait_stopped(30)
         assert stop.line == TOTAL_LINE  # armed before release: the short script could not run past it
-        wait_for(lambda: "aml-dbg-current" in _row(panel, TOTAL_LINE)._dom_classes, 10, "current line")
+        wait_for(lambda: _current(panel) == TOTAL_LINE, 10, "current line")
         wait_for(lambda: "data-state='stopped'" in panel.header.value, 10, "stopped header")
         assert "stopped (breakpoint) at panel.py:7" in panel.header.value
         assert panel.attach_button.layout.display == "none" and not panel.over_button.disabled
@@ -111,24 +130,27 @@ def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
         panel.watch_input.value = "total"
         wait_for(lambda: "total = (NameError" in panel.watches_html.value, 10, "watch before the line ran")
 
+        sent: list[str] = []  # the file's lines go to the page once: a step moves only the marks
+        panel.source_view.code.observe(lambda change: sent.append(change["new"]), "value")
         panel.over_button.click()
-        wait_for(lambda: "aml-dbg-current" in _row(panel, CALL_LINE)._dom_classes, 10, "stepped")
+        wait_for(lambda: _current(panel) == CALL_LINE, 10, "stepped")
         wait_for(lambda: "total = 10" in panel.watches_html.value, 10, "watch re-evaluated at the stop")
         panel.in_button.click()
         wait_for(lambda: panel.stack.options and panel.stack.options[0][0].startswith("scale"), 10, "stepped in")
         panel.stack.index = 1  # click the caller's frame
-        wait_for(lambda: dbg.frame_index == 1 and "aml-dbg-current" in _row(panel, CALL_LINE)._dom_classes, 10,
+        wait_for(lambda: dbg.frame_index == 1 and _current(panel) == CALL_LINE, 10,
                  "caller frame selected")
         wait_for(lambda: _has(panel, "total"), 10, "its locals")
 
-        _row(panel, TOTAL_LINE).lineno.click()  # toggle the breakpoint off while attached
+        assert sent == [] and panel.source_view.follows >= 3  # three stops centred, the file never resent
+        _click(panel, TOTAL_LINE)  # toggle the breakpoint off while attached
         wait_for(lambda: dbg.breakpoints.lines(str(run.spec.script_path)) == [], 10, "breakpoint cleared")
         panel.continue_button.click()
         assert run.wait(30) == "completed"
         wait_for(lambda: "data-state='ended'" in panel.header.value, 10, "ended header")
         assert "the run ended (completed)" in panel.header.value
         assert panel.continue_button.disabled and panel.detach_button.description == "Close"
-        assert not any("aml-dbg-current" in r._dom_classes for r in panel.rows)  # nothing is current once ended
+        assert _current(panel) is None and "background:#fff3b0" not in panel.source_view.marks.value  # none once ended
         panel.detach_button.click()  # Close
         assert panel.layout.display == "none"
     finally:
@@ -167,7 +189,7 @@ def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
     panel = run_panel.children[-1]
     dbg = panel.debugger
     try:
-        _row(panel, 4).lineno.click()
+        _click(panel, 4)
         wait_for(lambda: dbg.breakpoints.lines(str(run.spec.script_path)) == [4], 10, "breakpoint")
         panel.attach_button.click()
         wait_for(lambda: len(dbg.paused) == 2, 30, "both ranks paused")
@@ -228,19 +250,20 @@ def test_panel_pages_400_names_cuts_long_values_summarises_arrays_and_lists_brea
         wait_for(lambda: dbg.exception_filters == ("uncaught",), 10, "raised toggled off")
 
         panel.goto.value = LOOP_LINE  # go to a line far down: one step, not 33 clicks
-        wait_for(lambda: any(r.number == LOOP_LINE for r in panel.rows), 10, "went to the line")
-        assert "<span style=" in _row(panel, LOOP_LINE).code.value  # highlighted
-        _row(panel, LOOP_LINE).lineno.click()  # plain
+        wait_for(lambda: panel.source_view.target == LOOP_LINE, 10, "went to the line")
+        assert f"div:nth-child({LOOP_LINE}) {{scroll-snap-align:center}}" in panel.source_view.marks.value
+        assert "<span style=" in panel.source_view.code.value.split(f"aml-dbg-line-{LOOP_LINE}'>")[1].split("</div>")[0]
+        _click(panel, LOOP_LINE)  # plain
         panel.kind.value, panel.condition.value = "condition", "k == 1"
-        _row(panel, LOOP_LINE + 1).lineno.click()
+        _click(panel, LOOP_LINE + 1)
         wait_for(lambda: len(dbg.breakpoint_list()) == 2, 10, "two breakpoints")
         assert panel.condition.value == "" and panel.kind.value == "breakpoint"  # used once, never again silently
         panel.goto.value = WATCHED_LINE
-        wait_for(lambda: any(r.number == WATCHED_LINE for r in panel.rows), 10, "back up")
+        wait_for(lambda: panel.source_view.target == WATCHED_LINE, 10, "back up")
         panel.kind.value, panel.condition.value = "log point", "step is {step}"
-        _row(panel, WATCHED_LINE).lineno.click()
+        _click(panel, WATCHED_LINE)
         wait_for(lambda: len(dbg.breakpoint_list()) == 3, 10, "the log point")
-        wait_for(lambda: "aml-dbg-bp-log" in _row(panel, WATCHED_LINE)._dom_classes, 10, "log point mark")
+        wait_for(lambda: _mark(panel, WATCHED_LINE) == "log", 10, "log point mark")
         wait_for(lambda: len(panel.breakpoint_rows.children) == 3, 10, "the breakpoints list")
         listed = [r.children[1].value for r in panel.breakpoint_rows.children]
         assert "wide.py:4</code> log “step is {step}”" in listed[0] and "if k == 1" in listed[2]
@@ -249,9 +272,8 @@ def test_panel_pages_400_names_cuts_long_values_summarises_arrays_and_lists_brea
         dbg.connect()
         stop = dbg.wait_stopped(30)
         assert stop.line == LOOP_LINE
-        wait_for(lambda: any(r.number == LOOP_LINE + 1 and "aml-dbg-bp-condition" in r._dom_classes
-                             for r in panel.rows), 10, "condition mark")
-        assert "aml-dbg-bp-condition" not in _row(panel, LOOP_LINE)._dom_classes
+        wait_for(lambda: _mark(panel, LOOP_LINE + 1) == "condition", 10, "condition mark")
+        assert _mark(panel, LOOP_LINE) == "plain"
 
         # long values: one line each, show all on demand; arrays as their summary, stats on demand
         wait_for(lambda: _has(panel, "grid") and "ndarray (3, 4) float64" in _var(panel, "grid").children[-2].value,
@@ -315,3 +337,31 @@ def test_panel_says_an_evaluate_is_still_running_and_cancels_it(workdir, monkeyp
         assert run.wait(30) == "completed"
     finally:
         dbg.detach()
+
+
+def test_the_panels_detach_reads_detached_by_you(workdir):
+    """Issue 23 item 2: the debugger panel's Detach while the run goes on: the run panel's HTML says
+    "detached by you after N s" (state line and endpoint), never "nobody attached"."""
+    code = "import time\nvalue = 1\ntime.sleep(4)\nprint('slept', flush=True)\n"
+    run = aml_magics.submit(code=code, name="pdetach", port=0, timeout=120)
+    run.wait_for_endpoint(30)
+    run_panel = DebugRunPanel(run)
+    wait_for(lambda: not run_panel.debug_button.disabled, 10, "Debug here enabled")
+    run_panel.debug_button.click()
+    panel = run_panel.children[-1]
+    dbg = panel.debugger
+    try:
+        dbg.break_at(str(run.spec.script_path), 3)
+        panel.attach_button.click()
+        assert dbg.wait_stopped(30).line == 3
+        panel.detach_button.click()
+        wait_for(lambda: "detached by you after " in run_panel.endpoints_html.value, 15, "the endpoint's words")
+        assert re.search(r"data-endpoint='closed'>closed \(detached by you after \d+ s\)<",
+                         run_panel.endpoints_html.value), run_panel.endpoints_html.value
+        assert "nobody attached" not in run_panel.endpoints_html.value
+        wait_for(lambda: "detached by you after " in run_panel.header_html.value, 10, "the state line")
+        assert "debugger detached" not in run_panel.header_html.value + run_panel.endpoints_html.value
+        assert "detached (the run goes on)" in panel.header.value and panel.detach_button.description == "Close"
+    finally:
+        dbg.detach()
+    assert run.wait(30) == "completed"

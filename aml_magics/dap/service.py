@@ -5,10 +5,12 @@ The service is what the views and the wait-style API talk to (the middle layer o
 session → service → models → views). Events arrive on the channel's reader thread; the
 service queues them to its own worker thread, which does the follow-up requests — a
 ``stopped`` event becomes ``stackTrace`` → ``scopes`` → ``variables`` of the top frame —
-and only then publishes the stop: a reader that sees ``state == "stopped"`` finds the
-call stack already in the models, and the locals too unless they take longer than
-:data:`LOCALS_GRACE` (a ``__repr__`` that hangs in the frame): a stop is a stop, the locals
-follow when (if) they come, and ``variables.note`` says why they are missing.
+and publishes the stop once the call stack is in the models: the top frame's locals load
+on their own thread and follow (a view shows the stack and the current line without waiting
+for debugpy's whole list of names, which it sends whatever ``count`` asks). A reader that
+wants them waits with :meth:`DebugService.wait_locals`, at most :data:`LOCALS_GRACE` (a
+``__repr__`` that hangs in the frame): a stop is a stop, the locals follow when (if) they
+come, and ``variables.note`` says why they are missing.
 
 Each resume (continue, step, pause's opposite) starts a new *epoch*: a refresh still in
 flight for an older stop is dropped rather than shown over a thread that runs again.
@@ -45,7 +47,7 @@ STOPPED = "stopped"
 ENDED = "ended"
 STACK_LEVELS = 50
 REQUEST_TIMEOUT = 30.0
-LOCALS_GRACE = 2.0  # how long a stop waits for its locals before it is published without them
+LOCALS_GRACE = 2.0  # how long a reader of the stop's locals waits for them (wait_locals)
 VARIABLES_TIMEOUT = 10.0  # the locals' own deadline
 HELD_RESUME_WAIT = 1.0  # a resume of a thread a hanging request holds: sent, answered when it runs
 RESUME_COMMANDS = ("continue", "next", "stepIn", "stepOut")
@@ -79,6 +81,8 @@ class DebugService(Model):
         self.exit_code: int | None = None
         self._cond = threading.Condition()
         self._epoch = 0
+        self._locals_loaded = threading.Event()  # the current stop's locals came (or failed, or none)
+        self._locals_loaded.set()
         self._inspecting: set[Request] = set()  # variables/evaluate requests not answered yet
         self.console: deque[str] = deque(maxlen=CONSOLE_LINES)  # log points' lines, debugpy's warnings
         self._leaving = ""  # why we end the session ourselves (detached, closed)
@@ -196,12 +200,18 @@ class DebugService(Model):
         return frames
 
     def select_frame(self, index: int, timeout: float = REQUEST_TIMEOUT) -> Page | None:
-        """Make frame ``index`` the selected one and load its locals into the variables model."""
+        """Make frame ``index`` the selected one and load its locals into the variables model (after the
+        stop's own load of the top frame's, which would otherwise land over them)."""
+        self.wait_locals()
         frame = self.callstack.select(index)
         scopes = self._scopes(frame.id, timeout)
         page = self._locals_page(scopes, timeout)
         self.variables.update(frame.id, scopes, page)
         return page
+
+    def wait_locals(self, timeout: float = LOCALS_GRACE) -> bool:
+        """Wait for the current stop's locals (loaded on their own thread); False after ``timeout``."""
+        return self._locals_loaded.wait(timeout)
 
     def frame_variables(self, frame_id: int, timeout: float = REQUEST_TIMEOUT) -> list[Variable]:
         """Every local of a frame (all pages), without touching the models."""
@@ -371,12 +381,11 @@ class DebugService(Model):
             if epoch != self._epoch or self.state == ENDED:
                 return
         self.callstack.update(int(thread_id), frames, total)
-        if frames:
-            loaded = threading.Event()
+        if frames:  # the locals follow the stop: nothing waits for debugpy's whole list of names
+            loaded = self._locals_loaded = threading.Event()
             self.variables.set_note("loading")
             threading.Thread(target=self._load_locals, args=(frames[0].id, epoch, loaded), daemon=True,
                              name=f"{self.name}-locals").start()
-            loaded.wait(LOCALS_GRACE)
         with self._cond:
             if epoch != self._epoch or self.state == ENDED:
                 return
@@ -385,23 +394,23 @@ class DebugService(Model):
         self._emit("state")
 
     def _load_locals(self, frame_id: int, epoch: int, loaded: threading.Event) -> None:
-        """The top frame's locals, on their own deadline (a hanging ``__repr__`` never holds the stop)."""
+        """The top frame's locals, on their own deadline (a hanging ``__repr__`` never holds the stop);
+        ``loaded`` is set once they are in the model (or will not come)."""
         try:
             scopes = self._scopes(frame_id, VARIABLES_TIMEOUT)
             page = self._locals_page(scopes, VARIABLES_TIMEOUT)
+            with self._cond:
+                if epoch != self._epoch or self.state == ENDED:
+                    return
+            self.variables.update(frame_id, scopes, page)
         except DapTimeout:
             if epoch == self._epoch:
                 self.variables.set_note(f"the locals were not answered in {VARIABLES_TIMEOUT:g}s "
                                         f"(a __repr__ in the frame may hang)")
-            return
         except DapError:
-            return
+            pass
         finally:
             loaded.set()
-        with self._cond:
-            if epoch != self._epoch or self.state == ENDED:
-                return
-        self.variables.update(frame_id, scopes, page)
 
     def _continued(self, body: dict) -> None:
         with self._cond:

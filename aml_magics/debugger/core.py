@@ -411,6 +411,11 @@ class Debugger(Model):
             self._finish("detached before attaching" if self._state == ARMED else self.end_reason)
             return
         self._leaving = "detached (the run goes on)"
+        told = getattr(self.run, "detaching_debugger", None)  # the run then says "detached by you after N s"
+        if told is not None:
+            for rank in self.ranks:
+                if rank is not None:
+                    told(rank)
         for root in self.roots:
             try:
                 root.detach()
@@ -651,6 +656,7 @@ class Debugger(Model):
         service = self._idle_or_raise()
         index = self.frame_index if frame is None else frame
         position, chosen = self._frame_at(service, index)
+        service.wait_locals()  # the stop's own load, if still coming (not a second request for the same)
         model = service.variables
         page = model.locals
         if model.frame_id == chosen.id and page is not None and not page.more:

@@ -2,7 +2,7 @@
 
 Pygments (an IPython dependency) lexes the whole file once — a string or a comment spanning
 lines keeps its colour on every line — and each token becomes a ``<span>`` with an inline
-style, so a line's HTML stands alone (the panel shows a window of rows, not one block).
+style, so a line's HTML stands alone (the source view puts each line in its own element).
 Cached by the file's text (an edited file is lexed again).
 """
 

@@ -9,9 +9,9 @@ What it shows (JupyterLab's debugger sidebar where it applies: call stack, varia
 breakpoints, source): the state and the stop reason (an exception's type and message in plain
 sight), a selector of the paused processes, Attach / Continue / Pause / Step over / Step in
 / Step out / Detach (Close once ended) enabled by state, where exceptions stop (uncaught by
-default; raised and user-uncaught toggles), the source highlighted around the current line
-(click a line number to toggle a breakpoint — plain, conditional or a log point, marked
-distinctly — go to a line), the breakpoints list (enable/disable, remove), the call stack
+default; raised and user-uncaught toggles), the whole source file highlighted, the current line
+centred (source.py: sent once per file, a step moves only the marks; click a line number to
+toggle a breakpoint — plain, conditional or a log point, marked distinctly — go to a line), the breakpoints list (enable/disable, remove), the call stack
 (click a frame), the selected frame's variables as a lazy tree (every scope in pages of 100,
 each row one line cut with an ellipsis, "show all" for the full text; arrays, tensors and
 frames as shape/dtype/device with statistics on demand), an evaluate box with its history,
@@ -37,10 +37,11 @@ from .core import ARMED, ENDED_STATE, STOPPED_STATE, Debugger
 from .errors import DebuggerError
 from .highlight import highlighted_lines
 from .paths import short
+from .source import STYLE as SOURCE_STYLE
+from .source import SourceView
 from .summaries import SUMMARISED_TYPES
 from .text import status
 
-WINDOW = 21  # source lines shown; the current line is centred
 HISTORY = 20
 SHOW_ALL_LIMIT = 1 << 30
 CONSOLE_SHOWN = 12
@@ -48,9 +49,6 @@ LONG_VALUE = 60  # a value longer than this gets "show all" (the row shows it cu
 EXCEPTION_TOGGLES = (("uncaught", "uncaught"), ("raised", "raised"), ("user-uncaught", "userUnhandled"))
 BREAKPOINT_KINDS = (("breakpoint", "plain"), ("condition", "condition"), ("log point", "log"))
 _STYLE = """<style>
-.aml-dbg .aml-dbg-source .aml-dbg-row.aml-dbg-bp.aml-dbg-bp-condition .widget-button {background:#ef6c00}
-.aml-dbg .aml-dbg-source .aml-dbg-row.aml-dbg-bp.aml-dbg-bp-log .widget-button {background:#1565c0;
-  border-radius:0.2em}
 .aml-dbg .aml-dbg-var, .aml-dbg .aml-dbg-result, .aml-dbg .aml-dbg-watch {overflow:hidden; flex-wrap:nowrap}
 .aml-dbg .aml-dbg-value {flex:1 1 auto; min-width:0; overflow:hidden}
 .aml-dbg .aml-dbg-value .widget-html-content, .aml-dbg .aml-dbg-oneline {white-space:nowrap; overflow:hidden;
@@ -70,13 +68,6 @@ _STYLE = """<style>
   overflow:hidden; line-height:1.7em}
 .aml-dbg .aml-dbg-plain {height:1.7em; white-space:nowrap; overflow:hidden; text-overflow:ellipsis}
 .aml-dbg .aml-dbg-plain code {background:transparent}
-.aml-dbg .aml-dbg-row {margin:0; min-height:0; height:1.7em; align-items:center}
-.aml-dbg .aml-dbg-row .widget-button {width:3.6em; height:1.6em; margin:0 4px 0 0; padding:0;
-  font-family:monospace; font-size:0.85em; text-align:right; background:transparent; color:#888; box-shadow:none}
-.aml-dbg .aml-dbg-row.aml-dbg-bp .widget-button {color:#fff; background:#d32f2f; border-radius:0.8em;
-  font-weight:bold; text-align:center}
-.aml-dbg .aml-dbg-row.aml-dbg-current {background:#fff3b0}
-.aml-dbg .aml-dbg-code code {white-space:pre; font-size:0.9em; background:transparent}
 .aml-dbg .aml-dbg-exception {color:#b00020; font-weight:bold}
 .aml-dbg .aml-dbg-var {margin:0; min-height:0; height:1.7em; align-items:center}
 .aml-dbg .aml-dbg-var .widget-button {height:1.5em; margin:0 2px; padding:0 4px}
@@ -104,45 +95,6 @@ def _button(description: str, name: str, icon: str = "", style: str = "") -> wid
     return button
 
 
-class _Row(widgets.HBox):
-    """One source line: its number (a button that toggles a breakpoint) and its text."""
-
-    def __init__(self, on_click: Callable[[int], None]) -> None:
-        self.number = 0
-        self.lineno = widgets.Button(description="", tooltip="toggle a breakpoint")
-        self.lineno.add_class("aml-dbg-lineno")
-        self.code = widgets.HTML()
-        self.code.add_class("aml-dbg-code")
-        self.lineno.on_click(lambda _b: on_click(self.number) if self.number else None)
-        super().__init__([self.lineno, self.code])
-        self.add_class("aml-dbg-row")
-
-    def show(self, number: int, markup: str, current: bool, kind: str | None) -> None:
-        """Line ``number`` (HTML ``markup``); ``kind``: its breakpoint's (plain, condition, log) or None."""
-        if self.number != number:
-            self._swap_class(f"aml-dbg-line-{self.number}", f"aml-dbg-line-{number}")
-            self.number = number
-        self.lineno.description = str(number) if number else ""
-        self.lineno.tooltip = "toggle a breakpoint" if kind is None else f"remove this {kind} breakpoint"
-        self.code.value = f"<code>{markup or ' '}</code>"
-        self._toggle_class("aml-dbg-current", current)
-        self._toggle_class("aml-dbg-bp", kind is not None)
-        self._toggle_class("aml-dbg-bp-condition", kind == "condition")
-        self._toggle_class("aml-dbg-bp-log", kind == "log")
-        self.layout.display = None if number else "none"
-
-    def _swap_class(self, old: str, new: str) -> None:
-        if old in self._dom_classes:
-            self.remove_class(old)
-        self.add_class(new)
-
-    def _toggle_class(self, name: str, on: bool) -> None:
-        if on and name not in self._dom_classes:
-            self.add_class(name)
-        elif not on and name in self._dom_classes:
-            self.remove_class(name)
-
-
 class DebuggerPanel(widgets.VBox):
     def __init__(self, debugger: Debugger) -> None:
         self.debugger = debugger
@@ -161,8 +113,8 @@ class DebuggerPanel(widgets.VBox):
         self._summarised: Page | None = None
         self._seen_stop: tuple[int, int | None] = (0, None)
         self._source_path: str | None = None
-        self._top = 1  # first line of the source window
         self._current: int | None = None
+        self._followed: tuple = ()  # the stop and frame the source view last centred
         self._updating = False
         self._tree_widgets: list[tuple[widgets.Widget, tuple]] = []  # (row widget, its key) as drawn
         self._reusable: dict[tuple, widgets.Widget] = {}
@@ -197,14 +149,12 @@ class DebuggerPanel(widgets.VBox):
         self.condition = widgets.Text(placeholder="condition / log message ({expr} works) for the next click",
                                       layout=widgets.Layout(width="24em"))
         self.condition.add_class("aml-dbg-condition")
-        self.up_button = _button("▲", "scroll-up")
-        self.down_button = _button("▼", "scroll-down")
         self.goto = widgets.BoundedIntText(value=1, min=1, max=1 << 30, description="go to line",
                                            layout=widgets.Layout(width="11em"))
         self.goto.add_class("aml-dbg-goto")
-        self.rows = [_Row(self._toggle_breakpoint) for _ in range(WINDOW)]
-        self.source = widgets.VBox([widgets.HBox([self.source_title, self.up_button, self.down_button, self.goto,
-                                                  self.kind, self.condition]), *self.rows])
+        self.source_view = SourceView(self._toggle_breakpoint)
+        self.source = widgets.VBox([widgets.HBox([self.source_title, self.goto, self.kind, self.condition]),
+                                    self.source_view])
         self.source.add_class("aml-dbg-source")
         self.breakpoint_rows = widgets.VBox()
         self.breakpoint_rows.add_class("aml-dbg-bplist")
@@ -239,7 +189,7 @@ class DebuggerPanel(widgets.VBox):
                                  widgets.HTML("<b>debug console</b> (log points)"), self.console_html])
         columns = widgets.HBox([inspect, evaluate])
         columns.add_class("aml-dbg-columns")
-        super().__init__([widgets.HTML(_STYLE), self.header, self.exception_html, self.toolbar, self.exceptions,
+        super().__init__([widgets.HTML(_STYLE + SOURCE_STYLE), self.header, self.exception_html, self.toolbar, self.exceptions,
                           self.source, columns, self.message])
         self.add_class("aml-dbg")
 
@@ -251,8 +201,6 @@ class DebuggerPanel(widgets.VBox):
         self.out_button.on_click(lambda _b: self._do(debugger.step_out))
         self.detach_button.on_click(self._on_detach)
         self.cancel_button.on_click(lambda _b: self._do(debugger.cancel_evaluate))
-        self.up_button.on_click(lambda _b: self._scroll(-(WINDOW // 2)))
-        self.down_button.on_click(lambda _b: self._scroll(WINDOW // 2))
         self.goto.observe(self._on_goto, "value")
         self.stack.observe(self._on_frame_selected, "index")
         self.processes.observe(self._on_process_selected, "value")
@@ -332,15 +280,10 @@ class DebuggerPanel(widgets.VBox):
             self._updating = False
         self._do(toggle)
 
-    def _scroll(self, delta: int) -> None:
-        self._top = max(1, self._top + delta)
-        self._refresher.poke()
-
     def _on_goto(self, change: dict) -> None:
         if self._updating or not change.get("new"):
             return
-        self._top = max(1, int(change["new"]) - WINDOW // 2)
-        self._refresher.poke()
+        self.source_view.go_to(int(change["new"]))
 
     def _on_frame_selected(self, change: dict) -> None:
         index = change.get("new")
@@ -608,6 +551,7 @@ class DebuggerPanel(widgets.VBox):
         return self.debugger.selected_pid
 
     def _draw_source(self, stop: Any) -> None:
+        """The file is sent once (SourceView.load); a step moves only the marks and the scroll."""
         debugger = self.debugger
         path, line = None, None
         frame = self._selected_frame()
@@ -617,23 +561,22 @@ class DebuggerPanel(widgets.VBox):
             path = str(debugger.run.spec.script_path)
         if path is not None and (path != self._source_path or line != self._current):
             self._source_path, self._current = path, line
-            if line is not None:
-                self._top = max(1, line - WINDOW // 2)
         if frame is None and self._current is not None and debugger.state != STOPPED_STATE:
             self._current = None  # running or ended: no line is current
-        lines = highlighted_lines(self._source_path)
-        if lines:
-            self._top = min(self._top, max(1, len(lines) - WINDOW + 1))
+        view = self.source_view
+        if self._source_path != view.path:
+            view.load(self._source_path, highlighted_lines(self._source_path))
         kinds = {s.line: s.kind for s in debugger.breakpoints.by_path.get(self._source_path or "", ())}
-        for offset, row in enumerate(self.rows):
-            number = self._top + offset
-            if number <= len(lines):
-                row.show(number, lines[number - 1], number == self._current, kinds.get(number))
-            else:
-                row.show(0, "", False, None)
+        followed = (debugger.stop_serial, debugger.selected_pid, debugger.frame_index, self._source_path)
+        follow = self._current is not None and followed != self._followed
+        if follow:
+            self._followed = followed
+        view.show(self._current, kinds, follow)
         where = short(self._source_path, debugger.local_root) if self._source_path else "no source"
-        missing = "" if lines or not self._source_path else " (not a local file)"
-        self.source_title.value = f"<b class='aml-dbg-file'>{html.escape(where)}</b>{missing}"
+        missing = "" if view.line_count or not self._source_path else " (not a local file)"
+        title = f"<b class='aml-dbg-file'>{html.escape(where)}</b>{missing}"
+        if self.source_title.value != title:
+            self.source_title.value = title
 
     def _selected_frame(self) -> Any:
         frames = self.debugger.frames

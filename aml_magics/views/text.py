@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .. import launch
 from ..failure import user_lines
+from ..protocol import DETACHED_BY_YOU
 
 if TYPE_CHECKING:
     from ..protocol import Endpoint
@@ -88,7 +89,7 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
             return EndpointNow(LISTENING, f"listening, {left:.0f} s left" if left is not None else "listening")
         if status.state == "attached":
             return EndpointNow(ATTACHED, "attached")
-        if status.detail.startswith("debugger "):  # the client left: "debugger gone (connection lost) after 12 s"
+        if status.detail.startswith(("debugger ", DETACHED_BY_YOU)):  # the client left: "… after 12 s"
             if run.spec.debug.reattach:
                 return EndpointNow(LISTENING, f"listening again ({status.detail})")
             return EndpointNow(CLOSED, f"closed ({status.detail})")
@@ -99,7 +100,7 @@ def endpoint_now(run: "DebugRun", status: "RankStatus") -> EndpointNow:
 
 
 def _nobody_came(run: "DebugRun") -> str:
-    if run.debugger_note:  # somebody came, and left: "debugger detached after 3 s"
+    if run.debugger_note:  # somebody came, and left: "debugger detached after 3 s", "detached by you after 3 s"
         return f"closed ({run.debugger_note})"
     timeout = run.spec.debug.timeout
     return "closed (--timeout 0: no wait)" if timeout == 0 else f"closed (nobody attached in {timeout:g} s)"
