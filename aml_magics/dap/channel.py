@@ -38,6 +38,8 @@ EventListener = Callable[[dict], None]
 CloseListener = Callable[[str], None]
 ReverseHandler = Callable[[dict], "dict | None"]  # the request message -> the response body
 
+CONNECTION_CLOSED = "the connection was closed by the adapter"  # a session's end without a goodbye
+
 TRACE = bool(os.environ.get("AML_MAGICS_DAP_TRACE"))
 RECENT_EVENTS = 256
 _SHOWN_EVENTS = 8
@@ -284,7 +286,7 @@ class Channel:
 
     # -- receiving -------------------------------------------------------------------
     def _read_loop(self) -> None:
-        reason = "the connection was closed by the adapter"
+        reason = CONNECTION_CLOSED
         try:
             while True:
                 message = self.stream.read_message()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..dap import DapError, DapTimeout, DebugService, Page, Request, RequestFailed, address_of
+from ..dap.channel import CONNECTION_CLOSED
 from ..dap.models import BreakpointsModel, BreakpointState, Model, StackFrame, Variable
 from ..dap.service import ENDED, STOPPED, evaluated
 from . import holders
@@ -755,8 +756,8 @@ class Debugger(Model):
                 return (f"another client ({other}) connected to {address[0]}:{address[1]} and debugpy "
                         f"handed it the session (one client at a time)")
         reason = self.root.end_reason if self.root is not None else ""
-        if run is not None and reason == "the debuggee ended":
-            try:  # the target reports the exit a moment after debugpy does
+        if run is not None and reason in ("the debuggee ended", CONNECTION_CLOSED):
+            try:  # the target reports the exit (a cancel's included) a moment after debugpy does
                 return f"the run ended ({run.wait(3)})"
             except TimeoutError:
                 pass
