@@ -749,7 +749,7 @@ def test_debugger_long_values_400_names_arrays_and_tensors_in_jupyterlab(lab: La
 
 
 LONG_NOTEBOOK = "longsrc.ipynb"
-LONG_CELL = ("%%aml_debug_run --name longsrc --port 0 --timeout 120\n"
+LONG_SOURCE_CELL = ("%%aml_debug_run --name longsrc --port 0 --timeout 120\n"
              + "".join(f"x = {i}  # filler line {i}\n" for i in range(1, 401))
              + "total = 0\nfor k in range(3):\n    total += k\nafter = total * 2\nprint('after', after)\nprint('done')\n")
 LONG_STOP = 404  # after = total * 2
@@ -759,7 +759,7 @@ def test_debugger_source_view_whole_file_current_line_centred_in_jupyterlab(lab:
     """Issue 23 item 5: the whole file scrolls in the source view; go to line 404 (one step), click its
     number, attach: the current line is centred in view, a step moves it and keeps it in view even
     after the user scrolled elsewhere; the file is sent once (one code block, its lines highlighted)."""
-    _write_notebook(lab.root, LONG_NOTEBOOK, LONG_CELL)
+    _write_notebook(lab.root, LONG_NOTEBOOK, LONG_SOURCE_CELL)
     _run_panel, dbg = _debug_here(lab, page, LONG_NOTEBOOK, "longsrc-1")
     expect(dbg.locator(".aml-dbg-lines > div")).to_have_count(406, timeout=WAIT_MS)  # the whole file
     expect(dbg.locator(".aml-dbg-gutter .widget-radio-box label")).to_have_count(406)

@@ -102,6 +102,7 @@ class Debugger:
         self.link: Link | None = None  # the client connection accepted last (in-process adapter)
         self._attached_at = 0.0
         self._gate: OneWindowListener | None = None  # a direct port's listener, one attach per window
+        self.configured = threading.Event()  # a client configured its session in the current window
 
     @property
     def tunnelled(self) -> bool:
@@ -233,16 +234,29 @@ class Debugger:
         return not self.switched_off and bool(self.debugpy.is_client_connected())
 
     def wait_for_client(self, timeout: float) -> bool:
-        """debugpy.wait_for_client() has no timeout; cancel it from a timer thread."""
+        """debugpy.wait_for_client() has no timeout; cancel it from a timer thread. A client that
+        configured its session ends the wait too, even one already gone again (attach, then detach
+        at once: debugpy's own wait would go on for the whole window, and the window would count
+        nobody): it was attached, and its leaving is the detach that follows."""
+        self.configured.clear()
         if timeout > 0:
-            timer = threading.Timer(timeout, self.debugpy.wait_for_client.cancel)
+            cancel = self.debugpy.wait_for_client.cancel
+            timer = threading.Timer(timeout, cancel)
             timer.daemon = True
             timer.start()
+            done = threading.Event()
+
+            def on_configured() -> None:
+                if self.configured.wait(timeout) and not done.is_set():
+                    cancel()
+
+            service_thread(on_configured, name="aml-magics-configured")
             try:
                 self.debugpy.wait_for_client()
             finally:
+                done.set()
                 timer.cancel()
-        return bool(self.debugpy.is_client_connected())
+        return bool(self.debugpy.is_client_connected()) or self.configured.is_set()
 
     def switch_off(self) -> None:
         """Stop tracing and close the port: an idle listener slows Python code 2-7x."""
@@ -369,6 +383,8 @@ class _GoodbyeListener:
         if message.get("type") != "request":
             return
         debugger, command = self.debugger, message.get("command")
+        if command == "configurationDone":
+            debugger.configured.set()
         if command in ("configurationDone", "disconnect") and debugger._gate is not None:
             debugger._gate.attached_once = True  # at once, not when the main thread gets to it
         link = debugger.link
