@@ -16,11 +16,14 @@ from types import TracebackType
 
 
 def line_buffer_output() -> None:
+    """Whole lines out, each as it ends: ``print("result", 30)`` is four writes, and unbuffered
+    (``PYTHONUNBUFFERED``) each went out alone, so a line of the node's own from another thread
+    could land in the middle of it. Buffered up to its newline, a line leaves in one write."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             try:
-                reconfigure(line_buffering=True)
+                reconfigure(line_buffering=True, write_through=False)
             except ValueError:
                 pass
 
