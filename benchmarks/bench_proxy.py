@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, paired, print_rows
+from common import HERE, dap_round_trips, paired, print_rows
 
 import aml_magics
 from aml_magics.azureml.v2.simulator import get_v2_simulator
@@ -46,22 +46,10 @@ def _submit(folder: Path, connect: str):
                              connect=connect, timeout=120)
 
 
-def _round_trips(client, stop, count: int = 200) -> float:
-    times = []
-    for i in range(count):
-        started = time.perf_counter()
-        if i % 2:
-            client.request("threads")
-        else:
-            client.request("stackTrace", {"threadId": stop.thread_id, "startFrame": 0, "levels": 20})
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def _trip_and_finish(client, folder: Path, run) -> float:
     try:
         stop = client.wait_stopped(60)
-        trip = _round_trips(client, stop)
+        trip = dap_round_trips(client, stop)
         client.continue_(stop.thread_id)
     finally:
         client.close()

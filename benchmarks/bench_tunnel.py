@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import paired, print_rows
+from common import dap_round_trips, paired, print_rows
 
 import aml_magics
 from aml_magics.azureml.simulator import NodeNamespace
@@ -40,19 +40,6 @@ def _stopped(folder: Path, bind: str, insecure: bool):
     client = attach_with_launch_config(run.launch_config(), {str(script): [BREAK]}, workspace_folder=str(folder))
     stop = client.wait_stopped(30)
     return time.perf_counter() - started, client, run, stop
-
-
-def _round_trips(client, stop, count: int = 200) -> float:
-    """Median seconds of one request/response pair at a stop."""
-    times = []
-    for i in range(count):
-        started = time.perf_counter()
-        if i % 2:
-            client.request("threads")
-        else:
-            client.request("stackTrace", {"threadId": stop.thread_id, "startFrame": 0, "levels": 20})
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def _finish(client, run, stop) -> None:
@@ -74,7 +61,7 @@ def main() -> None:
         def measure(insecure: bool) -> float:
             seconds, client, run, stop = _stopped(folder, bind, insecure)
             try:
-                trips[insecure].append(_round_trips(client, stop))
+                trips[insecure].append(dap_round_trips(client, stop))
             finally:
                 _finish(client, run, stop)
             return seconds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,3 +44,16 @@ def print_rows(rows: list[tuple[str, float, float | None]]) -> None:
         ratio = f"{ours / base:.2f}x" if base else "n/a"
         base_text = f"{base:.3f}" if base is not None else "not installed"
         print(f"| {name} | {ours:.3f} | {base_text} | {ratio} |")
+
+
+def dap_round_trips(client, stop, count: int = 200) -> float:
+    """Median seconds of one request/response pair at a stop."""
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        if i % 2:
+            client.request("threads")
+        else:
+            client.request("stackTrace", {"threadId": stop.thread_id, "startFrame": 0, "levels": 20})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
