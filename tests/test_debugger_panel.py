@@ -16,6 +16,7 @@ import aml_magics
 pytest.importorskip("ipywidgets")
 
 from aml_magics.debugger.panel import DebuggerPanel  # noqa: E402
+from aml_magics.debugger.paths import OUTSIDE_SCRIPT  # noqa: E402
 from aml_magics.views.widget import DebugRunPanel  # noqa: E402
 
 SCRIPT = """\
@@ -195,11 +196,24 @@ def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
         wait_for(lambda: len(dbg.paused) == 2, 30, "both ranks paused")
         assert dbg.label == f"run {run.id} ranks 0,1"
         assert sorted(p.rank for p in dbg.paused) == [0, 1]
-        wait_for(lambda: len(panel.processes.options) == 2, 10, "the selector")
+        # all-stop: the first rank at the breakpoint paused the other wherever it was (a line
+        # before 4, or still in the node before the script: never a runpy frame)
+        stops = {p.rank: p.stop for p in dbg.paused}
+        assert any(s.reason == "breakpoint" and s.place == "twor.py:4" for s in stops.values()), stops
+        for stop in stops.values():
+            assert stop.place == OUTSIDE_SCRIPT or re.fullmatch(r"twor\.py:[1-4]", stop.place), stops
+        for process in dbg.paused:  # the paused one runs on to the breakpoint: the selector follows
+            if process.stop.place != "twor.py:4":
+                panel.processes.value = process.pid
+                wait_for(lambda p=process: dbg.selected_pid == p.pid, 10, "the paused rank selected")
+                panel.continue_button.click()
+                wait_for(lambda p=process: any(q.pid == p.pid and q.stop.place == "twor.py:4" for q in dbg.paused),
+                         30, "the paused rank at the breakpoint")
+        wait_for(lambda: len(panel.processes.options) == 2
+                 and all("twor.py:4" in label for label, _pid in panel.processes.options), 10, "the selector")
         assert panel.processes.layout.display is None
         labels = [label for label, _pid in panel.processes.options]
         assert labels[0].startswith("rank 0 · pid ") and labels[1].startswith("rank 1 · pid ")
-        assert all("twor.py:4" in label for label in labels)
         rank1 = next(p for p in dbg.paused if p.rank == 1)
         panel.processes.value = rank1.pid  # choose rank 1 in the selector
         wait_for(lambda: dbg.service.process.get("systemProcessId") == rank1.pid, 10, "rank 1 selected")

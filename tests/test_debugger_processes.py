@@ -125,3 +125,25 @@ def test_subprocesses_is_refused_where_child_sessions_cannot_be_reached(workdir)
         aml_magics.submit(str(workdir / "job.py"), no_debug=True, subprocesses=True)
     with pytest.raises(aml_magics.errors.OptionsError, match=r"--subprocesses with --bind 10\.9\.8\.7: the child "):
         aml_magics.submit(str(workdir / "job.py"), bind="10.9.8.7", subprocesses=True)
+
+
+def test_a_pause_that_lands_in_the_node_is_shown_as_such_not_as_runpy():
+    """What an all-stop pause of a rank still in the node before its script returned (seen in CI):
+    the main thread in the node's own frames, under the runpy that started the node."""
+    from aml_magics.dap.models import StackFrame
+    from aml_magics.debugger.core import Stop, _outside_script
+    from aml_magics.debugger.paths import OUTSIDE_SCRIPT
+
+    node = os.path.dirname(aml_magics.__file__) + "/node"
+    runpy = os.path.dirname(os.__file__) + "/runpy.py"
+    in_node = [StackFrame(3, "service_thread", f"{node}/wire.py", 39, 1),
+               StackFrame(4, "watch_detach", f"{node}/driver.py", 218, 1),
+               StackFrame(5, "main", f"{node}/main.py", 96, 1),
+               StackFrame(6, "<module>", f"{node}/__main__.py", 36, 1),
+               StackFrame(7, "_run_code", runpy, 88, 1),
+               StackFrame(8, "_run_module_as_main", runpy, 198, 1)]
+    assert _outside_script(in_node)
+    script = [StackFrame(2, "<module>", "/work/twor.py", 4, 1), StackFrame(3, "_run_code", runpy, 88, 1)]
+    assert not _outside_script(script + in_node[:4])
+    assert Stop("pause", None, 0, 1, "").place == OUTSIDE_SCRIPT
+    assert Stop("breakpoint", "/work/twor.py", 4, 1, "").place == "twor.py:4"

@@ -29,7 +29,7 @@ from ..dap.models import BreakpointsModel, BreakpointState, Model, StackFrame, V
 from ..dap.service import ENDED, STOPPED, evaluated
 from . import holders
 from .errors import DebuggerError
-from .paths import is_bootstrap, is_launcher, local_path, parse_breakpoint, source_line
+from .paths import OUTSIDE_SCRIPT, is_bootstrap, is_launcher, local_path, parse_breakpoint, source_line
 from .summaries import SUMMARISED_TYPES, parse_summaries, parse_text, statistics_expression, summaries_expression
 
 ARMED = "armed"
@@ -63,6 +63,11 @@ class Stop:
     text: str
     pid: int | None = None
     description: str = ""
+
+    @property
+    def place(self) -> str:
+        """``file.py:LINE``, or where a pause landed with no frame of the user's in the stack."""
+        return f"{os.path.basename(self.path)}:{self.line}" if self.path else OUTSIDE_SCRIPT
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class Process:
 
     @property
     def label(self) -> str:
-        where = f" at {os.path.basename(self.stop.path or '?')}:{self.stop.line}" if self.stop else ""
+        where = f" at {self.stop.place}" if self.stop else ""
         rank = f"rank {self.rank} · " if self.rank is not None else ""
         return f"{rank}pid {self.pid or '?'} {os.path.basename(self.name)} — {self.state}{where}"
 
@@ -678,6 +683,8 @@ class Debugger(Model):
         visible = self._visible(service)
         top = visible[0][1] if visible else (service.callstack.frames[0] if service.callstack.frames else None)
         path, line = (top.path, top.line) if top is not None else (None, 0)
+        if _outside_script(service.callstack.frames):
+            path, line = None, 0  # runpy's frame that started the node is no place to show
         return Stop(stop.reason, path, line, stop.thread_id, source_line(path, line) or stop.text or stop.description,
                     _pid(service), stop.description)
 
@@ -908,6 +915,11 @@ def visible_frames(frames: Sequence[StackFrame]) -> list[tuple[int, StackFrame]]
     return kept
 
 
+def _outside_script(frames: Sequence[StackFrame]) -> bool:
+    """A stack with no frame of the user's: only the node's own and the runpy that started it."""
+    return bool(frames) and all(is_bootstrap(f.path) or is_launcher(f.path) for f in frames)
+
+
 def _our_exit(service: DebugService) -> bool:
     """A stop at the ``SystemExit`` our own node code raises (no frame of the user's in the stack)."""
     stop = service.stop
@@ -915,7 +927,7 @@ def _our_exit(service: DebugService) -> bool:
         return False
     kind = str((stop.exception or {}).get("exceptionId") or "")
     frames = service.callstack.frames
-    return "SystemExit" in kind and bool(frames) and all(is_bootstrap(f.path) or is_launcher(f.path) for f in frames)
+    return "SystemExit" in kind and _outside_script(frames)
 
 
 def _pid(service: DebugService) -> int | None:

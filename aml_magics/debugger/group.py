@@ -18,7 +18,6 @@ What the group's sessions know (running, stopped at file:line) goes to the run's
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -274,7 +273,7 @@ def report_session(debugger: Debugger, rank: int, root: DebugService) -> None:
         report(rank, None)
     elif root.state == STOPPED:
         stop = debugger._stop_of(root)
-        where = f"{os.path.basename(stop.path or '?')}:{stop.line}" if stop is not None else ""
+        where = stop.place if stop is not None else ""
         report(rank, "stopped", where, stop.reason if stop is not None else "")
     else:
         report(rank, "attached-running", "", "this kernel's session: running")

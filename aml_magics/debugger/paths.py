@@ -69,6 +69,10 @@ def source_lines(path: str | None) -> list[str]:
     return [text.rstrip("\n") for text in linecache.getlines(path)]
 
 
+# where a pause (a rank all-stop paused, say) landed before the script started or after it ended
+OUTSIDE_SCRIPT = "aml_magics' node code, outside the script"
+
+
 def is_bootstrap(path: str | None) -> bool:
     """A frame of the node package (ours, under its local or its shipped name): hidden."""
     return is_node_file(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import DebuggerError
-from .paths import short, source_lines
+from .paths import OUTSIDE_SCRIPT, short, source_lines
 
 if TYPE_CHECKING:
     from .core import Debugger, Frame, Stop
@@ -38,7 +38,7 @@ def status(debugger: Debugger) -> str:
 
 
 def where_text(debugger: Debugger, path: str | None, line: int) -> str:
-    return f"{short(path, debugger.local_root)}:{line}"
+    return f"{short(path, debugger.local_root)}:{line}" if path else OUTSIDE_SCRIPT
 
 
 def stop_text(debugger: Debugger, stop: Stop | None) -> str:
