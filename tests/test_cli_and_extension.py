@@ -247,7 +247,9 @@ def test_cli_says_the_wait_in_one_plain_line_when_not_a_terminal(tmp_path):
     out = _cli(tmp_path, "run", "quick.py", "--port", "0", "--timeout", "1")
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stderr and "\x1b" not in out.stderr
-    assert re.search(r"^aml-debug: waiting for a debugger at 127\.0\.0\.1:\d+ — 1 s to attach — Ctrl-C cancels$",
+    # the seconds left when the CLI heard of the wait: the whole window, or 0 on a machine so busy
+    # that the marker was read after the window had passed (seen once under a loaded CI)
+    assert re.search(r"^aml-debug: waiting for a debugger at 127\.0\.0\.1:\d+ — [01] s to attach — Ctrl-C cancels$",
                      out.stderr, re.M), out.stderr
     assert "aml-debug: nobody attached in time: the debugger is off and the script runs on (--timeout 1)" in out.stderr
     assert out.stderr.count("waiting for a debugger") == 1
