@@ -93,11 +93,13 @@ class Debugger:
         self.debugpy = debugpy_module
         self.options = options
         self.switched_off = False
+        self.listens = 0  # counts listen(): a connection belongs to the window it was accepted in
         self.port: int | None = None  # the port bound last; a new listen() reuses it
         self.tunnel = tunnel  # the node side of the run's TLS tunnel (secrets), or None: direct
         self.relay: Relay | None = None
-        # called (from a thread of ours) when a client left: with the cause and the seconds it stayed
-        self.on_detached: Callable[[str, float], None] | None = None
+        # called (from a thread of ours) when a client left: with the cause, the seconds it stayed
+        # and the window (``listens``) it was attached in
+        self.on_detached: Callable[[str, float, int], None] | None = None
         self.on_configured: Callable[[], None] | None = None  # a client's configurationDone (reader thread)
         self.link: Link | None = None  # the client connection accepted last (in-process adapter)
         self._attached_at = 0.0
@@ -109,6 +111,7 @@ class Debugger:
         return self.tunnel is not None
 
     def listen(self) -> tuple[str, int]:
+        self.listens += 1
         bind = resolve_bind(self.options.bind)
         if not self.switched_off:
             host, port = self._listen(bind, self.options.port)
@@ -168,21 +171,22 @@ class Debugger:
 
     def _new_link(self) -> Link:
         """A client connection accepted (direct or through the relay): watch for its end."""
-        link = Link(self._link_ended)
+        window = self.listens
+        link = Link(lambda ended, cause: self._link_ended(ended, cause, window))
         self.link = link
         _GoodbyeListener.install(self)
         return link
 
-    def _link_ended(self, link: Link, cause: str) -> None:
+    def _link_ended(self, link: Link, cause: str, window: int) -> None:
         """A connection ended (on a thread of ours). Without a ``disconnect`` first, do what one
         does: resume every thread, drop the breakpoints, forget the client (a later one may attach)."""
-        if cause == CLOSED or self.switched_off:
-            return  # the node ended it itself: switched off, a newer client, the run's end
+        if cause == CLOSED or self.switched_off or window != self.listens:
+            return  # the node ended it itself: switched off, a newer client, the run's end, a later window
         try:
             if self.on_detached is not None:  # reported (and switched off) first: the run may end once resumed
-                self.on_detached(cause, link.seconds)
+                self.on_detached(cause, link.seconds, window)
         finally:
-            if cause != DISCONNECT:
+            if cause != DISCONNECT and not self.switched_off and window == self.listens:
                 self._release_threads()  # switched off: nothing left to do (disposing resumed them)
 
     @staticmethod
@@ -201,7 +205,7 @@ class Debugger:
         """After an attach: notice a ``disconnect`` on a connection that stays open, and the client
         leaving debugpy's separate adapter (which resumes the threads itself). A connection's end
         is noticed by its link at once."""
-        link, self._attached_at = self.link, time.monotonic()
+        link, self._attached_at, window = self.link, time.monotonic(), self.listens
         if self._gate is not None:
             self._gate.attached_once = True
 
@@ -213,7 +217,7 @@ class Debugger:
             if link is not None:
                 link.end(DISCONNECT)  # no-op when the connection's end was noticed first
             elif self.on_detached is not None:
-                self.on_detached(DISCONNECT, time.monotonic() - self._attached_at)
+                self.on_detached(DISCONNECT, time.monotonic() - self._attached_at, window)
 
         service_thread(poll, name="aml-magics-detach")
 
@@ -231,7 +235,19 @@ class Debugger:
         pydevd.SetupHolder.setup = None
 
     def client_connected(self) -> bool:
-        return not self.switched_off and bool(self.debugpy.is_client_connected())
+        """A client is attached and has not said goodbye (debugpy forgets one a moment after its
+        ``disconnect``: a crash in that moment must not stop for a client that is leaving)."""
+        return not self.switched_off and self._client_stays()
+
+    def client_left(self) -> tuple[str, float] | None:
+        """The window's client is gone (its goodbye said, or its connection ended), whether or not
+        its leaving was handled yet: ``(cause, seconds attached)``; None while it stays."""
+        if self.switched_off or self._client_stays():
+            return None
+        link = self.link
+        if link is None:
+            return DISCONNECT, time.monotonic() - self._attached_at
+        return (link.cause or DISCONNECT), link.seconds
 
     def wait_for_client(self, timeout: float) -> bool:
         """debugpy.wait_for_client() has no timeout; cancel it from a timer thread. A client that

@@ -65,6 +65,7 @@ class DebugSession:
         self._lock = threading.RLock()
         self._ignored: set[tuple[str, int]] = set()
         self._gone = False  # a client left this process's debugger (--reattach: the next one is reported)
+        self._attached_in: int | None = None  # the window (the driver's ``listens``) a client attached in
         self._exiting = False  # the interpreter is exiting: a client leaving now is no news
         self._exit_hooked = False
 
@@ -72,6 +73,7 @@ class DebugSession:
     def listen(self, timeout: float, reason: str) -> tuple[str, int]:
         """Start (or restart) listening and report the endpoint; a no-op while listening."""
         with self._lock:
+            self._close_used_window()
             if self.listening and self.host is not None and self.port is not None:
                 return self.host, self.port
             if self.debugger is None:
@@ -115,32 +117,50 @@ class DebugSession:
                 self.debugger.switch_off()
                 self.listening = False
             else:
+                self._attached_in = self.debugger.listens
                 self.debugger.watch_detach()
                 self._watch_idle()
             return attached
 
-    def _detached(self, cause: str, seconds: float) -> None:
+    def _detached(self, cause: str, seconds: float, window: int) -> None:
         """The client left (said goodbye, or its connection was lost: the threads are already
         resumed). One attach per window — stop listening, tracing off, as after a timeout
         (``--reattach`` keeps the listener open for the next client until the run ends)."""
         if self._exiting or not self._lock.acquire(timeout=5):
             return
         try:
-            if not self.listening or self.debugger is None:
-                return
-            self._gone = True
-            text = detached_text(cause, seconds)
-            then = "listening for the next client (--reattach)" if self.options.reattach else \
-                "the run goes on without it (--reattach keeps it listening)"
-            # Said first: the threads resume as the debugger goes off, and the run may end at once.
-            print(f"aml_magics: {text}; {then}", file=sys.stderr, flush=True)
-            emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason=text, cause=cause,
-                 seconds=round(seconds, 1), listening=bool(self.options.reattach))
-            if not self.options.reattach:
-                self.debugger.switch_off()
-                self.listening = False
+            if not self.listening or self.debugger is None or not self._attached_in == window == self.debugger.listens:
+                return  # that window was closed already (see _close_used_window); maybe a new one is open
+            self._end_window(cause, seconds)
         finally:
             self._lock.release()
+
+    def _close_used_window(self) -> None:
+        """A client attached in this window and left, and its leaving is not handled yet: the run
+        crashed (or reached breakpoint()) the moment the client's goodbye resumed it. Handle it now,
+        so the post-mortem window is a new one, not the used one that lets nobody in; the late
+        handler then finds its window gone (``_attached_in``). Caller holds the lock."""
+        if (self.options.reattach or not self.listening or self.debugger is None
+                or self._attached_in != self.debugger.listens):
+            return
+        left = self.debugger.client_left()
+        if left is not None:
+            self._end_window(*left)
+
+    def _end_window(self, cause: str, seconds: float) -> None:
+        """Say the client left; without --reattach, switch the debugger off. Caller holds the lock."""
+        assert self.debugger is not None
+        self._gone = True
+        text = detached_text(cause, seconds)
+        then = "listening for the next client (--reattach)" if self.options.reattach else \
+            "the run goes on without it (--reattach keeps it listening)"
+        # Said first: the threads resume as the debugger goes off, and the run may end at once.
+        print(f"aml_magics: {text}; {then}", file=sys.stderr, flush=True)
+        emit("DETACHED", rank=self.options.rank, pid=os.getpid(), reason=text, cause=cause,
+             seconds=round(seconds, 1), listening=bool(self.options.reattach))
+        if not self.options.reattach:
+            self.debugger.switch_off()
+            self.listening = False
 
     def _reattached(self) -> None:
         """A client configured its session: after a detach with ``--reattach``, say it (the window's
