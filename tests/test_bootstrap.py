@@ -124,3 +124,45 @@ def test_busy_port_fails_fast_with_one_line(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "never" not in result.stdout
     assert markers(result.stdout)["ERROR"]["message"].startswith("cannot listen")
+
+
+WINDOW_DRIVER = """
+import argparse, json, sys
+import debugpy
+from aml_magics.node.driver import Debugger
+options = argparse.Namespace(bind="127.0.0.1", port=0, port_auto=False, separate_adapter=False, reattach=False)
+debugger = Debugger(debugpy, options)
+host, port = debugger.listen()
+print(port, flush=True)
+sys.stdin.readline()  # the client attaches, configures and leaves before the wait begins
+print(json.dumps({"attached": debugger.wait_for_client(float(sys.argv[1]))}), flush=True)
+debugger.switch_off()
+"""
+
+
+def test_a_client_that_came_and_left_before_the_wait_began_counts_as_attached(tmp_path):
+    """The window between reporting the endpoint and waiting (long on a loaded machine): a client
+    that configured its session and left in it was attached (its leaving is the detach that
+    follows); the wait must not forget it and hold the run for the whole window."""
+    from aml_magics.testing.dap import DapClient
+
+    (tmp_path / "driver.py").write_text(WINDOW_DRIVER)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), "60"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        port = int(proc.stdout.readline())
+        client = DapClient.connect("127.0.0.1", port)
+        try:
+            client.attach({"name": "a", "type": "debugpy", "request": "attach",
+                           "connect": {"host": "127.0.0.1", "port": port}, "justMyCode": False})
+            client.disconnect()
+        finally:
+            client.close()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {"attached": True}
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

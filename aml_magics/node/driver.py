@@ -44,6 +44,17 @@ def hand_to_pydevd(sock: socket.socket) -> None:
     pydevd.create_server_socket = create_server_socket
 
 
+def _cancel_until(done: threading.Event, cancel: Callable[[], None]) -> None:
+    """Cancel debugpy's wait_for_client() until it has returned: its cancel reaches only a wait
+    already begun (called before, it raises, or cancels the window before's wait)."""
+    while not done.is_set():
+        try:
+            cancel()
+        except RuntimeError:
+            pass
+        done.wait(0.02)
+
+
 class OneWindowListener:
     """A direct port's listening socket as pydevd accepts on it, one attach per window: once a
     client has been attached, a new connection is let in only while a client still is (another
@@ -112,6 +123,7 @@ class Debugger:
 
     def listen(self) -> tuple[str, int]:
         self.listens += 1
+        self.configured.clear()  # a new window (a client may configure before the wait begins)
         bind = resolve_bind(self.options.bind)
         if not self.switched_off:
             host, port = self._listen(bind, self.options.port)
@@ -254,23 +266,24 @@ class Debugger:
         configured its session ends the wait too, even one already gone again (attach, then detach
         at once: debugpy's own wait would go on for the whole window, and the window would count
         nobody): it was attached, and its leaving is the detach that follows."""
-        self.configured.clear()
-        if timeout > 0:
-            cancel = self.debugpy.wait_for_client.cancel
-            timer = threading.Timer(timeout, cancel)
+        cancel = self.debugpy.wait_for_client.cancel
+        done = threading.Event()
+        timer = threading.Timer(timeout, _cancel_until, args=(done, cancel)) if timeout > 0 else None
+        if timer is not None:
             timer.daemon = True
             timer.start()
-            done = threading.Event()
 
-            def on_configured() -> None:
-                if self.configured.wait(timeout) and not done.is_set():
-                    cancel()
+        def on_configured() -> None:
+            while not (done.is_set() or self.configured.wait(0.25)):
+                pass
+            _cancel_until(done, cancel)
 
-            service_thread(on_configured, name="aml-magics-configured")
-            try:
-                self.debugpy.wait_for_client()
-            finally:
-                done.set()
+        service_thread(on_configured, name="aml-magics-configured")
+        try:
+            self.debugpy.wait_for_client()
+        finally:
+            done.set()
+            if timer is not None:
                 timer.cancel()
         return bool(self.debugpy.is_client_connected()) or self.configured.is_set()
 
