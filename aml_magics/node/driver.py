@@ -266,12 +266,13 @@ class Debugger:
         configured its session ends the wait too, even one already gone again (attach, then detach
         at once: debugpy's own wait would go on for the whole window, and the window would count
         nobody): it was attached, and its leaving is the detach that follows."""
+        if timeout <= 0:  # no window: whoever is connected already
+            return bool(self.debugpy.is_client_connected()) or self.configured.is_set()
         cancel = self.debugpy.wait_for_client.cancel
         done = threading.Event()
-        timer = threading.Timer(timeout, _cancel_until, args=(done, cancel)) if timeout > 0 else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
+        timer = threading.Timer(timeout, _cancel_until, args=(done, cancel))
+        timer.daemon = True
+        timer.start()
 
         def on_configured() -> None:
             while not (done.is_set() or self.configured.wait(0.25)):
@@ -283,8 +284,7 @@ class Debugger:
             self.debugpy.wait_for_client()
         finally:
             done.set()
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
         return bool(self.debugpy.is_client_connected()) or self.configured.is_set()
 
     def switch_off(self) -> None:
