@@ -28,6 +28,7 @@ import socket
 import sys
 import sysconfig
 import time
+import traceback
 import types
 from collections.abc import Collection
 from typing import Any
@@ -43,15 +44,12 @@ MAX_CHAIN = 10
 TRACEBACK_LIMIT = 20_000  # characters of the formatted traceback
 FILE_NAME = "rank-{rank}.json"
 REDACTED = "<redacted>"
-AZUREML_DIR = os.path.join("outputs", "aml_magics_crash")  # under the job's outputs/: uploaded with the job
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def default_dir() -> str | None:
-    """Where a capsule goes when the owner named no folder: an Azure ML job's ``outputs/``."""
-    if os.environ.get("AZUREML_RUN_ID"):
-        return os.path.abspath(AZUREML_DIR)
-    return None
+def prepare() -> None:
+    """What a crash would otherwise compute first (the library folders), done before it."""
+    _library_roots()
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,8 +97,6 @@ def _describe(exc: BaseException, relation: str = "") -> dict:
 
 def exception_record(exc: BaseException) -> dict:
     """Type, message, the chain (``__cause__`` / ``__context__``) and the formatted traceback."""
-    import traceback
-
     record = _describe(exc)
     chain: list[dict] = []
     seen, current = {id(exc)}, exc
