@@ -341,6 +341,8 @@ def render(value: object, name: object = None, depth: int = DEPTH, width: int = 
 
 def _render(value: object, depth: int, width: int, limit: int) -> str:
     kind = type(value)
+    if kind in _SCALARS:
+        return _scalar(value, limit)
     if kind in (dict, list, tuple, set, frozenset) or (
         isinstance(value, (dict, list, tuple)) and kind.__repr__ in (dict.__repr__, list.__repr__, tuple.__repr__)
     ):
@@ -366,13 +368,14 @@ def _container(value: Any, depth: int, width: int, limit: int) -> str:
         return f"{opening}{ELLIPSIS}{closing} ({size} items)"
     parts: list[str] = []
     used = 0
-    items = iter(value.items()) if isinstance(value, dict) else iter(value)
+    mapping = isinstance(value, dict)
+    items = iter(value.items()) if mapping else iter(value)
     for _ in range(min(size, width)):
         try:
             item = next(items)
         except (StopIteration, RuntimeError):  # changed while read
             break
-        if isinstance(value, dict):
+        if mapping:
             key, val = item
             key_text = safe_repr(key, 40)
             shown = MASK if is_secret_name(key) else _render(val, depth - 1, width, limit)
