@@ -81,6 +81,7 @@ HUNTER = textwrap.dedent("""
     for module in list(sys.modules.values()):
         for name, value in list(vars(module).items()):
             look(value, f"{module.__name__}.{name}")
+    gc.unfreeze()  # the node froze its own objects (out of gc.get_objects()): a hunter thaws them first
     for obj in gc.get_objects():
         try:
             for ref in gc.get_referents(obj):

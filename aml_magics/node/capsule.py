@@ -28,6 +28,7 @@ import socket
 import sys
 import sysconfig
 import time
+import traceback
 import types
 from collections.abc import Collection
 from typing import Any
@@ -43,15 +44,12 @@ MAX_CHAIN = 10
 TRACEBACK_LIMIT = 20_000  # characters of the formatted traceback
 FILE_NAME = "rank-{rank}.json"
 REDACTED = "<redacted>"
-AZUREML_DIR = os.path.join("outputs", "aml_magics_crash")  # under the job's outputs/: uploaded with the job
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def default_dir() -> str | None:
-    """Where a capsule goes when the owner named no folder: an Azure ML job's ``outputs/``."""
-    if os.environ.get("AZUREML_RUN_ID"):
-        return os.path.abspath(AZUREML_DIR)
-    return None
+def prepare() -> None:
+    """What a crash would otherwise compute first (the library folders), done before it."""
+    _library_roots()
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,8 +97,6 @@ def _describe(exc: BaseException, relation: str = "") -> dict:
 
 def exception_record(exc: BaseException) -> dict:
     """Type, message, the chain (``__cause__`` / ``__context__``) and the formatted traceback."""
-    import traceback
-
     record = _describe(exc)
     chain: list[dict] = []
     seen, current = {id(exc)}, exc
@@ -118,11 +114,44 @@ def exception_record(exc: BaseException) -> dict:
         current = nxt
     record["chain"] = chain
     try:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = formatted_traceback(exc)
     except Exception:
         text = ""
     record["traceback"] = render.cut(text, TRACEBACK_LIMIT)
     return record
+
+
+class _Stack(traceback.StackSummary):
+    """A stack that formats each distinct frame once: formatting one parses its line (for the
+    carets), and a recursion's hundreds of identical frames are cut from the text anyway."""
+
+    def format_frame_summary(self, frame_summary: traceback.FrameSummary, **kwargs: Any) -> str:
+        format_frame = getattr(super(), "format_frame_summary")  # noqa: B009 - 3.11+ (see formatted_traceback)
+        if frame_summary.locals is not None:  # not captured here; never memoized
+            return format_frame(frame_summary, **kwargs)
+        key = (frame_summary.filename, frame_summary.lineno, frame_summary.name, frame_summary.line,
+               *(getattr(frame_summary, name, None) for name in ("end_lineno", "colno", "end_colno")),
+               tuple(sorted(kwargs.items())))
+        memo: dict = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            memo[key] = format_frame(frame_summary, **kwargs)
+        return memo[key]
+
+
+def formatted_traceback(exc: BaseException) -> str:
+    """``traceback.format_exception(exc)``, the same text, each distinct frame formatted once."""
+    top = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+    if hasattr(traceback.StackSummary, "format_frame_summary"):  # 3.11+ (3.10 draws no carets)
+        todo: list[traceback.TracebackException | None] = [top]
+        seen: set[int] = set()
+        while todo:
+            current = todo.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            current.stack = _Stack(current.stack)
+            todo += [current.__cause__, current.__context__, *(getattr(current, "exceptions", None) or [])]
+    return "".join(top.format())
 
 
 def _value(name: str, value: object) -> dict:
@@ -132,7 +161,7 @@ def _value(name: str, value: object) -> dict:
     summary = render.summary(value)
     if summary is not None:
         return {"type": kind, "text": render.statistics(value), "summary": summary}
-    return {"type": kind, "text": render.render(value, name), "summary": None}
+    return {"type": kind, "text": render.render(value), "summary": None}  # the name is checked above
 
 
 def _locals(frame: types.FrameType) -> tuple[dict, int]:
@@ -177,13 +206,18 @@ def _source(path: str, line: int, frame: types.FrameType) -> dict | None:
 def frame_records(tb: types.TracebackType | None) -> list[dict]:
     """The stack of ``tb``, innermost last; the node's and runpy's frames left out."""
     frames = []
+    sources: dict[tuple[str, int], dict | None] = {}  # a recursion's frames share their lines: read once
     while tb is not None:
         frame, line = tb.tb_frame, tb.tb_lineno
         path = frame.f_code.co_filename
         if not _ours(path):
             variables, total = _locals(frame)
+            if (path, line) not in sources:
+                sources[path, line] = _source(path, line, frame)
+            source = sources[path, line]
             frames.append({"name": frame.f_code.co_name, "path": path, "line": line, "library": is_library(path),
-                           "source": _source(path, line, frame), "locals": variables, "locals_total": total})
+                           "source": source and {"first": source["first"], "lines": list(source["lines"])},
+                           "locals": variables, "locals_total": total})
         tb = tb.tb_next
     return frames
 
@@ -201,15 +235,16 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_.-]{8,}")
 
 def redact(text: str, digests: Collection[str]) -> str:
     """Every private key block, and every token whose digest is one of the run's secrets', masked
-    (only tokens of a secret's length are hashed)."""
+    (only tokens of a secret's length are hashed, each distinct one once; the text is rewritten
+    only when one is a secret's)."""
     text = _PRIVATE_KEY.sub(REDACTED, text)
     lengths = {int(d.split(":", 1)[0]) for d in digests}
-
-    def mask(match: re.Match) -> str:
-        token = match.group(0)
-        return REDACTED if len(token) in lengths and digest(token) in digests else token
-
-    return _TOKEN.sub(mask, text) if lengths else text
+    if not lengths:
+        return text
+    found = {token for token in set(_TOKEN.findall(text)) if len(token) in lengths and digest(token) in digests}
+    if not found:
+        return text
+    return _TOKEN.sub(lambda match: REDACTED if match.group(0) in found else match.group(0), text)
 
 
 def _encode(capsule: dict, digests: Collection[str]) -> bytes:

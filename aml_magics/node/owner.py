@@ -19,6 +19,7 @@ from .reaper import sweep
 from .wire import OWNER_ENV, OWNER_GONE_EXIT, service_thread
 
 _PR_SET_CHILD_SUBREAPER = 36
+_WALL = 0x40000000  # waitid's __WALL: children of every kind (a clone() with another exit signal too)
 _reaper: subprocess.Popen | None = None
 _reaper_alive_fd = -1  # our end of the pipe whose EOF tells the reaper we ended by ourselves
 
@@ -155,13 +156,33 @@ def _left_running(pid: int) -> bool:
     return not any(part.replace(b"\\", b"/").endswith(b"debugpy/adapter") for part in argv)
 
 
+def _has_children() -> bool:
+    """Has this process a child of any kind, running or ended and not yet collected? Without one
+    it has no descendant at all (each one's line of parents runs through a child of ours), and
+    nothing needs a walk of /proc. Asked without collecting anything (``WNOWAIT``)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | _WALL)
+    except ChildProcessError:
+        return False
+    except OSError:  # a kernel that refuses the question: walk, as if there were children
+        return True
+    return True
+
+
 def kill_descendants() -> int:
     """Stop and kill whatever is left below this process until nothing is (a process started
     meanwhile, a fork-and-exit walker: every orphan comes back to us, the subreaper), and collect
-    it; how many of those the script had left running. The reaper is ours, not the script's."""
+    it; how many of those the script had left running. The reaper is ours, not the script's.
+
+    One walk of /proc when nothing is below us but the reaper (a run's usual end), none when
+    nothing at all is."""
+    if not _has_children():
+        return 0
     skip = _ours()
-    left = sum(1 for pid in descendants() if pid not in skip and _left_running(pid))
-    sweep(os.getpid(), skip)
+    below = [pid for pid in descendants() if pid not in skip]
+    left = sum(1 for pid in below if _left_running(pid))
+    if below:
+        sweep(os.getpid(), skip)
     _collect()
     return left
 

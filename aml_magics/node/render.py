@@ -63,10 +63,19 @@ def type_name(value: object) -> str:
     return name if module in ("builtins", "__main__", "") else f"{module}.{name}"
 
 
+# The builtin types whose repr is Python's own and bounded by the value: shown at once (a crash
+# capsule renders thousands of them, and each went through the array checks first).
+_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_BYTES = frozenset({str, bytes, bytearray})
+_PLAIN = _SCALARS | _BYTES | {dict, list, tuple, set, frozenset}
+
+
 # -- arrays, tensors, frames --------------------------------------------------------
 def _kind(value: object) -> str | None:
     """``ndarray``, ``tensor``, ``frame`` or ``series`` by the type's home, else None (no import)."""
     kind = type(value)
+    if kind in _PLAIN:
+        return None
     module = getattr(kind, "__module__", "") or ""
     root = module.split(".", 1)[0]
     if root == "numpy" and hasattr(value, "shape") and hasattr(value, "dtype") and kind.__name__ != "dtype":
@@ -286,14 +295,16 @@ def _call_with_deadline(call: Callable[[], str], timeout: float) -> tuple[bool, 
 def safe_repr(value: object, limit: int = REPR_LIMIT, timeout: float = REPR_TIMEOUT) -> str:
     """``repr(value)`` cut to ``limit`` characters; one line saying so when it raised or took
     longer than ``timeout`` seconds (the call is then abandoned, not waited for)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return _scalar(value, limit)
+    if kind in _BYTES:
+        return cut(repr(value[: limit + 1]), limit)  # type: ignore[index]
     text = summary(value)
     if text is not None:
         return text
     if isinstance(value, (int, float, bool, complex, type(None))) and not isinstance(value, type):
-        try:
-            return cut(repr(value), limit)
-        except Exception:  # an int of too many digits
-            return f"<{type_name(value)}>"
+        return _scalar(value, limit)
     if isinstance(value, (str, bytes, bytearray)):
         return cut(repr(value[: limit + 1]), limit)
     outcome = _call_with_deadline(lambda: repr(value)[: limit + 1], timeout)
@@ -303,6 +314,13 @@ def safe_repr(value: object, limit: int = REPR_LIMIT, timeout: float = REPR_TIME
     if not ok:
         return f"<{type_name(value)}: repr raised {type(result).__name__}: {cut(_text(result), 80)}>"
     return cut(result if isinstance(result, str) else str(result), limit)
+
+
+def _scalar(value: object, limit: int) -> str:
+    try:
+        return cut(repr(value), limit)
+    except Exception:  # an int of too many digits
+        return f"<{type_name(value)}>"
 
 
 def _text(exc: object) -> str:
@@ -323,6 +341,8 @@ def render(value: object, name: object = None, depth: int = DEPTH, width: int = 
 
 def _render(value: object, depth: int, width: int, limit: int) -> str:
     kind = type(value)
+    if kind in _SCALARS:
+        return _scalar(value, limit)
     if kind in (dict, list, tuple, set, frozenset) or (
         isinstance(value, (dict, list, tuple)) and kind.__repr__ in (dict.__repr__, list.__repr__, tuple.__repr__)
     ):
@@ -348,13 +368,14 @@ def _container(value: Any, depth: int, width: int, limit: int) -> str:
         return f"{opening}{ELLIPSIS}{closing} ({size} items)"
     parts: list[str] = []
     used = 0
-    items = iter(value.items()) if isinstance(value, dict) else iter(value)
+    mapping = isinstance(value, dict)
+    items = iter(value.items()) if mapping else iter(value)
     for _ in range(min(size, width)):
         try:
             item = next(items)
         except (StopIteration, RuntimeError):  # changed while read
             break
-        if isinstance(value, dict):
+        if mapping:
             key, val = item
             key_text = safe_repr(key, 40)
             shown = MASK if is_secret_name(key) else _render(val, depth - 1, width, limit)
