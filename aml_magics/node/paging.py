@@ -3,14 +3,15 @@
 debugpy sends every child of a reference whatever ``start`` and ``count`` ask, each with its repr,
 type and variables reference computed: a frame with 400 names costs ~4 ms a stop where a client
 shows 100 (the panel pages every scope by 100). Patched here, in the run's own pydevd, the
-children are listed and sorted exactly as before and only the asked slice is rendered and sent;
+children come in the same order as before and only the asked slice is made, rendered and sent;
 a request without ``count`` (VS Code's) is answered as before. Owner-side clients already take
 either answer (``aml_magics.dap.service._page``).
 
 The names not sent still cost their listing: pydevd sorts them and sorts functions, classes
-and dunders into groups, asking ``inspect`` of every value (0.6 ms for 400 ints). A value of
-an exact builtin data type with a plain name is never any group, so that answer is given
-without asking (the same answer: :func:`_quick_scope`).
+and dunders into groups, asking ``inspect`` of every value (0.6 ms for 400 ints), and makes
+one variable object per name. A value of an exact builtin data type with a plain name is never
+in any group, so that answer is given without asking (the same answer: :func:`_quick_scope`);
+a frame's objects are made for the asked slice only (:func:`_frame_children`).
 
 Only the in-process pydevd of this run is patched, once, and only if it looks as expected: any
 other debugpy is left alone (it then sends everything, as it always did).
