@@ -10,7 +10,8 @@
   and a 10 MB string (cut), vs a client that fetches those values whole; each measured in
   a fresh process;
 * a step → the panel redrawn (its current line, stack and visible variables), with 3 locals
-  vs the API's step (``Debugger.step_over()``) on the same run, and with 400 names vs 3;
+  vs the API's step (``Debugger.step_over()``), and with 400 names vs 3, each on its own local
+  run, the runs side by side and stepped in turn;
 * the at-a-glance row (shape, dtype, device) of a 10⁸-element tensor vs a 10-element one
   (numpy arrays when no torch interpreter is known: ``AML_MAGICS_TORCH_PYTHON``).
 
@@ -116,38 +117,65 @@ for i in range(1_000_000):
 """
 
 
-def _panel_step_times(code: str, name: str, line: int, steps: int, api: bool = False,
-                      locals_too: bool = True) -> list[float]:
-    """Seconds from a Step over click to the panel showing the new current line, stack and locals
-    (``locals_too=False``: the current line and stack only)."""
-    import aml_magics
-    from aml_magics.debugger.panel import DebuggerPanel
+class _Stepper:
+    """One run stopped in a loop, with a panel: :meth:`step` times a Step over click until the panel
+    shows the new current line, stack and locals (``locals_too=False``: the current line and stack
+    only; ``api``: ``Debugger.step_over()`` instead of the click)."""
 
-    run = aml_magics.submit(code=code, name=name, port=0, timeout=60)
-    times = []
+    def __init__(self, code: str, name: str, line: int, api: bool = False, locals_too: bool = True) -> None:
+        import aml_magics
+        from aml_magics.debugger.panel import DebuggerPanel
+
+        self.api, self.locals_too = api, locals_too
+        self.run = aml_magics.submit(code=code, name=name, port=0, timeout=60)
+        try:
+            self.dbg = self.run.attach(breakpoints=[f"{name}.py:{line}"])
+            self.dbg.wait_stopped(30)
+            self.dbg.clear()
+            self.panel = DebuggerPanel(self.dbg)
+        except BaseException:
+            self.run.cancel()
+            raise
+
+    def step(self) -> float:
+        dbg, panel = self.dbg, self.panel
+        serial = dbg.stop_serial
+        start = time.perf_counter()
+        deadline = start + 30
+        if self.api:
+            dbg.step_over()
+        else:
+            panel.over_button.click()
+            while time.perf_counter() < deadline and not _redrawn(panel, serial, self.locals_too):
+                time.sleep(0.0005)
+        elapsed = time.perf_counter() - start
+        # untimed: the panel settles (locals drawn) before the next step of any run (a person's pace)
+        while time.perf_counter() < deadline and not _redrawn(panel, serial):
+            time.sleep(0.0005)
+        return elapsed
+
+    def close(self) -> None:
+        try:
+            self.dbg.detach()
+        finally:
+            self.run.cancel()
+
+
+def _alternated(configs: list[dict], steps: int) -> list[list[float]]:
+    """Seconds per step of each config, its runs side by side and stepped in turn (what the machine
+    does meanwhile falls on all of them alike)."""
+    steppers: list[_Stepper] = []
     try:
-        dbg = run.attach(breakpoints=[f"{name}.py:{line}"])
-        dbg.wait_stopped(30)
-        dbg.clear()
-        panel = DebuggerPanel(dbg)
+        for config in configs:
+            steppers.append(_Stepper(**config))
+        times: list[list[float]] = [[] for _ in steppers]
         for _ in range(steps):
-            serial = dbg.stop_serial
-            start = time.perf_counter()
-            if api:
-                dbg.step_over()
-            else:
-                panel.over_button.click()
-                deadline = start + 30
-                while time.perf_counter() < deadline and not _redrawn(panel, serial, locals_too):
-                    time.sleep(0.0005)
-            times.append(time.perf_counter() - start)
-            if not api and not locals_too:  # untimed: the locals settle before the next click (a person's pace)
-                while time.perf_counter() < deadline and not _redrawn(panel, serial):
-                    time.sleep(0.0005)
-        dbg.detach()
+            for stepper, taken in zip(steppers, times, strict=True):
+                taken.append(stepper.step())
+        return times
     finally:
-        run.cancel()
-    return times
+        for stepper in steppers:
+            stepper.close()
 
 
 def _redrawn(panel, serial: int, locals_too: bool = True) -> bool:
@@ -162,11 +190,11 @@ def _redrawn(panel, serial: int, locals_too: bool = True) -> bool:
 
 def panel_figures(repeat: int) -> list[tuple[str, float, float | None]]:
     steps = max(20, repeat * 6)
-    few = statistics.median(_panel_step_times(FEW, "few", 4, steps))
-    api = statistics.median(_panel_step_times(FEW, "fewapi", 4, steps, api=True))
-    many = statistics.median(_panel_step_times(MANY, "many", 403, steps))
-    few_stack = statistics.median(_panel_step_times(FEW, "fewstack", 4, steps, locals_too=False))
-    many_stack = statistics.median(_panel_step_times(MANY, "manystack", 403, steps, locals_too=False))
+    times = _alternated([dict(code=FEW, name="few", line=4), dict(code=FEW, name="fewapi", line=4, api=True),
+                         dict(code=MANY, name="many", line=403),
+                         dict(code=FEW, name="fewstack", line=4, locals_too=False),
+                         dict(code=MANY, name="manystack", line=403, locals_too=False)], steps)
+    few, api, many, few_stack, many_stack = (statistics.median(taken) for taken in times)
     return [(f"step → panel redrawn (current line, stack, visible locals), 3 locals, vs the API's step (ms, "
              f"median of {steps})", few * 1000, api * 1000),
             (f"step → panel redrawn, 400 names vs 3 locals (ms, median of {steps})", many * 1000, few * 1000),

@@ -390,3 +390,46 @@ def test_another_clients_detach_stays_the_nodes_words(workdir):
     assert state_label(run) == f"running; {run.debugger_note}"
     assert endpoint_now(run, run.ranks[0]).words == f"closed ({run.debugger_note})"
     assert run.wait(30) == "completed"
+
+
+NAMES = ("def helper():\n    return 1\nclass Holder:\n    pass\n"
+         + "".join(f"name_{i:03d} = {i}\n" for i in range(400)) + "_hidden = 1\ndone = True\n")
+NAMES_STOP = 406
+
+
+def test_a_variables_page_is_the_asked_slice_of_the_whole_answer(workdir):
+    """debugpy sends every child whatever ``count`` asks; the node's pydevd answers ``start`` /
+    ``count`` with that slice of what it sends without them (same order, same groups), and a
+    request without ``count`` still gets every name. The API's locals() still has all 400. (The
+    node lists a frame's names for the window only, and answers "no group" for plain data at once:
+    the groups of functions, classes and dunders come first as debugpy puts them.)"""
+    run = aml_magics.submit(code=NAMES, name="names", port=0, timeout=60)
+    dbg = run.attach(breakpoints=[f"names.py:{NAMES_STOP}"])
+    try:
+        assert dbg.wait_stopped(30).line == NAMES_STOP
+        service = dbg.service
+        assert service.wait_locals()
+        channel = service.session.channel
+        reference = service.variables.locals.reference
+        whole = channel.request("variables", {"variablesReference": reference})["variables"]
+        names = [v["name"] for v in whole]
+        assert len(names) > 400 and "name_399" in names and "_hidden" in names
+        assert names[:3] == ["special variables", "function variables", "class variables"]
+        for start, count in ((0, 101), (1, 3), (100, 50), (len(names) - 3, 100)):
+            page = channel.request("variables", {"variablesReference": reference, "start": start, "count": count})
+            shown = page["variables"]
+            assert [v["name"] for v in shown] == names[start:start + count]
+            assert [(v["value"], v.get("type"), v.get("evaluateName")) for v in shown] == [
+                (v["value"], v.get("type"), v.get("evaluateName")) for v in whole[start:start + count]]
+        for group, inside in ((1, ["helper"]), (2, ["Holder"])):  # a group's children, paged too
+            page = channel.request("variables", {"variablesReference": whole[group]["variablesReference"], "start": 0,
+                                                 "count": 10})
+            assert [v["name"] for v in page["variables"]] == inside
+        assert [v.name for v in service.variables.locals.variables] == names[:100]
+        values = dbg.locals()
+        assert len([n for n in values if n.startswith("name_")]) == 400 and values["name_399"] == "399"
+        dbg.continue_()
+        assert dbg.wait_stopped(30) is None
+    finally:
+        dbg.detach()
+    assert run.wait(60) == "completed"

@@ -379,3 +379,39 @@ def test_the_panels_detach_reads_detached_by_you(workdir):
     finally:
         dbg.detach()
     assert run.wait(30) == "completed"
+
+
+STEPPED = "".join(f"name_{i:03d} = {i}\n" for i in range(150)) + """\
+for step in range(10):
+    name_000 += 1
+"""
+
+
+def test_a_step_sets_the_rows_values_and_makes_no_widget(workdir):
+    """Between two stops the tree shows no rows; the last stop's rows wait for the next one, which
+    sets their values: a step opens no widget (no new comm) and closes none it will need."""
+    from ipywidgets.widgets.widget import _instances
+
+    run = aml_magics.submit(code=STEPPED, name="stepped", port=0, timeout=60)
+    dbg = run.attach(breakpoints=["stepped.py:152"])
+    try:
+        assert dbg.wait_stopped(30).line == 152
+        panel = DebuggerPanel(dbg)
+        wait_for(lambda: "name_000</b> = 0<" in _text(panel, "name_000") and _has(panel, "special_variables"), 10,
+                 "the first stop's rows")
+        rows = list(panel.tree.children)
+        assert len(rows) == 3  # the group, a block of plain rows, "more…"
+        more = _button(panel, "aml-dbg-more")
+        before = set(_instances)
+        for value in (1, 2):
+            panel.over_button.click()
+            wait_for(lambda: _current(panel) == 151 and not panel.over_button.disabled, 10, "stepped")
+            panel.over_button.click()
+            wait_for(lambda v=value: f"name_000</b> = {v}<" in _text(panel, "name_000"), 10, f"name_000 = {value}")
+        assert list(panel.tree.children) == rows and _button(panel, "aml-dbg-more") is more
+        assert set(_instances) <= before
+        more.click()
+        wait_for(lambda: _has(panel, "name_149"), 10, "the next page")
+    finally:
+        dbg.detach()
+        run.cancel()

@@ -7,7 +7,8 @@ service queues them to its own worker thread, which does the follow-up requests 
 ``stopped`` event becomes ``stackTrace`` → ``scopes`` → ``variables`` of the top frame —
 and publishes the stop once the call stack is in the models: the top frame's locals load
 on their own thread and follow (a view shows the stack and the current line without waiting
-for debugpy's whole list of names, which it sends whatever ``count`` asks). A reader that
+for the names: a stock debugpy sends them all whatever ``count`` asks; the node's sends the page,
+see ``aml_magics.node.paging``). A reader that
 wants them waits with :meth:`DebugService.wait_locals`, at most :data:`LOCALS_GRACE` (a
 ``__repr__`` that hangs in the frame): a stop is a stop, the locals follow when (if) they
 come, and ``variables.note`` says why they are missing.

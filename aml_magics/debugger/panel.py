@@ -119,6 +119,8 @@ class DebuggerPanel(widgets.VBox):
         self._tree_widgets: list[tuple[widgets.Widget, tuple]] = []  # (row widget, its key) as drawn
         self._reusable: dict[tuple, widgets.Widget] = {}
         self._drawn: list[tuple[widgets.Widget, tuple]] = []
+        self._row_html: dict[tuple, str] = {}  # the plain rows' HTML as last drawn: (name, value, type, depth)
+        self._row_html_drawn: dict[tuple, str] = {}  # ... as this draw makes them
 
         self.header = widgets.HTML()
         self.exception_html = widgets.HTML()
@@ -166,6 +168,7 @@ class DebuggerPanel(widgets.VBox):
         self.stack.add_class("aml-dbg-stack")
         self.tree = widgets.VBox()
         self.tree.add_class("aml-dbg-variables")
+        self._tree_note = widgets.HTML()  # shown instead of rows: one widget, its text set
         self.expression = widgets.Text(placeholder="evaluate in the selected frame (Enter)", continuous_update=False,
                                        layout=widgets.Layout(width="28em"))
         self.expression.add_class("aml-dbg-expression")
@@ -600,23 +603,39 @@ class DebuggerPanel(widgets.VBox):
 
     def _draw_tree(self, state: str) -> None:
         """Redraw the variables: a row whose look did not change is the same widget (no new comm), a
-        block of plain rows or a "more…" button is reused with new contents; the rest is closed."""
+        block of plain rows or a "more…" button is reused with new contents; the rest is closed.
+
+        While no rows show (running between two stops, the locals loading) the last stop's rows are
+        kept, hidden, for the next stop to reuse: a step then makes no widget, it sets values."""
         old = self._tree_widgets
         self._reusable = {key: widget for widget, key in old}
         self._drawn = []
+        self._row_html_drawn = {}
         if state == STOPPED_STATE:
             page = self.debugger.locals_page
             if page is not None:
                 self._tree_rows(page, 0, [], self.debugger.loaded_page)
         rows = [widget for widget, _key in self._drawn]
+        if not rows:
+            self._draw_tree_note(state)
+            if state != ENDED_STATE:
+                return  # the rows wait (unshown) for the next stop
         self._tree_widgets = self._drawn
-        note = self.debugger.locals_note if state == STOPPED_STATE else ""
-        empty = f"<i>{html.escape(note)}</i>" if note else "<i>no variables (not stopped)</i>"
-        self.tree.children = rows or [widgets.HTML(empty)]
+        self._row_html = self._row_html_drawn
+        self.tree.children = rows or [self._tree_note]
         kept = {id(widget) for widget in rows}
         for widget, _key in old:
             if id(widget) not in kept:
                 widget.close()
+
+    def _draw_tree_note(self, state: str) -> None:
+        """Why no variables show: the locals' note (loading, not answered) or not stopped."""
+        note = self.debugger.locals_note if state == STOPPED_STATE else ""
+        empty = f"<i>{html.escape(note)}</i>" if note else "<i>no variables (not stopped)</i>"
+        if self._tree_note.value != empty:
+            self._tree_note.value = empty
+        if list(self.tree.children) != [self._tree_note]:
+            self.tree.children = [self._tree_note]
 
     def _reuse(self, key: tuple) -> widgets.Widget | None:
         return self._reusable.pop(key, None)
@@ -696,11 +715,16 @@ class DebuggerPanel(widgets.VBox):
         if variable.expandable or variable.cut or len(variable.value) > LONG_VALUE or summarised \
                 or variable.type in SUMMARISED_TYPES:
             return None
-        kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type else ""
-        value = f" = {html.escape(variable.value)}" if variable.value else ""
-        return (f"<div class='aml-dbg-var aml-dbg-plain aml-dbg-var-{_css(variable.name)}' "
-                f"style='padding-left:{1.4 * depth + 1.8:g}em' title='{html.escape(variable.value, quote=True)}'>"
-                f"<code><b>{html.escape(variable.name)}</b>{value}</code>{kind}</div>")
+        key = (variable.name, variable.value, variable.type, depth)
+        row = self._row_html.get(key)
+        if row is None:  # a row not drawn at the last stop (most names keep their values from step to step)
+            kind = f" <i style='color:#888'>{html.escape(variable.type)}</i>" if variable.type else ""
+            value = f" = {html.escape(variable.value)}" if variable.value else ""
+            row = (f"<div class='aml-dbg-var aml-dbg-plain aml-dbg-var-{_css(variable.name)}' "
+                   f"style='padding-left:{1.4 * depth + 1.8:g}em' title='{html.escape(variable.value, quote=True)}'>"
+                   f"<code><b>{html.escape(variable.name)}</b>{value}</code>{kind}</div>")
+        self._row_html_drawn[key] = row
+        return row
 
     def _variable_row(self, variable: Variable, depth: int) -> widgets.HBox:
         """One line, whatever the value: cut with an ellipsis, the full text on demand."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from .address import bind_listener, resolve_bind
 from .liveness import CLOSED, DISCONNECT, Link, WatchedListener
+from .paging import honour_paging
 from .relay import Relay, SessionListener, relay_context
 from .wire import close_socket, service_thread
 
@@ -139,6 +140,7 @@ class Debugger:
                 host, port = self._listen(bind, 0, in_process=True)
         self.switched_off = False
         self.port = port
+        honour_paging()  # pydevd is loaded now: a page of names costs a page, not the whole frame
         return host, port
 
     def _listen(self, bind: str, port: int, in_process: bool = False) -> tuple[str, int]:
