@@ -229,7 +229,9 @@ class DirectRoute:
     detail = "direct to the node's address"
 
     def connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        return socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        low_latency(sock)  # from the TLS handshake on, not only once it is pumped
+        return sock
 
 
 class Forwarder:

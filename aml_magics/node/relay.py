@@ -257,6 +257,7 @@ class Relay:
 
     def _serve(self, conn: socket.socket) -> None:
         keep_alive(conn)
+        low_latency(conn)  # from the handshake on: its flights are several small writes
         conn.settimeout(RELAY_HANDSHAKE_TIMEOUT)
         try:
             tls = self.context.wrap_socket(conn, server_side=True)
