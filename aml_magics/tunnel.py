@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import select
 import selectors
 import socket
 import ssl
@@ -145,32 +146,46 @@ def _quick_ack(sock: socket.socket) -> None:
 def pump(a: socket.socket, b: socket.socket, chunk: int = 65536) -> None:
     """Copy bytes both ways until either side closes. One thread, non-blocking sockets: a TLS
     socket is never read and written from two threads at once, and a TLS record that carries no
-    data (a session ticket) never blocks the other direction."""
+    data (a session ticket) never blocks the other direction.
+
+    Every DAP message waits on a turn here, so a turn does the least before the message is on
+    its way: one poll (registered once; never select(): fds above 1024 are common in a kernel),
+    one read, one write; then what is not urgent (the loopback's quick ACK, the rest of a TLS
+    record already decrypted). No per-turn selector bookkeeping, no pending() scan of both ends."""
     for sock in (a, b):
         sock.setblocking(False)
         low_latency(sock)
-    pair = [a, b]
-    with selectors.DefaultSelector() as selector:  # never select(): fds above 1024 are common in a kernel
-        for sock in pair:
-            selector.register(sock, selectors.EVENT_READ)
-        _pump(selector, a, b, chunk)
+    poller = select.poll()
+    ends = {}
+    for source, sink in ((a, b), (b, a)):
+        poller.register(source, select.POLLIN)
+        ends[source.fileno()] = (source, sink)
+    _pump(poller, ends, chunk)
 
 
-def _pump(selector: selectors.BaseSelector, a: socket.socket, b: socket.socket, chunk: int) -> None:
+def _pump(poller: select.poll, ends: dict[int, tuple[socket.socket, socket.socket]], chunk: int) -> None:
     while True:
-        ready = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
-        if not ready:
-            ready = [key.fileobj for key, _ in selector.select()]  # type: ignore[misc]
-        for source in ready:
-            try:
-                data = source.recv(chunk)
-                _quick_ack(source)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                continue
-            except (OSError, ValueError):
+        for fd, _ in poller.poll():
+            if not _forward(*ends[fd], chunk):
                 return
-            if not data or not _send_all(b if source is a else a, data):
-                return
+
+
+def _forward(source: socket.socket, sink: socket.socket, chunk: int) -> bool:
+    """Move what ``source`` has to ``sink``; False once either side closed."""
+    while True:
+        try:
+            data = source.recv(chunk)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return True  # no whole record yet, or one without data
+        except (OSError, ValueError):
+            return False
+        if not data or not _send_all(sink, data):
+            return False
+        if not isinstance(source, ssl.SSLSocket):
+            _quick_ack(source)  # after the write: the message is on its way first
+            return True
+        if not source.pending():  # the rest of a record decrypted with this one is read now: poll
+            return True           # would not see it
 
 
 def _send_all(sock: socket.socket, data: bytes) -> bool:
@@ -214,7 +229,9 @@ class DirectRoute:
     detail = "direct to the node's address"
 
     def connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        return socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        low_latency(sock)  # from the TLS handshake on, not only once it is pumped
+        return sock
 
 
 class Forwarder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import ssl
 import tempfile
@@ -89,31 +90,37 @@ class TlsSession:
         self._lock = threading.Lock()
         self._held = b""
         self.closed = False
+        self._readable = _Waiter(tls, select.POLLIN)  # pydevd's reader waits here, its writer on the other
+        self._writable = _Waiter(tls, select.POLLOUT)
 
     def recv(self, size: int) -> bytes:
-        while True:
+        ready = False  # read only once the socket says so (or a record is decrypted already): a read
+        while True:    # that finds nothing costs an SSLWantReadError, on every message
             with self._lock:
                 if self.closed:
                     return b""
-                try:
-                    data = self._tls.recv(size)
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                    data = None  # no whole record yet (or one without data): wait for the socket
-                except (OSError, ValueError):
-                    data = b""
+                data = self._read(size) if ready or self._tls.pending() else None
             if data is None:
-                self._wait(readable=True)
+                ready = self._readable.wait()
                 continue
             if not data:
                 self.close(LOST)
             return data
 
+    def _read(self, size: int) -> bytes | None:
+        """What the TLS socket has (None: no whole record yet, or one without data); b"" at its end."""
+        try:
+            return self._tls.recv(size)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
+        except (OSError, ValueError):
+            return b""
+
     def sendall(self, data: bytes, flags: int = 0) -> None:
-        data = bytes(data)
-        if data.startswith(b"Content-Length: ") and data.endswith(b"\r\n\r\n"):
+        if data[:16] == b"Content-Length: " and data[-4:] == b"\r\n\r\n":
             self._held += data  # a header: it leaves with its body
             return
-        view, self._held = memoryview(self._held + data), b""
+        view, self._held = memoryview(self._held + data if self._held else data), b""
         while view:
             with self._lock:
                 if self.closed:
@@ -128,7 +135,7 @@ class TlsSession:
             if failed:  # the client is gone: the session ends (its link), and pydevd hears it
                 self.close(LOST)
                 raise OSError(errno.EPIPE, "the debug session is closed")
-            self._wait(readable=False)
+            self._writable.wait()
 
     def settimeout(self, timeout: float | None) -> None:
         """Blocking as pydevd wants it, on top of a non-blocking TLS socket."""
@@ -145,11 +152,34 @@ class TlsSession:
             close_socket(self._tls)  # shutdown first: wakes the other thread's wait
         self.link.end(cause)
 
-    def _wait(self, readable: bool) -> None:
+
+class _Waiter:
+    """Waits for one TLS session's socket in one direction: a poll object registered once (not one
+    per wait; poll(), never select(): fds above 1024 are common), used by one thread."""
+
+    def __init__(self, sock: ssl.SSLSocket, event: int) -> None:
+        self._sock = sock
+        self._event = event
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), event)
+
+    def wait(self, timeout: float = 1.0) -> bool:
+        """Whether the socket is ready; False after ``timeout``, or closed under us (the caller's next
+        turn sees that)."""
         try:
-            wait_socket(self._tls, readable, not readable, 1.0)
-        except (OSError, ValueError):  # closed under us: the next turn sees it
+            return bool(self._poller.poll(int(timeout * 1000)))
+        except RuntimeError:  # another thread is polling this direction: wait on our own
+            return self._fallback(timeout)
+        except (OSError, ValueError):
             time.sleep(0.01)
+            return False
+
+    def _fallback(self, timeout: float) -> bool:
+        try:
+            return wait_socket(self._sock, self._event == select.POLLIN, self._event == select.POLLOUT, timeout)
+        except (OSError, ValueError):
+            time.sleep(0.01)
+            return False
 
 
 class SessionListener:
@@ -227,6 +257,7 @@ class Relay:
 
     def _serve(self, conn: socket.socket) -> None:
         keep_alive(conn)
+        low_latency(conn)  # from the handshake on: its flights are several small writes
         conn.settimeout(RELAY_HANDSHAKE_TIMEOUT)
         try:
             tls = self.context.wrap_socket(conn, server_side=True)
