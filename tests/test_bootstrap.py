@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from aml_magics.invocation import NODE_PATH
 from aml_magics.node import address
 from aml_magics.protocol import MarkerReader
@@ -95,11 +97,15 @@ raise RuntimeError("boom")
 """
 
 
-def test_the_scripts_cyclic_garbage_is_still_collected_at_the_exit(tmp_path):
+@pytest.mark.parametrize("capsule", [False, True], ids=["no-capsule", "capsule"])
+def test_the_scripts_cyclic_garbage_is_still_collected_at_the_exit(tmp_path, capsule):
     """The node freezes its own objects out of the exit's collections, not the script's: a file held
     only by a cycle of the script's is flushed when the crashed run exits, as under plain python
-    (a freeze at the crash would leave it unwritten)."""
-    result = run_bootstrap(tmp_path, CYCLE, "--no-debug", "--no-crash-capsule")
+    (a freeze at the crash would leave it unwritten). Also after a capsule rendered that cycle's
+    values (the repr worker held the last one it rendered, alive to the end)."""
+    crash = ("--crash-dir", str(tmp_path / "crashes")) if capsule else ("--no-crash-capsule",)
+    result = run_bootstrap(tmp_path, CYCLE, "--no-debug", *crash)
+    assert (tmp_path / "crashes").exists() == capsule
     assert result.returncode == 1 and "RuntimeError: boom" in result.stderr
     assert (tmp_path / "flushed.txt").read_text() == "written, never flushed by the script"
 

@@ -23,6 +23,7 @@ only when already imported (a value of theirs exists, so they are in ``sys.modul
 
 from __future__ import annotations
 
+import atexit
 import queue
 import re
 import sys
@@ -260,12 +261,26 @@ class _ReprWorker:
 
     def _serve(self) -> None:
         while True:
-            call, box, done = self.jobs.get()
+            job = self.jobs.get()
+            if job is None:  # stop(): the interpreter is ending
+                return
+            call, box, done = job
+            del job
             try:
                 box.append((True, call()))
             except BaseException as exc:  # noqa: BLE001 - a raising __repr__ is a value to show
                 box.append((False, exc))
             done.set()
+            # not held while waiting for the next call: this thread lives to the interpreter's end,
+            # and the last value it rendered (a capsule's local, say) would never be collected
+            del call, box, done
+
+    def stop(self, timeout: float = 0.5) -> None:
+        """End the thread (not one stuck in a call). A daemon thread alive at the interpreter's end
+        keeps the script's cyclic garbage from its last collection: a file held by such a cycle
+        would never be flushed (seen after a crash capsule rendered the script's locals)."""
+        self.jobs.put(None)
+        self.thread.join(timeout)
 
     def run(self, call: Callable[[], str], timeout: float) -> tuple[bool, object] | None:
         box: list = []
@@ -285,6 +300,7 @@ def _call_with_deadline(call: Callable[[], str], timeout: float) -> tuple[bool, 
     with _worker_lock:
         if _worker is None:
             _worker = _ReprWorker()
+            atexit.register(_worker.stop)
         worker = _worker
         outcome = worker.run(call, timeout)
         if outcome is None:
