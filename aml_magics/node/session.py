@@ -129,7 +129,8 @@ class DebugSession:
         if self._exiting or not self._lock.acquire(timeout=5):
             return
         try:
-            if not self.listening or self.debugger is None or not self._attached_in == window == self.debugger.listens:
+            if (not self.listening or self.debugger is None or self._attached_in != window
+                    or window != self.debugger.listens):
                 return  # that window was closed already (see _close_used_window); maybe a new one is open
             self._end_window(cause, seconds)
         finally:
