@@ -77,13 +77,18 @@ def _text(panel: DebuggerPanel, name: str) -> str:
     return ""
 
 
-def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
-    run = aml_magics.submit(code=SCRIPT, name="panel", port=0, timeout=60)
-    run.wait_for_endpoint(30)
+def _debug_here(run) -> tuple[DebugRunPanel, DebuggerPanel]:
+    """The run panel's *Debug here*, clicked once it is enabled: the run panel and the debugger panel it opened."""
     run_panel = DebugRunPanel(run)
     wait_for(lambda: not run_panel.debug_button.disabled, 10, "Debug here enabled")
     run_panel.debug_button.click()
-    panel = run_panel.children[-1]
+    return run_panel, run_panel.children[-1]
+
+
+def test_debug_here_breakpoint_attach_inspect_step_continue(workdir):
+    run = aml_magics.submit(code=SCRIPT, name="panel", port=0, timeout=60)
+    run.wait_for_endpoint(30)
+    run_panel, panel = _debug_here(run)
     assert isinstance(panel, DebuggerPanel)
     dbg = panel.debugger
     try:
@@ -184,10 +189,7 @@ def test_debug_here_on_two_ranks_lists_the_paused_processes(workdir):
     code = "import os\nrank = int(os.environ['RANK'])\nvalue = rank * 10\nprint('rank', rank, value)\n"
     run = aml_magics.submit(code=code, name="twor", port=0, timeout=60, procs_per_node=2)
     wait_for(lambda: len(run.endpoints) == 2, 30, "both endpoints")
-    run_panel = DebugRunPanel(run)
-    wait_for(lambda: not run_panel.debug_button.disabled, 10, "Debug here enabled")
-    run_panel.debug_button.click()
-    panel = run_panel.children[-1]
+    run_panel, panel = _debug_here(run)
     dbg = panel.debugger
     try:
         _click(panel, 4)
@@ -359,10 +361,7 @@ def test_the_panels_detach_reads_detached_by_you(workdir):
     code = "import time\nvalue = 1\ntime.sleep(4)\nprint('slept', flush=True)\n"
     run = aml_magics.submit(code=code, name="pdetach", port=0, timeout=120)
     run.wait_for_endpoint(30)
-    run_panel = DebugRunPanel(run)
-    wait_for(lambda: not run_panel.debug_button.disabled, 10, "Debug here enabled")
-    run_panel.debug_button.click()
-    panel = run_panel.children[-1]
+    run_panel, panel = _debug_here(run)
     dbg = panel.debugger
     try:
         dbg.break_at(str(run.spec.script_path), 3)
