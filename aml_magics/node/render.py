@@ -311,14 +311,10 @@ def _call_with_deadline(call: Callable[[], str], timeout: float) -> tuple[bool, 
 def safe_repr(value: object, limit: int = REPR_LIMIT, timeout: float = REPR_TIMEOUT) -> str:
     """``repr(value)`` cut to ``limit`` characters; one line saying so when it raised or took
     longer than ``timeout`` seconds (the call is then abandoned, not waited for)."""
-    kind = type(value)
-    if kind in _SCALARS:
-        return _scalar(value, limit)
-    if kind in _BYTES:
-        return cut(repr(value[: limit + 1]), limit)  # type: ignore[index]
-    text = summary(value)
-    if text is not None:
-        return text
+    if type(value) not in _SCALARS and type(value) not in _BYTES:  # those have no summary: not asked
+        text = summary(value)
+        if text is not None:
+            return text
     if isinstance(value, (int, float, bool, complex, type(None))) and not isinstance(value, type):
         return _scalar(value, limit)
     if isinstance(value, (str, bytes, bytearray)):
